@@ -1,0 +1,229 @@
+"""JSON payloads <-> typed events: the fast path (one prebuilt msgspec decoder) and the slow paths.
+
+The fast path decodes a payload straight into its event class and keeps the payload bytes on the event. Only a
+payload that the fast path rejects takes the slow path: unknown event types become ``UnknownEvent``, unknown
+nested item/part/annotation types become ``Unknown*`` objects, and a wrong field type is a ``DecodeError`` (or,
+in lenient mode, an ``UnknownEvent`` carrying the problem). camelCase reading (TypeScript SDK dumps) is slow-path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace as _struct_replace
+
+from .errors import DecodeError
+from .events import EVENT_CLASSES, Event, KnownEvent, UnknownEvent
+from .resources import UnknownAnnotation, UnknownItem, UnknownPart, _enc_hook, _Unknown
+
+__all__ = [
+    "decode_event",
+    "decode_event_obj",
+    "encode_event",
+    "event_to_builtins",
+    "replace_event",
+    "to_camel",
+    "to_snake",
+]
+
+_decoder = msgspec.json.Decoder(KnownEvent)
+_json_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def decode_event(data: bytes, *, lenient: bool = False, camel: bool = False) -> Event:
+    """One JSON payload (the ``data:`` of one SSE event) to its typed event.
+
+    ``lenient``: a known type whose fields do not fit the schema gives an ``UnknownEvent`` with ``problem`` set
+    instead of raising ``DecodeError``. ``camel``: read camelCase keys (as the TypeScript SDK prints them).
+    """
+    if not camel:
+        try:
+            event = _decoder.decode(data)
+        except msgspec.ValidationError:
+            pass
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"payload is not valid JSON: {exc}", payload=data) from None
+        else:
+            event.__dict__["_raw"] = data
+            return event
+    try:
+        obj = _json_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"payload is not valid JSON: {exc}", payload=data) from None
+    if camel:
+        obj = to_snake(obj)
+        event = decode_event_obj(obj, lenient=lenient)
+        return event
+    event = decode_event_obj(obj, lenient=lenient)
+    event.__dict__["_raw"] = data
+    return event
+
+
+# Where an unknown nested tag may stand, and a stand-in of a known type that is valid at that place.
+_STAND_INS: dict[str, tuple[dict[str, Any], type[_Unknown]]] = {
+    "item": ({"type": "message"}, UnknownItem),
+    "output": ({"type": "message"}, UnknownItem),
+    "part": ({"type": "output_text"}, UnknownPart),
+    "content": ({"type": "output_text"}, UnknownPart),
+    "summary": ({"type": "summary_text"}, UnknownPart),
+    "annotation": ({"type": "url_citation"}, UnknownAnnotation),
+    "annotations": ({"type": "url_citation"}, UnknownAnnotation),
+}
+_UNKNOWN_TAG = re.compile(r"^Invalid value .* - at `\$((?:\.\w+|\[\d+\])*)\.type`$")
+_PATH_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def decode_event_obj(obj: Any, *, lenient: bool = False) -> Event:
+    """A decoded JSON object (dict) to its typed event; the slow path behind ``decode_event``."""
+    if not isinstance(obj, dict):
+        raise DecodeError(f"event payload must be a JSON object, got {type(obj).__name__}")
+    etype = obj.get("type")
+    cls = EVENT_CLASSES.get(etype) if isinstance(etype, str) else None
+    if cls is None:
+        if not isinstance(etype, str):
+            problem = "event has no string `type` field"
+            if not lenient:
+                raise DecodeError(problem, sequence_number=_seq(obj))
+            return UnknownEvent(type=str(etype), data=obj, problem=problem)
+        return UnknownEvent(type=etype, data=obj)
+    unknowns: list[tuple[list[str | int], _Unknown]] = []
+    work = obj
+    for _ in range(10_000):
+        try:
+            event = msgspec.convert(work, cls)
+            break
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            path = _unknown_tag_path(message)
+            if path is not None and work is obj:
+                work = _json_decoder.decode(_encoder.encode(obj))  # substitute in a copy, keep obj intact
+            if path is None or not _substitute(work, path, unknowns):
+                if lenient:
+                    return UnknownEvent(type=etype, data=obj, problem=message)
+                raise DecodeError(message, event_type=etype, sequence_number=_seq(obj)) from None
+    else:  # pragma: no cover - would need 10k unknown nested objects
+        raise DecodeError("too many unknown nested objects", event_type=etype, sequence_number=_seq(obj))
+    for path, unknown in unknowns:
+        _put(event, path, unknown)
+    return event
+
+
+def _seq(obj: dict[str, Any]) -> int | None:
+    value = obj.get("sequence_number")
+    return value if isinstance(value, int) else None
+
+
+def _unknown_tag_path(message: str) -> list[str | int] | None:
+    match = _UNKNOWN_TAG.match(message)
+    if match is None:
+        return None
+    return [name if name else int(index) for name, index in _PATH_STEP.findall(match.group(1))]
+
+
+def _substitute(work: Any, path: list[str | int], unknowns: list[tuple[list[str | int], _Unknown]]) -> bool:
+    """Replace the object at ``path`` in ``work`` by a stand-in; remember what stood there."""
+    if not path:
+        return False
+    # The field name that decides what kind of object stands here: the last name on the path.
+    kind = next((step for step in reversed(path) if isinstance(step, str)), None)
+    if kind not in _STAND_INS:
+        return False
+    parent = work
+    for step in path[:-1]:
+        parent = parent[step]
+    original = parent[path[-1]]
+    if not isinstance(original, dict):
+        return False
+    stand_in, unknown_cls = _STAND_INS[kind]
+    parent[path[-1]] = dict(stand_in)
+    unknowns.append((path, unknown_cls(original)))
+    return True
+
+
+def _put(event: Any, path: list[str | int], value: Any) -> None:
+    parent = event
+    for step in path[:-1]:
+        parent = parent[step] if isinstance(step, int) else getattr(parent, step)
+    last = path[-1]
+    if isinstance(last, int):
+        parent[last] = value
+    else:
+        msgspec.structs.force_setattr(parent, last, value)
+
+
+def encode_event(event: Event) -> bytes:
+    """An event as single-line JSON. A decoded, unchanged event gives back exactly the bytes it came from."""
+    raw = event.__dict__.get("_raw")
+    if raw is not None:
+        return raw  # type: ignore[no-any-return]
+    if type(event) is UnknownEvent:
+        return _encoder.encode(event.data)
+    wire = event.__dict__.get("_wire")
+    if wire is not None:
+        return _encoder.encode(wire)
+    return _encoder.encode(event)
+
+
+def event_to_builtins(event: Event) -> dict[str, Any]:
+    """An event as a JSON-ready dict (wire field names), provider extras included."""
+    if type(event) is UnknownEvent:
+        return dict(event.data)
+    raw = event.__dict__.get("_raw")
+    if raw is not None:
+        return _json_decoder.decode(raw)  # type: ignore[no-any-return]
+    wire = event.__dict__.get("_wire")
+    if wire is not None:
+        return dict(wire)
+    return msgspec.to_builtins(event, enc_hook=_enc_hook)  # type: ignore[no-any-return]
+
+
+def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:
+    """A copy of ``event`` with ``changes`` applied (e.g. a new ``sequence_number``). Everything else it
+    encodes to stays as the provider sent it, fields Headwater does not model included (field-for-field)."""
+    new = _struct_replace(event, **changes)
+    if "_raw" in event.__dict__ or "_wire" in event.__dict__:
+        wire = event_to_builtins(event)
+        wire.update(msgspec.to_builtins(changes, enc_hook=_enc_hook))
+        new.__dict__["_wire"] = wire
+    return new
+
+
+# --- camelCase (TypeScript SDK dumps) -----------------------------------------------------------------------
+
+# Free-form maps whose keys are the user's, not the protocol's: never renamed.
+_FREE_FORM = frozenset({"metadata", "variables", "parameters", "schema", "headers", "arguments"})
+_CAMEL_STEP = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _snake_key(key: str) -> str:
+    return _CAMEL_STEP.sub(lambda m: "_" + m.group(1).lower(), key)
+
+
+def _camel_key(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def _rename(obj: Any, rename: Any) -> Any:
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            new_key = rename(key) if isinstance(key, str) else key
+            out[new_key] = value if _snake_key(key) in _FREE_FORM else _rename(value, rename)
+        return out
+    if isinstance(obj, list):
+        return [_rename(value, rename) for value in obj]
+    return obj
+
+
+def to_snake(obj: Any) -> Any:
+    """camelCase keys to the wire's snake_case, leaving free-form maps (metadata, variables, ...) alone."""
+    return _rename(obj, _snake_key)
+
+
+def to_camel(obj: Any) -> Any:
+    """The wire's snake_case keys to camelCase (as the TypeScript SDK shows them)."""
+    return _rename(obj, _camel_key)

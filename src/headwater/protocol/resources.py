@@ -1,0 +1,494 @@
+"""The response resource and everything inside it, declared once as msgspec Structs.
+
+These declarations are the wire format (snake_case) and the decoder. Fields the spec requires are always
+encoded (null when unknown); fields only some providers send default to ``UNSET`` and are omitted when absent,
+so a re-encoded object says what the provider said. Unknown item, part and annotation types become
+``UnknownItem`` / ``UnknownPart`` / ``UnknownAnnotation`` (see ``codec``), never a decode failure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Union
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType, field
+
+__all__ = [
+    "UNSET",
+    "Annotation",
+    "AnnotationField",
+    "ApplyPatchCall",
+    "ApplyPatchCallOutput",
+    "CodeInterpreterCall",
+    "Compaction",
+    "ContainerFileCitation",
+    "ContentPart",
+    "ContentPartField",
+    "CostDetails",
+    "CustomToolCall",
+    "CustomToolCallOutput",
+    "FileCitation",
+    "FilePath",
+    "FileSearchCall",
+    "FunctionCall",
+    "FunctionCallOutput",
+    "ImageGenerationCall",
+    "IncompleteDetails",
+    "InputFile",
+    "InputImage",
+    "InputText",
+    "InputTokensDetails",
+    "Item",
+    "ItemField",
+    "LocalShellCall",
+    "LocalShellCallOutput",
+    "LogProb",
+    "McpApprovalRequest",
+    "McpApprovalResponse",
+    "McpCall",
+    "McpListTools",
+    "Message",
+    "OutputText",
+    "OutputTokensDetails",
+    "ReasoningItem",
+    "ReasoningText",
+    "Refusal",
+    "Response",
+    "ResponseError",
+    "ShellCall",
+    "ShellCallOutput",
+    "SummaryText",
+    "Text",
+    "TopLogProb",
+    "UnknownAnnotation",
+    "UnknownItem",
+    "UnknownPart",
+    "UnsetType",
+    "Usage",
+    "UrlCitation",
+    "WebSearchCall",
+]
+
+
+class _Unknown:
+    """A nested object of a type this version does not know: its ``type`` and its payload, kept as sent."""
+
+    __slots__ = ("data", "type")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.type: str = str(data.get("type"))
+        self.data = data
+
+    @property
+    def id(self) -> str | None:
+        value = self.data.get("id")
+        return value if isinstance(value, str) else None
+
+    def __getattr__(self, name: str) -> Any:
+        # Reading a field the known classes have (status, call_id, ...) gives what the payload says, or UNSET.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.data.get(name, UNSET)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.data == self.data  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(type={self.type!r}, data={self.data!r})"
+
+    def to_builtins(self) -> dict[str, Any]:
+        return self.data
+
+
+class UnknownItem(_Unknown):
+    """An output item whose ``type`` Headwater does not know (``program``, ``tool_search_call``, ...)."""
+
+
+class UnknownPart(_Unknown):
+    """A content part whose ``type`` Headwater does not know."""
+
+
+class UnknownAnnotation(_Unknown):
+    """An annotation whose ``type`` Headwater does not know."""
+
+
+# --- annotations --------------------------------------------------------------------------------------------
+
+
+class _Annotation(Struct, tag_field="type", kw_only=True):
+    pass
+
+
+class UrlCitation(_Annotation, tag="url_citation"):
+    url: str = ""
+    title: str = ""
+    start_index: int = 0
+    end_index: int = 0
+
+
+class FileCitation(_Annotation, tag="file_citation"):
+    file_id: str = ""
+    index: int = 0
+    filename: str | UnsetType = UNSET
+
+
+class ContainerFileCitation(_Annotation, tag="container_file_citation"):
+    container_id: str = ""
+    file_id: str = ""
+    start_index: int = 0
+    end_index: int = 0
+    filename: str | UnsetType = UNSET
+
+
+class FilePath(_Annotation, tag="file_path"):
+    file_id: str = ""
+    index: int = 0
+
+
+Annotation = Union[UrlCitation, FileCitation, ContainerFileCitation, FilePath]
+if TYPE_CHECKING:
+    AnnotationField = Union[Annotation, UnknownAnnotation]
+else:  # msgspec decodes the known union; the codec substitutes UnknownAnnotation for unknown tags.
+    AnnotationField = Annotation
+
+
+# --- content parts ------------------------------------------------------------------------------------------
+
+
+class TopLogProb(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class LogProb(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogProb] = field(default_factory=list)
+
+
+class _Part(Struct, tag_field="type", kw_only=True):
+    pass
+
+
+class OutputText(_Part, tag="output_text"):
+    text: str = ""
+    annotations: list[AnnotationField] = field(default_factory=list)
+    logprobs: list[LogProb] | UnsetType = UNSET
+
+
+class Refusal(_Part, tag="refusal"):
+    refusal: str = ""
+
+
+class ReasoningText(_Part, tag="reasoning_text"):
+    text: str = ""
+
+
+class SummaryText(_Part, tag="summary_text"):
+    text: str = ""
+
+
+class Text(_Part, tag="text"):
+    text: str = ""
+
+
+class InputText(_Part, tag="input_text"):
+    text: str = ""
+
+
+class InputImage(_Part, tag="input_image"):
+    image_url: str | None = None
+    file_id: str | None | UnsetType = UNSET
+    detail: str | UnsetType = UNSET
+
+
+class InputFile(_Part, tag="input_file"):
+    file_id: str | None | UnsetType = UNSET
+    file_url: str | None | UnsetType = UNSET
+    file_data: str | None | UnsetType = UNSET
+    filename: str | None | UnsetType = UNSET
+
+
+ContentPart = Union[OutputText, Refusal, ReasoningText, SummaryText, Text, InputText, InputImage, InputFile]
+if TYPE_CHECKING:
+    ContentPartField = Union[ContentPart, UnknownPart]
+else:
+    ContentPartField = ContentPart
+
+
+# --- output items -------------------------------------------------------------------------------------------
+
+
+class _Item(Struct, tag_field="type", kw_only=True):
+    id: str | None = None
+
+
+class Message(_Item, tag="message"):
+    role: str = "assistant"
+    status: str | None = None
+    content: list[ContentPartField] = field(default_factory=list)
+    phase: str | None | UnsetType = UNSET
+
+
+class FunctionCall(_Item, tag="function_call"):
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+    status: str | None = None
+    namespace: str | None | UnsetType = UNSET
+
+
+class FunctionCallOutput(_Item, tag="function_call_output"):
+    call_id: str = ""
+    output: str | list[Any] = ""
+    status: str | None = None
+
+
+class ReasoningItem(_Item, tag="reasoning"):
+    summary: list[ContentPartField] = field(default_factory=list)
+    content: list[ContentPartField] | None | UnsetType = UNSET
+    encrypted_content: str | None | UnsetType = UNSET
+    status: str | None | UnsetType = UNSET
+
+
+class Compaction(_Item, tag="compaction"):
+    encrypted_content: str = ""
+    created_by: str | UnsetType = UNSET
+
+
+class ImageGenerationCall(_Item, tag="image_generation_call"):
+    status: str | None = None
+    result: str | None = None
+    revised_prompt: str | None | UnsetType = UNSET
+    background: str | None | UnsetType = UNSET
+    output_format: str | None | UnsetType = UNSET
+    quality: str | None | UnsetType = UNSET
+    size: str | None | UnsetType = UNSET
+
+
+class WebSearchCall(_Item, tag="web_search_call"):
+    status: str | None = None
+    action: Any = UNSET
+
+
+class FileSearchCall(_Item, tag="file_search_call"):
+    status: str | None = None
+    queries: list[str] = field(default_factory=list)
+    results: list[Any] | None = None
+
+
+class CodeInterpreterCall(_Item, tag="code_interpreter_call"):
+    status: str | None = None
+    code: str | None = None
+    container_id: str | UnsetType = UNSET
+    outputs: list[Any] | None = None
+
+
+class McpCall(_Item, tag="mcp_call"):
+    server_label: str = ""
+    name: str = ""
+    arguments: str = ""
+    output: str | None = None
+    error: Any = None
+    status: str | None | UnsetType = UNSET
+    approval_request_id: str | None | UnsetType = UNSET
+
+
+class McpListTools(_Item, tag="mcp_list_tools"):
+    server_label: str = ""
+    tools: list[Any] = field(default_factory=list)
+    error: Any = UNSET
+
+
+class McpApprovalRequest(_Item, tag="mcp_approval_request"):
+    server_label: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+class McpApprovalResponse(_Item, tag="mcp_approval_response"):
+    approval_request_id: str = ""
+    approve: bool = False
+    reason: str | None | UnsetType = UNSET
+
+
+class CustomToolCall(_Item, tag="custom_tool_call"):
+    call_id: str = ""
+    name: str = ""
+    input: str = ""
+    status: str | None | UnsetType = UNSET
+
+
+class CustomToolCallOutput(_Item, tag="custom_tool_call_output"):
+    call_id: str = ""
+    output: str | list[Any] = ""
+    status: str | None | UnsetType = UNSET
+
+
+class ApplyPatchCall(_Item, tag="apply_patch_call"):
+    call_id: str = ""
+    operation: Any = None
+    status: str | None = None
+
+
+class ApplyPatchCallOutput(_Item, tag="apply_patch_call_output"):
+    call_id: str = ""
+    output: str | None = None
+    status: str | None = None
+
+
+class ShellCall(_Item, tag="shell_call"):
+    call_id: str = ""
+    action: Any = None
+    status: str | None = None
+    environment: Any = UNSET
+
+
+class ShellCallOutput(_Item, tag="shell_call_output"):
+    call_id: str = ""
+    output: list[Any] = field(default_factory=list)
+    status: str | None | UnsetType = UNSET
+    max_output_length: int | None | UnsetType = UNSET
+
+
+class LocalShellCall(_Item, tag="local_shell_call"):
+    call_id: str = ""
+    action: Any = None
+    status: str | None = None
+
+
+class LocalShellCallOutput(_Item, tag="local_shell_call_output"):
+    output: str = ""
+    status: str | None | UnsetType = UNSET
+
+
+Item = Union[
+    Message,
+    FunctionCall,
+    FunctionCallOutput,
+    ReasoningItem,
+    Compaction,
+    ImageGenerationCall,
+    WebSearchCall,
+    FileSearchCall,
+    CodeInterpreterCall,
+    McpCall,
+    McpListTools,
+    McpApprovalRequest,
+    McpApprovalResponse,
+    CustomToolCall,
+    CustomToolCallOutput,
+    ApplyPatchCall,
+    ApplyPatchCallOutput,
+    ShellCall,
+    ShellCallOutput,
+    LocalShellCall,
+    LocalShellCallOutput,
+]
+if TYPE_CHECKING:
+    ItemField = Union[Item, UnknownItem]
+else:
+    ItemField = Item
+
+
+# --- the response -------------------------------------------------------------------------------------------
+
+
+class InputTokensDetails(Struct, kw_only=True):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(Struct, kw_only=True):
+    reasoning_tokens: int = 0
+
+
+class CostDetails(Struct, kw_only=True):
+    """OpenRouter's breakdown of ``cost``."""
+
+    upstream_inference_cost: float | None = None
+    upstream_inference_input_cost: float | None = None
+    upstream_inference_output_cost: float | None = None
+
+
+class Usage(Struct, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: InputTokensDetails | None = field(default_factory=InputTokensDetails)
+    output_tokens_details: OutputTokensDetails | None = field(default_factory=OutputTokensDetails)
+    # OpenRouter's additions.
+    cost: float | None | UnsetType = UNSET
+    is_byok: bool | None | UnsetType = UNSET
+    cost_details: CostDetails | None | UnsetType = UNSET
+
+
+class ResponseError(Struct, kw_only=True):
+    """``response.error``: why a response failed."""
+
+    code: str | None = None
+    message: str = ""
+    param: str | None | UnsetType = UNSET
+    type: str | None | UnsetType = UNSET
+
+
+class IncompleteDetails(Struct, kw_only=True):
+    reason: str | None = None
+
+
+Number = Union[int, float]
+
+
+class Response(Struct, kw_only=True):
+    """The ``ResponseResource``: what a stream describes, and what ``GET /responses/{id}`` returns.
+
+    Every field the spec requires is encoded, null when unknown. ``user`` and ``output_text`` are OpenRouter's.
+    ``max_tool_calls`` and ``top_logprobs`` take any number, as the seed's schema does.
+    """
+
+    id: str = ""
+    object: str = "response"
+    created_at: Number = 0
+    completed_at: Number | None = None
+    status: str = "in_progress"
+    incomplete_details: IncompleteDetails | None = None
+    model: str = ""
+    previous_response_id: str | None = None
+    instructions: str | list[Any] | None = None
+    output: list[ItemField] = field(default_factory=list)
+    error: ResponseError | None = None
+    tools: list[Any] = field(default_factory=list)
+    tool_choice: Any = "auto"
+    truncation: str | None = "disabled"
+    parallel_tool_calls: bool = True
+    text: Any = field(default_factory=lambda: {"format": {"type": "text"}})
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_logprobs: Number | None = None
+    temperature: float | None = None
+    reasoning: Any = None
+    usage: Usage | None = None
+    max_output_tokens: Number | None = None
+    max_tool_calls: Number | None = None
+    store: bool | None = None
+    background: bool | None = None
+    service_tier: str | None = None
+    metadata: Any = field(default_factory=dict)
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    user: str | None | UnsetType = UNSET
+    output_text: str | None | UnsetType = UNSET
+    prompt: Any = UNSET
+
+
+def to_builtins(obj: Any) -> Any:
+    """Any resource (or list of them) as plain JSON-ready Python objects, unknown nested objects included."""
+    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, _Unknown):
+        return obj.data
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
