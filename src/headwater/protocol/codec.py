@@ -56,6 +56,8 @@ def decode_event(data: bytes, *, lenient: bool = False, camel: bool = False) -> 
     if camel:
         obj = to_snake(obj)
         event = decode_event_obj(obj, lenient=lenient)
+        if type(event) is not UnknownEvent:
+            event.__dict__["_wire"] = obj  # re-encodes as what was read, in snake_case
         return event
     event = decode_event_obj(obj, lenient=lenient)
     event.__dict__["_raw"] = data

@@ -1,6 +1,11 @@
-"""Typed errors of the protocol core. Each says what broke, where in the stream, and why."""
+"""Typed errors of the protocol core. Each says what broke, where in the stream, and why.
+
+Every protocol-level failure derives from ``ProtocolError``, so a caller can catch one base class.
+"""
 
 from __future__ import annotations
+
+__all__ = ["DecodeError", "ProtocolError", "SSEError", "WriterError"]
 
 
 class ProtocolError(Exception):
@@ -8,9 +13,13 @@ class ProtocolError(Exception):
 
 
 class SSEError(ProtocolError):
-    """The byte stream is not a readable event stream (e.g. one event larger than the configured maximum)."""
+    """The byte stream is not a readable event stream (e.g. one event larger than the configured maximum).
 
-    def __init__(self, message: str, *, offset: int = 0) -> None:
+    ``offset`` is the byte offset in the stream (counted from the first byte fed, BOM included) where the
+    offending event or line began.
+    """
+
+    def __init__(self, message: str, *, offset: int) -> None:
         super().__init__(message)
         self.offset = offset
 
