@@ -104,13 +104,13 @@ def decode_event_obj(obj: Any, *, lenient: bool = False) -> Event:
                 work = _json_decoder.decode(_encoder.encode(obj))  # substitute in a copy, keep obj intact
             if path is None or not _substitute(work, path, unknowns):
                 if lenient:
-                    return UnknownEvent(type=etype, data=obj, problem=message)
+                    return UnknownEvent(type=str(etype), data=obj, problem=message)
                 raise DecodeError(message, event_type=etype, sequence_number=_seq(obj)) from None
     else:  # pragma: no cover - would need 10k unknown nested objects
         raise DecodeError("too many unknown nested objects", event_type=etype, sequence_number=_seq(obj))
     for path, unknown in unknowns:
         _put(event, path, unknown)
-    return event
+    return event  # type: ignore[return-value]
 
 
 def _seq(obj: dict[str, Any]) -> int | None:
@@ -160,7 +160,7 @@ def encode_event(event: Event) -> bytes:
     """An event as single-line JSON. A decoded, unchanged event gives back exactly the bytes it came from."""
     raw = event.__dict__.get("_raw")
     if raw is not None:
-        return raw  # type: ignore[no-any-return]
+        return raw
     if type(event) is UnknownEvent:
         return _encoder.encode(event.data)
     wire = event.__dict__.get("_wire")
@@ -175,11 +175,11 @@ def event_to_builtins(event: Event) -> dict[str, Any]:
         return dict(event.data)
     raw = event.__dict__.get("_raw")
     if raw is not None:
-        return _json_decoder.decode(raw)  # type: ignore[no-any-return]
+        return _json_decoder.decode(raw)
     wire = event.__dict__.get("_wire")
     if wire is not None:
         return dict(wire)
-    return msgspec.to_builtins(event, enc_hook=_enc_hook)  # type: ignore[no-any-return]
+    return msgspec.to_builtins(event, enc_hook=_enc_hook)
 
 
 def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:

@@ -7,7 +7,7 @@ Attribute names are the wire's. ``UnknownEvent`` carries any type this version d
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Union, get_args
 
 from msgspec import UNSET, Struct, UnsetType, field
 
@@ -16,6 +16,7 @@ from .resources import AnnotationField, ContentPartField, ItemField, LogProb, Re
 __all__ = [
     "ALL_EVENT_TYPES",
     "EVENT_CLASSES",
+    "TERMINAL_EVENT_TYPES",
     "ApplyPatchCallOperationDiffDelta",
     "ApplyPatchCallOperationDiffDone",
     "CodeInterpreterCallCodeDelta",
@@ -74,7 +75,6 @@ __all__ = [
     "ShellCallCommandDone",
     "ShellCallOutputContentDelta",
     "ShellCallOutputContentDone",
-    "TERMINAL_EVENT_TYPES",
     "UnknownEvent",
     "WebSearchCallCompleted",
     "WebSearchCallInProgress",
@@ -94,41 +94,41 @@ class _Event(Struct, tag_field="type", kw_only=True, frozen=True, dict=True):
     @property
     def raw_json(self) -> bytes | None:
         """The bytes this event was decoded from, or None for an event built in code."""
-        return self.__dict__.get("_raw")  # type: ignore[no-any-return]
+        return self.__dict__.get("_raw")
 
 
 # --- response lifecycle -------------------------------------------------------------------------------------
 
 
-class _ResponseEvent(_Event, kw_only=True):
+class _ResponseEvent(_Event, kw_only=True, frozen=True):
     response: Response
 
 
-class ResponseCreated(_ResponseEvent, tag="response.created", kw_only=True):
+class ResponseCreated(_ResponseEvent, tag="response.created", kw_only=True, frozen=True):
     pass
 
 
-class ResponseQueued(_ResponseEvent, tag="response.queued", kw_only=True):
+class ResponseQueued(_ResponseEvent, tag="response.queued", kw_only=True, frozen=True):
     pass
 
 
-class ResponseInProgress(_ResponseEvent, tag="response.in_progress", kw_only=True):
+class ResponseInProgress(_ResponseEvent, tag="response.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class ResponseCompleted(_ResponseEvent, tag="response.completed", kw_only=True):
+class ResponseCompleted(_ResponseEvent, tag="response.completed", kw_only=True, frozen=True):
     pass
 
 
-class ResponseIncomplete(_ResponseEvent, tag="response.incomplete", kw_only=True):
+class ResponseIncomplete(_ResponseEvent, tag="response.incomplete", kw_only=True, frozen=True):
     pass
 
 
-class ResponseFailed(_ResponseEvent, tag="response.failed", kw_only=True):
+class ResponseFailed(_ResponseEvent, tag="response.failed", kw_only=True, frozen=True):
     pass
 
 
-class ErrorPayload(Struct, kw_only=True):
+class ErrorPayload(Struct, kw_only=True, frozen=True):
     """The spec's nested error (and OpenAI's production shape)."""
 
     type: str | None | UnsetType = UNSET
@@ -138,7 +138,7 @@ class ErrorPayload(Struct, kw_only=True):
     headers: dict[str, str] | UnsetType = UNSET
 
 
-class ErrorEvent(_Event, tag="error", kw_only=True):
+class ErrorEvent(_Event, tag="error", kw_only=True, frozen=True):
     """``error``. Two shapes occur: top-level ``code``/``message``/``param`` (the seed) and a nested
     ``error`` object (the spec, OpenAI). Both decode; read ``error_code``/``error_message``/``error_param``."""
 
@@ -169,181 +169,181 @@ class ErrorEvent(_Event, tag="error", kw_only=True):
 # --- output items and content parts -------------------------------------------------------------------------
 
 
-class ResponseOutputItemAdded(_Event, tag="response.output_item.added", kw_only=True):
+class ResponseOutputItemAdded(_Event, tag="response.output_item.added", kw_only=True, frozen=True):
     output_index: int
     item: ItemField
 
 
-class ResponseOutputItemDone(_Event, tag="response.output_item.done", kw_only=True):
+class ResponseOutputItemDone(_Event, tag="response.output_item.done", kw_only=True, frozen=True):
     output_index: int
     item: ItemField
 
 
-class _PartEvent(_Event, kw_only=True):
+class _PartEvent(_Event, kw_only=True, frozen=True):
     item_id: str
     output_index: int
     content_index: int
 
 
-class ResponseContentPartAdded(_PartEvent, tag="response.content_part.added", kw_only=True):
+class ResponseContentPartAdded(_PartEvent, tag="response.content_part.added", kw_only=True, frozen=True):
     part: ContentPartField
 
 
-class ResponseContentPartDone(_PartEvent, tag="response.content_part.done", kw_only=True):
+class ResponseContentPartDone(_PartEvent, tag="response.content_part.done", kw_only=True, frozen=True):
     part: ContentPartField
 
 
-class ResponseOutputTextDelta(_PartEvent, tag="response.output_text.delta", kw_only=True):
+class ResponseOutputTextDelta(_PartEvent, tag="response.output_text.delta", kw_only=True, frozen=True):
     delta: str
     logprobs: list[LogProb] | UnsetType = UNSET
     obfuscation: str | UnsetType = UNSET
 
 
-class ResponseOutputTextDone(_PartEvent, tag="response.output_text.done", kw_only=True):
+class ResponseOutputTextDone(_PartEvent, tag="response.output_text.done", kw_only=True, frozen=True):
     text: str
     logprobs: list[LogProb] | UnsetType = UNSET
 
 
-class ResponseOutputTextAnnotationAdded(_PartEvent, tag="response.output_text.annotation.added", kw_only=True):
+class ResponseOutputTextAnnotationAdded(_PartEvent, tag="response.output_text.annotation.added", kw_only=True, frozen=True):
     annotation_index: int
     annotation: AnnotationField
 
 
-class ResponseRefusalDelta(_PartEvent, tag="response.refusal.delta", kw_only=True):
+class ResponseRefusalDelta(_PartEvent, tag="response.refusal.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class ResponseRefusalDone(_PartEvent, tag="response.refusal.done", kw_only=True):
+class ResponseRefusalDone(_PartEvent, tag="response.refusal.done", kw_only=True, frozen=True):
     refusal: str
 
 
-class ResponseReasoningTextDelta(_PartEvent, tag="response.reasoning_text.delta", kw_only=True):
+class ResponseReasoningTextDelta(_PartEvent, tag="response.reasoning_text.delta", kw_only=True, frozen=True):
     """The seed's (OpenRouter's and OpenAI's) name for a reasoning-text delta."""
 
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class ResponseReasoningTextDone(_PartEvent, tag="response.reasoning_text.done", kw_only=True):
+class ResponseReasoningTextDone(_PartEvent, tag="response.reasoning_text.done", kw_only=True, frozen=True):
     text: str
 
 
-class ResponseReasoningDelta(_PartEvent, tag="response.reasoning.delta", kw_only=True):
+class ResponseReasoningDelta(_PartEvent, tag="response.reasoning.delta", kw_only=True, frozen=True):
     """The Open Responses spec's name for a reasoning-text delta."""
 
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class ResponseReasoningDone(_PartEvent, tag="response.reasoning.done", kw_only=True):
+class ResponseReasoningDone(_PartEvent, tag="response.reasoning.done", kw_only=True, frozen=True):
     text: str
 
 
 # --- reasoning summaries ------------------------------------------------------------------------------------
 
 
-class _SummaryEvent(_Event, kw_only=True):
+class _SummaryEvent(_Event, kw_only=True, frozen=True):
     item_id: str
     output_index: int
     summary_index: int
 
 
-class ResponseReasoningSummaryPartAdded(_SummaryEvent, tag="response.reasoning_summary_part.added", kw_only=True):
+class ResponseReasoningSummaryPartAdded(_SummaryEvent, tag="response.reasoning_summary_part.added", kw_only=True, frozen=True):
     part: ContentPartField
 
 
-class ResponseReasoningSummaryPartDone(_SummaryEvent, tag="response.reasoning_summary_part.done", kw_only=True):
+class ResponseReasoningSummaryPartDone(_SummaryEvent, tag="response.reasoning_summary_part.done", kw_only=True, frozen=True):
     part: ContentPartField
 
 
-class ResponseReasoningSummaryTextDelta(_SummaryEvent, tag="response.reasoning_summary_text.delta", kw_only=True):
+class ResponseReasoningSummaryTextDelta(_SummaryEvent, tag="response.reasoning_summary_text.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class ResponseReasoningSummaryTextDone(_SummaryEvent, tag="response.reasoning_summary_text.done", kw_only=True):
+class ResponseReasoningSummaryTextDone(_SummaryEvent, tag="response.reasoning_summary_text.done", kw_only=True, frozen=True):
     text: str
 
 
 # --- tool-call argument streams -----------------------------------------------------------------------------
 
 
-class _ItemEvent(_Event, kw_only=True):
+class _ItemEvent(_Event, kw_only=True, frozen=True):
     item_id: str
     output_index: int
 
 
-class FunctionCallArgumentsDelta(_ItemEvent, tag="response.function_call_arguments.delta", kw_only=True):
+class FunctionCallArgumentsDelta(_ItemEvent, tag="response.function_call_arguments.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class FunctionCallArgumentsDone(_ItemEvent, tag="response.function_call_arguments.done", kw_only=True):
+class FunctionCallArgumentsDone(_ItemEvent, tag="response.function_call_arguments.done", kw_only=True, frozen=True):
     arguments: str
     # The seed has it (OpenRouter's SDK rejects the event without it); OpenAI's stream leaves it out.
     name: str | UnsetType = UNSET
 
 
-class CustomToolCallInputDelta(_ItemEvent, tag="response.custom_tool_call_input.delta", kw_only=True):
+class CustomToolCallInputDelta(_ItemEvent, tag="response.custom_tool_call_input.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class CustomToolCallInputDone(_ItemEvent, tag="response.custom_tool_call_input.done", kw_only=True):
+class CustomToolCallInputDone(_ItemEvent, tag="response.custom_tool_call_input.done", kw_only=True, frozen=True):
     input: str
 
 
-class McpCallArgumentsDelta(_ItemEvent, tag="response.mcp_call_arguments.delta", kw_only=True):
+class McpCallArgumentsDelta(_ItemEvent, tag="response.mcp_call_arguments.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class McpCallArgumentsDone(_ItemEvent, tag="response.mcp_call_arguments.done", kw_only=True):
+class McpCallArgumentsDone(_ItemEvent, tag="response.mcp_call_arguments.done", kw_only=True, frozen=True):
     arguments: str
 
 
-class CodeInterpreterCallCodeDelta(_ItemEvent, tag="response.code_interpreter_call_code.delta", kw_only=True):
+class CodeInterpreterCallCodeDelta(_ItemEvent, tag="response.code_interpreter_call_code.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class CodeInterpreterCallCodeDone(_ItemEvent, tag="response.code_interpreter_call_code.done", kw_only=True):
+class CodeInterpreterCallCodeDone(_ItemEvent, tag="response.code_interpreter_call_code.done", kw_only=True, frozen=True):
     code: str
 
 
-class ApplyPatchCallOperationDiffDelta(_ItemEvent, tag="response.apply_patch_call_operation_diff.delta", kw_only=True):
+class ApplyPatchCallOperationDiffDelta(_ItemEvent, tag="response.apply_patch_call_operation_diff.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class ApplyPatchCallOperationDiffDone(_ItemEvent, tag="response.apply_patch_call_operation_diff.done", kw_only=True):
+class ApplyPatchCallOperationDiffDone(_ItemEvent, tag="response.apply_patch_call_operation_diff.done", kw_only=True, frozen=True):
     diff: str
 
 
 # --- hosted-tool progress -----------------------------------------------------------------------------------
 
 
-class _ProgressEvent(_Event, kw_only=True):
+class _ProgressEvent(_Event, kw_only=True, frozen=True):
     item_id: str
     output_index: int
 
 
-class _ImageEvent(_Event, kw_only=True):
+class _ImageEvent(_Event, kw_only=True, frozen=True):
     item_id: str
     # The seed's schema types these as ``number`` (its examples are fractional).
     output_index: Number
 
 
-class ImageGenerationCallInProgress(_ImageEvent, tag="response.image_generation_call.in_progress", kw_only=True):
+class ImageGenerationCallInProgress(_ImageEvent, tag="response.image_generation_call.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class ImageGenerationCallGenerating(_ImageEvent, tag="response.image_generation_call.generating", kw_only=True):
+class ImageGenerationCallGenerating(_ImageEvent, tag="response.image_generation_call.generating", kw_only=True, frozen=True):
     pass
 
 
-class ImageGenerationCallPartialImage(_ImageEvent, tag="response.image_generation_call.partial_image", kw_only=True):
+class ImageGenerationCallPartialImage(_ImageEvent, tag="response.image_generation_call.partial_image", kw_only=True, frozen=True):
     partial_image_b64: str
     partial_image_index: Number
     background: str | None | UnsetType = UNSET
@@ -352,98 +352,98 @@ class ImageGenerationCallPartialImage(_ImageEvent, tag="response.image_generatio
     size: str | None | UnsetType = UNSET
 
 
-class ImageGenerationCallCompleted(_ImageEvent, tag="response.image_generation_call.completed", kw_only=True):
+class ImageGenerationCallCompleted(_ImageEvent, tag="response.image_generation_call.completed", kw_only=True, frozen=True):
     pass
 
 
-class WebSearchCallInProgress(_ProgressEvent, tag="response.web_search_call.in_progress", kw_only=True):
+class WebSearchCallInProgress(_ProgressEvent, tag="response.web_search_call.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class WebSearchCallSearching(_ProgressEvent, tag="response.web_search_call.searching", kw_only=True):
+class WebSearchCallSearching(_ProgressEvent, tag="response.web_search_call.searching", kw_only=True, frozen=True):
     pass
 
 
-class WebSearchCallCompleted(_ProgressEvent, tag="response.web_search_call.completed", kw_only=True):
+class WebSearchCallCompleted(_ProgressEvent, tag="response.web_search_call.completed", kw_only=True, frozen=True):
     pass
 
 
-class FileSearchCallInProgress(_ProgressEvent, tag="response.file_search_call.in_progress", kw_only=True):
+class FileSearchCallInProgress(_ProgressEvent, tag="response.file_search_call.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class FileSearchCallSearching(_ProgressEvent, tag="response.file_search_call.searching", kw_only=True):
+class FileSearchCallSearching(_ProgressEvent, tag="response.file_search_call.searching", kw_only=True, frozen=True):
     pass
 
 
-class FileSearchCallCompleted(_ProgressEvent, tag="response.file_search_call.completed", kw_only=True):
+class FileSearchCallCompleted(_ProgressEvent, tag="response.file_search_call.completed", kw_only=True, frozen=True):
     pass
 
 
-class CodeInterpreterCallInProgress(_ProgressEvent, tag="response.code_interpreter_call.in_progress", kw_only=True):
+class CodeInterpreterCallInProgress(_ProgressEvent, tag="response.code_interpreter_call.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class CodeInterpreterCallInterpreting(_ProgressEvent, tag="response.code_interpreter_call.interpreting", kw_only=True):
+class CodeInterpreterCallInterpreting(_ProgressEvent, tag="response.code_interpreter_call.interpreting", kw_only=True, frozen=True):
     pass
 
 
-class CodeInterpreterCallCompleted(_ProgressEvent, tag="response.code_interpreter_call.completed", kw_only=True):
+class CodeInterpreterCallCompleted(_ProgressEvent, tag="response.code_interpreter_call.completed", kw_only=True, frozen=True):
     pass
 
 
-class McpCallInProgress(_ProgressEvent, tag="response.mcp_call.in_progress", kw_only=True):
+class McpCallInProgress(_ProgressEvent, tag="response.mcp_call.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class McpCallCompleted(_ProgressEvent, tag="response.mcp_call.completed", kw_only=True):
+class McpCallCompleted(_ProgressEvent, tag="response.mcp_call.completed", kw_only=True, frozen=True):
     pass
 
 
-class McpCallFailed(_ProgressEvent, tag="response.mcp_call.failed", kw_only=True):
+class McpCallFailed(_ProgressEvent, tag="response.mcp_call.failed", kw_only=True, frozen=True):
     pass
 
 
-class McpListToolsInProgress(_ProgressEvent, tag="response.mcp_list_tools.in_progress", kw_only=True):
+class McpListToolsInProgress(_ProgressEvent, tag="response.mcp_list_tools.in_progress", kw_only=True, frozen=True):
     pass
 
 
-class McpListToolsCompleted(_ProgressEvent, tag="response.mcp_list_tools.completed", kw_only=True):
+class McpListToolsCompleted(_ProgressEvent, tag="response.mcp_list_tools.completed", kw_only=True, frozen=True):
     pass
 
 
-class McpListToolsFailed(_ProgressEvent, tag="response.mcp_list_tools.failed", kw_only=True):
+class McpListToolsFailed(_ProgressEvent, tag="response.mcp_list_tools.failed", kw_only=True, frozen=True):
     pass
 
 
 # --- shell tool (OpenAI): commands are addressed by output_index and command_index --------------------------
 
 
-class _ShellCommandEvent(_Event, kw_only=True):
+class _ShellCommandEvent(_Event, kw_only=True, frozen=True):
     output_index: int
     command_index: int
     item_id: str | UnsetType = UNSET
 
 
-class ShellCallCommandAdded(_ShellCommandEvent, tag="response.shell_call_command.added", kw_only=True):
+class ShellCallCommandAdded(_ShellCommandEvent, tag="response.shell_call_command.added", kw_only=True, frozen=True):
     command: str = ""
 
 
-class ShellCallCommandDelta(_ShellCommandEvent, tag="response.shell_call_command.delta", kw_only=True):
+class ShellCallCommandDelta(_ShellCommandEvent, tag="response.shell_call_command.delta", kw_only=True, frozen=True):
     delta: str
     obfuscation: str | UnsetType = UNSET
 
 
-class ShellCallCommandDone(_ShellCommandEvent, tag="response.shell_call_command.done", kw_only=True):
+class ShellCallCommandDone(_ShellCommandEvent, tag="response.shell_call_command.done", kw_only=True, frozen=True):
     command: str
 
 
-class ShellCallOutputContentDelta(_ShellCommandEvent, tag="response.shell_call_output_content.delta", kw_only=True):
+class ShellCallOutputContentDelta(_ShellCommandEvent, tag="response.shell_call_output_content.delta", kw_only=True, frozen=True):
     delta: Any
     obfuscation: str | UnsetType = UNSET
 
 
-class ShellCallOutputContentDone(_ShellCommandEvent, tag="response.shell_call_output_content.done", kw_only=True):
+class ShellCallOutputContentDone(_ShellCommandEvent, tag="response.shell_call_output_content.done", kw_only=True, frozen=True):
     output: Any = None
 
 
@@ -511,7 +511,7 @@ KnownEvent = Union[
 ]
 
 EVENT_CLASSES: dict[str, type[_Event]] = {}
-for _cls in KnownEvent.__args__:
+for _cls in get_args(KnownEvent):
     _tag = _cls.__struct_config__.tag
     assert isinstance(_tag, str)
     _cls.type = _tag
@@ -539,7 +539,7 @@ class UnknownEvent(Struct, frozen=True, dict=True):
 
     @property
     def raw_json(self) -> bytes | None:
-        return self.__dict__.get("_raw")  # type: ignore[no-any-return]
+        return self.__dict__.get("_raw")
 
 
 Event = Union[KnownEvent, UnknownEvent]

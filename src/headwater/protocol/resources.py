@@ -8,7 +8,7 @@ so a re-encoded object says what the provider said. Unknown item, part and annot
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
@@ -64,8 +64,8 @@ __all__ = [
     "UnknownItem",
     "UnknownPart",
     "UnsetType",
-    "Usage",
     "UrlCitation",
+    "Usage",
     "WebSearchCall",
 ]
 
@@ -91,7 +91,7 @@ class _Unknown:
         return self.data.get(name, UNSET)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.data == self.data  # type: ignore[attr-defined]
+        return isinstance(other, _Unknown) and type(other) is type(self) and other.data == self.data
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(type={self.type!r}, data={self.data!r})"
@@ -116,7 +116,7 @@ class UnknownAnnotation(_Unknown):
 
 
 class _Annotation(Struct, tag_field="type", kw_only=True):
-    pass
+    type: ClassVar[str]  # the wire tag, set below for every class
 
 
 class UrlCitation(_Annotation, tag="url_citation"):
@@ -169,7 +169,7 @@ class LogProb(Struct, kw_only=True):
 
 
 class _Part(Struct, tag_field="type", kw_only=True):
-    pass
+    type: ClassVar[str]  # the wire tag, set below for every class
 
 
 class OutputText(_Part, tag="output_text"):
@@ -222,6 +222,7 @@ else:
 
 
 class _Item(Struct, tag_field="type", kw_only=True):
+    type: ClassVar[str]  # the wire tag, set below for every class
     id: str | None = None
 
 
@@ -392,6 +393,10 @@ if TYPE_CHECKING:
 else:
     ItemField = Item
 
+
+for _cls in (*get_args(Annotation), *get_args(ContentPart), *get_args(Item)):
+    _cls.type = _cls.__struct_config__.tag
+del _cls
 
 # --- the response -------------------------------------------------------------------------------------------
 
