@@ -1,0 +1,80 @@
+"""Backends: where generation steps come from. ``create_backend(name, **options)`` builds one by name; a backend's
+module is imported only when it is chosen, so llama.cpp is loaded only for "local".
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .base import (
+    Backend,
+    BackendError,
+    ChatMessage,
+    Finish,
+    GenerationRequest,
+    ReasoningDelta,
+    Step,
+    TextDelta,
+    ToolCallDelta,
+    UsageStep,
+)
+
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "BackendError",
+    "ChatMessage",
+    "Finish",
+    "GenerationRequest",
+    "ReasoningDelta",
+    "Step",
+    "TextDelta",
+    "ToolCallDelta",
+    "UsageStep",
+    "create_backend",
+]
+
+
+def _local() -> Callable[..., Backend]:
+    """``LocalBackend(model_path=, n_ctx=, n_threads=, default_max_output_tokens=, seed=)``."""
+    from .local import LocalBackend
+
+    return LocalBackend
+
+
+def _scripted() -> Callable[..., Backend]:
+    """``script=`` a path (``.jsonl`` capture or JSON list of steps), a list of steps or a function of the
+    request; other options go to ``ScriptedBackend`` (``delay=``, ``models=``, ``strict_models=``)."""
+    from .scripted import ScriptedBackend
+
+    def build(*, script: Any, **options: Any) -> Backend:
+        if isinstance(script, str) or hasattr(script, "__fspath__"):
+            return ScriptedBackend.from_file(script, **options)
+        return ScriptedBackend(script, **options)
+
+    build.__signature__ = inspect.signature(ScriptedBackend)  # type: ignore[attr-defined]
+    return build
+
+
+# name -> a function returning the backend's constructor. "chat" and "responses" (upstream APIs) come next.
+_BACKENDS: dict[str, Callable[[], Callable[..., Backend]]] = {
+    "local": _local,
+    "scripted": _scripted,
+}
+BACKEND_NAMES = tuple(_BACKENDS)
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """The backend called ``name``, built with ``options``. An unknown name or option is a ``ValueError``
+    that lists what is known; trouble the backend itself can name (a missing model file) is a ``BackendError``."""
+    loader = _BACKENDS.get(name)
+    if loader is None:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKEND_NAMES)}")
+    constructor = loader()
+    try:
+        inspect.signature(constructor).bind(**options)
+    except TypeError as exc:
+        raise ValueError(f"backend {name!r}: {exc}") from exc
+    return constructor(**options)

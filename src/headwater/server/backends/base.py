@@ -1,0 +1,122 @@
+"""What a backend is: something that turns a normalized request into *generation steps*.
+
+Backends never build protocol events: they yield steps (text, reasoning, tool-call deltas, usage, finish) and the
+server's ``ResponseWriter`` turns steps into a conformant event stream. A backend raises ``BackendError`` for
+trouble it can name (upstream HTTP errors, time-outs); the server turns it into ``error`` + ``response.failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Union
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ChatMessage",
+    "Finish",
+    "GenerationRequest",
+    "ReasoningDelta",
+    "Step",
+    "TextDelta",
+    "ToolCallDelta",
+    "UsageStep",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a function call. ``index`` tells parallel calls apart; ``call_id``/``name`` come with the
+    first piece of a call (later pieces may repeat or omit them); ``arguments`` is the next slice of JSON text."""
+
+    index: int
+    arguments: str = ""
+    call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageStep:
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The end of generation. ``length`` and ``content_filter`` make the response ``incomplete``."""
+
+    reason: Literal["stop", "length", "content_filter", "tool_calls"] = "stop"
+
+
+Step = Union[TextDelta, ReasoningDelta, ToolCallDelta, UsageStep, Finish]
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    """One turn of the normalized conversation a backend sees (the chat shape every backend understands).
+
+    ``role`` is system/developer/user/assistant/tool. Assistant turns may carry ``tool_calls``
+    (``[{"id", "name", "arguments"}]``); tool turns carry ``tool_call_id``.
+    """
+
+    role: str
+    content: str = ""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    tool_call_id: str | None = None
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    model: str
+    messages: list[ChatMessage]
+    tools: list[dict[str, Any]] = field(default_factory=list)  # function tools: {"name","description","parameters"}
+    tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    text_format: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+class BackendError(Exception):
+    """Trouble a backend can name. ``status`` is the HTTP status the server answers with before streaming
+    starts (502 upstream error, 504 time-out); mid-stream it becomes ``error`` + ``response.failed``."""
+
+    def __init__(self, message: str, *, code: str = "server_error", status: int = 502) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+
+
+class Backend(Protocol):
+    """A source of generation steps. ``generate`` must stop promptly when its iterator is closed
+    (``aclose()``): that is how a client disconnect or a cancel stops paid compute."""
+
+    name: str
+
+    def models(self) -> list[str]: ...
+
+    def describe(self) -> str:
+        """One line for start-up: what runs, and what it can and cannot do."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Step]: ...
+
+    async def aclose(self) -> None: ...

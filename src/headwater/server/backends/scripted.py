@@ -1,0 +1,328 @@
+"""ScriptedBackend: a deterministic TEST DOUBLE that plays a script of generation steps (from a list, a function of
+the request, a JSON file or a recorded Responses capture). Never the default backend: tests and demos choose it.
+It records every request and how each stream ended, which is what tests of disconnects and cancels look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeAlias, cast
+
+from .base import (
+    BackendError,
+    Finish,
+    GenerationRequest,
+    ReasoningDelta,
+    Step,
+    TextDelta,
+    ToolCallDelta,
+    UsageStep,
+)
+
+__all__ = [
+    "Fail",
+    "Pause",
+    "Script",
+    "ScriptItem",
+    "ScriptRun",
+    "ScriptedBackend",
+    "item_from_json",
+    "load_script",
+    "steps_from_capture",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait this long before the next item (a slow backend)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Raise ``error`` at this point of the stream (a backend failing mid-stream)."""
+
+    error: BackendError
+
+
+ScriptItem: TypeAlias = Step | Pause | Fail
+Script: TypeAlias = Sequence[ScriptItem] | Callable[[GenerationRequest], Sequence[ScriptItem]]
+
+_FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+@dataclass(slots=True)
+class ScriptRun:
+    """What happened to one ``generate`` call."""
+
+    request: GenerationRequest
+    steps_yielded: int = 0
+    completed: bool = False  # the script played to its end
+    closed_early: bool = False  # the consumer closed the iterator (aclose) or its task was cancelled first
+    failed: BackendError | None = None
+
+
+class ScriptedBackend:
+    """Plays ``script`` on every ``generate`` call: a list of steps (with ``Pause`` and ``Fail`` items), or a
+    function ``request -> list`` so a test can echo what the backend saw. ``delay`` waits before every step.
+
+    Any model name is accepted unless ``strict_models`` is set; then names outside ``models`` are a
+    ``BackendError(400, "model_not_found")``. ``runs`` holds one ``ScriptRun`` per call; ``requests``,
+    ``steps_yielded`` (all runs) and ``closed_early`` (the latest run) are shortcuts over it.
+    """
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        script: Script,
+        *,
+        delay: float = 0.0,
+        models: Sequence[str] = ("scripted",),
+        strict_models: bool = False,
+        source: str = "an in-memory script",
+    ) -> None:
+        self.script = script
+        self.delay = delay
+        self.strict_models = strict_models
+        self.source = source
+        self.runs: list[ScriptRun] = []
+        self.closed = False
+        self._models = list(models)
+
+    # -- building from files --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_capture(
+        cls, path: str | os.PathLike[str], *, response: int = 0, **options: Any
+    ) -> ScriptedBackend:
+        """Replays the ``response``-th response of a recorded Responses stream (JSONL of events)."""
+        with open(path, encoding="utf-8") as f:
+            steps = steps_from_capture(f, response=response)
+        return cls(steps, source=f"capture {Path(path).name}", **options)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **options: Any) -> ScriptedBackend:
+        """A ``.jsonl`` file is a capture; anything else a JSON list of steps (see ``item_from_json``)."""
+        if Path(path).suffix == ".jsonl":
+            return cls.from_capture(path, **options)
+        return cls(load_script(path), source=f"script {Path(path).name}", **options)
+
+    # -- what tests look at ---------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[GenerationRequest]:
+        return [run.request for run in self.runs]
+
+    @property
+    def steps_yielded(self) -> int:
+        return sum(run.steps_yielded for run in self.runs)
+
+    @property
+    def closed_early(self) -> bool:
+        """Whether the latest stream was closed (or its task cancelled) before its script ended."""
+        return bool(self.runs) and self.runs[-1].closed_early
+
+    # -- the Backend protocol -------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def describe(self) -> str:
+        return f"scripted: a test double replaying {self.source}; deterministic, no model behind it"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        run = ScriptRun(request)
+        self.runs.append(run)
+        if self.strict_models and request.model not in self._models:
+            run.failed = BackendError(
+                f"model {request.model!r} is not served here; available: {', '.join(self._models)}",
+                code="model_not_found",
+                status=400,
+            )
+            raise run.failed
+        items = self.script(request) if callable(self.script) else self.script
+        try:
+            for item in items:
+                if isinstance(item, Pause):
+                    await asyncio.sleep(item.seconds)
+                elif isinstance(item, Fail):
+                    run.failed = item.error
+                    raise item.error
+                else:
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    run.steps_yielded += 1
+                    yield item
+            run.completed = True
+        except (GeneratorExit, asyncio.CancelledError):
+            run.closed_early = True
+            raise
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+# -- scripts as JSON --------------------------------------------------------------------------------------------
+
+
+def item_from_json(obj: dict[str, Any]) -> ScriptItem:
+    """One script item from its JSON form: ``{"text": "Hel"}``, ``{"reasoning": "..."}``,
+    ``{"tool_call": {"index": 0, "call_id": "call_1", "name": "f", "arguments": "{}"}}``,
+    ``{"usage": {"input_tokens": 3, "output_tokens": 2}}``, ``{"finish": "stop"}``, ``{"pause": 0.1}``
+    (or ``"delay"``), ``{"error": {"message": "...", "code": "server_error", "status": 502}}``."""
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise ValueError(f"a script step is an object with one key, got {obj!r}")
+    ((key, value),) = obj.items()
+    if key == "text":
+        return TextDelta(str(value))
+    if key == "reasoning":
+        return ReasoningDelta(str(value))
+    if key == "tool_call":
+        return ToolCallDelta(**{"index": 0, **value})
+    if key == "usage":
+        return UsageStep(**value)
+    if key == "finish":
+        if value not in _FINISH_REASONS:
+            raise ValueError(f"finish reason {value!r} is not one of {', '.join(_FINISH_REASONS)}")
+        return Finish(cast(FinishReason, value))
+    if key in ("pause", "delay"):
+        return Pause(float(value))
+    if key == "error":
+        if isinstance(value, str):
+            return Fail(BackendError(value))
+        return Fail(BackendError(value.get("message", "scripted failure"), **_error_options(value)))
+    raise ValueError(f"unknown script step {key!r} (text, reasoning, tool_call, usage, finish, pause, error)")
+
+
+def load_script(path: str | os.PathLike[str]) -> list[ScriptItem]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a script is a JSON list of steps")
+    return [item_from_json(obj) for obj in data]
+
+
+def _error_options(error: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {"code": error.get("code") or "server_error"}
+    if isinstance(error.get("status"), int):
+        options["status"] = error["status"]
+    return options
+
+
+# -- recorded captures ------------------------------------------------------------------------------------------
+
+_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+_REASONING_DELTAS = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
+
+
+def steps_from_capture(lines: Iterable[str], *, response: int = 0) -> list[ScriptItem]:
+    """The steps a backend would have yielded for one response of a recorded stream (one JSON event a line).
+
+    Text deltas become ``TextDelta``; reasoning summary/text deltas ``ReasoningDelta``; function calls
+    ``ToolCallDelta`` (index = order of the call; the first piece carries call_id and name); the terminal
+    response's usage a ``UsageStep`` and its status a ``Finish`` (completed with calls: ``tool_calls``;
+    incomplete: ``length`` or ``content_filter``); ``error`` / ``response.failed`` a ``Fail``. Other tools'
+    items (MCP, shell, custom tools...) have no step and are skipped. A capture holding several responses is
+    cut at each ``response.created``.
+    """
+    responses: list[list[dict[str, Any]]] = [[]]
+    for line in lines:
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        if event.get("type") == "response.created" and any(
+            e.get("type") == "response.created" for e in responses[-1]
+        ):
+            responses.append([])
+        responses[-1].append(event)
+    if not 0 <= response < len(responses):
+        raise ValueError(f"the capture holds {len(responses)} response(s), not #{response}")
+    return _steps(responses[response])
+
+
+def _steps(events: list[dict[str, Any]]) -> list[ScriptItem]:
+    steps: list[ScriptItem] = []
+    calls: dict[Any, int] = {}  # item id and output_index -> call index
+    streamed: set[Any] = set()  # text parts and calls that had deltas, so their .done adds nothing
+    failed = False
+
+    def keys(event: dict[str, Any], item: dict[str, Any] | None = None) -> list[Any]:
+        found = [(item or {}).get("id"), event.get("item_id")]
+        if event.get("output_index") is not None:
+            found.append(("output", event["output_index"]))
+        return [key for key in found if key is not None]
+
+    def call_index(event: dict[str, Any], item: dict[str, Any] | None = None) -> int | None:
+        return next((calls[key] for key in keys(event, item) if key in calls), None)
+
+    for event in events:
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            streamed.add(("text", event.get("item_id"), event.get("content_index")))
+            steps.append(TextDelta(event.get("delta", "")))
+        elif kind == "response.output_text.done":
+            if ("text", event.get("item_id"), event.get("content_index")) not in streamed and event.get(
+                "text"
+            ):
+                steps.append(TextDelta(event["text"]))
+        elif kind in _REASONING_DELTAS:
+            steps.append(ReasoningDelta(event.get("delta", "")))
+        elif kind in ("response.output_item.added", "response.output_item.done"):
+            item = event.get("item") or {}
+            if item.get("type") != "function_call":
+                continue
+            index = call_index(event, item)
+            if index is None:
+                index = len(set(calls.values()))
+                calls.update(dict.fromkeys(keys(event, item), index))
+                steps.append(ToolCallDelta(index, "", call_id=item.get("call_id"), name=item.get("name")))
+            if kind == "response.output_item.done" and index not in streamed and item.get("arguments"):
+                streamed.add(index)
+                steps.append(ToolCallDelta(index, item["arguments"]))
+        elif kind == "response.function_call_arguments.delta":
+            index = call_index(event)
+            if index is not None:
+                streamed.add(index)
+                steps.append(ToolCallDelta(index, event.get("delta", "")))
+        elif kind == "error":
+            failed = True
+            nested = event.get("error")
+            error: dict[str, Any] = nested if isinstance(nested, dict) else event  # both error shapes
+            steps.append(
+                Fail(BackendError(error.get("message") or "upstream error", **_error_options(error)))
+            )
+        elif kind in _TERMINAL:
+            resp = event.get("response") or {}
+            usage = resp.get("usage")
+            if isinstance(usage, dict):
+                steps.append(
+                    UsageStep(
+                        input_tokens=usage.get("input_tokens", 0),
+                        output_tokens=usage.get("output_tokens", 0),
+                        reasoning_tokens=(usage.get("output_tokens_details") or {}).get(
+                            "reasoning_tokens", 0
+                        ),
+                        cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens", 0),
+                    )
+                )
+            if kind == "response.failed":
+                if not failed:
+                    error = resp.get("error") or {}
+                    steps.append(
+                        Fail(BackendError(error.get("message") or "response failed", **_error_options(error)))
+                    )
+            elif kind == "response.incomplete":
+                why = (resp.get("incomplete_details") or {}).get("reason")
+                steps.append(Finish("content_filter" if why == "content_filter" else "length"))
+            else:
+                steps.append(Finish("tool_calls" if calls else "stop"))
+            break
+    return steps

@@ -1,0 +1,96 @@
+"""``headwater serve``: run the Open Responses server with uvicorn.
+
+Options come from the command line and the environment (``HEADWATER_DATA_DIR``, ``HEADWATER_API_KEYS``). At start
+it says where it listens, which backend and model run and what they can and cannot do, and where data is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import uvicorn
+
+from .app import create_app
+from .backends.base import BackendError
+from .config import ServerConfig, default_data_dir
+
+__all__ = ["serve_command"]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--backend", default="local", show_default=True, help="What generates: local (llama.cpp) or scripted.")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+              help="An option for the backend (repeatable), e.g. script=capture.jsonl or n_ctx=4096; "
+                   "VALUE is read as JSON when it parses as JSON.")
+@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True,
+              help="Where responses and event logs are kept.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the SQLite store [default: $HEADWATER_DATA_DIR or ~/.local/share/headwater].")
+@click.option("--api-key", "api_keys", multiple=True,
+              help="Accept this API key (repeatable; also $HEADWATER_API_KEYS, comma-separated). "
+                   "Without any, the server needs no key.")
+@click.option("--strict-tools", is_flag=True,
+              help="Refuse requests with tools the backend cannot run, instead of dropping them.")
+@click.option("--keepalive", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Seconds of model silence before an SSE keep-alive comment.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def serve_command(
+    host: str,
+    port: int,
+    backend: str,
+    backend_options: tuple[str, ...],
+    store: str,
+    data_dir: Path | None,
+    api_keys: tuple[str, ...],
+    strict_tools: bool,
+    keepalive: float,
+    log_level: str,
+) -> None:
+    """Run the Open Responses server (POST /v1/responses and its companions)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = [*api_keys, *(k.strip() for k in os.environ.get("HEADWATER_API_KEYS", "").split(","))]
+    config = ServerConfig.with_keys(
+        keys,
+        host=host,
+        port=port,
+        backend=backend,
+        backend_options=dict(_option(text) for text in backend_options),
+        store="memory" if store == "memory" else "sqlite",
+        data_dir=(data_dir or default_data_dir()).expanduser(),
+        strict_tools=strict_tools,
+        keepalive_seconds=keepalive,
+    )
+    try:
+        app = create_app(config)
+    except (BackendError, ValueError) as exc:
+        raise click.ClickException(f"cannot start backend {backend!r}: {exc}") from None
+    state = app.state.headwater
+    click.echo(f"headwater: listening on http://{host}:{port}/v1/responses")
+    click.echo(f"  backend: {state.backend.describe()}")
+    click.echo(f"  models:  {', '.join(state.backend.models())}")
+    click.echo(f"  store:   {state.store.describe()}")
+    if config.api_key_digests:
+        click.echo(f"  auth:    {len(config.api_key_digests)} API key(s); each response belongs to its key")
+    else:
+        click.echo("  auth:    none (no --api-key): anyone who can reach the port can use the server")
+    click.echo("  tools:   function tools only; others are " + ("refused (--strict-tools)" if strict_tools else
+                                                                 "dropped and reported in x-headwater-dropped-tools"))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--backend-option")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value

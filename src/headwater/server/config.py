@@ -1,0 +1,60 @@
+"""The server's settings, in one frozen object: where to listen, which backend and store, who may call.
+
+``ServerConfig`` holds values only; the command line (``server.cli``) and the environment fill it, and
+``create_app`` reads it. API keys are kept as SHA-256 digests so no raw key lives longer than start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ServerConfig", "default_data_dir", "key_digest"]
+
+StoreKind = Literal["sqlite", "memory"]
+
+
+def default_data_dir() -> Path:
+    """``$HEADWATER_DATA_DIR``, else ``$XDG_DATA_HOME/headwater``, else ``~/.local/share/headwater``."""
+    explicit = os.environ.get("HEADWATER_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "headwater"
+
+
+def key_digest(key: str) -> str:
+    """The stored form of an API key: what identifies the owner of a response without keeping the key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backend: str = "local"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    store: StoreKind = "sqlite"
+    data_dir: Path = field(default_factory=default_data_dir)
+    # Digests of the accepted API keys (see ``key_digest``); empty means no authentication.
+    api_key_digests: frozenset[str] = frozenset()
+    # Refuse requests carrying tools the backend cannot run, instead of dropping them and saying so.
+    strict_tools: bool = False
+    # An SSE comment is written after this many seconds without an event, so proxies keep the stream open.
+    keepalive_seconds: float = 15.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    # How many earlier responses a previous_response_id chain may reach back through.
+    max_chain_length: int = 1000
+
+    @classmethod
+    def with_keys(cls, keys: Iterable[str], **settings: Any) -> ServerConfig:
+        """A config accepting ``keys`` (raw API keys); empty strings are ignored."""
+        return cls(api_key_digests=frozenset(key_digest(k) for k in keys if k), **settings)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "headwater.sqlite3"

@@ -1,0 +1,109 @@
+"""The conversation a backend sees: instructions, then every earlier turn of the ``previous_response_id`` chain
+(its input items and its output), then this request's input, as a list of ``ChatMessage``.
+
+Instructions are not inherited from earlier responses (as in OpenAI's API). Reasoning items are left out: a
+chat backend cannot take them back. The chain is walked through the store, so only stored responses of the
+same owner can be continued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from headwater.protocol.resources import Response
+
+from .backends.base import ChatMessage
+from .errors import APIError
+from .requests import (
+    TEXT_PARTS,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    RefusalPart,
+    StoredItem,
+    ValidatedRequest,
+    decode_input_items,
+    item_from_output,
+)
+from .store import Store
+from .store.base import UNFINISHED_STATUSES
+
+__all__ = ["build_messages", "to_chat_messages"]
+
+_response_decoder = msgspec.json.Decoder(Response)
+
+
+async def build_messages(
+    store: Store, owner: str | None, request: ValidatedRequest, *, max_chain_length: int = 1000
+) -> list[ChatMessage]:
+    """Everything the model should see for ``request``; raises ``APIError`` for a chain it cannot follow."""
+    earlier: list[tuple[str, Response]] = []
+    previous = request.body.previous_response_id
+    while previous is not None:
+        record = await store.get(previous)
+        if record is None or record.owner != owner:
+            if not earlier:
+                raise APIError.not_found(f"previous response '{previous}' not found", "previous_response_id")
+            raise APIError.invalid(
+                f"the previous_response_id chain is broken: earlier response '{previous}' no longer exists",
+                "previous_response_id",
+                code="previous_response_not_found",
+            )
+        if record.status in UNFINISHED_STATUSES:
+            raise APIError.invalid(
+                f"previous response '{previous}' is still {record.status}; wait until it finishes",
+                "previous_response_id",
+                code="previous_response_in_progress",
+            )
+        response = _response_decoder.decode(record.data)
+        earlier.append((record.id, response))
+        if len(earlier) > max_chain_length:
+            raise APIError.invalid(
+                f"the previous_response_id chain is longer than {max_chain_length} responses",
+                "previous_response_id",
+                code="conversation_too_long",
+            )
+        previous = response.previous_response_id
+    items: list[StoredItem] = []
+    for response_id, response in reversed(earlier):
+        page = await store.input_items(response_id)
+        items.extend(decode_input_items([item.data for item in page.items]))
+        items.extend(item for item in map(item_from_output, response.output) if item is not None)
+    items.extend(request.items)
+    messages = [ChatMessage(role="system", content=request.body.instructions)] if request.body.instructions else []
+    messages.extend(to_chat_messages(items))
+    return messages
+
+
+def to_chat_messages(items: Iterable[StoredItem]) -> list[ChatMessage]:
+    """Input items in the chat shape: function calls join the assistant turn they follow, outputs become
+    ``tool`` turns, reasoning is dropped."""
+    messages: list[ChatMessage] = []
+    for item in items:
+        if isinstance(item, MessageItem):
+            messages.append(ChatMessage(role=item.role, content=_text(item.content)))
+        elif isinstance(item, FunctionCallItem):
+            call = {"id": item.call_id, "name": item.name, "arguments": item.arguments}
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                last.tool_calls.append(call)
+            else:
+                messages.append(ChatMessage(role="assistant", tool_calls=[call]))
+        elif isinstance(item, FunctionCallOutputItem):
+            messages.append(ChatMessage(role="tool", content=_text(item.output), tool_call_id=item.call_id))
+    return messages
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    assert isinstance(content, list)
+    texts = []
+    for part in content:
+        if isinstance(part, TEXT_PARTS):
+            texts.append(part.text)
+        elif isinstance(part, RefusalPart):
+            texts.append(part.refusal)
+    return "\n".join(texts)

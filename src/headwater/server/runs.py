@@ -1,0 +1,487 @@
+"""Runs: one response being generated, in a task of its own, detached from the request that started it.
+
+A run turns the backend's steps into events with a ``ResponseWriter``, appends each batch to the store's event
+log (durable before anyone sees it), then hands it to every follower (the live stream, resumed streams).
+``cancel()`` ends generation at once (the backend iterator is closed: no more tokens are computed).
+
+How a stopped run ends its stream. The spec's terminal events are completed/incomplete/failed, and a terminal
+event's ``response.status`` must agree with its type, so there is no conformant "cancelled" event. A cancelled
+run (``POST .../cancel``, or the client of a non-background stream leaving) ends with ``response.incomplete``,
+``incomplete_details.reason = "cancelled"``: the output so far stays valid, and OpenAI's SDKs, which raise on
+an ``error`` event, do not raise. The stored resource then says ``status: "cancelled"`` as OpenAI's does.
+A run stopped by server shutdown ends with ``error`` + ``response.failed``; so, on the next start, does a run
+a crash left ``queued``/``in_progress`` (``close_orphans``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+from msgspec.structs import replace
+
+from headwater.protocol.accumulate import Accumulator
+from headwater.protocol.codec import decode_event, encode_event
+from headwater.protocol.events import ErrorEvent, ErrorPayload, Event, ResponseFailed
+from headwater.protocol.resources import (
+    InputTokensDetails,
+    OutputTokensDetails,
+    Response,
+    ResponseError,
+    Usage,
+)
+from headwater.protocol.sse import encode_comment, encode_frame
+from headwater.protocol.writer import (
+    FunctionCallWriter,
+    MessageWriter,
+    ReasoningTextWriter,
+    ReasoningWriter,
+    ResponseWriter,
+    TextWriter,
+)
+
+from .backends.base import (
+    Backend,
+    BackendError,
+    Finish,
+    GenerationRequest,
+    ReasoningDelta,
+    Step,
+    TextDelta,
+    ToolCallDelta,
+    UsageStep,
+)
+from .store import Store
+
+__all__ = ["KEEPALIVE", "Run", "Runs", "close_orphans", "encode_response"]
+
+log = logging.getLogger("headwater.server")
+
+KEEPALIVE = encode_comment("keep-alive")
+CANCELLED_REASON = "cancelled"
+
+
+def _unknown_hook(obj: object) -> object:
+    to_builtins = getattr(obj, "to_builtins", None)
+    if to_builtins is None:
+        raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+    return to_builtins()
+
+
+_response_encoder = msgspec.json.Encoder(enc_hook=_unknown_hook)
+_response_decoder = msgspec.json.Decoder(Response)
+
+
+def encode_response(response: Response) -> bytes:
+    """A ``ResponseResource`` as JSON: every spec-required field, nulls included."""
+    return _response_encoder.encode(response)
+
+
+class _Stop(enum.Enum):
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+
+
+class Run:
+    """One response being generated. Read ``frames`` (SSE bytes, index = ``sequence_number``) through
+    ``follow``; ``response`` is the snapshot so far; ``backend_error`` is the ``BackendError`` that failed the
+    run, if one did, and ``steps`` how many steps the backend gave before."""
+
+    def __init__(
+        self,
+        *,
+        writer: ResponseWriter,
+        backend: Backend,
+        request: GenerationRequest,
+        store: Store | None,
+        owner: str | None,
+        background: bool,
+        max_tool_calls: int | None = None,
+        on_finish: Callable[[Run], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.id = writer.id
+        self.owner = owner
+        self.background = background
+        self.frames: list[bytes] = []
+        self.finished = False
+        self.backend_error: BackendError | None = None
+        self.steps = 0  # backend steps received
+        self._backend = backend
+        self._request = request
+        self._store = store
+        # Batches waiting for the store: (events, payloads, status, resource JSON).
+        self._backlog: list[tuple[list[Event], list[bytes], str | None, bytes | None]] = []
+        self._wake = asyncio.Event()
+        self._logger: asyncio.Task[None] | None = None
+        self._log_error: Exception | None = None
+        self._max_tool_calls = max_tool_calls
+        self._on_finish = on_finish
+        self._changed = asyncio.Event()
+        self._first_step = asyncio.Event()
+        self._stop: _Stop | None = None
+        self._in_backend = False
+        self._task: asyncio.Task[None] | None = None
+        # What is open in the writer while steps arrive.
+        self._message: MessageWriter | None = None
+        self._text: TextWriter | None = None
+        self._reasoning: ReasoningWriter | None = None
+        self._reasoning_text: ReasoningTextWriter | None = None
+        self._calls: dict[int, FunctionCallWriter] = {}
+        self._ignored_calls: set[int] = set()
+        self._usage: Usage | None = None
+        self._finish: str | None = None
+
+    # --- control ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._main(), name=f"headwater run {self.id}")
+
+    @property
+    def response(self) -> Response:
+        response = self.writer.response
+        if self.writer.finished and self._stop is _Stop.CANCELLED:
+            return replace(response, status="cancelled")
+        return response
+
+    def cancel(self) -> None:
+        """Stop generating; the run ends as cancelled (see the module's notes). Does nothing once finished."""
+        self._request_stop(_Stop.CANCELLED)
+
+    def shut_down(self) -> None:
+        """Stop generating because the server is stopping; the run ends as failed."""
+        self._request_stop(_Stop.SHUTDOWN)
+
+    def _request_stop(self, stop: _Stop) -> None:
+        if self.writer.finished or self._stop is not None:
+            return  # (a run whose terminal event is being logged has finished generating)
+        self._stop = stop
+        # Interrupt a wait for the next token at once. Anywhere else the loop sees ``_stop`` before it waits
+        # again, so a store write is never interrupted halfway.
+        if self._in_backend and self._task is not None:
+            self._task.cancel()
+
+    async def wait(self) -> None:
+        """Until the terminal event is logged and published (cancelling the waiter leaves the run alone)."""
+        if self._task is not None and not self.finished:
+            await asyncio.shield(self._task)
+
+    async def wait_first_step(self, timeout: float) -> None:
+        """Until the backend produced its first step or the run finished, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._first_step.wait()
+
+    async def follow(self, after: int = -1, keepalive: float = 15.0) -> AsyncIterator[bytes]:
+        """The SSE frames after ``sequence_number`` ``after``, then each new one as it is published, until the
+        terminal event; a keep-alive comment after ``keepalive`` seconds without one."""
+        index = max(after + 1, 0)
+        while True:
+            changed = self._changed
+            while index < len(self.frames):
+                yield self.frames[index]
+                index += 1
+            if self.finished:
+                return
+            try:
+                async with asyncio.timeout(keepalive):
+                    await changed.wait()
+            except TimeoutError:
+                yield KEEPALIVE
+
+    # --- the task -----------------------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        try:
+            try:
+                await self._emit(self.writer.start(queued=self.background), status="in_progress")
+                if self._stop is None:
+                    await self._generate()
+            except BackendError as exc:
+                log.warning("response %s: backend error %s (%s): %s", self.id, exc.status, exc.code, exc.message)
+                self.backend_error = exc
+                if not self.writer.finished:
+                    await self._emit(self.writer.fail(exc.code, exc.message))
+            if not self.writer.finished:
+                await self._emit(self._stop_events())
+        except Exception as exc:
+            log.error("response %s: generation failed", self.id, exc_info=exc)
+            if not self.writer.finished:
+                events = self.writer.fail("server_error", "the server had an error while generating this response")
+                with contextlib.suppress(Exception):  # a failed store: the events are published all the same
+                    await self._emit(events)
+        finally:
+            self.finished = True
+            self._first_step.set()
+            self._notify()
+            if self._on_finish is not None:
+                self._on_finish(self)
+
+    async def _generate(self) -> None:
+        steps = self._backend.generate(self._request)
+        try:
+            while self._stop is None:
+                self._in_backend = True
+                try:
+                    step = await anext(steps)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._stop is None or task is None:
+                        raise
+                    task.uncancel()  # our own cancel(): the run goes on to write its terminal event
+                    break
+                finally:
+                    self._in_backend = False
+                self.steps += 1
+                self._first_step.set()
+                events = self._translate(step)
+                if events:
+                    await self._emit(events)
+            if self._stop is None:
+                await self._emit(self._finish_events())
+        finally:
+            aclose = getattr(steps, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _stop_events(self) -> list[Event]:
+        if self._stop is _Stop.SHUTDOWN:
+            return self.writer.fail("server_shutdown", "the server shut down before this response finished")
+        return self.writer.incomplete(CANCELLED_REASON, self._usage)
+
+    # --- steps to events ----------------------------------------------------------------------------------
+
+    def _translate(self, step: Step) -> list[Event]:
+        out: list[Event] = []
+        if self._finish is not None and not isinstance(step, UsageStep):
+            log.warning("response %s: the backend sent %s after its finish; ignored", self.id, type(step).__name__)
+        elif isinstance(step, TextDelta):
+            if step.text:
+                self._close_reasoning(out)
+                out.extend(self._text_part(out).delta(step.text))
+        elif isinstance(step, ReasoningDelta):
+            if step.text:
+                self._close_message(out)
+                out.extend(self._reasoning_part(out).delta(step.text))
+        elif isinstance(step, ToolCallDelta):
+            call = self._calls.get(step.index)
+            if call is None:
+                if step.index in self._ignored_calls or (
+                    self._max_tool_calls is not None and len(self._calls) >= self._max_tool_calls
+                ):
+                    self._ignored_calls.add(step.index)  # max_tool_calls: later calls are not made
+                    return out
+                self._close_message(out)
+                self._close_reasoning(out)
+                call = self._calls[step.index] = self.writer.function_call(step.name or "", step.call_id)
+                out.extend(call.events)
+            if step.arguments:
+                out.extend(call.delta(step.arguments))
+        elif isinstance(step, UsageStep):
+            self._usage = Usage(
+                input_tokens=step.input_tokens,
+                output_tokens=step.output_tokens,
+                total_tokens=step.input_tokens + step.output_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=step.cached_tokens),
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=step.reasoning_tokens),
+            )
+        elif isinstance(step, Finish):
+            # The terminal event waits for the end of the iterator: usage may come after the finish (as in
+            # Chat Completions streams).
+            self._finish = step.reason
+        return out
+
+    def _finish_events(self) -> list[Event]:
+        if self._finish == "length":
+            return self.writer.incomplete("max_output_tokens", self._usage)
+        if self._finish == "content_filter":
+            return self.writer.incomplete("content_filter", self._usage)
+        return self.writer.complete(self._usage)
+
+    def _text_part(self, out: list[Event]) -> TextWriter:
+        if self._text is None:
+            if self._message is None:
+                self._message = self.writer.message()
+                out.extend(self._message.events)
+            self._text = self._message.text()
+            out.extend(self._text.events)
+        return self._text
+
+    def _reasoning_part(self, out: list[Event]) -> ReasoningTextWriter:
+        if self._reasoning_text is None:
+            if self._reasoning is None:
+                self._reasoning = self.writer.reasoning()
+                out.extend(self._reasoning.events)
+            self._reasoning_text = self._reasoning.text()
+            out.extend(self._reasoning_text.events)
+        return self._reasoning_text
+
+    def _close_message(self, out: list[Event]) -> None:
+        if self._message is not None:
+            out.extend(self._message.done())
+            self._message = self._text = None
+
+    def _close_reasoning(self, out: list[Event]) -> None:
+        if self._reasoning is not None:
+            out.extend(self._reasoning.done())
+            self._reasoning = self._reasoning_text = None
+
+    # --- log and fan-out ----------------------------------------------------------------------------------
+    # Generation never waits for the disk: ``_emit`` queues each batch for ``_log``, which appends all that is
+    # queued in one store call and only then publishes it. Followers see nothing that is not durable, a slow
+    # fsync delays followers rather than the model, and a fast model's events share fsyncs. The terminal batch
+    # is the exception: ``_emit`` returns once it is logged and published.
+
+    async def _emit(self, events: list[Event], *, status: str | None = None) -> None:
+        """Log ``events`` (with the resource at status changes and at the end), then publish them. Raises the
+        store's error once the store has failed; the events are published all the same."""
+        payloads = [encode_event(e) for e in events]
+        if self._store is None:
+            self._publish(events, payloads)
+            return
+        data = None
+        if status is not None or self.writer.finished:
+            response = self.response
+            status, data = response.status, encode_response(response)
+        self._backlog.append((events, payloads, status, data))
+        if self._logger is None:
+            self._logger = asyncio.get_running_loop().create_task(self._log(self._store))
+        self._wake.set()
+        if self.writer.finished:
+            await self._logger
+        if self._log_error is not None:
+            raise self._log_error
+
+    async def _log(self, store: Store) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batches, self._backlog = self._backlog, []
+            if self._log_error is None:
+                rows = [(e.sequence_number or 0, p) for events, payloads, _, _ in batches
+                        for e, p in zip(events, payloads, strict=True)]
+                status = next((b[2] for b in reversed(batches) if b[2] is not None), None)
+                data = next((b[3] for b in reversed(batches) if b[3] is not None), None)
+                try:
+                    await store.append(self.id, rows, status=status, data=data)
+                except Exception as exc:
+                    # Followers still get a consistent stream: the run's next _emit raises, so a run still
+                    # generating ends with error + response.failed. The store keeps its prefix in_progress and
+                    # the next start closes it as failed (close_orphans).
+                    log.error("response %s: the store failed; its log stops here", self.id, exc_info=exc)
+                    self._log_error = exc
+            for events, payloads, _, _ in batches:
+                self._publish(events, payloads)
+            if self.writer.finished and not self._backlog:
+                return
+
+    def _publish(self, events: list[Event], payloads: list[bytes]) -> None:
+        self.frames.extend(encode_frame(e.type, p) for e, p in zip(events, payloads, strict=True))
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+class Runs:
+    """The runs of one server: started here, found by id while live (stored runs only), stopped at shutdown."""
+
+    def __init__(self, store: Store, backend: Backend) -> None:
+        self.store = store
+        self.backend = backend
+        self._live: dict[str, Run] = {}
+        self._all: set[Run] = set()
+
+    def start(
+        self,
+        *,
+        writer: ResponseWriter,
+        request: GenerationRequest,
+        owner: str | None,
+        stored: bool,
+        background: bool,
+        max_tool_calls: int | None,
+    ) -> Run:
+        run = Run(
+            writer=writer,
+            backend=self.backend,
+            request=request,
+            store=self.store if stored else None,
+            owner=owner,
+            background=background,
+            max_tool_calls=max_tool_calls,
+            on_finish=self._finished,
+        )
+        self._all.add(run)
+        if stored:
+            self._live[run.id] = run
+        run.start()
+        return run
+
+    def get(self, response_id: str) -> Run | None:
+        """The live run of a stored response. It stays here until its terminal event is in the store."""
+        return self._live.get(response_id)
+
+    def _finished(self, run: Run) -> None:
+        self._all.discard(run)
+        self._live.pop(run.id, None)
+
+    async def shut_down(self) -> None:
+        runs = list(self._all)
+        for run in runs:
+            run.shut_down()
+        await asyncio.gather(*(run.wait() for run in runs), return_exceptions=True)
+
+
+ORPHAN_MESSAGE = "the server stopped before this response finished; it was closed as failed when the server restarted"
+
+
+async def close_orphans(store: Store) -> list[str]:
+    """Close every response a crash left ``queued``/``in_progress``: append ``error`` + ``response.failed`` to
+    its log and store it as failed. Returns their ids.
+
+    The writer that was making these events died with the old process. When the log is empty a fresh writer
+    writes the whole stream; otherwise the two closing events are made here from the log's accumulated
+    snapshot (the one place the server makes events without a writer), numbered on from the log.
+    """
+    closed = []
+    for record in await store.unfinished():
+        logged = [decode_event(data) for data in await store.events(record.id)]
+        if not logged:
+            writer = ResponseWriter(_response_decoder.decode(record.data))
+            events = writer.start() + writer.fail("server_restarted", ORPHAN_MESSAGE)
+            final = writer.response
+        else:
+            accumulator = Accumulator()
+            for event in logged:
+                accumulator.feed(event)
+            seq = (logged[-1].sequence_number or len(logged) - 1) + 1
+            final = replace(
+                accumulator.response,
+                status="failed",
+                completed_at=None,
+                error=ResponseError(code="server_restarted", message=ORPHAN_MESSAGE),
+            )
+            payload = ErrorPayload(type="server_error", code="server_restarted", message=ORPHAN_MESSAGE, param=None)
+            events = [
+                ErrorEvent(sequence_number=seq, code="server_restarted", message=ORPHAN_MESSAGE, param=None,
+                           error=payload),
+                ResponseFailed(sequence_number=seq + 1, response=final),
+            ]
+        await store.append(
+            record.id,
+            [(e.sequence_number or 0, encode_event(e)) for e in events],
+            status="failed",
+            data=encode_response(final),
+        )
+        log.warning("response %s was left %s by an earlier run of the server; closed as failed", record.id,
+                    record.status)
+        closed.append(record.id)
+    return closed

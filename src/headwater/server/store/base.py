@@ -1,0 +1,100 @@
+"""What a store keeps, and the interface every store implements: responses, their input items, their event logs.
+
+A store never interprets events: it keeps each response's log in ``seq`` order and hands back the bytes.
+Every write is durable when its coroutine returns, so the server acknowledges nothing a crash could lose. The
+interface is small and coarse (one call per batch of events) so that PostgreSQL or Redis can follow.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["UNFINISHED_STATUSES", "ItemPage", "Store", "StoredItem", "StoredResponse"]
+
+UNFINISHED_STATUSES = ("queued", "in_progress")
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    """One response as stored: who owns it, its status, and its latest ``ResponseResource`` JSON."""
+
+    id: str
+    owner: str | None  # the digest of the API key that created it; None when the server runs without keys
+    status: str
+    created_at: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class StoredItem:
+    """One input item of a response: its id (the pagination cursor) and its JSON."""
+
+    id: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class ItemPage:
+    items: list[StoredItem]
+    has_more: bool
+
+
+class Store(abc.ABC):
+    """A response store. Every method is a coroutine that returns once its effect is durable (writes) or
+    consistent with every write acknowledged before it (reads)."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, for the start-up banner."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the store (create tables, open connections)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; pending writes are finished first."""
+
+    @abc.abstractmethod
+    async def create(self, response: StoredResponse, items: Sequence[StoredItem]) -> None:
+        """Store a new response and its input items."""
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        response_id: str,
+        events: Sequence[tuple[int, bytes]],
+        *,
+        status: str | None = None,
+        data: bytes | None = None,
+    ) -> None:
+        """Append ``(seq, event JSON)`` pairs to a response's log and, in the same transaction, replace its
+        ``status`` and ``data`` when given (a terminal event and the final resource land together)."""
+
+    @abc.abstractmethod
+    async def get(self, response_id: str) -> StoredResponse | None: ...
+
+    @abc.abstractmethod
+    async def events(self, response_id: str, after: int = -1) -> list[bytes]:
+        """The log's events with ``seq > after``, in order."""
+
+    @abc.abstractmethod
+    async def input_items(
+        self,
+        response_id: str,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> ItemPage:
+        """A page of input items, in input order (``asc``) or reversed, starting after the item with id
+        ``after`` (an unknown ``after`` gives an empty page). ``limit=None`` returns all."""
+
+    @abc.abstractmethod
+    async def delete(self, response_id: str) -> bool:
+        """Remove a response, its items and its log; False when there was none."""
+
+    @abc.abstractmethod
+    async def unfinished(self) -> list[StoredResponse]:
+        """Responses whose status is still ``queued`` or ``in_progress`` (after a crash: orphans)."""

@@ -1,0 +1,86 @@
+"""The in-process store: dictionaries, gone when the process ends. For tests and throw-away servers.
+
+It follows the same contract as the durable stores (ordered logs, atomic terminal writes, pagination), so
+the server behaves the same on it apart from surviving a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from .base import UNFINISHED_STATUSES, ItemPage, Store, StoredItem, StoredResponse
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self._responses: dict[str, StoredResponse] = {}
+        self._items: dict[str, list[StoredItem]] = {}
+        self._events: dict[str, list[tuple[int, bytes]]] = {}
+
+    def describe(self) -> str:
+        return "memory (nothing survives a restart)"
+
+    async def create(self, response: StoredResponse, items: Sequence[StoredItem]) -> None:
+        if response.id in self._responses:
+            raise KeyError(f"response {response.id} already exists")
+        self._responses[response.id] = response
+        self._items[response.id] = list(items)
+        self._events[response.id] = []
+
+    async def append(
+        self,
+        response_id: str,
+        events: Sequence[tuple[int, bytes]],
+        *,
+        status: str | None = None,
+        data: bytes | None = None,
+    ) -> None:
+        log = self._events.get(response_id)
+        if log is None:
+            raise KeyError(f"no response {response_id}")
+        if events and log and events[0][0] <= log[-1][0]:
+            raise ValueError(f"sequence number {events[0][0]} is not after {log[-1][0]} in {response_id}")
+        log.extend(events)
+        record = self._responses[response_id]
+        if status is not None:
+            record.status = status
+        if data is not None:
+            record.data = data
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        record = self._responses.get(response_id)
+        if record is None:
+            return None
+        return StoredResponse(record.id, record.owner, record.status, record.created_at, record.data)
+
+    async def events(self, response_id: str, after: int = -1) -> list[bytes]:
+        return [data for seq, data in self._events.get(response_id, ()) if seq > after]
+
+    async def input_items(
+        self,
+        response_id: str,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> ItemPage:
+        items = list(self._items.get(response_id, ()))
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            position = next((i for i, item in enumerate(items) if item.id == after), None)
+            items = [] if position is None else items[position + 1 :]
+        if limit is None:
+            return ItemPage(items, False)
+        return ItemPage(items[:limit], len(items) > limit)
+
+    async def delete(self, response_id: str) -> bool:
+        self._items.pop(response_id, None)
+        self._events.pop(response_id, None)
+        return self._responses.pop(response_id, None) is not None
+
+    async def unfinished(self) -> list[StoredResponse]:
+        return [r for r in self._responses.values() if r.status in UNFINISHED_STATUSES]

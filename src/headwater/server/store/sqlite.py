@@ -1,0 +1,296 @@
+"""The default store: one SQLite file in the data directory, WAL mode, ``synchronous=FULL``.
+
+All writes go through one writer thread that commits whatever has queued up in one transaction (group commit):
+a write's coroutine returns only after its COMMIT, so every acknowledged write is on disk, and under load many
+runs share one fsync. Reads use a second connection on their own thread; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .base import UNFINISHED_STATUSES, ItemPage, Store, StoredItem, StoredResponse
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger("headwater.server.store")
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    owner TEXT,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_unfinished ON responses (status) WHERE status IN ('queued', 'in_progress');
+CREATE TABLE IF NOT EXISTS input_items (
+    response_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (response_id, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    response_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (response_id, seq)
+) WITHOUT ROWID;
+"""
+
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+_STOP = None
+
+
+class _Worker:
+    """A thread owning one connection. ``batch=True``: jobs that queue up together share one transaction, each
+    inside its own SAVEPOINT so one failing job does not undo the others."""
+
+    def __init__(self, path: Path, *, batch: bool, name: str) -> None:
+        self._path = path
+        self._batch = batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                jobs = [job]
+                if self._batch:
+                    stop = False
+                    while True:  # take everything already waiting: it shares the transaction
+                        try:
+                            more = self._jobs.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is _STOP:
+                            stop = True
+                            break
+                        jobs.append(more)
+                    self._commit(conn, jobs)
+                    if stop:
+                        return
+                else:
+                    fn, future = job
+                    try:
+                        _resolve(future, fn(conn), None)
+                    except Exception as exc:
+                        _resolve(future, None, exc)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _ in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((fn(conn), None))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((None, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.error("SQLite commit failed", exc_info=exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(None, exc)] * len(jobs)
+        for (_, future), (result, error) in zip(jobs, outcomes, strict=True):
+            _resolve(future, result, error)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    def settle() -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        future.get_loop().call_soon_threadsafe(settle)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer: _Worker | None = None
+        self._reader: _Worker | None = None
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._create_schema)
+        self._writer = _Worker(self.path, batch=True, name="headwater-sqlite-writer")
+        self._reader = _Worker(self.path, batch=False, name="headwater-sqlite-reader")
+
+    def _create_schema(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        for worker in (self._writer, self._reader):
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+        self._writer = self._reader = None
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise RuntimeError("the SQLite store is not open")
+        return self._writer.call(fn)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._reader is None:
+            raise RuntimeError("the SQLite store is not open")
+        return self._reader.call(fn)
+
+    async def create(self, response: StoredResponse, items: Sequence[StoredItem]) -> None:
+        rows = [(response.id, i, item.id, item.data) for i, item in enumerate(items)]
+
+        def create(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO responses (id, owner, status, created_at, data) VALUES (?, ?, ?, ?, ?)",
+                (response.id, response.owner, response.status, response.created_at, response.data),
+            )
+            conn.executemany("INSERT INTO input_items (response_id, position, item_id, data) VALUES (?, ?, ?, ?)", rows)
+
+        await self._write(create)
+
+    async def append(
+        self,
+        response_id: str,
+        events: Sequence[tuple[int, bytes]],
+        *,
+        status: str | None = None,
+        data: bytes | None = None,
+    ) -> None:
+        rows = [(response_id, seq, payload) for seq, payload in events]
+
+        def append(conn: sqlite3.Connection) -> None:
+            if status is not None or data is not None:
+                cursor = conn.execute(
+                    "UPDATE responses SET status = coalesce(?, status), data = coalesce(?, data) WHERE id = ?",
+                    (status, data, response_id),
+                )
+                if cursor.rowcount == 0:
+                    raise KeyError(f"no response {response_id}")
+            conn.executemany("INSERT INTO events (response_id, seq, data) VALUES (?, ?, ?)", rows)
+
+        await self._write(append)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        def get(conn: sqlite3.Connection) -> StoredResponse | None:
+            row = conn.execute(
+                "SELECT id, owner, status, created_at, data FROM responses WHERE id = ?", (response_id,)
+            ).fetchone()
+            return None if row is None else StoredResponse(row[0], row[1], row[2], row[3], bytes(row[4]))
+
+        return await self._read(get)
+
+    async def events(self, response_id: str, after: int = -1) -> list[bytes]:
+        def events(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(
+                "SELECT data FROM events WHERE response_id = ? AND seq > ? ORDER BY seq", (response_id, after)
+            )
+            return [bytes(row[0]) for row in rows]
+
+        return await self._read(events)
+
+    async def input_items(
+        self,
+        response_id: str,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> ItemPage:
+        direction, compare = ("DESC", "<") if order == "desc" else ("ASC", ">")
+
+        def page(conn: sqlite3.Connection) -> ItemPage:
+            sql = "SELECT item_id, data FROM input_items WHERE response_id = ?"
+            params: list[Any] = [response_id]
+            if after is not None:
+                found = conn.execute(
+                    "SELECT position FROM input_items WHERE response_id = ? AND item_id = ?", (response_id, after)
+                ).fetchone()
+                if found is None:
+                    return ItemPage([], False)
+                sql += f" AND position {compare} ?"
+                params.append(found[0])
+            sql += f" ORDER BY position {direction}"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit + 1)
+            items = [StoredItem(row[0], bytes(row[1])) for row in conn.execute(sql, params)]
+            if limit is not None and len(items) > limit:
+                return ItemPage(items[:limit], True)
+            return ItemPage(items, False)
+
+        return await self._read(page)
+
+    async def delete(self, response_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM events WHERE response_id = ?", (response_id,))
+            conn.execute("DELETE FROM input_items WHERE response_id = ?", (response_id,))
+            return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+
+        return await self._write(delete)
+
+    async def unfinished(self) -> list[StoredResponse]:
+        marks = ", ".join("?" for _ in UNFINISHED_STATUSES)
+
+        def unfinished(conn: sqlite3.Connection) -> list[StoredResponse]:
+            rows = conn.execute(
+                f"SELECT id, owner, status, created_at, data FROM responses WHERE status IN ({marks})",
+                UNFINISHED_STATUSES,
+            )
+            return [StoredResponse(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+        return await self._read(unfinished)

@@ -1,0 +1,74 @@
+"""``EventStreamResponse``: an ASGI response that writes an async iterator of SSE chunks, one write per chunk,
+and notices the client leaving.
+
+Starlette's ``StreamingResponse`` may leave the body iterator suspended when the client goes; this class
+always closes it, and tells its ``on_close`` callback whether the body ran to its end, which is how a dropped
+non-background stream cancels its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["EventStreamResponse"]
+
+
+class EventStreamResponse:
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.body = body
+        self.on_close = on_close
+        raw = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",  # nginx: do not buffer the stream
+        }
+        raw.update({k.lower(): v for k, v in (headers or {}).items()})
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        finished = False
+        writer = asyncio.ensure_future(self._write(send))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finished = writer.done() and not writer.cancelled() and writer.exception() is None
+        finally:
+            for task in (writer, watcher):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            aclose = getattr(self.body, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            if self.on_close is not None:
+                self.on_close(finished)
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            raise writer.exception()  # type: ignore[misc]
+
+    async def _write(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for chunk in self.body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,223 @@
+"""Request validation and policy, the conversation a backend sees, and the store contract (memory and SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater.server.backends.base import ChatMessage
+from headwater.server.conversation import to_chat_messages
+from headwater.server.errors import APIError
+from headwater.server.requests import MessageItem, parse_request
+from headwater.server.store import MemoryStore, SQLiteStore, Store, StoredItem, StoredResponse
+
+
+def refused(body: Any, **options: Any) -> APIError:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(APIError) as info:
+        parse_request(data, **options)
+    assert info.value.status == 400
+    return info.value
+
+
+# --- validation ---------------------------------------------------------------------------------------------
+
+
+def test_string_input_becomes_one_user_message_with_an_id() -> None:
+    request = parse_request(b'{"model": "m", "input": "hi"}')
+    [item] = request.items
+    assert isinstance(item, MessageItem)
+    assert item.role == "user" and item.id and item.id.startswith("msg_")
+    assert item.status == "completed"
+
+
+def test_unknown_top_level_fields_are_accepted_and_ignored() -> None:
+    request = parse_request(b'{"input": "hi", "user": "u1", "some_future_field": {"x": 1}}')
+    assert len(request.items) == 1
+
+
+def test_easy_messages_without_type_are_messages() -> None:
+    request = parse_request(b'{"input": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]}')
+    assert [item.role for item in request.items if isinstance(item, MessageItem)] == ["developer", "user"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"role": "user", "content": 5}]}, "input[0].content"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"input": ["hi", {"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0]"),
+        ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
+        ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
+        ({"input": [{"role": "user", "content": [{"type": "nope", "text": "x"}]}]}, "input[0].content[0].type"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+         "input[0].content[0]"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": -1}, "top_p"),
+        ({"max_output_tokens": 4}, "max_output_tokens"),
+        ({"metadata": {"k": "v" * 513}}, "metadata"),
+        ({"tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"tools": [{"type": "function", "name": "has space"}]}, "tools[0].name"),
+        ({"tools": [{"name": "f"}]}, "tools[0].type"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "name": "missing"}}, "tool_choice"),
+        ({"background": True, "store": False}, "store"),
+        ({"truncation": "auto"}, "truncation"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"include": ["message.output_text.logprobs"]}, "include[0]"),
+        ({"text": {"verbosity": "low"}}, "text.verbosity"),
+        ({"text": {"format": {"type": "json_schema"}}}, "text.format.name"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"conversation": "conv_1"}, "conversation"),
+    ],
+)
+def test_a_bad_field_is_a_400_naming_it(body: dict[str, Any], param: str) -> None:
+    error = refused(body)
+    assert error.param == param, error.message
+    assert error.message
+
+
+def test_bad_json_and_non_objects_are_400_without_param() -> None:
+    for data in (b"{not json", b"[1, 2]", b""):
+        error = refused(data)
+        assert error.code == "invalid_json" and error.param is None
+
+
+def test_tools_the_backend_cannot_run_are_dropped_and_reported() -> None:
+    body = {"tools": [{"type": "web_search"}, {"type": "function", "name": "f"}, {"type": "mcp", "server_label": "x"}]}
+    request = parse_request(json.dumps(body).encode())
+    assert [t.name for t in request.tools] == ["f"]
+    assert request.dropped_tools == ["web_search", "mcp"]
+
+
+def test_strict_tools_refuses_them() -> None:
+    error = refused({"tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]}, strict_tools=True)
+    assert error.param == "tools[1]" and error.code == "unsupported_tool"
+
+
+def test_forcing_a_dropped_tool_is_refused() -> None:
+    error = refused({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}})
+    assert error.param == "tool_choice"
+
+
+def test_response_template_fills_every_required_field() -> None:
+    spec = json.loads((Path(__file__).parents[1] / "src/headwater/server/openapi.json").read_text())
+    required = spec["components"]["schemas"]["ResponseResource"]["required"]
+    request = parse_request(b'{"input": "hi", "tools": [{"type": "function", "name": "f"}], "metadata": {"a": "b"}}')
+    template = request.response_template(response_id="resp_1", model="m", created_at=1)
+    from headwater.server.runs import encode_response
+
+    encoded = json.loads(encode_response(template))
+    assert set(required) <= set(encoded)
+    for name in ("top_p", "temperature", "presence_penalty", "frequency_penalty", "top_logprobs", "service_tier",
+                 "store", "background", "parallel_tool_calls", "truncation"):
+        assert encoded[name] is not None, name
+    assert encoded["tools"] == [{"type": "function", "name": "f", "description": None, "parameters": None,
+                                 "strict": None}]
+    assert encoded["metadata"] == {"a": "b"}
+
+
+# --- the conversation ---------------------------------------------------------------------------------------
+
+
+def test_function_calls_join_the_assistant_turn_and_outputs_become_tool_turns() -> None:
+    body = {
+        "input": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+            {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city":"Oslo"}'},
+            {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": '{"city":"Rome"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+            {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "sun"}]},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thinking"}]},
+        ]
+    }
+    messages = to_chat_messages(parse_request(json.dumps(body).encode()).items)
+    assert messages == [
+        ChatMessage("user", "weather?"),
+        ChatMessage("assistant", "Let me look.", tool_calls=[
+            {"id": "c1", "name": "weather", "arguments": '{"city":"Oslo"}'},
+            {"id": "c2", "name": "weather", "arguments": '{"city":"Rome"}'},
+        ]),
+        ChatMessage("tool", "rain", tool_call_id="c1"),
+        ChatMessage("tool", "sun", tool_call_id="c2"),
+    ]
+
+
+# --- the store contract -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    instance: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "db.sqlite3")
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+def record(rid: str, status: str = "in_progress", owner: str | None = "k1") -> StoredResponse:
+    return StoredResponse(rid, owner, status, 1, b'{"id": "%s"}' % rid.encode())
+
+
+async def test_store_keeps_events_in_order_and_reads_after(store: Store) -> None:
+    await store.create(record("r1"), [])
+    await store.append("r1", [(0, b"a"), (1, b"b")])
+    await store.append("r1", [(2, b"c")], status="completed", data=b"{}")
+    assert await store.events("r1") == [b"a", b"b", b"c"]
+    assert await store.events("r1", after=1) == [b"c"]
+    got = await store.get("r1")
+    assert got is not None and got.status == "completed" and got.data == b"{}" and got.owner == "k1"
+    assert await store.unfinished() == []
+
+
+async def test_store_refuses_a_repeated_sequence_number(store: Store) -> None:
+    await store.create(record("r1"), [])
+    await store.append("r1", [(0, b"a")])
+    with pytest.raises(Exception):  # noqa: B017 - each store has its own integrity error
+        await store.append("r1", [(0, b"again")])
+    assert await store.events("r1") == [b"a"]
+
+
+async def test_store_paginates_input_items_both_ways(store: Store) -> None:
+    items = [StoredItem(f"i{n}", b'{"n": %d}' % n) for n in range(5)]
+    await store.create(record("r1"), items)
+    page = await store.input_items("r1", limit=2)
+    assert [i.id for i in page.items] == ["i0", "i1"] and page.has_more
+    page = await store.input_items("r1", limit=2, after="i3")
+    assert [i.id for i in page.items] == ["i4"] and not page.has_more
+    page = await store.input_items("r1", limit=3, order="desc")
+    assert [i.id for i in page.items] == ["i4", "i3", "i2"] and page.has_more
+    page = await store.input_items("r1", limit=3, order="desc", after="i2")
+    assert [i.id for i in page.items] == ["i1", "i0"] and not page.has_more
+    assert (await store.input_items("r1", after="unknown")).items == []
+
+
+async def test_store_lists_unfinished_and_deletes_everything(store: Store) -> None:
+    await store.create(record("r1", "queued"), [StoredItem("i", b"{}")])
+    await store.create(record("r2", "completed"), [])
+    await store.append("r1", [(0, b"x")])
+    assert [r.id for r in await store.unfinished()] == ["r1"]
+    assert await store.delete("r1")
+    assert not await store.delete("r1")
+    assert await store.get("r1") is None
+    assert await store.events("r1") == [] and (await store.input_items("r1")).items == []
+
+
+async def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    first = SQLiteStore(path)
+    await first.open()
+    await first.create(record("r1"), [StoredItem("i", b"{}")])
+    await first.append("r1", [(0, b"a")])
+    await first.close()
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        assert await second.events("r1") == [b"a"]
+        assert [r.id for r in await second.unfinished()] == ["r1"]
+    finally:
+        await second.close()
