@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 
 from headwater.protocol.sse import Frame, SSEDecoder
 
@@ -44,7 +45,7 @@ def make_stream(n_events: int, *, crlf: bool = False, seed: int = 7) -> bytes:
 
 def bare_find_loop(stream: bytes) -> int:
     """The floor: split on blank lines and slice out the data, nothing else."""
-    out = []
+    out: list[bytes] = []
     append = out.append
     find = stream.find
     pos = 0
@@ -66,19 +67,21 @@ def decode_chunks(stream: bytes, size: int) -> list[Frame]:
     return frames
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
+def best_times(cases: list[tuple[str, Callable[[], object]]], repeat: int) -> dict[str, float]:
+    """Best wall time of each case over `repeat` rounds, the cases taking turns (fairer on a noisy machine)."""
+    best = {name: float("inf") for name, _ in cases}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for name, fn in cases:
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
     n, repeat = args.events, args.repeat
 
@@ -89,20 +92,22 @@ def main() -> None:
         print(f"{label} stream: {n} events, {len(stream) / 1e6:.2f} MB, {len(stream) / n:.0f} B/event")
         cases: list[tuple[str, Callable[[], object]]] = []
         if not crlf:
-            cases.append(("bare bytes.find loop", lambda s=stream: bare_find_loop(s)))
+            cases.append(("bare bytes.find loop", partial(bare_find_loop, stream)))
         for name, size in (("whole stream", len(stream)), ("4 KiB chunks", 4096), ("64 B chunks", 64)):
             if decode_chunks(stream, size) != expected:
                 raise SystemExit(f"mismatch: {label} {name}")
-            cases.append((f"SSEDecoder, {name}", lambda s=stream, z=size: decode_chunks(s, z)))
-        for name, fn in cases:
-            seconds = best_of(fn, repeat)
+            cases.append((f"SSEDecoder, {name}", partial(decode_chunks, stream, size)))
+        for name, seconds in best_times(cases, repeat).items():
             print(f"  {name:<28} {seconds / n * 1e6:7.3f} µs/event")
 
     # Linearity: one 2 MB event, small chunks vs big chunks (a quadratic decoder would be ~1000x slower per byte).
     big = b"event: big\ndata: " + b"x" * (2 * 1024 * 1024) + b"\n\n"
     print(f"one {len(big) / 1e6:.1f} MB event:")
-    for name, size in (("1 MB chunks", 1024 * 1024), ("64 B chunks", 64)):
-        seconds = best_of(lambda z=size: decode_chunks(big, z), 3)
+    big_cases: list[tuple[str, Callable[[], object]]] = [
+        (name, partial(decode_chunks, big, size))
+        for name, size in (("1 MB chunks", 1 << 20), ("64 B chunks", 64))
+    ]
+    for name, seconds in best_times(big_cases, 3).items():
         print(f"  {name:<28} {seconds * 1e9 / len(big):7.2f} ns/byte")
 
 

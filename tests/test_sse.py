@@ -4,6 +4,7 @@ and hypothesis properties (any chunking gives the same frames; frames equal a sl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,9 +17,11 @@ CAPTURES = Path(__file__).parent / "fixtures" / "captures" / "openai"
 BOM = b"\xef\xbb\xbf"
 
 
-def decode(stream: bytes, chunks: list[int] | None = None, **kwargs: object) -> list[Frame]:
+def decode(
+    stream: bytes, chunks: list[int] | None = None, *, max_event_size: int = 1 << 24, mode: str | None = None
+) -> list[Frame]:
     """Feed `stream` whole (or cut at the `chunks` offsets), then close."""
-    decoder = SSEDecoder(**kwargs)  # type: ignore[arg-type]
+    decoder = SSEDecoder(max_event_size=max_event_size, mode=mode)
     return feed_cuts(decoder, stream, chunks or [])
 
 
@@ -33,8 +36,8 @@ def feed_cuts(decoder: SSEDecoder, stream: bytes, cuts: list[int]) -> list[Frame
     return frames
 
 
-def bytewise(stream: bytes, **kwargs: object) -> list[Frame]:
-    return decode(stream, list(range(len(stream))), **kwargs)
+def bytewise(stream: bytes, *, max_event_size: int = 1 << 24) -> list[Frame]:
+    return decode(stream, list(range(len(stream))), max_event_size=max_event_size)
 
 
 # -- reference: a slow, literal reading of the WHATWG algorithm on the decoded text ---------------------------------
@@ -427,6 +430,19 @@ def test_long_event_many_small_chunks() -> None:
     assert decode(many.replace(b"\n", b"\r\n"), max_event_size=64) == [Frame("e", b"0123456789")] * 1000
 
 
+def test_region_over_limit_is_cut_at_blank_lines() -> None:
+    assert decode(b"data: x\r\n\r\n\r\n", max_event_size=1) == [Frame(None, b"x")]
+    assert decode(b"data: x\n\n\n\n\ndata: y\n\n", max_event_size=1) == [Frame(None, b"x"), Frame(None, b"y")]
+
+
+def test_feed_accepts_bytearray_and_memoryview() -> None:
+    decoder = SSEDecoder()
+    chunks: list[Any] = [bytearray(b"data: a\n\n"), memoryview(b"data: b\n\n")]
+    frames = decoder.feed(chunks[0]) + decoder.feed(chunks[1])
+    assert frames == [Frame(None, b"a"), Frame(None, b"b")]
+    assert all(type(frame.data) is bytes for frame in frames)
+
+
 # -- encoder ------------------------------------------------------------------------------------------------------
 
 
@@ -582,15 +598,15 @@ def test_property_token_soup(data: st.DataObject, tokens: list[bytes], mode: str
 @given(data=st.data(), stream=sse_streams(), limit=st.integers(1, 40))
 def test_property_size_limit_is_chunking_independent(data: st.DataObject, stream: bytes, limit: int) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
-    outcomes = []
+    outcomes: list[list[Frame] | int] = []  # the frames, or the offset of the SSEError
     for chunks in ([], cuts, list(range(len(stream)))):
         try:
-            outcomes.append(("frames", decode(stream, chunks, max_event_size=limit)))
+            outcomes.append(decode(stream, chunks, max_event_size=limit))
         except SSEError as exc:
-            outcomes.append(("error", exc.offset))
+            outcomes.append(exc.offset)
     assert outcomes[0] == outcomes[1] == outcomes[2]
-    if outcomes[0][0] == "frames":
-        assert all(len(frame.data) <= limit for frame in outcomes[0][1])
+    if isinstance(outcomes[0], list):
+        assert all(len(frame.data) <= limit for frame in outcomes[0])
 
 
 def test_long_whitespace_start_is_taken_as_sse() -> None:

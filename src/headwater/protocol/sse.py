@@ -22,6 +22,7 @@ _WHITESPACE: Final = b" \t\r\n"
 # A pending line may exceed max_event_size by this much before it is refused: room for "event: "/"data: ".
 _LINE_SLACK: Final = 64
 _NAME_CACHE_SIZE: Final = 256
+_PENDING_MAX: Final = 64 * 1024
 
 
 class Frame(msgspec.Struct, gc=False):
@@ -70,11 +71,17 @@ class SSEDecoder:
         self._ready = False  # BOM handled and mode known, and the mode is "sse": feed() takes its fast path
         self._bom_done = False
         self._closed = False
-        self._head = b""  # the stream's first bytes while the BOM or the mode is still undecided
+        self._bom_head = b""  # the stream's first bytes (1 or 2) while they may be a BOM split over chunks
+        self._ws_head = bytearray()  # the last line of the leading whitespace while the mode is undecided
         self._pos = 0  # stream offset of the next byte to be fed
         # Pending incomplete line (never holds CR or LF) and its stream offset.
         self._buf = bytearray()
         self._buf_off = 0
+        # Or: the unfinished last event of the previous chunk, kept whole (no field applied yet), and its offset.
+        # Small enough that nothing in it can break the size limit; never holds CRs.
+        self._pending = b""
+        self._pending_off = 0
+        self._pending_max = min(max_event_size, _PENDING_MAX)
         self._skip_lf = False  # the last line ended with a CR at the end of a chunk: a leading LF is its tail
         # The event being built (WHATWG buffers), reset by each blank line.
         self._has_fields = False
@@ -90,6 +97,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Take the next bytes of the stream; return the frames they complete (possibly none)."""
+        if chunk.__class__ is not bytes:
+            chunk = bytes(chunk)  # a bytearray or memoryview: frames must hold immutable bytes
         if not self._ready:
             return self._feed_slow(chunk)
         if not chunk:
@@ -103,6 +112,14 @@ class SSEDecoder:
                 base += 1
                 if not chunk:
                     return []
+        if self._pending:
+            # The start of an event (LF line ends, no field applied yet) was kept whole. If this chunk ends it,
+            # frame it in one piece on the fast path; if not, apply its lines now (each byte is re-read once).
+            pending = self._pending
+            self._pending = b""
+            if 13 not in chunk and (chunk.find(b"\n\n") >= 0 or (chunk[0] == 10 and pending[-1] == 10)):
+                return self._feed_sse(pending + chunk, self._pending_off)
+            self._general(pending, self._pending_off, [])  # no blank line in it: nothing to dispatch
         buf = self._buf
         if buf:
             if 10 not in chunk and 13 not in chunk:
@@ -125,7 +142,7 @@ class SSEDecoder:
         if self._closed:
             return []
         out: list[Frame] = []
-        if self._head and (not self._bom_done or self.mode is None):
+        if self._bom_head:  # not a BOM after all: content
             out = self._start(b"", final=True)
         if self.mode == "jsonl" and self._buf:
             line = bytes(self._buf)
@@ -136,6 +153,7 @@ class SSEDecoder:
             if line and not line.isspace():
                 out.append(Frame(None, line, None, None))
         self._buf.clear()
+        self._pending = b""
         self._data = []
         self._closed = True
         self._ready = False
@@ -153,40 +171,48 @@ class SSEDecoder:
         return self._feed_jsonl(chunk)
 
     def _start(self, chunk: bytes, *, final: bool) -> list[Frame]:
-        head = self._head + chunk if self._head else chunk
         if not self._bom_done:
+            head = self._bom_head + chunk
             if not final and len(head) < 3 and _BOM.startswith(head):
-                self._head = head  # maybe a BOM split over chunks: wait for its other bytes
+                self._bom_head = head  # maybe a BOM split over chunks: wait for its other bytes
                 return []
             self._bom_done = True
+            self._bom_head = b""
             if head.startswith(_BOM):
                 head = head[3:]
                 self._pos += 3
+            chunk = head
         if self.mode is None:
-            stripped = head.lstrip(_WHITESPACE)
-            if not stripped:
+            ws = self._ws_head
+            stripped = chunk.lstrip(_WHITESPACE)
+            if stripped:
+                self.mode = "jsonl" if stripped[0] == 0x7B else "sse"
+                if ws:
+                    chunk = bytes(ws) + chunk  # replay the kept whitespace (self._pos is its offset)
+                    ws.clear()
+            else:
                 # Only whitespace so far: blank lines do nothing in either mode, so drop whole lines (up to the last
                 # LF: a CR ends a line in SSE but not in JSONL) and keep the rest to replay once the mode is known.
-                cut = head.rfind(b"\n") + 1
-                self._pos += cut
-                head = head[cut:]
-                if len(head) <= self._max + _LINE_SLACK:
-                    self._head = head
+                cut = chunk.rfind(b"\n") + 1
+                if cut:
+                    self._pos += len(ws) + cut
+                    ws.clear()
+                ws += chunk[cut:] if cut else chunk
+                if final or len(ws) <= self._max + _LINE_SLACK:
                     return []
                 # Whitespace without a LF for longer than a line may be: as the first line of JSONL that is too
                 # long, so take it as SSE (where CRs make blank lines) rather than buffer it without bound.
                 self.mode = "sse"
-            else:
-                self.mode = "jsonl" if stripped[0] == 0x7B else "sse"
+                chunk = bytes(ws)
+                ws.clear()
         if self.mode == "jsonl":
             self._line_max = self._max + 1
-        self._head = b""
         self._ready = self.mode == "sse"
-        if not head:
+        if not chunk:
             return []
         if self.mode == "jsonl":
-            return self._feed_jsonl(head)
-        return self.feed(head)
+            return self._feed_jsonl(chunk)
+        return self.feed(chunk)
 
     def _feed_jsonl(self, chunk: bytes) -> list[Frame]:
         base = self._pos
@@ -267,7 +293,19 @@ class SSEDecoder:
             else:
                 self._blocks(region, out)
         if cut < len(data):
-            self._general(data[cut:] if cut else data, base + cut, out)
+            rest = data[cut:] if cut else data
+            # The common case: a chunk ends inside an event. Keep that event's start whole, unless it holds a CR,
+            # is long, or has a complete line that changes state visible now (an id, retry or comment line).
+            eol = rest.find(b"\n")
+            if (
+                not crlf
+                and len(rest) <= self._pending_max
+                and (eol < 0 or (rest.find(b"\n", eol + 1) < 0 and rest.startswith((b"event: ", b"data: "))))
+            ):
+                self._pending = rest
+                self._pending_off = base + cut
+            else:
+                self._general(rest, base + cut, out)
         return out
 
     def _blocks(self, region: bytes, out: list[Frame]) -> None:
@@ -370,12 +408,14 @@ class SSEDecoder:
                 else:
                     self._blocks_cr(piece, out)
             else:
-                end = region.find(nl2, start) + len(nl2)  # found: the region ends with a blank line
+                # The next event is over the limit (or is a few blank lines overlapping the last cut).
+                end = region.find(nl2, start)
+                end = size if end < 0 else end + len(nl2)
                 self._general(region[start:end], off + start, out)
             start = end
 
     def _event_name(self, line: bytes) -> str | None:
-        """The event type in b"event: X" (or b"event: X\r"), cached; None if empty or holding a (lone) CR."""
+        """The event type in b"event: X" (or b"event: X\\r"), cached; None if empty or holding a (lone) CR."""
         raw = line[7:-1] if line[-1] == 13 else line[7:]
         if 13 in raw:
             return None
@@ -458,9 +498,8 @@ class SSEDecoder:
                         self._has_fields = True
                         self._event_start = line_off
                     self._id = self.last_event_id = value.decode("utf-8", "replace")
-            elif (
-                name == b"retry" and value.isdigit() and len(value) <= 18
-            ):  # (longer: absurd, and int() limits)
+            # (Over 18 digits: absurd as milliseconds, and beyond what int() parses quickly.)
+            elif name == b"retry" and value.isdigit() and len(value) <= 18:
                 if not self._has_fields:
                     self._has_fields = True
                     self._event_start = line_off
