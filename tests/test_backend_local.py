@@ -11,8 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="the local backend needs llama-cpp-python")
-
 from headwater.server.backends import create_backend
 from headwater.server.backends.base import (
     BackendError,
@@ -32,10 +30,8 @@ from headwater.server.backends.local import (
     packaged_model_path,
 )
 
-try:
-    packaged_model_path()
-except BackendError:
-    pytest.skip(f"the SmolLM2 GGUF is not installed ({INSTALL_HINT})", allow_module_level=True)
+# No skip when the model is missing: scripts/install.sh installs it, and a missing model must fail CI loudly.
+assert packaged_model_path(), INSTALL_HINT
 
 LONG = "Write a long story about a dragon who learns to bake bread."
 
@@ -240,6 +236,38 @@ async def test_unknown_model_and_unsupported_format_are_refused(backend: LocalBa
     assert backend.active_workers == 0
     assert backend.models() == [MODEL_NAME]
     assert "135M" in backend.describe() and "no reliable tool calls" in backend.describe()
+
+
+def test_a_conversation_with_tool_turns_renders_with_the_model_template(backend: LocalBackend) -> None:
+    request = GenerationRequest(
+        "local",
+        [
+            ChatMessage("developer", "Be brief."),
+            ChatMessage("user", "Weather in Paris?"),
+            ChatMessage(
+                "assistant", tool_calls=[{"id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'}]
+            ),
+            ChatMessage("tool", "sunny", tool_call_id="c1"),
+        ],
+    )
+    prompt = backend.render_prompt(request)
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    assert '[called get_weather({"city":"Paris"})]' in prompt and "[result of get_weather] sunny" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+async def test_the_context_bounds_prompt_and_answer() -> None:
+    small = LocalBackend(n_ctx=64)
+    try:
+        with pytest.raises(BackendError) as caught:
+            await collect(small, ask("word " * 80))
+        assert (caught.value.status, caught.value.code) == (400, "context_length_exceeded")
+        steps = await collect(small, ask(LONG, temperature=0))
+        usage = steps[-2]
+        assert isinstance(usage, UsageStep) and usage.input_tokens + usage.output_tokens == 64
+        assert steps[-1] == Finish("length")
+    finally:
+        await small.aclose()
 
 
 def test_missing_model_file_names_the_package(tmp_path: object) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaGrammar
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-__all__ = ["MODEL_ALIASES", "MODEL_NAME", "LocalBackend", "packaged_model_path"]
+__all__ = ["MODEL_ALIASES", "MODEL_NAME", "LocalBackend", "default_threads", "packaged_model_path"]
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 MODEL_ALIASES = ("local",)
@@ -284,13 +284,10 @@ class LocalBackend:
                 status=400,
             )
         choice = request.tool_choice
-        if choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function"):
-            raise BackendError(
-                "the local 135M model cannot call tools, so tool_choice cannot force a call",
-                code="unsupported_parameter",
-                status=400,
-            )
-        if isinstance(choice, dict) and choice.get("mode") == "required":
+        forced = isinstance(choice, dict) and (
+            choice.get("type") == "function" or choice.get("mode") == "required"
+        )
+        if choice == "required" or forced:
             raise BackendError(
                 "the local 135M model cannot call tools, so tool_choice cannot require a call",
                 code="unsupported_parameter",
