@@ -78,3 +78,12 @@ def test_openai_package_streams_from_the_real_model(server: LiveServer) -> None:
         final = stream.get_final_response()
     assert texts and final.output_text == "".join(texts)
     assert final.usage is not None and final.usage.output_tokens >= len(texts)
+
+
+def test_unset_sampling_reports_what_the_model_really_uses(server: LiveServer) -> None:
+    body = {"model": MODEL, "input": "Hi", "max_output_tokens": 16}
+    response = httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()
+    assert (response["temperature"], response["top_p"]) == (0.2, 0.9)
+    body["temperature"], body["top_p"] = 0.7, 0.5
+    response = httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()
+    assert (response["temperature"], response["top_p"]) == (0.7, 0.5)

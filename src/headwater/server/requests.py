@@ -246,7 +246,15 @@ class ValidatedRequest:
             reasoning=msgspec.to_builtins(body.reasoning) if body.reasoning is not None else None,
         )
 
-    def response_template(self, *, response_id: str, model: str, created_at: int) -> Response:
+    def response_template(
+        self,
+        *,
+        response_id: str,
+        model: str,
+        created_at: int,
+        default_temperature: float = 1.0,
+        default_top_p: float = 1.0,
+    ) -> Response:
         """The response resource as it starts: every spec-required field filled with what this run uses."""
         body = self.body
         reasoning = None
@@ -274,11 +282,11 @@ class ValidatedRequest:
             truncation=body.truncation or "disabled",
             parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
             text=text,
-            top_p=1.0 if body.top_p is None else body.top_p,
+            top_p=default_top_p if body.top_p is None else body.top_p,
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
             top_logprobs=body.top_logprobs or 0,
-            temperature=1.0 if body.temperature is None else body.temperature,
+            temperature=default_temperature if body.temperature is None else body.temperature,
             reasoning=reasoning,
             max_output_tokens=body.max_output_tokens,
             max_tool_calls=body.max_tool_calls,

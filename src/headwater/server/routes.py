@@ -107,7 +107,14 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         log.info("dropped tools the backend cannot run: %s", dropped)
     model = body.model or state.backend.models()[0]
     messages = await build_messages(state.store, owner, validated, max_chain_length=state.config.max_chain_length)
-    template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=int(time.time()))
+    template = validated.response_template(
+        response_id=new_id("resp_"),
+        model=model,
+        created_at=int(time.time()),
+        # The response reports the sampling the backend really uses when the request leaves it unset.
+        default_temperature=getattr(state.backend, "default_temperature", 1.0),
+        default_top_p=getattr(state.backend, "default_top_p", 1.0),
+    )
     if body.store:
         await state.store.create(
             StoredResponse(template.id, owner, template.status, int(template.created_at), encode_response(template)),

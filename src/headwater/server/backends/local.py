@@ -166,6 +166,9 @@ class LocalBackend:
     """
 
     name = "local"
+    # What unset temperature/top_p mean here; the server reports these in the response resource.
+    default_temperature = DEFAULT_TEMPERATURE
+    default_top_p = DEFAULT_TOP_P
 
     def __init__(
         self,
