@@ -669,3 +669,11 @@ def test_orphan_with_an_empty_log_gets_a_whole_failed_stream(start: Callable[...
     assert server.client.get("/v1/responses/resp_orphan").json()["status"] == "failed"
     events = conformant(server.client.get("/v1/responses/resp_orphan", params={"stream": "true"}).content)
     assert events[0].type == "response.created" and events[-1].type == "response.failed"
+
+
+def test_backend_reported_cost_reaches_the_response_usage(start: Callable[..., Server]) -> None:
+    server = start([TextDelta("Hi"), UsageStep(5, 1, cost=0.0021), Finish("stop")])
+    body = server.client.post("/v1/responses", json={"model": MODEL, "input": "hi"}).json()
+    assert body["usage"]["cost"] == 0.0021
+    plain = start().client.post("/v1/responses", json={"model": MODEL, "input": "hi"}).json()
+    assert "cost" not in plain["usage"]  # nothing reported, nothing invented

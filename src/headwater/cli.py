@@ -1,5 +1,6 @@
-"""``headwater``: the command line. ``serve`` runs the server; ``check`` audits recorded streams against the
-conformance rules; ``replay`` renders a recorded stream as it would stream, through the accumulator.
+"""``headwater``: the command line. ``serve`` runs the server; ``chat`` talks to any Open Responses endpoint;
+``check`` audits recorded streams against the conformance rules; ``replay`` renders a recorded stream as it would
+stream, through the accumulator.
 
 Exit codes of ``check``: 0 no errors (warnings allowed), 1 errors found, 2 input unreadable.
 """
@@ -174,3 +175,12 @@ def _add_serve() -> None:
 
 
 _add_serve()
+
+
+def _add_chat() -> None:
+    from headwater.chat import chat_command
+
+    main.add_command(chat_command, name="chat")
+
+
+_add_chat()

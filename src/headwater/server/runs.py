@@ -22,6 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
+from msgspec import UNSET
 from msgspec.structs import replace
 
 from headwater.protocol.accumulate import Accumulator
@@ -290,6 +291,7 @@ class Run:
                 total_tokens=step.input_tokens + step.output_tokens,
                 input_tokens_details=InputTokensDetails(cached_tokens=step.cached_tokens),
                 output_tokens_details=OutputTokensDetails(reasoning_tokens=step.reasoning_tokens),
+                cost=UNSET if step.cost is None else step.cost,  # e.g. OpenRouter's, passed on as reported
             )
         elif isinstance(step, Finish):
             # The terminal event waits for the end of the iterator: usage may come after the finish (as in
