@@ -74,6 +74,20 @@ def test_serve_refuses_an_unknown_backend() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "chat"], b"--backend chat needs --upstream URL"),
+        (["--backend", "responses"], b"--backend responses needs --upstream URL"),
+        (["--upstream", "http://127.0.0.1:9/v1"], b"--upstream is for --backend chat or responses"),
+    ],
+)
+def test_serve_upstream_flags_are_checked(args: list[str], message: bytes) -> None:
+    result = subprocess.run([sys.executable, "-m", "headwater", "serve", *args], capture_output=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
     "capture",
     ["openai-issue-11239.1.jsonl", "openai-issue-11239.2.jsonl", "issue-19067-parallel-tool-call-wrapper.jsonl",
      "azure-gpt5-reasoning-multi-summary-no-encryption.jsonl", "openai-error.1.jsonl"],

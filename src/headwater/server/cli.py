@@ -16,6 +16,7 @@ import click
 import uvicorn
 
 from .app import create_app
+from .backends import UPSTREAM_BACKENDS
 from .backends.base import BackendError
 from .config import ServerConfig, default_data_dir
 
@@ -25,7 +26,13 @@ __all__ = ["serve_command"]
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
-@click.option("--backend", default="local", show_default=True, help="What generates: local (llama.cpp) or scripted.")
+@click.option("--backend", default="local", show_default=True,
+              help="What generates: local (llama.cpp), chat (a Chat Completions upstream), responses (a Responses "
+                   "upstream) or scripted (a test double).")
+@click.option("--upstream", default=None, metavar="URL",
+              help="Base URL of the upstream API for --backend chat/responses, e.g. http://127.0.0.1:11434/v1.")
+@click.option("--upstream-key", default=None, envvar="HEADWATER_UPSTREAM_KEY", show_envvar=True,
+              help="API key sent to the upstream (Authorization: Bearer).")
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
               help="An option for the backend (repeatable), e.g. script=capture.jsonl or n_ctx=4096; "
                    "VALUE is read as JSON when it parses as JSON.")
@@ -46,6 +53,8 @@ def serve_command(
     host: str,
     port: int,
     backend: str,
+    upstream: str | None,
+    upstream_key: str | None,
     backend_options: tuple[str, ...],
     store: str,
     data_dir: Path | None,
@@ -57,12 +66,21 @@ def serve_command(
     """Run the Open Responses server (POST /v1/responses and its companions)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keys = [*api_keys, *(k.strip() for k in os.environ.get("HEADWATER_API_KEYS", "").split(","))]
+    options = dict(_option(text) for text in backend_options)
+    if backend in UPSTREAM_BACKENDS:
+        if not upstream:
+            raise click.UsageError(f"--backend {backend} needs --upstream URL (the upstream API's base URL)")
+        options.setdefault("upstream", upstream)
+        if upstream_key:
+            options.setdefault("api_key", upstream_key)
+    elif upstream:
+        raise click.UsageError(f"--upstream is for --backend chat or responses, not {backend!r}")
     config = ServerConfig.with_keys(
         keys,
         host=host,
         port=port,
         backend=backend,
-        backend_options=dict(_option(text) for text in backend_options),
+        backend_options=options,
         store="memory" if store == "memory" else "sqlite",
         data_dir=(data_dir or default_data_dir()).expanduser(),
         strict_tools=strict_tools,

@@ -20,6 +20,7 @@ import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
@@ -55,6 +56,7 @@ from .backends.base import (
     TextDelta,
     ToolCallDelta,
     UsageStep,
+    is_passthrough,
 )
 from .store import Store
 
@@ -104,7 +106,11 @@ class Run:
         max_tool_calls: int | None = None,
         on_finish: Callable[[Run], None] | None = None,
     ) -> None:
-        self.writer = writer
+        # A passthrough backend (a Responses upstream) hands over protocol events, not steps: they go through
+        # its relay, a ResponseWriter that renumbers and repairs them, so the stream stays ours and conformant.
+        self._passthrough = backend if is_passthrough(backend) else None
+        self._relay = self._passthrough.relay(writer) if self._passthrough is not None else None
+        self.writer = self._relay if self._relay is not None else writer
         self.id = writer.id
         self.owner = owner
         self.background = background
@@ -203,7 +209,9 @@ class Run:
                 if self._stop is None:
                     await self._generate()
             except BackendError as exc:
-                log.warning("response %s: backend error %s (%s): %s", self.id, exc.status, exc.code, exc.message)
+                log.warning(
+                    "response %s: backend error %s (%s): %s", self.id, exc.status, exc.code, exc.message
+                )
                 self.backend_error = exc
                 if not self.writer.finished:
                     await self._emit(self.writer.fail(exc.code, exc.message))
@@ -212,7 +220,9 @@ class Run:
         except Exception as exc:
             log.error("response %s: generation failed", self.id, exc_info=exc)
             if not self.writer.finished:
-                events = self.writer.fail("server_error", "the server had an error while generating this response")
+                events = self.writer.fail(
+                    "server_error", "the server had an error while generating this response"
+                )
                 with contextlib.suppress(Exception):  # a failed store: the events are published all the same
                     await self._emit(events)
         finally:
@@ -223,7 +233,12 @@ class Run:
                 self._on_finish(self)
 
     async def _generate(self) -> None:
-        steps = self._backend.generate(self._request)
+        relay = self._relay
+        steps: AsyncIterator[Any] = (
+            self._passthrough.events(self._request)
+            if self._passthrough is not None
+            else self._backend.generate(self._request)
+        )
         try:
             while self._stop is None:
                 self._in_backend = True
@@ -241,11 +256,11 @@ class Run:
                     self._in_backend = False
                 self.steps += 1
                 self._first_step.set()
-                events = self._translate(step)
+                events = relay.feed(step) if relay is not None else self._translate(step)
                 if events:
                     await self._emit(events)
             if self._stop is None:
-                await self._emit(self._finish_events())
+                await self._emit(relay.close() if relay is not None else self._finish_events())
         finally:
             aclose = getattr(steps, "aclose", None)
             if aclose is not None:
@@ -261,7 +276,9 @@ class Run:
     def _translate(self, step: Step) -> list[Event]:
         out: list[Event] = []
         if self._finish is not None and not isinstance(step, UsageStep):
-            log.warning("response %s: the backend sent %s after its finish; ignored", self.id, type(step).__name__)
+            log.warning(
+                "response %s: the backend sent %s after its finish; ignored", self.id, type(step).__name__
+            )
         elif isinstance(step, TextDelta):
             if step.text:
                 self._close_reasoning(out)
@@ -366,8 +383,11 @@ class Run:
             self._wake.clear()
             batches, self._backlog = self._backlog, []
             if self._log_error is None:
-                rows = [(e.sequence_number or 0, p) for events, payloads, _, _ in batches
-                        for e, p in zip(events, payloads, strict=True)]
+                rows = [
+                    (e.sequence_number or 0, p)
+                    for events, payloads, _, _ in batches
+                    for e, p in zip(events, payloads, strict=True)
+                ]
                 status = next((b[2] for b in reversed(batches) if b[2] is not None), None)
                 data = next((b[3] for b in reversed(batches) if b[3] is not None), None)
                 try:
@@ -442,7 +462,9 @@ class Runs:
         await asyncio.gather(*(run.wait() for run in runs), return_exceptions=True)
 
 
-ORPHAN_MESSAGE = "the server stopped before this response finished; it was closed as failed when the server restarted"
+ORPHAN_MESSAGE = (
+    "the server stopped before this response finished; it was closed as failed when the server restarted"
+)
 
 
 async def close_orphans(store: Store) -> list[str]:
@@ -471,10 +493,17 @@ async def close_orphans(store: Store) -> list[str]:
                 completed_at=None,
                 error=ResponseError(code="server_restarted", message=ORPHAN_MESSAGE),
             )
-            payload = ErrorPayload(type="server_error", code="server_restarted", message=ORPHAN_MESSAGE, param=None)
+            payload = ErrorPayload(
+                type="server_error", code="server_restarted", message=ORPHAN_MESSAGE, param=None
+            )
             events = [
-                ErrorEvent(sequence_number=seq, code="server_restarted", message=ORPHAN_MESSAGE, param=None,
-                           error=payload),
+                ErrorEvent(
+                    sequence_number=seq,
+                    code="server_restarted",
+                    message=ORPHAN_MESSAGE,
+                    param=None,
+                    error=payload,
+                ),
                 ResponseFailed(sequence_number=seq + 1, response=final),
             ]
         await store.append(
@@ -483,7 +512,10 @@ async def close_orphans(store: Store) -> list[str]:
             status="failed",
             data=encode_response(final),
         )
-        log.warning("response %s was left %s by an earlier run of the server; closed as failed", record.id,
-                    record.status)
+        log.warning(
+            "response %s was left %s by an earlier run of the server; closed as failed",
+            record.id,
+            record.status,
+        )
         closed.append(record.id)
     return closed

@@ -23,6 +23,7 @@ from .base import (
 
 __all__ = [
     "BACKEND_NAMES",
+    "UPSTREAM_BACKENDS",
     "Backend",
     "BackendError",
     "ChatMessage",
@@ -58,11 +59,30 @@ def _scripted() -> Callable[..., Backend]:
     return build
 
 
-# name -> a function returning the backend's constructor. "chat" and "responses" (upstream APIs) come next.
+def _chat() -> Callable[..., Backend]:
+    """``ChatBackend(upstream, api_key=, model=, models=, connect_timeout=, read_timeout=, ...)``: any Chat
+    Completions server (vLLM, Ollama, llama.cpp's server, LM Studio, OpenRouter, OpenAI)."""
+    from .chat import ChatBackend
+
+    return ChatBackend
+
+
+def _responses() -> Callable[..., Backend]:
+    """``ResponsesBackend(upstream, api_key=, model=, models=, ...)``: a Responses upstream (OpenAI, OpenRouter,
+    another Headwater), whose events are relayed, not re-generated."""
+    from .responses import ResponsesBackend
+
+    return ResponsesBackend
+
+
+# name -> a function returning the backend's constructor.
 _BACKENDS: dict[str, Callable[[], Callable[..., Backend]]] = {
     "local": _local,
     "scripted": _scripted,
+    "chat": _chat,
+    "responses": _responses,
 }
+UPSTREAM_BACKENDS = frozenset({"chat", "responses"})
 BACKEND_NAMES = tuple(_BACKENDS)
 
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, Union
+
+if TYPE_CHECKING:
+    from headwater.protocol.events import Event
+    from headwater.protocol.writer import ResponseWriter
+
+    from .responses import ResponseRelay
 
 __all__ = [
     "Backend",
@@ -17,11 +23,13 @@ __all__ = [
     "ChatMessage",
     "Finish",
     "GenerationRequest",
+    "PassthroughBackend",
     "ReasoningDelta",
     "Step",
     "TextDelta",
     "ToolCallDelta",
     "UsageStep",
+    "is_passthrough",
 ]
 
 
@@ -83,7 +91,9 @@ class ChatMessage:
 class GenerationRequest:
     model: str
     messages: list[ChatMessage]
-    tools: list[dict[str, Any]] = field(default_factory=list)  # function tools: {"name","description","parameters"}
+    tools: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # function tools: {"name","description","parameters"}
     tool_choice: Any = "auto"
     parallel_tool_calls: bool = True
     temperature: float | None = None
@@ -120,3 +130,19 @@ class Backend(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Step]: ...
 
     async def aclose(self) -> None: ...
+
+
+class PassthroughBackend(Backend, Protocol):
+    """A backend whose upstream already speaks the protocol (a Responses upstream). Its ``events`` are the
+    upstream's own events; the run driver feeds them through ``relay(writer)``, a ``ResponseWriter`` that
+    renumbers and repairs them, instead of turning steps into events."""
+
+    passthrough: Literal[True]
+
+    def relay(self, writer: ResponseWriter) -> ResponseRelay: ...
+
+    def events(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
+
+
+def is_passthrough(backend: Backend) -> TypeGuard[PassthroughBackend]:
+    return getattr(backend, "passthrough", False) is True

@@ -1,0 +1,279 @@
+"""The HTTP plumbing the upstream backends share: endpoint URLs, one httpx client with its time-outs, the POST
+that opens a stream, and SSE frames out of it (through ``headwater.protocol.sse.SSEDecoder``).
+
+Every transport trouble becomes a ``BackendError`` naming the upstream: an error status (with the upstream's
+own message), a refused connection, a time-out (504), a connection dropped mid-stream (502). No retries: a
+stream that has started cannot be replayed, and a refused request is the caller's to retry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from headwater.protocol.errors import SSEError
+from headwater.protocol.sse import Frame, SSEDecoder
+
+from .base import BackendError
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "Upstream",
+    "UpstreamStream",
+    "endpoint_url",
+    "error_from_status",
+]
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# Between two reads of the stream (not the whole response): a long prompt can take a while to its first token.
+DEFAULT_READ_TIMEOUT = 300.0
+_ERROR_BODY_LIMIT = 64 * 1024
+_USER_AGENT = "headwater"
+
+# Upstream statuses that say the *request* was wrong (and so are the client's to see as they are), when the
+# upstream explained itself in JSON; a bare 404 from a wrong URL is Headwater's misconfiguration: 502.
+_CLIENT_STATUSES = frozenset({400, 404, 409, 413, 422})
+_STATUS_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    409: "conflict",
+    413: "request_too_large",
+    422: "invalid_request",
+    429: "rate_limit_exceeded",
+}
+
+
+def endpoint_url(base: str, path: str) -> str:
+    """The URL to POST to. ``base`` may be the server (``http://host:8000``: ``/v1`` is added), its API root
+    (``http://host:8000/v1``, ``https://openrouter.ai/api/v1``) or the endpoint itself; ``path`` is the
+    endpoint below the API root (``chat/completions`` or ``responses``)."""
+    url = base.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"upstream URL {base!r} is not an http:// or https:// URL")
+    if url.endswith("/" + path):
+        return url
+    if not parts.path:
+        url += "/v1"
+    return f"{url}/{path}"
+
+
+def error_from_status(url: str, status: int, body: bytes) -> BackendError:
+    """The ``BackendError`` for an upstream's error answer: its message, and the status the client gets."""
+    message, code, explained = _error_details(body)
+    text = f"upstream {url} answered {status}: {message or '(no message)'}"
+    if status in _CLIENT_STATUSES and explained:
+        return BackendError(text, code=code or _STATUS_CODES[status], status=status)
+    if status == 429:
+        return BackendError(text, code=code or "rate_limit_exceeded", status=429)
+    if status in (408, 504):
+        return BackendError(text, code="upstream_timeout", status=504)
+    if status in (401, 403):
+        return BackendError(text, code="upstream_auth_failed", status=502)
+    return BackendError(text, code="upstream_error", status=502)
+
+
+def _error_details(body: bytes) -> tuple[str, str | None, bool]:
+    """(message, code, whether the body was a JSON error) from the error shapes servers use: OpenAI / vLLM /
+    llama.cpp ``{"error": {"message", "code"}}``, Ollama ``{"error": "..."}``, old vLLM ``{"message"}``,
+    FastAPI ``{"detail"}``; anything else is shown as text."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        error = obj.get("error", obj)
+        if isinstance(error, str):
+            return error, None, True
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or obj.get("detail")
+            if message is not None:
+                code = error.get("code")
+                if not isinstance(code, str) or not code:
+                    code = error.get("type") if isinstance(error.get("type"), str) else None
+                return _short(message if isinstance(message, str) else json.dumps(message)), code, True
+    text = body.decode("utf-8", "replace")
+    return _short(" ".join(text.split())), None, False
+
+
+def _short(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Upstream:
+    """One upstream endpoint: where to POST, with which key and headers, through which client.
+
+    ``client``: an ``httpx.AsyncClient`` to use (and not close); otherwise one is made with ``connect_timeout``
+    and ``read_timeout`` (seconds between two reads of a stream) and closed by ``aclose``.
+    """
+
+    def __init__(
+        self,
+        base: str,
+        path: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ValueError("connect_timeout and read_timeout must be positive (seconds)")
+        self.url = endpoint_url(base, path)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "user-agent": _USER_AGENT,
+        }
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self.headers.update({k.lower(): v for k, v in (headers or {}).items()})
+        self._owns_client = client is None
+        self.client = (
+            client
+            if client is not None
+            else httpx.AsyncClient(
+                timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            )
+        )
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    @asynccontextmanager
+    async def stream(self, body: Mapping[str, Any]) -> AsyncIterator[UpstreamStream]:
+        """POST ``body`` and hold the answer open: an ``UpstreamStream`` when the status is 2xx; a
+        ``BackendError`` otherwise (or when the upstream cannot be reached or does not answer in time)."""
+        request = self.client.build_request(
+            "POST", self.url, content=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.ConnectTimeout:
+            raise BackendError(
+                f"could not connect to upstream {self.url} within {self.connect_timeout:g} s (connect timeout)",
+                code="upstream_timeout",
+                status=504,
+            ) from None
+        except httpx.TimeoutException:
+            raise BackendError(
+                f"upstream {self.url} sent no answer within {self.read_timeout:g} s (read timeout)",
+                code="upstream_timeout",
+                status=504,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"could not reach upstream {self.url}: {_describe(exc)}",
+                code="upstream_unreachable",
+                status=502,
+            ) from None
+        try:
+            if response.status_code >= 400:
+                raise error_from_status(self.url, response.status_code, await self._error_body(response))
+            yield UpstreamStream(self, response)
+        finally:
+            await response.aclose()
+
+    async def _error_body(self, response: httpx.Response) -> bytes:
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= _ERROR_BODY_LIMIT:
+                    break
+        except httpx.HTTPError:
+            pass  # the status says enough
+        return bytes(body)
+
+
+class UpstreamStream:
+    """The body of one upstream answer. ``frames()`` yields its SSE frames (comments, such as keep-alives,
+    are skipped by the decoder) and turns transport trouble into ``BackendError``; ``frames_seen`` counts
+    the frames so far, which error messages quote."""
+
+    def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
+        self.upstream = upstream
+        self.response = response
+        self.frames_seen = 0
+
+    @property
+    def url(self) -> str:
+        return self.upstream.url
+
+    @property
+    def is_json(self) -> bool:
+        """Whether the upstream answered with a JSON document rather than an event stream."""
+        kind = self.response.headers.get("content-type", "")
+        return kind.split(";", 1)[0].strip().lower() == "application/json"
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        """The whole body (for a JSON answer)."""
+        body = bytearray()
+        async for chunk in self._chunks():
+            body += chunk
+            if len(body) > limit:
+                raise BackendError(f"upstream {self.url} sent a JSON answer larger than {limit} bytes")
+        return bytes(body)
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        decoder = SSEDecoder(mode="sse")
+        try:
+            async for chunk in self._chunks():
+                for frame in decoder.feed(chunk):
+                    self.frames_seen += 1
+                    yield frame
+            for frame in decoder.close():
+                self.frames_seen += 1
+                yield frame
+        except SSEError as exc:
+            raise BackendError(f"upstream {self.url} sent an unreadable event stream: {exc}") from None
+
+    def dropped(self, what: str = "chunks") -> BackendError:
+        """The error for a stream that ended before its end (no ``[DONE]``, no finish, no terminal event)."""
+        return BackendError(
+            f"upstream {self.url} closed the connection mid-stream after {self.frames_seen} {what}",
+            code="upstream_disconnected",
+        )
+
+    def malformed(self, payload: bytes, problem: str, what: str = "chunk") -> BackendError:
+        shown = payload[:200].decode("utf-8", "replace") + ("..." if len(payload) > 200 else "")
+        return BackendError(
+            f"upstream {self.url} sent a malformed {what} (#{self.frames_seen}): {problem}: {shown}",
+            code="upstream_malformed",
+        )
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_bytes():
+                yield chunk
+        except httpx.TimeoutException:
+            raise BackendError(
+                f"upstream {self.url} sent nothing for {self.upstream.read_timeout:g} s after "
+                f"{self.frames_seen} chunks (read timeout)",
+                code="upstream_timeout",
+                status=504,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"upstream {self.url} closed the connection mid-stream after {self.frames_seen} chunks "
+                f"({_describe(exc)})",
+                code="upstream_disconnected",
+            ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
