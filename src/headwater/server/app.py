@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
+from . import compact, websocket
 from .backends.base import Backend
 from .config import ServerConfig
 from .errors import exception_handlers
@@ -50,6 +51,7 @@ def create_app(config: ServerConfig, *, backend: Backend | None = None, store: S
                 await state.backend.aclose()
             await state.store.close()
 
-    app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
+    app = Starlette(routes=[*routes, *compact.routes, *websocket.routes], exception_handlers=exception_handlers,
+                    lifespan=lifespan)
     app.state.headwater = state
     return app

@@ -18,6 +18,7 @@ from .backends.base import ChatMessage
 from .errors import APIError
 from .requests import (
     TEXT_PARTS,
+    CompactionItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
@@ -30,7 +31,7 @@ from .requests import (
 from .store import Store
 from .store.base import UNFINISHED_STATUSES
 
-__all__ = ["build_messages", "to_chat_messages"]
+__all__ = ["build_messages", "conversation_items", "to_chat_messages"]
 
 _response_decoder = msgspec.json.Decoder(Response)
 
@@ -39,6 +40,17 @@ async def build_messages(
     store: Store, owner: str | None, request: ValidatedRequest, *, max_chain_length: int = 1000
 ) -> list[ChatMessage]:
     """Everything the model should see for ``request``; raises ``APIError`` for a chain it cannot follow."""
+    items = await conversation_items(store, owner, request, max_chain_length=max_chain_length)
+    messages = [ChatMessage(role="system", content=request.body.instructions)] if request.body.instructions else []
+    messages.extend(to_chat_messages(items))
+    return messages
+
+
+async def conversation_items(
+    store: Store, owner: str | None, request: ValidatedRequest, *, max_chain_length: int = 1000
+) -> list[StoredItem]:
+    """The conversation as input items: every earlier turn of the chain (its input, then its output), then
+    ``request``'s input. Raises ``APIError`` for a chain it cannot follow."""
     earlier: list[tuple[str, Response]] = []
     previous = request.body.previous_response_id
     while previous is not None:
@@ -72,14 +84,12 @@ async def build_messages(
         items.extend(decode_input_items([item.data for item in page.items]))
         items.extend(item for item in map(item_from_output, response.output) if item is not None)
     items.extend(request.items)
-    messages = [ChatMessage(role="system", content=request.body.instructions)] if request.body.instructions else []
-    messages.extend(to_chat_messages(items))
-    return messages
+    return items
 
 
 def to_chat_messages(items: Iterable[StoredItem]) -> list[ChatMessage]:
     """Input items in the chat shape: function calls join the assistant turn they follow, outputs become
-    ``tool`` turns, reasoning is dropped."""
+    ``tool`` turns, a compaction item becomes a developer turn carrying its summary, reasoning is dropped."""
     messages: list[ChatMessage] = []
     for item in items:
         if isinstance(item, MessageItem):
@@ -93,6 +103,12 @@ def to_chat_messages(items: Iterable[StoredItem]) -> list[ChatMessage]:
                 messages.append(ChatMessage(role="assistant", tool_calls=[call]))
         elif isinstance(item, FunctionCallOutputItem):
             messages.append(ChatMessage(role="tool", content=_text(item.output), tool_call_id=item.call_id))
+        elif isinstance(item, CompactionItem):
+            from .compact import compaction_context  # (compact imports this module)
+
+            context = compaction_context(item.encrypted_content)
+            if context is not None:  # one this server did not make (an upstream's) carries nothing readable
+                messages.append(ChatMessage(role="developer", content=context))
     return messages
 
 

@@ -23,6 +23,7 @@ from .backends.base import ChatMessage, GenerationRequest
 from .errors import APIError
 
 __all__ = [
+    "CompactionItem",
     "CreateResponseBody",
     "FunctionCallItem",
     "FunctionCallOutputItem",
@@ -131,7 +132,7 @@ class CompactionItem(Struct, tag="compaction", tag_field="type", kw_only=True):
 InputItem = (
     MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningInputItem | ItemReference | CompactionItem
 )
-StoredItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningInputItem
+StoredItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningInputItem | CompactionItem
 
 # --- tools, text, reasoning ---------------------------------------------------------------------------------
 
@@ -371,8 +372,12 @@ def _refuse(body: CreateResponseBody) -> None:
                 raise APIError.invalid("item references are not supported; send the item itself",
                                        f"input[{i}]", code="unsupported_value")
             if isinstance(item, CompactionItem):
-                raise APIError.invalid("compaction items are not supported by this server", f"input[{i}]",
-                                       code="unsupported_value")
+                from .compact import compaction_summary  # (compact imports this module)
+
+                if compaction_summary(item.encrypted_content) is None:
+                    raise APIError.invalid("this compaction item was not made by this server: only the output of its "
+                                           "/v1/responses/compact can be sent back", f"input[{i}].encrypted_content",
+                                           code="invalid_encrypted_content")
             parts = item.content if isinstance(item, MessageItem) else (
                 item.output if isinstance(item, FunctionCallOutputItem) else None)
             if isinstance(parts, list):
@@ -445,7 +450,8 @@ def _check_tool_choice(choice: str | dict[str, Any] | None, names: set[str], dro
 
 # --- normalized input items ---------------------------------------------------------------------------------
 
-_ID_PREFIX = {MessageItem: "msg_", FunctionCallItem: "fc_", FunctionCallOutputItem: "fco_", ReasoningInputItem: "rs_"}
+_ID_PREFIX = {MessageItem: "msg_", FunctionCallItem: "fc_", FunctionCallOutputItem: "fco_", ReasoningInputItem: "rs_",
+              CompactionItem: "cmp_"}
 
 
 def _normalize_input(value: str | list[InputItem] | None) -> list[StoredItem]:
@@ -456,7 +462,7 @@ def _normalize_input(value: str | list[InputItem] | None) -> list[StoredItem]:
         return [MessageItem(role="user", content=[InputTextPart(text=value)], id=new_id("msg_"), status="completed")]
     out: list[StoredItem] = []
     for item in value:
-        assert not isinstance(item, (ItemReference, CompactionItem))  # refused by _refuse
+        assert not isinstance(item, ItemReference)  # refused by _refuse
         if isinstance(item, MessageItem) and isinstance(item.content, str):
             part: ContentPart = (
                 OutputTextPart(text=item.content) if item.role == "assistant" else InputTextPart(text=item.content)

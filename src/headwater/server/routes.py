@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -51,7 +51,7 @@ class ServerState:
     started_at: int = field(default_factory=lambda: int(time.time()))
 
 
-def _state(request: Request) -> ServerState:
+def _state(request: HTTPConnection) -> ServerState:
     state: ServerState = request.app.state.headwater
     return state
 
@@ -60,7 +60,7 @@ def _json(data: bytes, status: int = 200, headers: dict[str, str] | None = None)
     return Response(data, status, headers=headers, media_type="application/json")
 
 
-def _authenticate(request: Request) -> str | None:
+def _authenticate(request: HTTPConnection) -> str | None:
     """The owner of what this request creates or reads: the digest of its API key (None without keys)."""
     digests = _state(request).config.api_key_digests
     if not digests:

@@ -1,0 +1,226 @@
+"""``POST /v1/responses/compact``: a conversation made short enough to go on with.
+
+The body is the spec's ``CompactResponseMethodPublicBody`` (``model`` required; ``input``,
+``previous_response_id``, ``instructions``, ``prompt_cache_key``). The answer is a ``CompactResource`` whose
+``output`` is the compacted window: every user message of the conversation, word for word and in order, then
+one ``compaction`` item standing for everything else (assistant answers, tool calls and their results,
+developer messages, earlier compaction items). Sent back as ``input`` (with the next user message), it
+continues the conversation.
+
+The compaction item's summary is written by the backend's model: the conversation is rendered as a transcript
+and the model is asked, in an ordinary run (``runs``) that is not stored, to summarise it; the usage of that
+run is the resource's ``usage``. Should the model write nothing, the transcript's tail stands in for the
+summary. Headwater does not encrypt: ``encrypted_content`` is the base64 of a small JSON object
+``{"format": "headwater.compaction/1", "summary": ..., "model": ..., "created_at": ...}``, readable by whoever
+holds it. A compaction item given as input becomes a developer message carrying the summary
+(``conversation.to_chat_messages``); one this server did not make is refused with a 400 naming its
+``encrypted_content``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from headwater.protocol.resources import Message, Usage
+from headwater.protocol.writer import ResponseWriter, new_id
+
+from .backends.base import ChatMessage, GenerationRequest
+from .conversation import conversation_items, to_chat_messages
+from .errors import APIError
+from .requests import CompactionItem, MessageItem, StoredItem, parse_request
+from .routes import _authenticate, _json, _read_body, _state, _wait_unless_disconnected
+
+__all__ = [
+    "COMPACTION_FORMAT",
+    "compact_response",
+    "compaction_context",
+    "compaction_summary",
+    "encode_compaction",
+    "routes",
+]
+
+log = logging.getLogger("headwater.server")
+
+COMPACTION_FORMAT = "headwater.compaction/1"
+# The fields of CompactResponseMethodPublicBody; anything else in the body is ignored, as for create.
+_BODY_FIELDS = ("model", "input", "previous_response_id", "instructions", "prompt_cache_key")
+# How much of the transcript stands in for a summary the model did not write.
+FALLBACK_CHARS = 8000
+
+SUMMARY_INSTRUCTIONS = (
+    "You compact conversations. Summarise the conversation you are given so that it can go on without its "
+    "original turns: keep what was asked and answered, facts, names, numbers, decisions, code, tool calls with "
+    "their results, and what is still to be done. Leave out greetings and filler. Write only the summary."
+)
+CONTEXT_HEADING = "Summary of the earlier conversation (its turns were compacted into this summary):"
+
+
+# --- the compaction item's content ----------------------------------------------------------------------------
+
+
+class _Payload(msgspec.Struct, kw_only=True):
+    format: str
+    summary: str
+    model: str | None = None
+    created_at: int | None = None
+
+
+_payload_decoder = msgspec.json.Decoder(_Payload)
+
+
+def encode_compaction(summary: str, *, model: str, created_at: int) -> str:
+    """A compaction item's ``encrypted_content``: base64 of a JSON object holding the plain-text summary."""
+    payload = _Payload(format=COMPACTION_FORMAT, summary=summary, model=model, created_at=created_at)
+    return base64.b64encode(msgspec.json.encode(payload)).decode("ascii")
+
+
+def compaction_summary(encrypted_content: str) -> str | None:
+    """The summary in a compaction item this server made, or None for any other content (another server's
+    encrypted blob, garbage)."""
+    try:
+        payload = _payload_decoder.decode(base64.b64decode(encrypted_content, validate=True))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        return None
+    return payload.summary if payload.format == COMPACTION_FORMAT else None
+
+
+def compaction_context(encrypted_content: str) -> str | None:
+    """What the model sees for a compaction item: the summary under a heading; None if it is not ours."""
+    summary = compaction_summary(encrypted_content)
+    return None if summary is None else f"{CONTEXT_HEADING}\n{summary}"
+
+
+# --- the summary ------------------------------------------------------------------------------------------------
+
+
+def render_transcript(messages: list[ChatMessage]) -> str:
+    """The conversation as plain text, one turn a paragraph, for the model that summarises it."""
+    lines: list[str] = []
+    for message in messages:
+        if message.role == "tool":
+            lines.append(f"Tool result ({message.tool_call_id or 'a call'}): {message.content}")
+            continue
+        label = {"system": "Instructions", "developer": "Developer"}.get(message.role, message.role.capitalize())
+        if message.content:
+            lines.append(f"{label}: {message.content}")
+        for call in message.tool_calls:
+            lines.append(f"{label} called {call.get('name', '')}({call.get('arguments', '')}) "
+                         f"[call {call.get('id', '')}]")
+    return "\n\n".join(lines)
+
+
+def summary_request(model: str, transcript: str) -> GenerationRequest:
+    """The generation request that asks the model for the summary."""
+    return GenerationRequest(
+        model=model,
+        messages=[
+            ChatMessage(role="system", content=SUMMARY_INSTRUCTIONS),
+            ChatMessage(role="user", content=f"The conversation:\n\n{transcript}\n\nWrite the summary."),
+        ],
+    )
+
+
+def _fallback_summary(messages: list[ChatMessage]) -> str:
+    """The transcript of everything but the user's messages (which the window keeps), its tail if long."""
+    text = render_transcript([m for m in messages if m.role != "user"])
+    return text if len(text) <= FALLBACK_CHARS else "…" + text[-FALLBACK_CHARS:]
+
+
+def _output_text(output: list[Any]) -> str:
+    texts: list[str] = []
+    for item in output:
+        if isinstance(item, Message):
+            texts.extend(text for part in item.content if isinstance(text := getattr(part, "text", None), str))
+    return "".join(texts).strip()
+
+
+def _usage(usage: Usage | None) -> dict[str, Any]:
+    if usage is None:
+        usage = Usage()
+    data: dict[str, Any] = msgspec.to_builtins(usage)
+    data["input_tokens_details"] = data.get("input_tokens_details") or {"cached_tokens": 0}
+    data["output_tokens_details"] = data.get("output_tokens_details") or {"reasoning_tokens": 0}
+    return data
+
+
+# --- the endpoint -------------------------------------------------------------------------------------------------
+
+_json_decoder = msgspec.json.Decoder()
+_item_encoder = msgspec.json.Encoder()
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    """The body's spec fields; a 400 naming ``model`` when it is missing or not a string."""
+    try:
+        obj = _json_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise APIError.invalid("the request body must be a JSON object", code="invalid_json")
+    model = obj.get("model")
+    if model is None:
+        raise APIError.invalid("missing required parameter 'model'", "model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise APIError.invalid("'model' must be a non-empty string", "model", code="invalid_value")
+    return {name: obj[name] for name in _BODY_FIELDS if name in obj}
+
+
+async def compact_response(request: Request) -> Response:
+    state = _state(request)
+    owner = _authenticate(request)
+    fields = _parse(await _read_body(request, state.config.max_body_bytes))
+    # The same validation as create (input items, compaction items, sizes), on the fields compact shares with it.
+    validated = parse_request(msgspec.json.encode({**fields, "store": False}), strict_tools=state.config.strict_tools)
+    model: str = fields["model"]
+    items = await conversation_items(state.store, owner, validated, max_chain_length=state.config.max_chain_length)
+    if not items:
+        raise APIError.invalid("there is nothing to compact: send 'input' or 'previous_response_id'", "input",
+                               code="missing_required_parameter")
+    messages = to_chat_messages(items)
+    context = [ChatMessage(role="system", content=validated.body.instructions)] if validated.body.instructions else []
+    created_at = int(time.time())
+    template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=created_at)
+    run = state.runs.start(
+        writer=ResponseWriter(template),
+        request=summary_request(model, render_transcript(context + messages)),
+        owner=owner,
+        stored=False,
+        background=False,
+        max_tool_calls=None,
+    )
+    if not await _wait_unless_disconnected(request, run):
+        log.info("compaction %s: client disconnected; cancelling", run.id)
+        run.cancel()
+        raise APIError(499, "the client closed the request", code="client_closed_request")  # nobody reads it
+    response = run.response
+    if run.backend_error is not None:
+        error = run.backend_error
+        raise APIError(error.status, error.message, code=error.code)
+    if response.status == "failed":
+        code = response.error.code if response.error is not None else "server_error"
+        raise APIError(500, "the model failed while summarising the conversation", code=code)
+    summary = _output_text(response.output) or _fallback_summary(messages)
+    compaction = CompactionItem(
+        id=new_id("cmp_"), encrypted_content=encode_compaction(summary, model=model, created_at=created_at)
+    )
+    kept: list[StoredItem] = [item for item in items if isinstance(item, MessageItem) and item.role == "user"]
+    output = [msgspec.Raw(_item_encoder.encode(item)) for item in [*kept, compaction]]
+    return _json(msgspec.json.encode({
+        "id": run.id,
+        "object": "response.compaction",
+        "output": output,
+        "created_at": created_at,
+        "usage": _usage(response.usage),
+    }))
+
+
+routes = [Route("/v1/responses/compact", compact_response, methods=["POST"])]

@@ -1,0 +1,329 @@
+"""POST /v1/responses/compact through a real uvicorn on loopback (scripted backend; one test with the real local
+model): the CompactResource against the spec's schema, validation, and conversations continued from compacted
+items, over HTTP, over WebSocket mode and with the unmodified ``openai`` package."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from websockets.sync.client import connect
+
+from headwater.protocol.conformance import check
+from headwater.protocol.stream import iter_events
+from headwater.server.app import create_app
+from headwater.server.backends.base import BackendError, Finish, GenerationRequest, TextDelta, UsageStep
+from headwater.server.backends.scripted import Fail, ScriptedBackend, ScriptItem
+from headwater.server.compact import SUMMARY_INSTRUCTIONS, compaction_summary
+from headwater.server.config import ServerConfig
+from headwater.server.store import MemoryStore
+from headwater.server.testing import LiveServer
+
+MODEL = "scripted-1"
+SPEC = json.loads((Path(__file__).parents[1] / "src/headwater/server/openapi.json").read_text())
+SCHEMAS: dict[str, Any] = SPEC["components"]["schemas"]
+
+CONVERSATION = [
+    {"role": "user", "content": "My name is Ada and I like tea."},
+    {"role": "assistant", "content": "Nice to meet you, Ada."},
+    {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": '{"q": "tea"}'},
+    {"type": "function_call_output", "call_id": "call_1", "output": "Earl Grey is popular."},
+    {"role": "user", "content": "Which tea should I try?"},
+    {"role": "assistant", "content": "Try Earl Grey."},
+]
+
+
+def summarising(request: GenerationRequest) -> list[ScriptItem]:
+    """The summary pass gets a summary (and its usage); any other request an answer naming what it saw."""
+    if request.messages[0].content == SUMMARY_INSTRUCTIONS:
+        return [TextDelta("Ada likes tea; "), TextDelta("Earl Grey was suggested."), UsageStep(120, 9), Finish()]
+    return [TextDelta("Hello, world"), UsageStep(7, 3), Finish()]
+
+
+@dataclass
+class Server:
+    url: str
+    backend: ScriptedBackend
+    client: httpx.Client
+
+
+@pytest.fixture
+def start(serve: Callable[[Any], Any]) -> Iterator[Callable[..., Server]]:
+    clients: list[httpx.Client] = []
+
+    def start_server(script: Any = summarising, *, api_keys: tuple[str, ...] = (), key: str | None = None) -> Server:
+        backend = ScriptedBackend(script, models=[MODEL])
+        live = serve(create_app(ServerConfig.with_keys(api_keys, store="memory"), backend=backend,
+                                store=MemoryStore()))
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        client = httpx.Client(base_url=live.url, headers=headers, timeout=30)
+        clients.append(client)
+        return Server(live.url, backend, client)
+
+    yield start_server
+    for client in clients:
+        client.close()
+
+
+# --- the spec's schema --------------------------------------------------------------------------------------
+
+
+def schema_problems(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    """Where ``value`` misses a required field or has the wrong JSON type under ``schema`` (the spec's
+    components: $ref, allOf, anyOf/oneOf with a ``type`` discriminator, enums)."""
+    if "$ref" in schema:
+        return schema_problems(value, SCHEMAS[schema["$ref"].rsplit("/", 1)[-1]], path)
+    problems: list[str] = []
+    for part in schema.get("allOf", []):
+        problems += schema_problems(value, part, path)
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            options = [schema_problems(value, option, path) for option in schema[key]]
+            if all(options):
+                problems.append(f"{path}: matches none of {key}: {min(options, key=len)}")
+    kind = schema.get("type")
+    types = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool, "null": type(None)}
+    if isinstance(kind, str) and kind in types and not isinstance(value, types[kind]):
+        return [*problems, f"{path}: {type(value).__name__} is not {kind}"]
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{path}: {value!r} not in {schema['enum']}")
+    if isinstance(value, dict):
+        problems += [f"{path}.{name}: missing" for name in schema.get("required", []) if name not in value]
+        for name, sub in schema.get("properties", {}).items():
+            if name in value:
+                problems += schema_problems(value[name], sub, f"{path}.{name}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            problems += schema_problems(item, schema["items"], f"{path}[{i}]")
+    return problems
+
+
+def compact(server: Server, **body: Any) -> dict[str, Any]:
+    response = server.client.post("/v1/responses/compact", json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    assert schema_problems(result, SCHEMAS["CompactResource"]) == []
+    return result
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"type", "code", "message", "param"}
+    return error
+
+
+def texts(items: list[dict[str, Any]]) -> list[str]:
+    return [part["text"] for item in items if item["type"] == "message" for part in item["content"]]
+
+
+# --- the resource -------------------------------------------------------------------------------------------
+
+
+def test_compact_returns_a_schema_valid_compact_resource(start: Callable[..., Server]) -> None:
+    server = start()
+    result = compact(server, model=MODEL, input=CONVERSATION)
+    assert set(SCHEMAS["CompactResource"]["required"]) <= set(result)
+    assert result["object"] == "response.compaction" and result["id"].startswith("resp_")
+    assert isinstance(result["created_at"], int)
+    *kept, compaction = result["output"]
+    # The user's messages are kept word for word, in order; everything else is in the compaction item.
+    assert [(item["type"], item["role"]) for item in kept] == [("message", "user"), ("message", "user")]
+    assert texts(kept) == ["My name is Ada and I like tea.", "Which tea should I try?"]
+    assert schema_problems(compaction, SCHEMAS["CompactionBody"]) == []
+    assert compaction["type"] == "compaction" and compaction["id"].startswith("cmp_")
+    # Not encrypted: base64 of a JSON object holding the model's plain-text summary.
+    payload = json.loads(base64.b64decode(compaction["encrypted_content"]))
+    assert payload["format"] == "headwater.compaction/1" and payload["model"] == MODEL
+    assert payload["summary"] == compaction_summary(compaction["encrypted_content"]) == (
+        "Ada likes tea; Earl Grey was suggested.")
+    # The usage is the summary pass's.
+    assert result["usage"] == {"input_tokens": 120, "output_tokens": 9, "total_tokens": 129,
+                               "input_tokens_details": {"cached_tokens": 0},
+                               "output_tokens_details": {"reasoning_tokens": 0}}
+
+
+def test_the_model_is_asked_for_a_summary_of_the_whole_conversation(start: Callable[..., Server]) -> None:
+    server = start()
+    compact(server, model=MODEL, input=CONVERSATION, instructions="Talk like a butler.")
+    (request,) = server.backend.requests
+    assert request.model == MODEL and request.tools == []
+    system, user = request.messages
+    assert (system.role, system.content) == ("system", SUMMARY_INSTRUCTIONS)
+    assert user.role == "user"
+    for line in ("Instructions: Talk like a butler.", "User: My name is Ada and I like tea.",
+                 "Assistant: Nice to meet you, Ada.", 'Assistant called lookup({"q": "tea"}) [call call_1]',
+                 "Tool result (call_1): Earl Grey is popular.", "Assistant: Try Earl Grey."):
+        assert line in user.content
+
+
+def test_missing_model_is_a_400_naming_model(start: Callable[..., Server]) -> None:
+    server = start()
+    error = error_of(server.client.post("/v1/responses/compact", json={"input": "hi"}), 400)
+    assert (error["param"], error["code"]) == ("model", "missing_required_parameter")
+    for model in (None, 5, ""):
+        error = error_of(server.client.post("/v1/responses/compact", json={"model": model, "input": "hi"}), 400)
+        assert error["param"] == "model"
+    assert server.backend.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{nope", 400, None),
+        ({"model": MODEL}, 400, "input"),
+        ({"model": MODEL, "input": [{"type": "nope"}]}, 400, "input[0].type"),
+        ({"model": MODEL, "input": "hi", "previous_response_id": "resp_unknown"}, 404, "previous_response_id"),
+        ({"model": MODEL, "input": [{"type": "compaction", "encrypted_content": "gAAAAABpM0Yj-abc="}]}, 400,
+         "input[0].encrypted_content"),
+    ],
+)
+def test_bad_compact_requests(start: Callable[..., Server], body: Any, status: int, param: str | None) -> None:
+    server = start()
+    if isinstance(body, bytes):
+        response = server.client.post("/v1/responses/compact", content=body)
+    else:
+        response = server.client.post("/v1/responses/compact", json=body)
+    assert error_of(response, status)["param"] == param
+    assert server.backend.requests == []
+
+
+def test_a_backend_refusal_is_its_status(start: Callable[..., Server]) -> None:
+    server = start([Fail(BackendError("no such model", code="model_not_found", status=400))])
+    error = error_of(server.client.post("/v1/responses/compact", json={"model": "other", "input": "hi"}), 400)
+    assert error["code"] == "model_not_found"
+
+
+def test_an_empty_summary_falls_back_to_the_transcript(start: Callable[..., Server]) -> None:
+    server = start([UsageStep(50, 0), Finish()])
+    result = compact(server, model=MODEL, input=CONVERSATION)
+    summary = compaction_summary(result["output"][-1]["encrypted_content"])
+    assert summary is not None
+    assert "Assistant: Try Earl Grey." in summary and "Tool result (call_1): Earl Grey is popular." in summary
+    assert "User:" not in summary  # the user's messages are kept as they are
+
+
+# --- going on from the compacted items ----------------------------------------------------------------------
+
+
+def test_continue_from_compacted_items(start: Callable[..., Server]) -> None:
+    server = start()
+    result = compact(server, model=MODEL, input=CONVERSATION)
+    response = server.client.post("/v1/responses", json={
+        "model": MODEL, "stream": True,
+        "input": [*result["output"], {"role": "user", "content": "And what is my name?"}],
+    })
+    assert response.status_code == 200, response.text
+    events = list(iter_events([response.content]))
+    assert check(events) == [] and events[-1].type == "response.completed"
+    seen = [(m.role, m.content) for m in server.backend.requests[-1].messages]
+    assert seen == [
+        ("user", "My name is Ada and I like tea."),
+        ("user", "Which tea should I try?"),
+        ("developer", "Summary of the earlier conversation (its turns were compacted into this summary):\n"
+                      "Ada likes tea; Earl Grey was suggested."),
+        ("user", "And what is my name?"),
+    ]
+    # The compaction item is kept with the response's input and goes on through previous_response_id.
+    response_id = events[-1].response.id
+    items = server.client.get(f"/v1/responses/{response_id}/input_items", params={"order": "asc"}).json()["data"]
+    assert [item["type"] for item in items] == ["message", "message", "compaction", "message"]
+    server.client.post("/v1/responses", json={"model": MODEL, "input": "Thanks.", "previous_response_id": response_id})
+    roles = [m.role for m in server.backend.requests[-1].messages]
+    assert roles == ["user", "user", "developer", "user", "assistant", "user"]
+
+
+def test_compact_a_stored_chain_by_previous_response_id(start: Callable[..., Server]) -> None:
+    server = start()
+    first = server.client.post("/v1/responses", json={"model": MODEL, "input": "first question"}).json()
+    second = server.client.post("/v1/responses", json={
+        "model": MODEL, "input": "second question", "previous_response_id": first["id"]}).json()
+    result = compact(server, model=MODEL, previous_response_id=second["id"], input="third question")
+    assert texts(result["output"][:-1]) == ["first question", "second question", "third question"]
+    summary_request = server.backend.requests[-1].messages[1].content
+    assert summary_request.count("Assistant: Hello, world") == 2
+
+
+def test_compacting_again_carries_the_earlier_summary(start: Callable[..., Server]) -> None:
+    server = start()
+    first = compact(server, model=MODEL, input=CONVERSATION)
+    second = compact(server, model=MODEL, input=[*first["output"], {"role": "user", "content": "More tea?"},
+                                                 {"role": "assistant", "content": "Always."}])
+    assert [item["type"] for item in second["output"]] == ["message", "message", "message", "compaction"]
+    transcript = server.backend.requests[-1].messages[1].content
+    assert "Ada likes tea; Earl Grey was suggested." in transcript and "Assistant: Always." in transcript
+
+
+def test_continue_from_compacted_items_over_websocket(start: Callable[..., Server]) -> None:
+    server = start()
+    result = compact(server, model=MODEL, input=CONVERSATION)
+    with connect(server.url.replace("http", "ws", 1) + "/v1/responses", open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": MODEL, "store": False,
+                            "input": [*result["output"], {"role": "user", "content": "Name?"}]}))
+        events = []
+        while True:
+            message = json.loads(ws.recv(timeout=20))
+            events.append(message)
+            if message["type"] in ("response.completed", "response.failed", "error"):
+                break
+    assert events[-1]["type"] == "response.completed"
+    assert [m.role for m in server.backend.requests[-1].messages] == ["user", "user", "developer", "user"]
+
+
+def test_api_keys_guard_compact(start: Callable[..., Server]) -> None:
+    server = start(api_keys=("key-a", "key-b"), key="key-a")
+    anonymous = httpx.post(server.url + "/v1/responses/compact", json={"model": MODEL, "input": "hi"})
+    assert error_of(anonymous, 401)["code"] == "missing_api_key"
+    mine = server.client.post("/v1/responses", json={"model": MODEL, "input": "secret"}).json()
+    other = httpx.post(server.url + "/v1/responses/compact", headers={"authorization": "Bearer key-b"},
+                       json={"model": MODEL, "previous_response_id": mine["id"]})
+    assert error_of(other, 404)["param"] == "previous_response_id"
+
+
+def test_openai_package_compact_and_continue(start: Callable[..., Server]) -> None:
+    server = start()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    compacted = client.responses.compact(model=MODEL, input=CONVERSATION)  # type: ignore[arg-type]
+    assert compacted.object == "response.compaction"
+    assert [item.type for item in compacted.output] == ["message", "message", "compaction"]
+    assert compacted.usage.total_tokens == 129
+    raw = client.responses.with_raw_response.compact(model=MODEL, input=CONVERSATION)  # type: ignore[arg-type]
+    items = json.loads(raw.text)["output"]
+    answer = client.responses.create(model=MODEL, input=[*items, {"role": "user", "content": "Go on."}])
+    assert answer.output_text == "Hello, world"
+    assert [m.role for m in server.backend.requests[-1].messages] == ["user", "user", "developer", "user"]
+
+
+# --- the real model -----------------------------------------------------------------------------------------
+
+
+def test_compaction_with_the_real_local_model(tmp_path: Path) -> None:
+    app = create_app(ServerConfig(backend="local", store="memory", data_dir=tmp_path))
+    with LiveServer(app) as live:
+        conversation = [
+            {"role": "user", "content": "My cat is called Tom."},
+            {"role": "assistant", "content": "Tom is a nice name for a cat."},
+            {"role": "user", "content": "He likes fish."},
+        ]
+        response = httpx.post(live.url + "/v1/responses/compact", timeout=300,
+                              json={"model": "SmolLM2-135M-Instruct", "input": conversation})
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert schema_problems(result, SCHEMAS["CompactResource"]) == []
+        summary = compaction_summary(result["output"][-1]["encrypted_content"])
+        assert summary  # poor, but written by the model
+        usage = result["usage"]
+        assert usage["input_tokens"] > 20 and usage["output_tokens"] > 0
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+        follow = httpx.post(live.url + "/v1/responses", timeout=300, json={
+            "model": "SmolLM2-135M-Instruct", "max_output_tokens": 16,
+            "input": [*result["output"], {"role": "user", "content": "What is my cat called?"}]})
+        assert follow.status_code == 200, follow.text
+        assert follow.json()["status"] in ("completed", "incomplete")
