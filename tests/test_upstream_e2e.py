@@ -8,14 +8,17 @@ Every stream received is checked with ``conformance.check``. Conversations conti
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.conformance import check
 from headwater.protocol.events import Event
+from headwater.protocol.resources import to_builtins
 from headwater.protocol.stream import aiter_events, iter_events
 from headwater.server.app import create_app
 from headwater.server.backends.chat import ChatBackend
@@ -151,3 +154,63 @@ async def test_responses_upstream_events_pass_through_the_server(serve: Callable
     upstream_output = accumulate(list(iter_events([data]))).response.output
     output = accumulate(events).response.output
     assert [(item.type, item.id) for item in output] == [(item.type, item.id) for item in upstream_output]
+
+
+CHAT_STREAMS = sorted(p.name for p in (Path(__file__).parent / "fixtures/upstream/chat").glob("*.sse"))
+RESPONSES_STREAMS = sorted(
+    p.name for p in (Path(__file__).parent / "fixtures/upstream/responses").glob("*.sse")
+)
+
+
+async def _stored_equals_accumulated(server_url: str, body: dict[str, Any]) -> list[Event]:
+    """Stream through the server; the stream is conformant and the stored response is what it describes."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        events = await stream(client, server_url, body)
+        assert check(events) == [], [str(v) for v in check(events)]
+        built = to_builtins(accumulate(events).response)
+        stored = (await client.get(f"{server_url}/v1/responses/{built['id']}")).json()
+    assert stored == built
+    return events
+
+
+@pytest.mark.parametrize("name", CHAT_STREAMS)
+async def test_every_chat_upstream_stream_is_conformant_and_stored_as_streamed(
+    serve: Callable[..., Any], name: str
+) -> None:
+    async with ReplayUpstream([sse_reply(fixture(f"chat/{name}"))]) as upstream:
+        backend = ChatBackend(upstream.url, model="m")
+        server = serve(create_app(ServerConfig(store="memory", backend="chat"), backend=backend))
+        events = await _stored_equals_accumulated(server.url, {"input": "hi", "tools": [WEATHER_TOOL]})
+        await backend.aclose()
+    assert events[-1].type in ("response.completed", "response.incomplete", "response.failed")
+
+
+@pytest.mark.parametrize("name", RESPONSES_STREAMS)
+async def test_every_broken_responses_upstream_is_repaired_and_stored_as_streamed(
+    serve: Callable[..., Any], name: str
+) -> None:
+    async with ReplayUpstream([sse_reply(fixture(f"responses/{name}"))]) as upstream:
+        backend = ResponsesBackend(upstream.url, model="m")
+        server = serve(create_app(ServerConfig(store="memory", backend="responses"), backend=backend))
+        await _stored_equals_accumulated(server.url, {"input": "hi"})
+        await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    "capture",
+    [
+        "openai-issue-11239.1.jsonl",
+        "openai-mcp-tool.1.jsonl",
+        "azure-gpt5-reasoning-multi-summary-no-encryption.jsonl",
+        "openai-error.1.jsonl",
+        "openai-shell-tool.1.jsonl",
+    ],
+)
+async def test_recorded_responses_captures_relay_and_store_as_streamed(
+    serve: Callable[..., Any], capture: str
+) -> None:
+    async with ReplayUpstream([sse_reply(capture_as_sse(CAPTURES / capture))]) as upstream:
+        backend = ResponsesBackend(upstream.url, model="m")
+        server = serve(create_app(ServerConfig(store="memory", backend="responses"), backend=backend))
+        await _stored_equals_accumulated(server.url, {"input": "hi"})
+        await backend.aclose()
