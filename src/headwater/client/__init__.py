@@ -25,6 +25,7 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .sync import Client, Stream
+from .websocket import AsyncResponsesConnection, AsyncWebSocketStream, ResponsesConnection, WebSocketStream
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -33,7 +34,9 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsyncClient",
+    "AsyncResponsesConnection",
     "AsyncStream",
+    "AsyncWebSocketStream",
     "AuthenticationError",
     "BadRequestError",
     "Client",
@@ -45,10 +48,12 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ResponsesConnection",
     "RetryPolicy",
     "ServerError",
     "Stream",
     "StreamError",
     "StreamInterruptedError",
     "UnprocessableEntityError",
+    "WebSocketStream",
 ]

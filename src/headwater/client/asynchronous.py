@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -36,6 +36,9 @@ from .core import (
 from .errors import APIError
 from .retry import RetryPolicy
 from .stream import Finish, StreamMachine, StreamView
+
+if TYPE_CHECKING:
+    from .websocket import AsyncResponsesConnection
 
 __all__ = ["AsyncClient", "AsyncStream"]
 
@@ -135,6 +138,14 @@ class AsyncResponses:
         options = self._client.options
         return await self._client._call(Call(create_request(options, body, call, stream=False), options.retry,
                                              decode_response))
+
+    def connect(self, *, compat: bool | None = None,
+                extra_headers: Mapping[str, str] | None = None) -> AsyncResponsesConnection:
+        """WebSocket mode: ``async with client.responses.connect() as connection:``, then
+        ``await connection.create(**body)``. Opened on entering (or by the first ``create``). Needs ``websockets``."""
+        from .websocket import AsyncResponsesConnection
+
+        return AsyncResponsesConnection(self._client, compat=compat, extra_headers=extra_headers)
 
     def stream(self, *, compat: bool | None = None, extra_headers: Mapping[str, str] | None = None,
                extra_body: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float | None = None,

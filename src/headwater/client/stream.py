@@ -145,6 +145,10 @@ class StreamMachine:
         for frame in self._decoder.close():
             yield from self._frame(frame)
 
+    def feed_message(self, data: bytes) -> Iterator[Event]:
+        """One event's JSON as a whole message (WebSocket mode): decoded, deduplicated and folded like a frame."""
+        return self._frame(Frame(None, data))
+
     def _frame(self, frame: Frame) -> Iterator[Event]:
         data = frame.data
         if data == DONE:

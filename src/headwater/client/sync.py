@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -36,6 +36,9 @@ from .core import (
 from .errors import APIError
 from .retry import RetryPolicy
 from .stream import Finish, StreamMachine, StreamView
+
+if TYPE_CHECKING:
+    from .websocket import ResponsesConnection
 
 __all__ = ["Client", "Stream"]
 
@@ -142,6 +145,14 @@ class Responses:
         options = self._client.options
         return self._client._call(Call(create_request(options, body, call, stream=False), options.retry,
                                        decode_response))
+
+    def connect(self, *, compat: bool | None = None,
+                extra_headers: Mapping[str, str] | None = None) -> ResponsesConnection:
+        """Open a WebSocket to ``/responses`` (WebSocket mode): ``with client.responses.connect() as connection:``
+        then ``connection.create(**body)`` one response after another. Needs ``websockets``."""
+        from .websocket import ResponsesConnection
+
+        return ResponsesConnection(self._client, compat=compat, extra_headers=extra_headers)
 
     def stream(self, *, compat: bool | None = None, extra_headers: Mapping[str, str] | None = None,
                extra_body: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float | None = None,

@@ -84,7 +84,7 @@ __all__ = [
 Number = Union[int, float]
 
 
-class _Event(Struct, tag_field="type", kw_only=True, frozen=True, dict=True):
+class _Event(Struct, tag_field="type", kw_only=True, frozen=True, dict=True, repr_omit_defaults=True):
     """Base of every known event. ``type`` is a class attribute equal to the wire tag."""
 
     type: ClassVar[str]

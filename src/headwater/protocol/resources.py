@@ -115,7 +115,7 @@ class UnknownAnnotation(_Unknown):
 # --- annotations --------------------------------------------------------------------------------------------
 
 
-class _Annotation(Struct, tag_field="type", kw_only=True):
+class _Annotation(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True):
     type: ClassVar[str]  # the wire tag, set below for every class
 
 
@@ -155,20 +155,20 @@ else:  # msgspec decodes the known union; the codec substitutes UnknownAnnotatio
 # --- content parts ------------------------------------------------------------------------------------------
 
 
-class TopLogProb(Struct, kw_only=True):
+class TopLogProb(Struct, kw_only=True, repr_omit_defaults=True):
     token: str
     logprob: float
     bytes: list[int] | None = None
 
 
-class LogProb(Struct, kw_only=True):
+class LogProb(Struct, kw_only=True, repr_omit_defaults=True):
     token: str
     logprob: float
     bytes: list[int] | None = None
     top_logprobs: list[TopLogProb] = field(default_factory=list)
 
 
-class _Part(Struct, tag_field="type", kw_only=True):
+class _Part(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True):
     type: ClassVar[str]  # the wire tag, set below for every class
 
 
@@ -221,7 +221,7 @@ else:
 # --- output items -------------------------------------------------------------------------------------------
 
 
-class _Item(Struct, tag_field="type", kw_only=True):
+class _Item(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True):
     type: ClassVar[str]  # the wire tag, set below for every class
     id: str | None = None
 
@@ -401,15 +401,15 @@ del _cls
 # --- the response -------------------------------------------------------------------------------------------
 
 
-class InputTokensDetails(Struct, kw_only=True):
+class InputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True):
     cached_tokens: int = 0
 
 
-class OutputTokensDetails(Struct, kw_only=True):
+class OutputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True):
     reasoning_tokens: int = 0
 
 
-class CostDetails(Struct, kw_only=True):
+class CostDetails(Struct, kw_only=True, repr_omit_defaults=True):
     """OpenRouter's breakdown of ``cost``."""
 
     upstream_inference_cost: float | None = None
@@ -417,7 +417,7 @@ class CostDetails(Struct, kw_only=True):
     upstream_inference_output_cost: float | None = None
 
 
-class Usage(Struct, kw_only=True):
+class Usage(Struct, kw_only=True, repr_omit_defaults=True):
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -429,7 +429,7 @@ class Usage(Struct, kw_only=True):
     cost_details: CostDetails | None | UnsetType = UNSET
 
 
-class ResponseError(Struct, kw_only=True):
+class ResponseError(Struct, kw_only=True, repr_omit_defaults=True):
     """``response.error``: why a response failed."""
 
     code: str | None = None
@@ -438,14 +438,14 @@ class ResponseError(Struct, kw_only=True):
     type: str | None | UnsetType = UNSET
 
 
-class IncompleteDetails(Struct, kw_only=True):
+class IncompleteDetails(Struct, kw_only=True, repr_omit_defaults=True):
     reason: str | None = None
 
 
 Number = Union[int, float]
 
 
-class Response(Struct, kw_only=True):
+class Response(Struct, kw_only=True, repr_omit_defaults=True):
     """The ``ResponseResource``: what a stream describes, and what ``GET /responses/{id}`` returns.
 
     Every field the spec requires is encoded, null when unknown. ``user`` and ``output_text`` are OpenRouter's.
