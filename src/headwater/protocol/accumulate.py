@@ -1171,10 +1171,21 @@ class Accumulator:
         return state, state.stream
 
     def _on_stream_delta(self, event: Any) -> None:
-        found = self._stream(event, _STREAM_DELTAS[type(event)])
-        if found is None:
-            return
-        state, slot = found
+        # Fast path (every argument delta after the first): the open item at that index, same id and kind.
+        state = self._items.get(event.output_index)
+        if (
+            state is not None
+            and state.id == event.item_id
+            and not state.done
+            and state.stream is not None
+            and type(state.base) is _STREAM_DELTAS[type(event)]
+        ):
+            slot = state.stream
+        else:
+            found = self._stream(event, _STREAM_DELTAS[type(event)])
+            if found is None:
+                return
+            state, slot = found
         if slot.sealed:
             self._problem(
                 event,
