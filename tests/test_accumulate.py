@@ -671,6 +671,18 @@ def test_duplicate_events_are_folded_once() -> None:
     assert codes(acc) == ["duplicate-event"]
 
 
+def test_a_late_event_fills_its_gap_once_and_a_replay_of_it_is_a_duplicate() -> None:
+    events = text_stream(["Hel", "lo", "!"])
+    first, second, third = (i for i, e in enumerate(events) if e.type == "response.output_text.delta")
+    late = events.pop(second)  # "lo" arrives after "!": out of order, still folded
+    events.insert(third, late)
+    events.insert(third + 1, late)  # and then replayed: a duplicate, ignored
+    acc = accumulate(events)
+    assert codes(acc).count("out-of-order") == 1
+    assert codes(acc).count("duplicate-event") == 1
+    assert acc.response.output[0].content[0].text == "Hello!"  # the server's word at the terminal event
+
+
 def test_duplicate_done() -> None:
     events = text_stream(["Hel", "lo"], seq=False)
     events.insert(7, events[6])  # output_text.done twice (no sequence numbers to tell)

@@ -546,8 +546,9 @@ class Accumulator:
         self._final: Response | None = None
         self._snap: Response | None = None
         self._text: tuple[Response, str] | None = None
-        self._seen: set[int] = set()
+        # Sequence numbers seen: every number up to _last_seq except those still in a gap ([lo, hi] ranges).
         self._last_seq = -1
+        self._gaps: list[list[int]] = []
         self._ended = False
         self._handlers: dict[type, Callable[[Any], None]] = self._build_handlers()
 
@@ -608,18 +609,29 @@ class Accumulator:
             return
         seq = event.sequence_number
         if seq is not None:
-            # A repeated sequence_number is a replayed event (a reconnect, a retried write): fold it once.
-            if seq in self._seen:
+            last = self._last_seq
+            if seq > last:
+                if seq != last + 1:
+                    self._gaps.append([last + 1, seq - 1])  # numbers skipped: a late event may still fill one
+                self._last_seq = seq
+            elif self._fill_gap(seq):
+                self._problem(event, "out-of-order", f"sequence_number {seq} after {last}")
+            else:
+                # A repeated sequence_number is a replayed event (a reconnect, a retried write): fold it once.
                 self._problem(event, "duplicate-event", f"sequence_number {seq} was already seen; ignored")
                 return
-            if seq < self._last_seq:
-                self._problem(event, "out-of-order", f"sequence_number {seq} after {self._last_seq}")
-            else:
-                self._last_seq = seq
-            self._seen.add(seq)
         if self._count == 1 and type(event) is not ResponseCreated:
             self._problem(event, "missing-created", f"the stream starts with {event.type}")
         handler(event)
+
+    def _fill_gap(self, seq: int) -> bool:
+        """Whether ``seq`` was skipped so far (and is now seen): an event arriving late, not a replay."""
+        for i, (lo, hi) in enumerate(self._gaps):
+            if lo <= seq <= hi:
+                pieces = [piece for piece in ([lo, seq - 1], [seq + 1, hi]) if piece[0] <= piece[1]]
+                self._gaps[i : i + 1] = pieces
+                return True
+        return False
 
     def end(self) -> None:
         """Say that the stream has ended; a stream that ends with no terminal event (and no error) is a problem."""
