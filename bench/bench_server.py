@@ -1,9 +1,11 @@
 """One stream's events/s through `headwater serve` over loopback, against a bare Starlette app that pushes the
 same pre-encoded SSE bytes (one write per event, as the server does). Goal: Headwater >= 0.9x the bare app.
 
-Both servers run in this process on uvicorn (a thread each, real sockets on 127.0.0.1); the same httpx client
+Both servers run in this process on uvicorn (a thread each, real sockets on 127.0.0.1); the same httpx client,
 reads both and decodes with `headwater.iter_events`, so the difference is the server's own work: request
-validation, the run driver, the ResponseWriter, the event log and SSE delivery. The Headwater server runs the
+validation, the run driver, the ResponseWriter, the event log and SSE delivery. The client runs twice: in this
+process (client and servers share one interpreter lock, as in a test suite) and in a child process (the server's
+CPU is its own, so its per-event cost shows undiluted). The Headwater server runs the
 scripted backend (N text deltas, no delays) with the in-memory store and, separately, the SQLite store.
 
     python bench/bench_server.py            # N=5000 deltas, best of 5
@@ -16,6 +18,8 @@ import argparse
 import gc
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import httpx
@@ -105,21 +109,33 @@ def main() -> None:
     repeats = 3 if args.quick else 5
 
     blocks = pre_encoded(n)
-    results: dict[str, tuple[float, int]] = {}
-    with LiveServer(bare_app(blocks)) as bare:
-        results["bare Starlette, pre-encoded bytes"] = best_rate(bare.url, repeats)
-    for store in ("memory", "sqlite"):
-        with tempfile.TemporaryDirectory() as data_dir:
-            config = ServerConfig(store=store, data_dir=Path(data_dir), backend="scripted")
-            app = create_app(config, backend=ScriptedBackend(steps(n), models=["bench"]))
-            with LiveServer(app) as server:
-                results[f"headwater serve ({store} store)"] = best_rate(server.url, repeats)
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        for same_process in (True, False):
 
+            def measure(url: str, same_process: bool = same_process) -> tuple[float, int]:
+                if same_process:
+                    return best_rate(url, repeats)
+                return pool.submit(best_rate, url, repeats).result()
+
+            results: dict[str, tuple[float, int]] = {}
+            with LiveServer(bare_app(blocks)) as bare:
+                results["bare Starlette, pre-encoded bytes"] = measure(bare.url)
+            for store in ("memory", "sqlite"):
+                with tempfile.TemporaryDirectory() as data_dir:
+                    config = ServerConfig(store=store, data_dir=Path(data_dir), backend="scripted")
+                    app = create_app(config, backend=ScriptedBackend(steps(n), models=["bench"]))
+                    with LiveServer(app) as server:
+                        results[f"headwater serve ({store} store)"] = measure(server.url)
+            report(results, n, repeats, "the same process" if same_process else "a child process")
+
+
+def report(results: dict[str, tuple[float, int]], n: int, repeats: int, where: str) -> None:
     base = results["bare Starlette, pre-encoded bytes"][0]
-    print(f"one stream of {n} text deltas over loopback, best of {repeats}")
-    print(f"{'server':<36} {'events':>7} {'events/s':>10} {'vs bare':>8}")
+    print(f"one stream of {n} text deltas over loopback, best of {repeats}; the client in {where}")
+    print(f"{'server':<36} {'events':>7} {'events/s':>10} {'vs bare':>8} {'us/event':>9}")
     for name, (rate, events) in results.items():
-        print(f"{name:<36} {events:>7} {rate:>10,.0f} {rate / base:>7.2f}x")
+        print(f"{name:<36} {events:>7} {rate:>10,.0f} {rate / base:>7.2f}x {1e6 / rate:>9.1f}")
+    print()
 
 
 if __name__ == "__main__":
