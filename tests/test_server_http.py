@@ -677,3 +677,12 @@ def test_backend_reported_cost_reaches_the_response_usage(start: Callable[..., S
     assert body["usage"]["cost"] == 0.0021
     plain = start().client.post("/v1/responses", json={"model": MODEL, "input": "hi"}).json()
     assert "cost" not in plain["usage"]  # nothing reported, nothing invented
+
+
+def test_invalid_utf8_body_is_a_400_not_a_500(start: Callable[..., Server]) -> None:
+    server = start()
+    body = b'{"model": "m", "input": "\xff"}'
+    for path in ("/v1/responses", "/v1/responses/compact"):
+        answer = server.client.post(path, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_json"

@@ -363,6 +363,17 @@ def test_binary_json_message_is_accepted(start: Callable[..., Server], connectio
     assert read_stream(ws)[-1].type == "response.completed"
 
 
+def test_binary_message_with_invalid_utf8_gets_an_error_not_a_closed_socket(
+    start: Callable[..., Server], connections: Callable
+) -> None:
+    server = start()
+    ws = connections(server)
+    ws.send(b'{"type": "response.create", "input": "\xff"}')
+    error = ws_error(receive(ws), 400)
+    assert error["code"] == "invalid_json"
+    assert turn(ws, input="still here?")[-1].type == "response.completed"
+
+
 def test_message_over_the_size_limit_is_413(start: Callable[..., Server], connections: Callable) -> None:
     server = start(max_body_bytes=2048)
     ws = connections(server)

@@ -162,7 +162,7 @@ def _parse(data: bytes) -> dict[str, Any]:
     """The body's spec fields; a 400 naming ``model`` when it is missing or not a string."""
     try:
         obj = _json_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
         raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise APIError.invalid("the request body must be a JSON object", code="invalid_json")

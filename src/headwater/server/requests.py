@@ -304,7 +304,7 @@ def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedReques
     """Validate a request body; raise ``APIError`` (400, with ``param``) on the first problem found."""
     try:
         obj = _json.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
         raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise APIError.invalid("the request body must be a JSON object", code="invalid_json")

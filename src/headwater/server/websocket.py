@@ -129,7 +129,7 @@ class _Connection:
             return
         try:
             obj = _json.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
             await self._error(APIError.invalid(f"the message is not valid JSON: {exc}", code="invalid_json"))
             return
         if not isinstance(obj, dict):
