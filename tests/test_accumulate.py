@@ -673,7 +673,7 @@ def test_duplicate_events_are_folded_once() -> None:
 
 def test_a_late_event_fills_its_gap_once_and_a_replay_of_it_is_a_duplicate() -> None:
     events = text_stream(["Hel", "lo", "!"])
-    first, second, third = (i for i, e in enumerate(events) if e.type == "response.output_text.delta")
+    _first, second, third = (i for i, e in enumerate(events) if e.type == "response.output_text.delta")
     late = events.pop(second)  # "lo" arrives after "!": out of order, still folded
     events.insert(third, late)
     events.insert(third + 1, late)  # and then replayed: a duplicate, ignored

@@ -197,6 +197,16 @@ def test_wrong_api_key_is_an_authentication_error(headwater: Callable[..., tuple
         assert client.responses.create(model="scripted-1", input="hi").status == "completed"
 
 
+def test_a_retrieve_stream_refused_before_any_event_raises_the_status_error(
+    headwater: Callable[..., tuple[str, ScriptedBackend]],
+) -> None:
+    url, _ = headwater(api_keys=("right",))
+    with Client(base_url=url, api_key="right") as client, pytest.raises(NotFoundError):
+        client.responses.retrieve("resp_nope", stream=True)
+    with Client(base_url=url, api_key="wrong") as client, pytest.raises(AuthenticationError):
+        client.responses.retrieve("resp_nope", stream=True)
+
+
 def test_api_key_and_base_url_come_from_the_environment(canned: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
     server = canned(lambda request, n: json_answer(200, b'{"object": "list", "data": []}'))
     monkeypatch.setenv("HEADWATER_BASE_URL", server.url + "/v1")

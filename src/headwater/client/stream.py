@@ -119,7 +119,9 @@ class StreamMachine:
 
     def on_error_body(self, status: int, headers: Mapping[str, str], body: bytes) -> Retry | Fail:
         error = error_from_response(status, headers, body)
-        if not self.resuming:
+        if self.events_received == 0:
+            # Before any event an error status answers the request itself (a GET stream included): the typed
+            # error, retried only where a retry can help (429, 5xx).
             step = retry_or_fail(self, error)
             if isinstance(step, Retry):
                 self.retries += 1
