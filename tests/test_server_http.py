@@ -686,3 +686,18 @@ def test_invalid_utf8_body_is_a_400_not_a_500(start: Callable[..., Server]) -> N
         answer = server.client.post(path, content=body, headers={"content-type": "application/json"})
         assert answer.status_code == 400, (path, answer.text)
         assert answer.json()["error"]["code"] == "invalid_json"
+
+
+def test_repeated_input_items_stay_reachable_through_input_items_paging(start: Callable[..., Server]) -> None:
+    server = start()
+    item = {"type": "message", "id": "msg_same", "role": "user", "content": "again"}
+    body = create(server, input=[item, item, item])
+    seen, after = [], None
+    for _ in range(10):  # bounded: an ambiguous cursor would page forever
+        params: dict[str, Any] = {"limit": 1, "order": "asc", **({"after": after} if after else {})}
+        page = server.client.get(f"/v1/responses/{body['id']}/input_items", params=params).json()
+        seen += [entry["id"] for entry in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert len(seen) == 3 and len(set(seen)) == 3 and seen[0] == "msg_same"

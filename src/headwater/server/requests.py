@@ -461,8 +461,13 @@ def _normalize_input(value: str | list[InputItem] | None) -> list[StoredItem]:
     if isinstance(value, str):
         return [MessageItem(role="user", content=[InputTextPart(text=value)], id=new_id("msg_"), status="completed")]
     out: list[StoredItem] = []
+    seen: set[str] = set()
     for item in value:
         assert not isinstance(item, ItemReference)  # refused by _refuse
+        if item.id is not None and item.id in seen:
+            # A client re-sending history may repeat an item; ids stay unique per response so that the
+            # input_items cursor (``after=<id>``) is never ambiguous.
+            item = msgspec.structs.replace(item, id=None)
         if isinstance(item, MessageItem) and isinstance(item.content, str):
             part: ContentPart = (
                 OutputTextPart(text=item.content) if item.role == "assistant" else InputTextPart(text=item.content)
@@ -472,6 +477,7 @@ def _normalize_input(value: str | list[InputItem] | None) -> list[StoredItem]:
             item = msgspec.structs.replace(item, id=new_id(_ID_PREFIX[type(item)]))
         if isinstance(item, MessageItem) and item.status is None:
             item = msgspec.structs.replace(item, status="completed")
+        seen.add(item.id)  # type: ignore[arg-type]  # every item has an id by now
         out.append(item)
     return out
 
