@@ -180,7 +180,7 @@ def test_missing_model_is_a_400_naming_model(start: Callable[..., Server]) -> No
         (b"{nope", 400, None),
         ({"model": MODEL}, 400, "input"),
         ({"model": MODEL, "input": [{"type": "nope"}]}, 400, "input[0].type"),
-        ({"model": MODEL, "input": "hi", "previous_response_id": "resp_unknown"}, 404, "previous_response_id"),
+        ({"model": MODEL, "input": "hi", "previous_response_id": "resp_unknown"}, 400, "previous_response_id"),
         ({"model": MODEL, "input": [{"type": "compaction", "encrypted_content": "gAAAAABpM0Yj-abc="}]}, 400,
          "input[0].encrypted_content"),
     ],
@@ -284,7 +284,7 @@ def test_api_keys_guard_compact(start: Callable[..., Server]) -> None:
     mine = server.client.post("/v1/responses", json={"model": MODEL, "input": "secret"}).json()
     other = httpx.post(server.url + "/v1/responses/compact", headers={"authorization": "Bearer key-b"},
                        json={"model": MODEL, "previous_response_id": mine["id"]})
-    assert error_of(other, 404)["param"] == "previous_response_id"
+    assert error_of(other, 400)["param"] == "previous_response_id"
 
 
 def test_openai_package_compact_and_continue(start: Callable[..., Server]) -> None:

@@ -260,8 +260,8 @@ def test_store_false_is_not_retrievable(start: Callable[..., Server]) -> None:
     body = create(server, input="hi", store=False)
     assert body["store"] is False and body["status"] == "completed"
     error_of(server.client.get(f"/v1/responses/{body['id']}"), 404)
-    error = error_of(server.client.post("/v1/responses", json={"input": "x", "previous_response_id": body["id"]}), 404)
-    assert error["param"] == "previous_response_id"
+    error = error_of(server.client.post("/v1/responses", json={"input": "x", "previous_response_id": body["id"]}), 400)
+    assert (error["param"], error["code"]) == ("previous_response_id", "previous_response_not_found")
 
 
 def test_large_request_with_a_dozen_tools_and_unrunnable_ones(start: Callable[..., Server]) -> None:
@@ -476,10 +476,11 @@ def test_previous_response_chain_reaches_the_backend(start: Callable[..., Server
     ]
 
 
-def test_unknown_previous_response_is_404(start: Callable[..., Server]) -> None:
+def test_unknown_previous_response_is_400_previous_response_not_found(start: Callable[..., Server]) -> None:
     server = start()
     response = server.client.post("/v1/responses", json={"input": "x", "previous_response_id": "resp_nope"})
-    assert error_of(response, 404)["param"] == "previous_response_id"
+    error = error_of(response, 400)
+    assert (error["param"], error["code"]) == ("previous_response_id", "previous_response_not_found")
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -600,7 +601,7 @@ def test_api_keys_guard_and_isolate(start: Callable[..., Server]) -> None:
             error_of(other.get(f"/v1/responses/{body['id']}{path}"), 404)
         error_of(other.post(f"/v1/responses/{body['id']}/cancel"), 404)
         error_of(other.delete(f"/v1/responses/{body['id']}"), 404)
-        error_of(other.post("/v1/responses", json={"input": "x", "previous_response_id": body["id"]}), 404)
+        error_of(other.post("/v1/responses", json={"input": "x", "previous_response_id": body["id"]}), 400)
         assert server.client.get(f"/v1/responses/{body['id']}").status_code == 200
     finally:
         for client in (anonymous, other, wrong):

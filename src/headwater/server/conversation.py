@@ -56,8 +56,14 @@ async def conversation_items(
     while previous is not None:
         record = await store.get(previous)
         if record is None or record.owner != owner:
+            # 400 previous_response_not_found, as OpenAI answers (and as WebSocket mode must): the request is
+            # what is wrong, not the URL.
             if not earlier:
-                raise APIError.not_found(f"previous response '{previous}' not found", "previous_response_id")
+                raise APIError.invalid(
+                    f"previous response '{previous}' not found",
+                    "previous_response_id",
+                    code="previous_response_not_found",
+                )
             raise APIError.invalid(
                 f"the previous_response_id chain is broken: earlier response '{previous}' no longer exists",
                 "previous_response_id",
