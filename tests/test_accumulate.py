@@ -1031,3 +1031,17 @@ def test_logprobs_accumulate() -> None:
     acc = accumulate(events)
     part = acc.response.output[0].content[0]
     assert [lp.token for lp in part.logprobs] == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", ["response.output_text.delta", "response.content_part.added"])
+def test_an_absurd_content_index_is_a_problem_not_a_billion_slots(kind: str) -> None:
+    added = {"type": "response.output_item.added", "sequence_number": 0, "output_index": 0,
+             "item": {"type": "message", "id": "m", "role": "assistant", "content": []}}
+    event: dict[str, Any] = {"type": kind, "sequence_number": 1, "item_id": "m", "output_index": 0,
+                             "content_index": 10**9}
+    event.update({"delta": "x"} if kind.endswith("delta") else {"part": {"type": "output_text", "text": ""}})
+    acc = Accumulator()
+    acc.feed(ev(added))
+    acc.feed(ev(event))
+    assert "bad-index" in codes(acc)
+    assert acc.response.output[0].content == []

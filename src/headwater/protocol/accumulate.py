@@ -187,6 +187,15 @@ def _index(value: Any) -> int | None:
     return None
 
 
+# How far past the last part (or command) a stream may point before the index is taken for garbage: parts are
+# kept in a list, and a content_index of 10**9 must not make the accumulator allocate a billion slots.
+_MAX_INDEX_GAP = 1024
+
+
+def _bad_index(index: int, size: int) -> bool:
+    return index < 0 or index > size + _MAX_INDEX_GAP
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:60]}...{text[-15:]} ({len(text)} chars)"
@@ -797,7 +806,7 @@ class Accumulator:
                     )
                     return None
                 return slot
-        if index < 0:
+        if _bad_index(index, len(slots or ())):
             self._problem(event, "bad-index", f"{_where(state.index, state.id)}: {where} index {index}")
             return None
         self._problem(
@@ -993,7 +1002,7 @@ class Accumulator:
                 f"{_where(state.index, state.id)}, {where} index {index}: already added",
             )
             return
-        if index < 0:
+        if _bad_index(index, len(slots or ())):
             self._problem(event, "bad-index", f"{_where(state.index, state.id)}: {where} index {index}")
             return
         if index != len(slots or ()):
@@ -1034,7 +1043,8 @@ class Accumulator:
                     "done-mismatch",
                     f"{label}: text is {_short(text)} in the part's done, {_short(built)} from the deltas",
                 )
-        if index < 0:
+        if _bad_index(index, len(slots or ())):
+            self._problem(event, "bad-index", f"{label}: ignored")
             return
         self._put(state, where, index, _Slot.of_part(part, done=True))
         self._changed(state)
@@ -1266,7 +1276,7 @@ class Accumulator:
             state.commands = []
         commands = state.commands
         index = event.command_index
-        if index < 0:
+        if _bad_index(index, len(commands)):
             self._problem(event, "bad-index", f"{_where(state.index, state.id)}: command_index {index}")
             return None
         return state, commands[index] if index < len(commands) else None, commands
@@ -1351,7 +1361,7 @@ class Accumulator:
             state.outputs = []
         outputs = state.outputs
         index = event.command_index
-        if index < 0:
+        if _bad_index(index, len(outputs)):
             self._problem(event, "bad-index", f"{_where(state.index, state.id)}: command_index {index}")
             return None
         while len(outputs) <= index:
