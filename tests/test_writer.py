@@ -471,6 +471,18 @@ def test_nothing_before_start() -> None:
         assert_refused(w, act)
 
 
+@pytest.mark.parametrize("bad", [5, None, b"bytes"])
+def test_a_delta_that_is_not_text_is_refused(bad: object) -> None:
+    w, _ = started()
+    text = w.message().text()
+    call = w.function_call("f")
+    summary = w.reasoning().summary()
+    for delta in (text.delta, call.delta, summary.delta):
+        assert_refused(w, lambda delta=delta: delta(bad))  # type: ignore[misc]
+    text.delta("fine")
+    text.done()  # the writer is not stuck
+
+
 def test_second_start() -> None:
     w, _ = started()
     assert_refused(w, w.start)

@@ -95,6 +95,13 @@ _ID_PREFIX = {
 }
 
 
+def _text(value: object, what: str) -> str:
+    """A delta must be text: anything else would make a non-conformant event, so refuse it before emitting."""
+    if type(value) is not str:
+        raise WriterError(f"{what} must be a str, not {type(value).__name__}")
+    return value
+
+
 def new_id(prefix: str) -> str:
     """A fresh id: ``prefix`` and 32 random hex digits."""
     return prefix + secrets.token_hex(16)
@@ -476,6 +483,7 @@ class TextWriter(PartWriter):
 
     def delta(self, text: str, logprobs: Iterable[LogProb] | None = None) -> list[Event]:
         self._check_open()
+        _text(text, "a text delta")
         item = self._item
         writer = self._writer
         event = ResponseOutputTextDelta(
@@ -512,6 +520,7 @@ class RefusalWriter(PartWriter):
 
     def delta(self, text: str) -> list[Event]:
         self._check_open()
+        _text(text, "a delta")
         item = self._item
         event = ResponseRefusalDelta(
             sequence_number=self._writer._seq,
@@ -536,6 +545,7 @@ class FunctionCallWriter(ItemWriter):
 
     def delta(self, arguments: str) -> list[Event]:
         self._check_open()
+        _text(arguments, "an arguments delta")
         event = FunctionCallArgumentsDelta(
             sequence_number=self._writer._seq,
             item_id=self.id,
@@ -569,6 +579,7 @@ class CustomToolCallWriter(ItemWriter):
 
     def delta(self, text: str) -> list[Event]:
         self._check_open()
+        _text(text, "a delta")
         event = CustomToolCallInputDelta(
             sequence_number=self._writer._seq, item_id=self.id, output_index=self.output_index, delta=text
         )
@@ -629,6 +640,7 @@ class SummaryWriter(PartWriter):
 
     def delta(self, text: str) -> list[Event]:
         self._check_open()
+        _text(text, "a delta")
         item = self._item
         event = ResponseReasoningSummaryTextDelta(
             sequence_number=self._writer._seq,
@@ -648,6 +660,7 @@ class ReasoningTextWriter(PartWriter):
 
     def delta(self, text: str) -> list[Event]:
         self._check_open()
+        _text(text, "a delta")
         item = self._item
         cls = ResponseReasoningTextDelta if self._writer._seed_reasoning else ResponseReasoningDelta
         event = cls(
