@@ -308,3 +308,32 @@ def test_events_are_immutable() -> None:
     )
     with pytest.raises(AttributeError):
         event.sequence_number = 2  # type: ignore[misc]
+
+
+def test_camel_mode_keeps_user_owned_keys_and_reads_acronyms() -> None:
+    payload = {
+        "type": "response.output_item.added",
+        "outputIndex": 0,
+        "sequenceNumber": 1,
+        "item": {
+            "type": "mcp_list_tools",
+            "id": "mcpl_1",
+            "serverLabel": "files",
+            "tools": [{"name": "read", "inputSchema": {"properties": {"fileName": {"type": "string"}}}}],
+        },
+    }
+    event = decode_event(json.dumps(payload).encode(), camel=True)
+    assert isinstance(event, ev.ResponseOutputItemAdded) and isinstance(event.item, rs.McpListTools)
+    assert event.item.server_label == "files"
+    assert event.item.tools[0]["input_schema"]["properties"] == {"fileName": {"type": "string"}}
+    shell = decode_event(
+        b'{"type":"response.output_item.added","outputIndex":0,"sequenceNumber":1,"item":{"type":"local_shell_call",'
+        b'"callId":"c","action":{"type":"exec","command":["ls"],"env":{"myVar":"1"}}}}',
+        camel=True,
+    )
+    assert json.loads(encode_event(shell))["item"]["action"]["env"] == {"myVar": "1"}
+    acronym = decode_event(
+        b'{"type":"response.refusal.delta","outputIndex":0,"itemID":"m","contentIndex":0,"delta":"no","sequenceNumber":2}',
+        camel=True,
+    )
+    assert isinstance(acronym, ev.ResponseRefusalDelta) and acronym.item_id == "m"

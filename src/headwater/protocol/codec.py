@@ -196,12 +196,16 @@ def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:
 # --- camelCase (TypeScript SDK dumps) -----------------------------------------------------------------------
 
 # Free-form maps whose keys are the user's, not the protocol's: never renamed.
-_FREE_FORM = frozenset({"metadata", "variables", "parameters", "schema", "headers", "arguments"})
-_CAMEL_STEP = re.compile(r"(?<=[a-z0-9])([A-Z])")
+# JSON schemas (``parameters``, ``input_schema``, ``schema``, ``properties``), environment variables, metadata...
+_FREE_FORM = frozenset(
+    {"metadata", "variables", "parameters", "schema", "input_schema", "properties", "headers", "arguments", "env"}
+)
+_ACRONYM_STEP = re.compile(r"([A-Z]+)([A-Z][a-z])")  # "HTTPHeaders" -> "HTTP_Headers"
+_CAMEL_STEP = re.compile(r"([a-z0-9])([A-Z])")  # "itemId" -> "item_Id", "itemID" -> "item_ID"
 
 
 def _snake_key(key: str) -> str:
-    return _CAMEL_STEP.sub(lambda m: "_" + m.group(1).lower(), key)
+    return _CAMEL_STEP.sub(r"\1_\2", _ACRONYM_STEP.sub(r"\1_\2", key)).lower()
 
 
 def _camel_key(key: str) -> str:
