@@ -1045,3 +1045,12 @@ def test_an_absurd_content_index_is_a_problem_not_a_billion_slots(kind: str) -> 
     acc.feed(ev(event))
     assert "bad-index" in codes(acc)
     assert acc.response.output[0].content == []
+
+
+def test_a_negative_sequence_number_is_a_problem_but_the_event_is_folded() -> None:
+    events = text_stream(["Hel", "lo"], terminal_output=False)
+    delta = next(i for i, e in enumerate(events) if e.type == "response.output_text.delta")
+    events[delta] = replace_event(events[delta], sequence_number=-5)  # type: ignore[arg-type]
+    acc = accumulate(events)
+    assert "bad-sequence" in codes(acc) and "duplicate-event" not in codes(acc)
+    assert acc.output_text == "Hello"

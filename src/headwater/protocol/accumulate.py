@@ -617,6 +617,9 @@ class Accumulator:
             self._problem(event, "after-terminal", f"{event.type} after the terminal event; ignored")
             return
         seq = event.sequence_number
+        if seq is not None and seq < 0:
+            self._problem(event, "bad-sequence", f"sequence_number {seq} is negative; folded without it")
+            seq = None
         if seq is not None:
             last = self._last_seq
             if seq > last:
