@@ -61,6 +61,13 @@ def test_check_unreadable_input_exits_2(tmp_path: Path) -> None:
     assert run("check", str(tmp_path / "missing.jsonl"))[0] == 2
 
 
+def test_replay_of_a_file_without_events_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sse"
+    empty.write_bytes(b": keep-alive\n\ndata: [DONE]\n\n")
+    code, _, err = run("replay", str(empty))
+    assert code == 2 and "no events" in err
+
+
 def test_check_split_treats_concatenated_responses_separately() -> None:
     path = CAPTURES / "openai-reasoning-encrypted-content.1.jsonl"  # 4 responses back to back
     code_joined, _, _ = run("check", str(path))

@@ -134,6 +134,9 @@ def replay_command(path: str, as_json: bool, delay: float) -> None:
     except (OSError, ProtocolError) as exc:
         click.echo(f"{path}: unreadable: {exc}", err=True)
         sys.exit(2)
+    if not events:
+        click.echo(f"{path}: unreadable: no events found", err=True)
+        sys.exit(2)
     acc = Accumulator()
     for event in events:
         acc.feed(event)
