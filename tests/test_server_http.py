@@ -19,7 +19,7 @@ import pytest
 
 from headwater.protocol.conformance import check
 from headwater.protocol.events import Event
-from headwater.protocol.stream import iter_events
+from headwater.protocol.stream import encode_sse, iter_events
 from headwater.server.app import create_app
 from headwater.server.backends.base import (
     BackendError,
@@ -414,6 +414,43 @@ def test_client_disconnect_cancels_a_streamed_run(start: Callable[..., Server], 
     stored = server.client.get(f"/v1/responses/{response_id}").json()
     assert stored["status"] == "cancelled"
     conformant(server.client.get(f"/v1/responses/{response_id}", params={"stream": "true"}).content)
+
+
+def test_with_a_disconnect_grace_a_dropped_stream_can_be_resumed_to_its_end(
+    start: Callable[..., Server], wait_until
+) -> None:
+    gate = Gate()
+    server = start([TextDelta("a"), gate, TextDelta("b"), Finish()], disconnect_grace_seconds=30.0)
+    with server.client.stream("POST", "/v1/responses", json={"input": "hi", "stream": True}) as live:
+        received = b""
+        chunks = live.iter_bytes()
+        while b"output_text.delta" not in received:
+            received += next(chunks)
+    first = events_of(received)
+    response_id = first[0].response.id  # type: ignore[union-attr]
+    last = first[-1].sequence_number
+    with server.client.stream(
+        "GET", f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": last}
+    ) as resumed:
+        gate.open()  # the model goes on while the resumed stream follows it
+        rest = events_of(resumed.read())
+    assert not server.backend.runs[0].closed_early
+    assert rest[0].sequence_number == last + 1 and rest[-1].type == "response.completed"
+    conformant(b"".join(encode_sse(e) for e in [*first, *rest]))
+
+
+def test_with_a_disconnect_grace_an_abandoned_stream_is_cancelled_after_it(
+    start: Callable[..., Server], wait_until
+) -> None:
+    gate = Gate()
+    server = start([TextDelta("a"), gate, TextDelta("b"), Finish()], disconnect_grace_seconds=0.2)
+    with server.client.stream("POST", "/v1/responses", json={"input": "hi", "stream": True}) as live:
+        received = b""
+        chunks = live.iter_bytes()
+        while b"output_text.delta" not in received:
+            received += next(chunks)
+    wait_until(lambda: server.backend.runs[0].closed_early)
+    gate.open()
 
 
 def test_disconnect_leaves_a_background_stream_running(start: Callable[..., Server], wait_until) -> None:

@@ -47,6 +47,9 @@ __all__ = ["serve_command"]
               help="Refuse requests with tools the backend cannot run, instead of dropping them.")
 @click.option("--keepalive", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
               help="Seconds of model silence before an SSE keep-alive comment.")
+@click.option("--disconnect-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds a stored stream whose client left keeps generating, so that the client can resume it "
+                   "(GET ...?stream=true&starting_after=N), before it is cancelled.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_command(
@@ -61,6 +64,7 @@ def serve_command(
     api_keys: tuple[str, ...],
     strict_tools: bool,
     keepalive: float,
+    disconnect_grace: float,
     log_level: str,
 ) -> None:
     """Run the Open Responses server (POST /v1/responses and its companions)."""
@@ -85,6 +89,7 @@ def serve_command(
         data_dir=(data_dir or default_data_dir()).expanduser(),
         strict_tools=strict_tools,
         keepalive_seconds=keepalive,
+        disconnect_grace_seconds=disconnect_grace,
     )
     try:
         app = create_app(config)

@@ -46,6 +46,9 @@ class ServerConfig:
     strict_tools: bool = False
     # An SSE comment is written after this many seconds without an event, so proxies keep the stream open.
     keepalive_seconds: float = 15.0
+    # How long a stored non-background stream whose client left keeps generating, waiting for the client to
+    # resume it, before it is cancelled. 0: cancelled at once (no compute for nobody).
+    disconnect_grace_seconds: float = 0.0
     max_body_bytes: int = 10 * 1024 * 1024
     # How many earlier responses a previous_response_id chain may reach back through.
     max_chain_length: int = 1000

@@ -141,9 +141,9 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
             raise await _refused(state, run, headers)
 
         def on_close(finished: bool) -> None:
-            if not finished:  # the client left: stop paying for tokens nobody reads
+            if not finished:  # the client left: stop paying for tokens nobody reads (after a grace, if set)
                 log.info("response %s: client disconnected; cancelling", run.id)
-                run.cancel()
+                run.cancel_unless_followed(state.config.disconnect_grace_seconds if body.store else 0.0)
 
         return EventStreamResponse(run.follow(-1, keepalive), headers=headers, on_close=on_close)
     if not await _wait_unless_disconnected(request, run):

@@ -118,6 +118,7 @@ class Run:
         self.finished = False
         self.backend_error: BackendError | None = None
         self.steps = 0  # backend steps received
+        self.followers = 0  # streams reading this run right now (the request's own, resumes)
         self._backend = backend
         self._request = request
         self._store = store
@@ -155,6 +156,20 @@ class Run:
             return replace(response, status="cancelled")
         return response
 
+    def cancel_unless_followed(self, grace: float) -> None:
+        """A non-background stream's client left: cancel now, or after ``grace`` seconds unless a client has
+        resumed the stream by then (``GET ...?stream=true&starting_after=N``)."""
+        if grace <= 0:
+            self.cancel()
+            return
+
+        def check() -> None:
+            if self.followers == 0 and not self.finished:
+                log.info("response %s: nobody resumed within %.1fs; cancelling", self.id, grace)
+                self.cancel()
+
+        asyncio.get_running_loop().call_later(grace, check)
+
     def cancel(self) -> None:
         """Stop generating; the run ends as cancelled (see the module's notes). Does nothing once finished."""
         self._request_stop(_Stop.CANCELLED)
@@ -187,6 +202,14 @@ class Run:
         """The SSE frames after ``sequence_number`` ``after``, then each new one as it is published, until the
         terminal event; a keep-alive comment after ``keepalive`` seconds without one."""
         index = max(after + 1, 0)
+        self.followers += 1
+        try:
+            async for frame in self._follow(index, keepalive):
+                yield frame
+        finally:
+            self.followers -= 1
+
+    async def _follow(self, index: int, keepalive: float) -> AsyncIterator[bytes]:
         while True:
             changed = self._changed
             while index < len(self.frames):
