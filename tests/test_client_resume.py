@@ -216,3 +216,44 @@ def test_retrieve_stream_from_the_middle_survives_cuts(served: Served, seed: int
         assert to_builtins(stream.get_final_response()) == stored_response(served, response.id)
     finally:
         proxy.close()
+
+
+@pytest.fixture(scope="module")
+def served_with_grace() -> Iterator[Served]:
+    """A server that lets a dropped foreground stream go on for a while (``--disconnect-grace``)."""
+    backend = ScriptedBackend(long_script(), models=["scripted-1"])
+    config = ServerConfig(store="memory", disconnect_grace_seconds=30.0)
+    live = LiveServer(create_app(config, backend=backend, store=MemoryStore())).start()
+    http = httpx.Client(base_url=live.url, timeout=20)
+    counter = CutProxy(("127.0.0.1", live.port), lambda n: None)
+    try:
+        with httpx.Client(timeout=20) as plain:
+            raw = plain.post(counter.url + "/v1/responses", json={"model": "scripted-1", "stream": True})
+            assert raw.status_code == 200
+            answer_bytes = counter.bytes_down
+        yield Served(live.url, backend, http, answer_bytes)
+    finally:
+        counter.close()
+        http.close()
+        live.stop()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_foreground_stream_the_server_sees_dropped_is_resumed_within_the_grace(
+    served_with_grace: Served, seed: int
+) -> None:
+    served = served_with_grace
+    rng = random.Random(5000 + seed)
+    cuts = [Cut(rng.randrange(0, served.answer_bytes), reset=rng.random() < 0.5) for _ in range(rng.randint(1, 3))]
+    # drain=False: the proxy really closes the server's side too, so the server sees its client leave.
+    proxy = CutProxy(("127.0.0.1", port_of(served)), lambda n: cuts[n] if n < len(cuts) else None, drain=False)
+    try:
+        with Client(**client_options(proxy)) as client, client.responses.stream(
+            model="scripted-1", input="go"
+        ) as stream:
+            events = list(stream)
+            final = stream.get_final_response()
+        assert final.status == "completed"
+        assert_same_as_stored(served, events, final, stream.response_id)
+    finally:
+        proxy.close()
