@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
 
-from headwater.protocol.events import Event, ResponseOutputTextDelta
+from headwater.protocol.events import Event
 from headwater.protocol.resources import Response
 
 from .core import (
@@ -34,8 +34,9 @@ from .core import (
     store_hint,
 )
 from .errors import APIError
+from .faces import AsyncEventIterator
 from .retry import RetryPolicy
-from .stream import Finish, StreamMachine, StreamView
+from .stream import Finish, StreamMachine
 
 if TYPE_CHECKING:
     from .websocket import AsyncResponsesConnection
@@ -211,7 +212,7 @@ class AsyncModels:
         return await self._client._call(Call(spec, options.retry, decoder_for(ModelList)))
 
 
-class AsyncStream(StreamView):
+class AsyncStream(AsyncEventIterator):
     """The async twin of ``Stream``: ``async for`` its events; ``await get_final_response()``."""
 
     def __init__(self, client: AsyncClient, machine: StreamMachine) -> None:
@@ -288,41 +289,6 @@ class AsyncStream(StreamView):
         error = machine.final_error()
         if error is not None:
             raise error
-
-    def __aiter__(self) -> AsyncStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._raised is not None:
-            raise self._raised
-        if self._iterator is None:
-            self._iterator = self._events()
-        try:
-            return await anext(self._iterator)
-        except StopAsyncIteration:
-            self._exhausted = True
-            raise
-        except APIError as exc:
-            self._raised = exc
-            self._exhausted = True
-            raise
-
-    async def text_deltas(self) -> AsyncIterator[str]:
-        async for event in self:
-            if type(event) is ResponseOutputTextDelta:
-                yield event.delta
-
-    async def until_done(self) -> AsyncStream:
-        async for _ in self:
-            pass
-        return self
-
-    async def get_final_response(self) -> Response:
-        if not self._exhausted:
-            await self.until_done()
-        if self._raised is not None:
-            raise self._raised
-        return self.snapshot
 
     async def aclose(self) -> None:
         if self._iterator is not None:

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
 
-from headwater.protocol.events import Event, ResponseOutputTextDelta
+from headwater.protocol.events import Event
 from headwater.protocol.resources import Response
 
 from .core import (
@@ -34,8 +34,9 @@ from .core import (
     store_hint,
 )
 from .errors import APIError
+from .faces import EventIterator
 from .retry import RetryPolicy
-from .stream import Finish, StreamMachine, StreamView
+from .stream import Finish, StreamMachine
 
 if TYPE_CHECKING:
     from .websocket import ResponsesConnection
@@ -222,7 +223,7 @@ class Models:
         return self._client._call(Call(spec, options.retry, decoder_for(ModelList)))
 
 
-class Stream(StreamView):
+class Stream(EventIterator):
     """A streamed response: iterate it for typed events (one unbroken stream, across reconnects); read
     ``snapshot``, ``output_text``, ``function_calls`` at any moment; ``get_final_response()`` at the end.
 
@@ -305,44 +306,6 @@ class Stream(StreamView):
             raise error
 
     # -- iteration
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> Event:
-        if self._raised is not None:
-            raise self._raised
-        if self._iterator is None:
-            self._iterator = self._events()
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            self._exhausted = True
-            raise
-        except APIError as exc:
-            self._raised = exc
-            self._exhausted = True
-            raise
-
-    def text_deltas(self) -> Iterator[str]:
-        """Only the output text, piece by piece, as it streams."""
-        for event in self:
-            if type(event) is ResponseOutputTextDelta:
-                yield event.delta
-
-    def until_done(self) -> Stream:
-        for _ in self:
-            pass
-        return self
-
-    def get_final_response(self) -> Response:
-        """Reads the rest of the stream, then returns the final response (``status`` says completed,
-        incomplete or failed). Raises ``StreamError`` if the stream carried an ``error`` event."""
-        if not self._exhausted:
-            self.until_done()
-        if self._raised is not None:
-            raise self._raised
-        return self.snapshot
 
     def close(self) -> None:
         if self._iterator is not None:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
-from headwater.protocol.events import Event, ResponseOutputTextDelta
-from headwater.protocol.resources import Response, to_builtins
+from headwater.protocol.events import Event
+from headwater.protocol.resources import to_builtins
 
 from .core import ClientOptions, RequestSpec
 from .errors import (
@@ -37,7 +37,8 @@ from .errors import (
     StreamInterruptedError,
     error_from_response,
 )
-from .stream import StreamMachine, StreamView
+from .faces import AsyncEventIterator, EventIterator
+from .stream import StreamMachine
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection as AsyncWebSocket
@@ -232,7 +233,7 @@ class ResponsesConnection:
         self.close()
 
 
-class WebSocketStream(StreamView):
+class WebSocketStream(EventIterator):
     """One response on a connection: iterate it for typed events, up to and including the terminal event; the
     same ``snapshot``, ``output_text``, ``function_calls``, ``get_final_response()`` as ``Stream``. An ``error``
     event raises ``StreamError`` once the stream is over. The connection is not closed by this stream."""
@@ -254,42 +255,6 @@ class WebSocketStream(StreamView):
         error = machine.final_error()
         if error is not None:
             raise error
-
-    def __iter__(self) -> WebSocketStream:
-        return self
-
-    def __next__(self) -> Event:
-        if self._raised is not None:
-            raise self._raised
-        if self._iterator is None:
-            self._iterator = self._events()
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            self._exhausted = True
-            raise
-        except APIError as exc:
-            self._raised = exc
-            self._exhausted = True
-            raise
-
-    def text_deltas(self) -> Iterator[str]:
-        for event in self:
-            if type(event) is ResponseOutputTextDelta:
-                yield event.delta
-
-    def until_done(self) -> WebSocketStream:
-        for _ in self:
-            pass
-        return self
-
-    def get_final_response(self) -> Response:
-        """Reads the rest of the stream, then returns the final response; ``StreamError`` after an ``error``."""
-        if not self._exhausted:
-            self.until_done()
-        if self._raised is not None:
-            raise self._raised
-        return self.snapshot
 
     def __enter__(self) -> WebSocketStream:
         return self
@@ -374,7 +339,7 @@ class AsyncResponsesConnection:
         await self.close()
 
 
-class AsyncWebSocketStream(StreamView):
+class AsyncWebSocketStream(AsyncEventIterator):
     """The async twin of ``WebSocketStream``: ``async for event in stream``, ``await get_final_response()``."""
 
     def __init__(self, connection: AsyncResponsesConnection, turn: _Turn) -> None:
@@ -395,41 +360,6 @@ class AsyncWebSocketStream(StreamView):
         error = machine.final_error()
         if error is not None:
             raise error
-
-    def __aiter__(self) -> AsyncWebSocketStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._raised is not None:
-            raise self._raised
-        if self._iterator is None:
-            self._iterator = self._events()
-        try:
-            return await anext(self._iterator)
-        except StopAsyncIteration:
-            self._exhausted = True
-            raise
-        except APIError as exc:
-            self._raised = exc
-            self._exhausted = True
-            raise
-
-    async def text_deltas(self) -> AsyncIterator[str]:
-        async for event in self:
-            if type(event) is ResponseOutputTextDelta:
-                yield event.delta
-
-    async def until_done(self) -> AsyncWebSocketStream:
-        async for _ in self:
-            pass
-        return self
-
-    async def get_final_response(self) -> Response:
-        if not self._exhausted:
-            await self.until_done()
-        if self._raised is not None:
-            raise self._raised
-        return self.snapshot
 
     async def __aenter__(self) -> AsyncWebSocketStream:
         return self
