@@ -9,7 +9,7 @@ stream that has started cannot be replayed, and a refused request is the caller'
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,8 +24,10 @@ from .base import BackendError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MODEL",
     "DEFAULT_READ_TIMEOUT",
     "Upstream",
+    "UpstreamBackend",
     "UpstreamStream",
     "endpoint_url",
     "error_from_status",
@@ -277,3 +279,44 @@ class UpstreamStream:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# The model name a request gets when it names none and the backend was given none: the upstream decides.
+DEFAULT_MODEL = "default"
+
+
+class UpstreamBackend:
+    """What the two upstream backends share: the HTTP side (``Upstream``), the model names, ``extra_body``."""
+
+    def __init__(
+        self,
+        upstream: str,
+        path: str,
+        api_key: str | None,
+        *,
+        model: str | None,
+        models: Sequence[str],
+        connect_timeout: float,
+        read_timeout: float,
+        headers: Mapping[str, str] | None,
+        extra_body: Mapping[str, Any] | None,
+        client: httpx.AsyncClient | None,
+    ) -> None:
+        self.upstream = Upstream(
+            upstream,
+            path,
+            api_key=api_key,
+            headers=headers,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            client=client,
+        )
+        self.model = model
+        self._models = list(dict.fromkeys([*([model] if model else []), *models])) or [DEFAULT_MODEL]
+        self.extra_body = dict(extra_body or {})
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()

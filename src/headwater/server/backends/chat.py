@@ -18,7 +18,13 @@ import msgspec
 
 from headwater.protocol.sse import DONE
 
-from ._upstream import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, Upstream, UpstreamStream
+from ._upstream import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MODEL,
+    DEFAULT_READ_TIMEOUT,
+    UpstreamBackend,
+    UpstreamStream,
+)
 from .base import (
     BackendError,
     ChatMessage,
@@ -35,7 +41,6 @@ __all__ = ["DEFAULT_MODEL", "ChatBackend", "ChunkMapper", "chat_request"]
 
 log = logging.getLogger("headwater.server")
 
-DEFAULT_MODEL = "default"
 """What ``models()`` lists when no model was configured; a request for it goes upstream without ``model``
 (vLLM, SGLang and llama.cpp then use the model they serve)."""
 
@@ -404,7 +409,7 @@ def _response_format(text_format: Mapping[str, Any] | None) -> dict[str, Any] | 
 # --- the backend ----------------------------------------------------------------------------------------------
 
 
-class ChatBackend:
+class ChatBackend(UpstreamBackend):
     """Generation from a Chat Completions upstream.
 
     ``upstream``: the server (``http://localhost:8000``), its API root (``https://openrouter.ai/api/v1``) or
@@ -438,23 +443,20 @@ class ChatBackend:
             raise ValueError(
                 f"max_tokens_field must be max_tokens or max_completion_tokens, not {max_tokens_field!r}"
             )
-        self.upstream = Upstream(
+        super().__init__(
             upstream,
             "chat/completions",
-            api_key=api_key,
-            headers=headers,
+            api_key,
+            model=model,
+            models=models,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            headers=headers,
+            extra_body=extra_body,
             client=client,
         )
-        self.model = model
-        self._models = list(dict.fromkeys([*([model] if model else []), *models])) or [DEFAULT_MODEL]
         self.max_tokens_field = max_tokens_field
         self.include_usage = include_usage
-        self.extra_body = dict(extra_body or {})
-
-    def models(self) -> list[str]:
-        return list(self._models)
 
     def describe(self) -> str:
         model = self.model or "the upstream's own model (none configured)"
@@ -462,9 +464,6 @@ class ChatBackend:
             f"chat: Chat Completions upstream {self.upstream.url}, model {model}; text, reasoning "
             "(reasoning_content / reasoning), function calls and usage; no hosted tools, no input images"
         )
-
-    async def aclose(self) -> None:
-        await self.upstream.aclose()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
         model: str | None = request.model or self.model

@@ -88,7 +88,7 @@ from headwater.protocol.resources import (
 from headwater.protocol.sse import DONE
 from headwater.protocol.writer import ResponseWriter, new_id
 
-from ._upstream import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, Upstream
+from ._upstream import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MODEL, DEFAULT_READ_TIMEOUT, UpstreamBackend
 from .base import (
     BackendError,
     ChatMessage,
@@ -105,7 +105,6 @@ __all__ = ["ResponseRelay", "ResponsesBackend", "StepsFromEvents", "responses_re
 
 log = logging.getLogger("headwater.server")
 
-DEFAULT_MODEL = "default"
 
 
 # --- the request ----------------------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
 # --- the backend ----------------------------------------------------------------------------------------------
 
 
-class ResponsesBackend:
+class ResponsesBackend(UpstreamBackend):
     """Generation by a Responses upstream.
 
     ``upstream``: the server (``http://localhost:8080``), its API root (``https://api.openai.com/v1``,
@@ -226,22 +225,19 @@ class ResponsesBackend:
         extra_body: Mapping[str, Any] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.upstream = Upstream(
+        super().__init__(
             upstream,
             "responses",
-            api_key=api_key,
-            headers=headers,
+            api_key,
+            model=model,
+            models=models,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            headers=headers,
+            extra_body=extra_body,
             client=client,
         )
-        self.model = model
-        self._models = list(dict.fromkeys([*([model] if model else []), *models])) or [DEFAULT_MODEL]
         self.store = store
-        self.extra_body = dict(extra_body or {})
-
-    def models(self) -> list[str]:
-        return list(self._models)
 
     def describe(self) -> str:
         model = self.model or "whatever model each request names"
@@ -249,9 +245,6 @@ class ResponsesBackend:
             f"responses: Responses upstream {self.upstream.url}, model {model}; the whole conversation is "
             "sent each time (previous_response_id is resolved here, never forwarded)"
         )
-
-    async def aclose(self) -> None:
-        await self.upstream.aclose()
 
     def relay(self, writer: ResponseWriter) -> ResponseRelay:
         """The relay the run driver writes with instead of ``writer`` (same response id and template)."""
