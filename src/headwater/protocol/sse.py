@@ -128,6 +128,20 @@ class SSEDecoder:
                 if len(buf) > self._line_max:
                     self._line_too_long(len(buf))
                 return []
+            if 13 not in chunk:
+                # The long line ends in this chunk: finish it on its own, so that its bytes are copied once
+                # more here and not again by the slicing and line splitting of the general path.
+                end = chunk.find(b"\n")
+                buf += chunk[:end]
+                if len(buf) > self._line_max:
+                    self._line_too_long(len(buf))
+                line = bytes(buf)
+                buf.clear()
+                out: list[Frame] = []
+                self._process([line], self._buf_off, out, 1)
+                if end + 1 < len(chunk):
+                    out += self._feed_sse(chunk[end + 1 :], base + end + 1)
+                return out
             chunk = bytes(buf) + chunk  # each pending byte is copied once, when its line completes
             base = self._buf_off
             buf.clear()
