@@ -1,4 +1,4 @@
-"""Request validation and policy, the conversation a backend sees, and the store contract (memory and SQLite)."""
+"""Request validation and policy, and the conversation a backend sees (the store contract is in test_store.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from headwater.server.backends.base import ChatMessage
 from headwater.server.conversation import to_chat_messages
 from headwater.server.errors import APIError
 from headwater.server.requests import MessageItem, parse_request
-from headwater.server.store import MemoryStore, SQLiteStore, Store, StoredItem, StoredResponse
 
 
 def refused(body: Any, **options: Any) -> APIError:
@@ -147,77 +146,3 @@ def test_function_calls_join_the_assistant_turn_and_outputs_become_tool_turns() 
         ChatMessage("tool", "sun", tool_call_id="c2"),
     ]
 
-
-# --- the store contract -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    instance: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "db.sqlite3")
-    await instance.open()
-    yield instance
-    await instance.close()
-
-
-def record(rid: str, status: str = "in_progress", owner: str | None = "k1") -> StoredResponse:
-    return StoredResponse(rid, owner, status, 1, b'{"id": "%s"}' % rid.encode())
-
-
-async def test_store_keeps_events_in_order_and_reads_after(store: Store) -> None:
-    await store.create(record("r1"), [])
-    await store.append("r1", [(0, b"a"), (1, b"b")])
-    await store.append("r1", [(2, b"c")], status="completed", data=b"{}")
-    assert await store.events("r1") == [b"a", b"b", b"c"]
-    assert await store.events("r1", after=1) == [b"c"]
-    got = await store.get("r1")
-    assert got is not None and got.status == "completed" and got.data == b"{}" and got.owner == "k1"
-    assert await store.unfinished() == []
-
-
-async def test_store_refuses_a_repeated_sequence_number(store: Store) -> None:
-    await store.create(record("r1"), [])
-    await store.append("r1", [(0, b"a")])
-    with pytest.raises(Exception):  # noqa: B017 - each store has its own integrity error
-        await store.append("r1", [(0, b"again")])
-    assert await store.events("r1") == [b"a"]
-
-
-async def test_store_paginates_input_items_both_ways(store: Store) -> None:
-    items = [StoredItem(f"i{n}", b'{"n": %d}' % n) for n in range(5)]
-    await store.create(record("r1"), items)
-    page = await store.input_items("r1", limit=2)
-    assert [i.id for i in page.items] == ["i0", "i1"] and page.has_more
-    page = await store.input_items("r1", limit=2, after="i3")
-    assert [i.id for i in page.items] == ["i4"] and not page.has_more
-    page = await store.input_items("r1", limit=3, order="desc")
-    assert [i.id for i in page.items] == ["i4", "i3", "i2"] and page.has_more
-    page = await store.input_items("r1", limit=3, order="desc", after="i2")
-    assert [i.id for i in page.items] == ["i1", "i0"] and not page.has_more
-    assert (await store.input_items("r1", after="unknown")).items == []
-
-
-async def test_store_lists_unfinished_and_deletes_everything(store: Store) -> None:
-    await store.create(record("r1", "queued"), [StoredItem("i", b"{}")])
-    await store.create(record("r2", "completed"), [])
-    await store.append("r1", [(0, b"x")])
-    assert [r.id for r in await store.unfinished()] == ["r1"]
-    assert await store.delete("r1")
-    assert not await store.delete("r1")
-    assert await store.get("r1") is None
-    assert await store.events("r1") == [] and (await store.input_items("r1")).items == []
-
-
-async def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite3"
-    first = SQLiteStore(path)
-    await first.open()
-    await first.create(record("r1"), [StoredItem("i", b"{}")])
-    await first.append("r1", [(0, b"a")])
-    await first.close()
-    second = SQLiteStore(path)
-    await second.open()
-    try:
-        assert await second.events("r1") == [b"a"]
-        assert [r.id for r in await second.unfinished()] == ["r1"]
-    finally:
-        await second.close()

@@ -34,7 +34,7 @@ def create_app(config: ServerConfig, *, backend: Backend | None = None, store: S
 
         backend = create_backend(config.backend, **config.backend_options)
     if store is None:
-        store = create_store(config.store, config.database_path)
+        store = create_store(config.store_url)
     state = ServerState(config=config, backend=backend, store=store, runs=Runs(store, backend))
 
     @asynccontextmanager

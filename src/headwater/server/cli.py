@@ -19,6 +19,7 @@ from .app import create_app
 from .backends import UPSTREAM_BACKENDS
 from .backends.base import BackendError
 from .config import ServerConfig, default_data_dir
+from .store import create_store
 
 __all__ = ["serve_command"]
 
@@ -36,8 +37,9 @@ __all__ = ["serve_command"]
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
               help="An option for the backend (repeatable), e.g. script=capture.jsonl or n_ctx=4096; "
                    "VALUE is read as JSON when it parses as JSON.")
-@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True,
-              help="Where responses and event logs are kept.")
+@click.option("--store", default="sqlite", show_default=True, metavar="URL",
+              help="Where responses and event logs are kept: sqlite (a file in --data-dir), memory (gone at exit), "
+                   "or a URL: sqlite:///path/file.sqlite3, memory://, postgresql://user:pass@host/db.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of the SQLite store [default: $HEADWATER_DATA_DIR or ~/.local/share/headwater].")
 @click.option("--api-key", "api_keys", multiple=True,
@@ -85,12 +87,16 @@ def serve_command(
         port=port,
         backend=backend,
         backend_options=options,
-        store="memory" if store == "memory" else "sqlite",
+        store=store,
         data_dir=(data_dir or default_data_dir()).expanduser(),
         strict_tools=strict_tools,
         keepalive_seconds=keepalive,
         disconnect_grace_seconds=disconnect_grace,
     )
+    try:
+        create_store(config.store_url)  # a bad URL is a usage error, said before the backend loads a model
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
     try:
         app = create_app(config)
     except (BackendError, ValueError) as exc:

@@ -11,11 +11,9 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 __all__ = ["ServerConfig", "default_data_dir", "key_digest"]
-
-StoreKind = Literal["sqlite", "memory"]
 
 
 def default_data_dir() -> Path:
@@ -38,7 +36,9 @@ class ServerConfig:
     port: int = 8080
     backend: str = "local"
     backend_options: dict[str, Any] = field(default_factory=dict)
-    store: StoreKind = "sqlite"
+    # Where responses and event logs are kept: a store URL (``memory://``, ``sqlite:///path``,
+    # ``postgresql://...``), or ``sqlite`` (the file in ``data_dir``) or ``memory`` for short.
+    store: str = "sqlite"
     data_dir: Path = field(default_factory=default_data_dir)
     # Digests of the accepted API keys (see ``key_digest``); empty means no authentication.
     api_key_digests: frozenset[str] = frozenset()
@@ -61,3 +61,12 @@ class ServerConfig:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "headwater.sqlite3"
+
+    @property
+    def store_url(self) -> str:
+        """``store`` as a URL: the short names ``sqlite`` and ``memory`` spelled out."""
+        if self.store == "sqlite":
+            return f"sqlite://{self.database_path.resolve()}"
+        if self.store == "memory":
+            return "memory://"
+        return self.store

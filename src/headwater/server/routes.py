@@ -30,7 +30,7 @@ from .conversation import build_messages
 from .errors import APIError
 from .requests import encode_input_item, parse_request
 from .runs import Run, Runs, encode_response
-from .store import Store, StoredItem, StoredResponse
+from .store import Entry, Store, StoredItem, StoredResponse
 from .streaming import EventStreamResponse
 
 __all__ = ["ServerState", "routes"]
@@ -233,16 +233,9 @@ async def get_response(request: Request) -> Response | EventStreamResponse:
     return EventStreamResponse(body)
 
 
-class _EventType(msgspec.Struct):
-    type: str
-
-
-_event_type = msgspec.json.Decoder(_EventType)
-
-
-async def _replay(events: list[bytes]) -> AsyncIterator[bytes]:
-    for data in events:
-        yield encode_frame(_event_type.decode(data).type, data)
+async def _replay(entries: list[Entry]) -> AsyncIterator[bytes]:
+    for entry in entries:
+        yield encode_frame(entry.type, entry.payload)
 
 
 async def delete_response(request: Request) -> Response:

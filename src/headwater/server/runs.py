@@ -58,7 +58,7 @@ from .backends.base import (
     UsageStep,
     is_passthrough,
 )
-from .store import Store
+from .store import Entry, Store
 
 __all__ = ["KEEPALIVE", "Run", "Runs", "close_orphans", "encode_response"]
 
@@ -407,7 +407,7 @@ class Run:
             batches, self._backlog = self._backlog, []
             if self._log_error is None:
                 rows = [
-                    (e.sequence_number or 0, p)
+                    Entry(e.sequence_number or 0, e.type, p)
                     for events, payloads, _, _ in batches
                     for e, p in zip(events, payloads, strict=True)
                 ]
@@ -500,7 +500,7 @@ async def close_orphans(store: Store) -> list[str]:
     """
     closed = []
     for record in await store.unfinished():
-        logged = [decode_event(data) for data in await store.events(record.id)]
+        logged = [decode_event(entry.payload) for entry in await store.events(record.id)]
         if not logged:
             writer = ResponseWriter(_response_decoder.decode(record.data))
             events = writer.start() + writer.fail("server_restarted", ORPHAN_MESSAGE)
@@ -531,7 +531,7 @@ async def close_orphans(store: Store) -> list[str]:
             ]
         await store.append(
             record.id,
-            [(e.sequence_number or 0, encode_event(e)) for e in events],
+            [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events],
             status="failed",
             data=encode_response(final),
         )

@@ -1,22 +1,69 @@
-"""Where responses, input items and event logs are kept: ``memory`` and ``sqlite`` (the default).
+"""Where responses, input items and event logs are kept, chosen by URL: ``memory://``, ``sqlite:///path``
+(the default, in the data directory), ``postgresql://...``.
 
-``create_store`` picks one by name; PostgreSQL or Redis stores implement ``Store`` from ``base`` the same way.
+``create_store(url)`` imports only the implementation the URL names (a driver is loaded when it is used).
+Every store implements ``Store`` from ``base``; ``tests/test_store.py`` holds each to the same contract.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .base import ItemPage, Store, StoredItem, StoredResponse
-from .memory import MemoryStore
-from .sqlite import SQLiteStore
+from .base import Entry, ItemPage, Store, StoredItem, StoredResponse
 
-__all__ = ["ItemPage", "MemoryStore", "SQLiteStore", "Store", "StoredItem", "StoredResponse", "create_store"]
+if TYPE_CHECKING:
+    from .memory import MemoryStore
+    from .sqlite import SQLiteStore
+
+__all__ = [
+    "STORE_SCHEMES",
+    "Entry",
+    "ItemPage",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "StoredItem",
+    "StoredResponse",
+    "create_store",
+]
+
+# URL scheme -> (module in this package, class). The class is built with the URL (memory: without).
+STORE_SCHEMES: dict[str, tuple[str, str]] = {
+    "memory": ("memory", "MemoryStore"),
+    "sqlite": ("sqlite", "SQLiteStore"),
+    "postgresql": ("postgres", "PostgresStore"),
+    "postgres": ("postgres", "PostgresStore"),
+}
+_LAZY = {"MemoryStore": "memory", "SQLiteStore": "sqlite"}
 
 
-def create_store(kind: str, database_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return SQLiteStore(database_path)
-    raise ValueError(f"unknown store {kind!r} (choose sqlite or memory)")
+def create_store(url: str) -> Store:
+    """The store a URL names. ``sqlite:///abs/path.sqlite3`` (three slashes and an absolute path) or
+    ``sqlite://relative/path``; ``memory://``; ``postgresql://user:password@host:port/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in STORE_SCHEMES:
+        known = ", ".join(f"{s}://" for s in STORE_SCHEMES)
+        raise ValueError(f"unknown store URL {url!r}: it must start with one of {known}")
+    module_name, class_name = STORE_SCHEMES[scheme]
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ImportError as exc:
+        raise ValueError(f"the {scheme}:// store is not available: {exc}") from None
+    cls = getattr(module, class_name)
+    if scheme == "memory":
+        store: Store = cls()
+    elif scheme == "sqlite":
+        if not rest:
+            raise ValueError(f"{url!r} names no file: write sqlite:///absolute/path.sqlite3")
+        store = cls(Path(rest))
+    else:
+        store = cls(url)
+    return store
+
+
+def __getattr__(name: str) -> Any:  # MemoryStore, SQLiteStore: imported when first named
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

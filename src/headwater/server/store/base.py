@@ -1,6 +1,7 @@
 """What a store keeps, and the interface every store implements: responses, their input items, their event logs.
 
-A store never interprets events: it keeps each response's log in ``seq`` order and hands back the bytes.
+A store never interprets events: it keeps each response's log as ``Entry`` rows in ``sequence_number`` order
+and hands them back as they came.
 Every write is durable when its coroutine returns, so the server acknowledges nothing a crash could lose. The
 interface is small and coarse (one call per batch of events) so that PostgreSQL or Redis can follow.
 """
@@ -12,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["UNFINISHED_STATUSES", "ItemPage", "Store", "StoredItem", "StoredResponse"]
+from ..entries import Entry
+
+__all__ = ["UNFINISHED_STATUSES", "Entry", "ItemPage", "Store", "StoredItem", "StoredResponse"]
 
 UNFINISHED_STATUSES = ("queued", "in_progress")
 
@@ -64,20 +67,21 @@ class Store(abc.ABC):
     async def append(
         self,
         response_id: str,
-        events: Sequence[tuple[int, bytes]],
+        entries: Sequence[Entry],
         *,
         status: str | None = None,
         data: bytes | None = None,
     ) -> None:
-        """Append ``(seq, event JSON)`` pairs to a response's log and, in the same transaction, replace its
-        ``status`` and ``data`` when given (a terminal event and the final resource land together)."""
+        """Append entries (in ``sequence_number`` order) to a response's log and, in the same transaction,
+        replace its ``status`` and ``data`` when given (a terminal event and the final resource land together).
+        A ``sequence_number`` already in the log is an error and the whole call changes nothing."""
 
     @abc.abstractmethod
     async def get(self, response_id: str) -> StoredResponse | None: ...
 
     @abc.abstractmethod
-    async def events(self, response_id: str, after: int = -1) -> list[bytes]:
-        """The log's events with ``seq > after``, in order."""
+    async def events(self, response_id: str, starting_after: int = -1) -> list[Entry]:
+        """The log's entries with ``sequence_number > starting_after``, in order (none for an unknown id)."""
 
     @abc.abstractmethod
     async def input_items(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from .base import UNFINISHED_STATUSES, ItemPage, Store, StoredItem, StoredResponse
+from .base import UNFINISHED_STATUSES, Entry, ItemPage, Store, StoredItem, StoredResponse
 
 __all__ = ["MemoryStore"]
 
@@ -18,7 +18,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._responses: dict[str, StoredResponse] = {}
         self._items: dict[str, list[StoredItem]] = {}
-        self._events: dict[str, list[tuple[int, bytes]]] = {}
+        self._events: dict[str, list[Entry]] = {}
 
     def describe(self) -> str:
         return "memory (nothing survives a restart)"
@@ -33,7 +33,7 @@ class MemoryStore(Store):
     async def append(
         self,
         response_id: str,
-        events: Sequence[tuple[int, bytes]],
+        entries: Sequence[Entry],
         *,
         status: str | None = None,
         data: bytes | None = None,
@@ -41,9 +41,12 @@ class MemoryStore(Store):
         log = self._events.get(response_id)
         if log is None:
             raise KeyError(f"no response {response_id}")
-        if events and log and events[0][0] <= log[-1][0]:
-            raise ValueError(f"sequence number {events[0][0]} is not after {log[-1][0]} in {response_id}")
-        log.extend(events)
+        last = log[-1].sequence_number if log else -1
+        for entry in entries:
+            if entry.sequence_number <= last:
+                raise ValueError(f"sequence number {entry.sequence_number} is not after {last} in {response_id}")
+            last = entry.sequence_number
+        log.extend(entries)
         record = self._responses[response_id]
         if status is not None:
             record.status = status
@@ -56,8 +59,8 @@ class MemoryStore(Store):
             return None
         return StoredResponse(record.id, record.owner, record.status, record.created_at, record.data)
 
-    async def events(self, response_id: str, after: int = -1) -> list[bytes]:
-        return [data for seq, data in self._events.get(response_id, ()) if seq > after]
+    async def events(self, response_id: str, starting_after: int = -1) -> list[Entry]:
+        return [e for e in self._events.get(response_id, ()) if e.sequence_number > starting_after]
 
     async def input_items(
         self,

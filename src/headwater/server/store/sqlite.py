@@ -3,6 +3,7 @@
 All writes go through one writer thread that commits whatever has queued up in one transaction (group commit):
 a write's coroutine returns only after its COMMIT, so every acknowledged write is on disk, and under load many
 runs share one fsync. Reads use a second connection on their own thread; WAL lets them run beside the writer.
+The schema is versioned (``PRAGMA user_version``); opening a file of an older version upgrades it in place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .base import UNFINISHED_STATUSES, ItemPage, Store, StoredItem, StoredResponse
+from .base import UNFINISHED_STATUSES, Entry, ItemPage, Store, StoredItem, StoredResponse
 
 __all__ = ["SQLiteStore"]
 
@@ -43,10 +44,20 @@ CREATE TABLE IF NOT EXISTS input_items (
 CREATE TABLE IF NOT EXISTS events (
     response_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (response_id, seq)
 ) WITHOUT ROWID;
 """
+SCHEMA_VERSION = 2
+# Upgrades from each older version (a file made before versioning reads as 0 and has version 1's tables).
+_UPGRADES = {
+    0: "",  # version 1 created its tables with CREATE ... IF NOT EXISTS, as _SCHEMA does
+    1: """
+ALTER TABLE events ADD COLUMN type TEXT NOT NULL DEFAULT '';
+UPDATE events SET type = coalesce(json_extract(CAST(data AS TEXT), '$.type'), '');
+""",
+}
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 _STOP = None
@@ -168,10 +179,27 @@ class SQLiteStore(Store):
 
     def _create_schema(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path)
+        conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file
-            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                raise RuntimeError(f"{self.path} has schema version {version}; this Headwater knows up to "
+                                   f"{SCHEMA_VERSION} (a newer Headwater made it)")
+            fresh = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'").fetchone()[0] == 0
+            if fresh:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            else:
+                for old in range(version, SCHEMA_VERSION):
+                    for statement in _UPGRADES[old].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -206,12 +234,12 @@ class SQLiteStore(Store):
     async def append(
         self,
         response_id: str,
-        events: Sequence[tuple[int, bytes]],
+        entries: Sequence[Entry],
         *,
         status: str | None = None,
         data: bytes | None = None,
     ) -> None:
-        rows = [(response_id, seq, payload) for seq, payload in events]
+        rows = [(response_id, seq, kind, payload) for seq, kind, payload in entries]
 
         def append(conn: sqlite3.Connection) -> None:
             if status is not None or data is not None:
@@ -221,7 +249,7 @@ class SQLiteStore(Store):
                 )
                 if cursor.rowcount == 0:
                     raise KeyError(f"no response {response_id}")
-            conn.executemany("INSERT INTO events (response_id, seq, data) VALUES (?, ?, ?)", rows)
+            conn.executemany("INSERT INTO events (response_id, seq, type, data) VALUES (?, ?, ?, ?)", rows)
 
         await self._write(append)
 
@@ -234,12 +262,13 @@ class SQLiteStore(Store):
 
         return await self._read(get)
 
-    async def events(self, response_id: str, after: int = -1) -> list[bytes]:
-        def events(conn: sqlite3.Connection) -> list[bytes]:
+    async def events(self, response_id: str, starting_after: int = -1) -> list[Entry]:
+        def events(conn: sqlite3.Connection) -> list[Entry]:
             rows = conn.execute(
-                "SELECT data FROM events WHERE response_id = ? AND seq > ? ORDER BY seq", (response_id, after)
+                "SELECT seq, type, data FROM events WHERE response_id = ? AND seq > ? ORDER BY seq",
+                (response_id, starting_after),
             )
-            return [bytes(row[0]) for row in rows]
+            return [Entry(row[0], row[1], bytes(row[2])) for row in rows]
 
         return await self._read(events)
 
