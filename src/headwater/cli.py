@@ -2,11 +2,13 @@
 ``check`` audits recorded streams against the conformance rules; ``replay`` renders a recorded stream as it would
 stream, through the accumulator.
 
-Exit codes of ``check``: 0 no errors (warnings allowed), 1 errors found, 2 input unreadable.
+Exit codes of ``check`` and ``replay``: 0 all well (warnings allowed), 1 errors found (or, for replay, a response
+with no terminal event), 2 input unreadable.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -17,10 +19,9 @@ import msgspec
 from headwater.protocol import events as ev
 from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.conformance import check, split_responses
-from headwater.protocol.errors import ProtocolError
 from headwater.protocol.events import Event
+from headwater.protocol.recording import Recording, read_recording
 from headwater.protocol.resources import to_builtins
-from headwater.protocol.stream import EventDecoder
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,62 +30,117 @@ def main() -> None:
     """Headwater: the Open Responses streaming protocol, done right and fast."""
 
 
-def read_events(path: str) -> list[Event]:
-    """Every event of a recorded stream: an SSE transcript or JSONL (one payload a line), auto-detected.
+def read_recording_file(path: str) -> Recording:
+    """A recorded stream from a file (``-``: standard input): its events and what could not be read.
 
     Payloads that do not fit their schema are kept (as ``UnknownEvent`` with a ``problem``) so that the checker
-    can report them; unreadable bytes raise ``ProtocolError`` / ``OSError``.
+    can report them; an unreadable file raises ``OSError``.
     """
-    decoder = EventDecoder(lenient=True)
-    out: list[Event] = []
-    with open(path, "rb") if path != "-" else sys.stdin.buffer as handle:
-        for chunk in iter(lambda: handle.read(1 << 16), b""):
-            out.extend(decoder.feed(chunk))
-    out.extend(decoder.close())
-    return out
+    if path == "-":
+        return read_recording(sys.stdin.buffer.read())
+    with open(path, "rb") as handle:
+        return read_recording(handle.read())
+
+
+def read_events(path: str) -> list[Event]:
+    """Every readable event of a recorded stream (SSE transcript or JSONL, auto-detected)."""
+    return read_recording_file(path).events
+
+
+def _open(path: str) -> Recording | None:
+    """The recording at ``path``, its read problems printed; None (after saying why) if it gives no event."""
+    try:
+        recording = read_recording_file(path)
+    except OSError as exc:
+        click.echo(f"{path}: unreadable: {exc.strerror or exc}", err=True)
+        return None
+    for problem in recording.problems:
+        click.echo(f"{path}: {problem}", err=True)
+    if not recording.events:
+        what = "no readable events" if recording.problems else "no events found (not an SSE or JSONL stream?)"
+        click.echo(f"{path}: unreadable: {what}", err=True)
+        return None
+    return recording
+
+
+def _streams(path: str, recording: Recording, split: bool | None) -> list[list[Event]]:
+    """One list of events per response: split at each ``response.created`` when asked, or when the recording
+    holds several and nothing was said (then it says so)."""
+    several = recording.responses > 1
+    if split is None and several:
+        click.echo(
+            f"{path}: {recording.responses} responses back to back ({recording.responses} response.created "
+            "events): each is taken on its own (--no-split: as one stream)",
+            err=True,
+        )
+    if split or (split is None and several):
+        return split_responses(recording.events)
+    return [recording.events]
+
+
+_SPLIT_HELP = (
+    "Take each response.created as the start of a new response (default: when the recording holds several)."
+)
+
+
+def _shape(message: str) -> str:
+    """A finding's message with its numbers masked: findings that differ only in numbers are one kind."""
+    return re.sub(r"\d+", "#", message)
 
 
 @main.command(name="check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--split/--no-split", default=None, help=_SPLIT_HELP)
 @click.option(
-    "--split/--no-split",
-    default=False,
-    help="Treat each response.created as the start of a new stream (recordings of several responses).",
+    "--after",
+    "starting_after",
+    type=click.IntRange(min=-1),
+    default=None,
+    metavar="N",
+    help="The stream is resumed: it begins after sequence_number N (as GET ...?starting_after=N gives it).",
 )
+@click.option("--all", "show_all", is_flag=True, help="Print every finding (default: repeats are grouped).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary line.")
-def check_command(paths: tuple[str, ...], split: bool, quiet: bool) -> None:
+def check_command(
+    paths: tuple[str, ...], split: bool | None, starting_after: int | None, show_all: bool, quiet: bool
+) -> None:
     """Check recorded streams (SSE or JSONL) against the conformance rules.
 
-    Prints each finding as PATH:INDEX: RULE-ID message. Exits 0 when there are no errors, 1 when there are,
-    2 when an input cannot be read.
+    Prints each finding as PATH:INDEX: RULE-ID [severity] message, where INDEX counts the file's events from 0;
+    a finding that recurs is printed once with where else it stands (--all prints each). Bytes that are not
+    events (a file cut mid-event) are reported with their line and count as errors; the events before and after
+    them are checked. Exits 0 when there are no errors, 1 when there are, 2 when an input cannot be read.
     """
     errors = warnings = 0
     unreadable = False
     for path in paths:
-        try:
-            events = read_events(path)
-        except (OSError, ProtocolError) as exc:
-            click.echo(f"{path}: unreadable: {exc}", err=True)
+        recording = _open(path)
+        if recording is None:
             unreadable = True
             continue
-        if not events:
-            click.echo(f"{path}: unreadable: no events found", err=True)
-            unreadable = True
-            continue
-        streams = split_responses(events) if split else [events]
+        errors += sum(problem.severity == "error" for problem in recording.problems)
+        warnings += sum(problem.severity != "error" for problem in recording.problems)
         offset = 0
-        for stream in streams:
-            for violation in check(stream):
+        groups: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
+        for number, stream in enumerate(_streams(path, recording, split)):
+            after = starting_after if number == 0 else None
+            for violation in check(stream, starting_after=after):
                 if violation.severity == "error":
                     errors += 1
                 else:
                     warnings += 1
-                if not quiet:
-                    click.echo(
-                        f"{path}:{offset + violation.index}: {violation.rule_id} "
-                        f"[{violation.severity}] {violation.message}"
-                    )
+                key = (violation.rule_id, violation.severity, _shape(violation.message))
+                groups.setdefault(key, []).append((offset + violation.index, violation.message))
             offset += len(stream)
+        if quiet:
+            continue
+        for (rule_id, severity, _), found in groups.items():
+            shown = found if show_all else found[:1]
+            for index, message in shown:
+                click.echo(f"{path}:{index}: {rule_id} [{severity}] {message}")
+            if len(found) > len(shown):
+                more = ", ".join(str(index) for index, _ in found[1:9]) + (", ..." if len(found) > 9 else "")
+                click.echo(f"{path}:{found[0][0]}: {rule_id}: {len(found) - 1} more like it, at events {more}")
     click.echo(f"{len(paths)} file(s): {errors} error(s), {warnings} warning(s)", err=True)
     if unreadable:
         sys.exit(2)
@@ -106,6 +162,9 @@ def _render(events: list[Event], delay: float) -> Iterator[str]:
                 yield ("\n" if current else "") + click.style("[reasoning] ", dim=True)
                 current = "reasoning"
             yield click.style(event.delta, dim=True)  # type: ignore[union-attr]
+        elif kind is ev.ResponseReasoningSummaryPartAdded:
+            if current == "reasoning":  # the next summary part of the same reasoning: a paragraph of its own
+                yield "\n\n"
         elif kind is ev.FunctionCallArgumentsDelta or kind is ev.CustomToolCallInputDelta:
             if current != "tool":
                 yield "\n" if current else ""
@@ -123,29 +182,7 @@ def _render(events: list[Event], delay: float) -> Iterator[str]:
             time.sleep(delay)
 
 
-@main.command(name="replay")
-@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--json", "as_json", is_flag=True, help="Print only the final accumulated response as wire JSON.")
-@click.option("--delay", type=float, default=0.0, show_default=True, help="Seconds to wait between deltas.")
-def replay_command(path: str, as_json: bool, delay: float) -> None:
-    """Replay a recorded stream through the accumulator, rendering it as it would stream."""
-    try:
-        events = read_events(path)
-    except (OSError, ProtocolError) as exc:
-        click.echo(f"{path}: unreadable: {exc}", err=True)
-        sys.exit(2)
-    if not events:
-        click.echo(f"{path}: unreadable: no events found", err=True)
-        sys.exit(2)
-    acc = Accumulator()
-    for event in events:
-        acc.feed(event)
-    if as_json:
-        click.echo(msgspec.json.encode(to_builtins(acc.response)).decode())
-        return
-    for piece in _render(events, delay):
-        click.echo(piece, nl=False)
-        sys.stdout.flush()
+def _summary(acc: Accumulator) -> str:
     response = acc.response
     usage = response.usage
     tokens = f", {usage.input_tokens} in / {usage.output_tokens} out tokens" if usage else ""
@@ -154,9 +191,55 @@ def replay_command(path: str, as_json: bool, delay: float) -> None:
         reason = f" ({response.incomplete_details.reason})"
     if response.error is not None:
         reason = f" ({response.error.code}: {response.error.message})"
-    click.echo("\n" + click.style(f"-- {response.status}{reason}{tokens}", bold=True))
-    for problem in acc.problems:
-        click.echo(click.style(f"   problem: {problem.message}", fg="yellow"), err=True)
+    if not acc.done:
+        reason += " - the stream has no terminal event (cut, or not a Responses stream)"
+    return f"-- {response.status}{reason}{tokens}"
+
+
+@main.command(name="replay")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--split/--no-split", default=None, help=_SPLIT_HELP)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print only the final accumulated response as wire JSON (one line per response).",
+)
+@click.option("--delay", type=float, default=0.0, show_default=True, help="Seconds to wait between deltas.")
+def replay_command(path: str, split: bool | None, as_json: bool, delay: float) -> None:
+    """Replay a recorded stream through the accumulator, rendering it as it would stream.
+
+    Exits 0 when every response reached a terminal event (completed, incomplete or failed), 1 when one did not
+    or bytes of the recording could not be read, 2 when the file gives no event at all.
+    """
+    recording = _open(path)
+    if recording is None:
+        sys.exit(2)
+    streams = _streams(path, recording, split)
+    unfinished = 0
+    for number, stream in enumerate(streams):
+        acc = Accumulator()
+        for event in stream:
+            acc.feed(event)
+        unfinished += not acc.done
+        if as_json:
+            click.echo(msgspec.json.encode(to_builtins(acc.response)).decode())
+            continue
+        if len(streams) > 1:
+            title = f"== response {number + 1} of {len(streams)}: {acc.response.id or '(no id)'} =="
+            click.echo(("\n" if number else "") + click.style(title, bold=True))
+        for piece in _render(stream, delay):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+        click.echo("\n" + click.style(_summary(acc), bold=True))
+        kinds: dict[str, list[str]] = {}
+        for problem in acc.problems:
+            kinds.setdefault(problem.code, []).append(problem.message)
+        for code, messages in kinds.items():
+            more = f" (and {len(messages) - 1} more {code})" if len(messages) > 1 else ""
+            click.echo(click.style(f"   problem: {messages[0]}{more}", fg="yellow"), err=True)
+    failed = any(problem.severity == "error" for problem in recording.problems)
+    sys.exit(1 if unfinished or failed else 0)
 
 
 def _add_serve() -> None:

@@ -374,10 +374,11 @@ _KNOWN_ITEM_TYPES = frozenset(
 class _Stream:
     """One delta stream: the text it started from, its deltas, whether its `.done` came."""
 
-    __slots__ = ("_cache", "_cached_n", "chunks", "done", "initial")
+    __slots__ = ("_cache", "_cached_n", "chunks", "done", "initial", "partial")
 
-    def __init__(self, initial: str) -> None:
+    def __init__(self, initial: str, *, partial: bool = False) -> None:
         self.initial = initial
+        self.partial = partial  # began before a resumed stream's first event: its full text is unknown
         self.chunks: list[str] = []
         self.done = False
         self._cache = initial
@@ -392,10 +393,11 @@ class _Stream:
 
 
 class _Part:
-    __slots__ = ("added", "annotations", "done", "initial", "kind", "ptype", "reported", "streams")
+    __slots__ = ("added", "adopted", "annotations", "done", "initial", "kind", "ptype", "reported", "streams")
 
     def __init__(self) -> None:
         self.added = False
+        self.adopted = False  # added before a resumed stream's first event
         self.done = False
         self.reported = False  # PART-ADDED-FIRST already said for this part
         self.ptype: str | None = None  # the part's type at added
@@ -408,6 +410,7 @@ class _Part:
 class _Item:
     __slots__ = (
         "added_item",
+        "adopted",
         "done",
         "id",
         "next_part",
@@ -428,6 +431,7 @@ class _Item:
         self.next_part: dict[str, int] = {}
         self.streams: dict[str, _Stream] = {}
         self.partial_images = 0
+        self.adopted = False  # added before a resumed stream's first event: what it held then is unknown
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -493,9 +497,16 @@ def _path_str(path: tuple[str, ...], index: Any) -> str:
 
 
 class Checker:
-    """Checks one response's events as they come: ``feed`` each event, then ``finish`` at end of stream."""
+    """Checks one response's events as they come: ``feed`` each event, then ``finish`` at end of stream.
 
-    def __init__(self) -> None:
+    ``starting_after``: the stream is a resumed one (``GET ...?stream=true&starting_after=N``) that begins after
+    sequence number N. Its first event is N+1 and need not be ``response.created``; items and parts it meets
+    without their ``added`` event were added before it began, and texts whose start it did not see are not
+    compared.
+    """
+
+    def __init__(self, *, starting_after: int | None = None) -> None:
+        self._starting_after = starting_after
         self._n = 0
         self._out: list[Violation] = []
         self._index = 0
@@ -570,8 +581,10 @@ class Checker:
         if seq is None:
             self._say("SEQ-PRESENT", f"{etype} has no integer sequence_number")
             return
-        if self._index == 0 and seq != 0:
-            self._say("SEQ-START", f"the first event's sequence_number is {seq}, not 0")
+        first = 0 if self._starting_after is None else self._starting_after + 1
+        if self._index == 0 and seq != first:
+            resumed = "" if self._starting_after is None else f" (the stream resumes after {self._starting_after})"
+            self._say("SEQ-START", f"the first event's sequence_number is {seq}, not {first}{resumed}")
         elif self._last_seq is not None:
             want = self._last_seq + (self._index - self._last_seq_at)
             if seq != want:
@@ -585,7 +598,7 @@ class Checker:
         if self._after_error and etype != "response.failed":
             self._say("ERROR-THEN-FAILED", f"`error` is followed by {etype}, not `response.failed`")
         self._after_error = etype == "error"
-        if self._index == 0 and etype != "response.created":
+        if self._index == 0 and etype != "response.created" and self._starting_after is None:
             self._say("START-CREATED", f"the stream starts with {etype}, not `response.created`")
         if etype == "response.created":
             if self._created:
@@ -648,6 +661,11 @@ class Checker:
         done = sorted(self._done_items, key=lambda item: _sort_key(item.output_index))
         done_ids = [item.id for item in done]
         out_ids = [_str_or_none(getattr(entry, "id", None)) for entry in output]
+        if self._starting_after is not None:  # items done before the stream resumed are not known here
+            for item in done:
+                if item.id is not None and item.id not in out_ids:
+                    self._say("TERMINAL-OUTPUT", f"{etype} response.output lacks item {item.id!r}, done in the stream")
+            return
         if len(out_ids) != len(done_ids):
             self._say(
                 "TERMINAL-OUTPUT",
@@ -686,7 +704,7 @@ class Checker:
                 f"{self._items[index].id!r} already has (next free: {self._next_output_index})",
             )
             return
-        if index != self._next_output_index:
+        if index != self._next_output_index and not (self._starting_after is not None and not self._items):
             self._say(
                 "ITEM-INDEX-NEXT",
                 f"output_item.added for item {item.id!r} has output_index {index}, "
@@ -710,6 +728,8 @@ class Checker:
         """The item an event is about, by output_index and item_id; says ITEM-* when they do not agree."""
         by_index = self._items.get(output_index)
         by_id = self._by_id.get(item_id) if isinstance(item_id, str) else None
+        if by_index is None and by_id is None and self._starting_after is not None:
+            return self._adopt(output_index, item_id)
         if by_index is None and by_id is None:
             key = (output_index, item_id if isinstance(item_id, str) else None)
             if key not in self._unaddressed:
@@ -738,6 +758,18 @@ class Checker:
         )
         return by_index
 
+    def _adopt(self, output_index: Any, item_id: Any) -> _Item:
+        """An item of a resumed stream that was added before the stream began."""
+        item = _Item(output_index, None)
+        item.id = _str_or_none(item_id)
+        item.adopted = True
+        self._items[output_index] = item
+        if item.id is not None:
+            self._by_id[item.id] = item
+        if isinstance(output_index, int) and output_index >= self._next_output_index:
+            self._next_output_index = output_index + 1
+        return item
+
     def _item_done(self, event: ResponseOutputItemDone) -> None:
         done_item = event.item
         done_id = _str_or_none(getattr(done_item, "id", None))
@@ -754,10 +786,14 @@ class Checker:
         self._done_items.append(item)
         label = f"item {item.id!r} (output_index {item.output_index})"
         done_type = _tag(done_item)
+        if item.adopted:  # added before the resumed stream began: what was built then is unknown
+            item.type = done_type
         if done_type != item.type:
             self._say("ITEM-DONE-MATCH", f"{label} was added as {item.type!r} but is done as {done_type!r}")
         if getattr(done_item, "status", None) == "in_progress":
             self._say("ITEM-DONE-STATUS", f"{label} is done with status 'in_progress'")
+        if item.adopted:  # what its streams built before the resumed stream began is unknown: nothing to compare
+            return
         # What the streams built, part by part, against what the done item says.
         counts: dict[str, int] = {}
         for (family, sub), part in item.parts.items():
@@ -835,7 +871,9 @@ class Checker:
                 stream = item.streams.get(on.stream)
                 if stream is None:
                     initial = _walk(item.added_item, ITEM_TEXT_PATH.get(on.stream, ()))
-                    stream = item.streams[on.stream] = _Stream(initial if isinstance(initial, str) else "")
+                    stream = item.streams[on.stream] = _Stream(
+                        initial if isinstance(initial, str) else "", partial=item.adopted
+                    )
                 self._stream_event(event, on, stream, label)
             return
         sub = getattr(event, on.part, None)
@@ -846,6 +884,8 @@ class Checker:
         part = item.parts.get((on.part, sub))
         if part is None:
             part = item.parts[(on.part, sub)] = _Part()
+            if item.adopted:  # added before the resumed stream began
+                part.added = part.adopted = True
         if not part.added and not part.reported:
             part.reported = True
             self._say("PART-ADDED-FIRST", f"{etype} about {where} before the part was added")
@@ -873,7 +913,9 @@ class Checker:
             self._say("EVENT-KIND", f"{etype} writes to {where}, a {part.ptype!r} part")
         stream = part.streams.get(on.stream)
         if stream is None:
-            stream = part.streams[on.stream] = _Stream(part.initial if part.kind == on.stream else "")
+            stream = part.streams[on.stream] = _Stream(
+                part.initial if part.kind == on.stream else "", partial=part.adopted
+            )
         self._stream_event(event, on, stream, where)
         if on.closes_part and on.role == "done":
             part.done = True
@@ -881,7 +923,8 @@ class Checker:
     def _part_added(self, event: Any, on: _On, item: _Item, sub: Any, where: str) -> None:
         assert on.part is not None
         key = (on.part, sub)
-        expected = item.next_part.get(on.part, 0)
+        # An item added before a resumed stream began may have had parts before it, too.
+        expected = item.next_part.get(on.part, sub if item.adopted and isinstance(sub, int) else 0)
         part = item.parts.get(key)
         if part is not None and part.added:
             self._say("PART-INDEX-NEXT", f"{event.type} for {where}, which was already added")
@@ -908,6 +951,8 @@ class Checker:
         part.done = True
         for kind, stream in part.streams.items():
             self._stream_unclosed(stream, kind, where)
+        if part.adopted:  # added before the resumed stream began: its type and start are unknown
+            return
         done_part = getattr(event, "part", None)
         done_type = _tag(done_part)
         if part.added and done_type != part.ptype:
@@ -941,6 +986,8 @@ class Checker:
             stream.chunks.append(text if isinstance(text, str) else "")
             return
         stream.done = True
+        if stream.partial:
+            return
         built = stream.built()
         if isinstance(text, str) and text != built:
             count = len(stream.chunks)
@@ -958,9 +1005,10 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 # --- entry points -------------------------------------------------------------------------------------------
 
 
-def check(events: Iterable[Any]) -> list[Violation]:
-    """Every violation in one response's stream, end-of-stream rules included."""
-    checker = Checker()
+def check(events: Iterable[Any], *, starting_after: int | None = None) -> list[Violation]:
+    """Every violation in one response's stream, end-of-stream rules included (``starting_after``: see
+    ``Checker``)."""
+    checker = Checker(starting_after=starting_after)
     found: list[Violation] = []
     for event in events:
         found.extend(checker.feed(event))
