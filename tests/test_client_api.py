@@ -80,6 +80,43 @@ def test_create_returns_a_typed_response(headwater: Callable[..., tuple[str, Scr
     assert response.output[0].content[0].text == "Hello, world"  # type: ignore[union-attr]
 
 
+def test_every_response_has_output_text_as_in_openai_python(
+    headwater: Callable[..., tuple[str, ScriptedBackend]],
+) -> None:
+    url, _ = headwater()
+    with Client(base_url=url) as client:
+        created = client.responses.create(model="scripted-1", input="hi")
+        retrieved = client.responses.retrieve(created.id)
+        with client.responses.stream(model="scripted-1", input="hi") as stream:
+            streamed = stream.get_final_response()
+    assert created.output_text == retrieved.output_text == streamed.output_text == "Hello, world"
+
+
+def test_a_stream_asked_for_after_its_last_event_is_empty_not_an_error(
+    headwater: Callable[..., tuple[str, ScriptedBackend]],
+) -> None:
+    url, _ = headwater()
+    with Client(base_url=url) as client:
+        with client.responses.stream(model="scripted-1", input="hi") as stream:
+            stream.get_final_response()
+            last = stream.last_sequence_number
+        assert last is not None
+        after_the_end = client.responses.retrieve(stream.response_id, stream=True, starting_after=last)
+        assert list(after_the_end) == []
+        assert after_the_end.resumes == 0 and after_the_end.retries == 0  # no rounds of resume attempts
+
+
+async def test_async_a_stream_asked_for_after_its_last_event_is_empty(
+    headwater: Callable[..., tuple[str, ScriptedBackend]],
+) -> None:
+    url, _ = headwater()
+    async with AsyncClient(base_url=url) as client:
+        response = await client.responses.create(model="scripted-1", input="hi")
+        events = [event async for event in await client.responses.retrieve(response.id, stream=True)]
+        tail = await client.responses.retrieve(response.id, stream=True, starting_after=events[-1].sequence_number)
+        assert [event async for event in tail] == [] and tail.resumes == 0
+
+
 def test_stream_shows_the_snapshot_as_it_grows(headwater: Callable[..., tuple[str, ScriptedBackend]]) -> None:
     url, _ = headwater()
     texts = []

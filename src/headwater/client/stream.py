@@ -90,6 +90,7 @@ class StreamMachine:
         # A stream read with GET from the start can always be asked for again; a POST only before any event.
         self._from_get = first.method == "GET"
         self._decoder = SSEDecoder()
+        self._connection_frames = 0  # frames the current connection has carried
 
     # --- requests ---------------------------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class StreamMachine:
         call ``on_error_body``."""
         if 200 <= status < 300:
             self._decoder = SSEDecoder()
+            self._connection_frames = 0
             return True
         return False
 
@@ -155,6 +157,7 @@ class StreamMachine:
         data = frame.data
         if data == DONE:
             return
+        self._connection_frames += 1
         repairer = self.repairer
         obj: dict[str, Any] | None = None
         if repairer is not None:
@@ -209,6 +212,11 @@ class StreamMachine:
     def on_eof(self) -> Retry | Fail | Finish:
         """The body ended cleanly (call after ``end_of_body``)."""
         if self.terminal is not None:
+            return Finish()
+        if self._from_get and self.events_received == 0 and self._connection_frames == 0:
+            # A stream asked for after its last event (``starting_after`` = the terminal event's number): the
+            # server has nothing more to send and ends the body at once. That is an empty stream, as in
+            # openai-python, not a dropped one.
             return Finish()
         if self.repairer is not None and (self.events_received > 0 or self.error_event is not None):
             return Finish(self._synthesize(self.repairer))

@@ -678,14 +678,7 @@ class Accumulator:
         snap = self.response
         cached = self._text
         if cached is None or cached[0] is not snap:
-            text = "".join(
-                part.text
-                for item in snap.output
-                if type(item) is Message
-                for part in item.content
-                if type(part) is OutputText
-            )
-            cached = self._text = (snap, text)
+            cached = self._text = (snap, snap.output_text)
         return cached[1]
 
     @property

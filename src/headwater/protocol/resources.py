@@ -448,7 +448,8 @@ Number = Union[int, float]
 class Response(Struct, kw_only=True, repr_omit_defaults=True):
     """The ``ResponseResource``: what a stream describes, and what ``GET /responses/{id}`` returns.
 
-    Every field the spec requires is encoded, null when unknown. ``user`` and ``output_text`` are OpenRouter's.
+    Every field the spec requires is encoded, null when unknown. ``user`` and ``output_text`` are OpenRouter's;
+    ``output_text`` is also a property on every response, as in openai-python.
     ``max_tool_calls`` and ``top_logprobs`` take any number, as the seed's schema does.
     """
 
@@ -484,8 +485,24 @@ class Response(Struct, kw_only=True, repr_omit_defaults=True):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     user: str | None | UnsetType = UNSET
-    output_text: str | None | UnsetType = UNSET
+    # OpenRouter's own `output_text` field, kept (and re-encoded) as it was sent; read `output_text` instead.
+    sent_output_text: str | None | UnsetType = field(default=UNSET, name="output_text")
     prompt: Any = UNSET
+
+    @property
+    def output_text(self) -> str:
+        """The text of every ``output_text`` part of every message, joined, as openai-python's
+        ``Response.output_text`` (a provider's own ``output_text`` when the output holds no text)."""
+        text = "".join(
+            part.text
+            for item in self.output
+            if type(item) is Message
+            for part in item.content
+            if type(part) is OutputText
+        )
+        if not text and isinstance(self.sent_output_text, str):
+            return self.sent_output_text
+        return text
 
 
 def to_builtins(obj: Any) -> Any:
