@@ -12,7 +12,7 @@ import msgspec
 
 from .errors import SSEError
 
-__all__ = ["DONE", "Frame", "SSEDecoder", "SSEError", "encode_comment", "encode_frame"]
+__all__ = ["DONE", "WRITE_BYTES", "Frame", "SSEDecoder", "SSEError", "encode_comment", "encode_frame", "join_frames"]
 
 DONE: Final = b"[DONE]"
 """The `data: [DONE]` end-of-stream sentinel of OpenAI / OpenRouter; delivered as an ordinary frame's data."""
@@ -557,6 +557,25 @@ def _event_prefix(event: str) -> bytes:
     if len(_PREFIXES) < _NAME_CACHE_SIZE:
         _PREFIXES[event] = prefix
     return prefix
+
+
+WRITE_BYTES: Final = 64 * 1024
+"""How many bytes of whole frames ``join_frames`` puts in one write (a bigger frame goes alone, whole)."""
+
+
+def join_frames(frames: list[bytes], start: int, limit: int = WRITE_BYTES) -> tuple[bytes, int]:
+    """The frames from ``frames[start]`` on that fit in ``limit`` bytes, joined for one write, and the index
+    after the last one taken. Always takes at least one frame (a lone or oversized frame goes out as it is),
+    never part of one: a write then ends on an event boundary, as the compliance suite's parser needs."""
+    end = start + 1
+    size = len(frames[start])
+    count = len(frames)
+    while end < count and size + len(frames[end]) <= limit:
+        size += len(frames[end])
+        end += 1
+    if end == start + 1:
+        return frames[start], end
+    return b"".join(frames[start:end]), end
 
 
 def encode_comment(text: str) -> bytes:

@@ -21,7 +21,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.protocol.sse import encode_frame
+from headwater.protocol.sse import encode_frame, join_frames
 from headwater.protocol.writer import ResponseWriter, new_id
 
 from .backends.base import Backend
@@ -234,8 +234,11 @@ async def get_response(request: Request) -> Response | EventStreamResponse:
 
 
 async def _replay(entries: list[Entry]) -> AsyncIterator[bytes]:
-    for entry in entries:
-        yield encode_frame(entry.type, entry.payload)
+    frames = [encode_frame(entry.type, entry.payload) for entry in entries]
+    index = 0
+    while index < len(frames):  # whole frames, several to a write (as a live run's followers get them)
+        chunk, index = join_frames(frames, index)
+        yield chunk
 
 
 async def delete_response(request: Request) -> Response:

@@ -36,7 +36,7 @@ from headwater.protocol.resources import (
     ResponseError,
     Usage,
 )
-from headwater.protocol.sse import encode_comment, encode_frame
+from headwater.protocol.sse import encode_comment, encode_frame, join_frames
 from headwater.protocol.writer import (
     FunctionCallWriter,
     MessageWriter,
@@ -200,7 +200,8 @@ class Run:
 
     async def follow(self, after: int = -1, keepalive: float = 15.0) -> AsyncIterator[bytes]:
         """The SSE frames after ``sequence_number`` ``after``, then each new one as it is published, until the
-        terminal event; a keep-alive comment after ``keepalive`` seconds without one."""
+        terminal event; a keep-alive comment after ``keepalive`` seconds without one. A chunk holds one or
+        more whole frames (all that are ready, up to ``WRITE_BYTES``), in order."""
         index = max(after + 1, 0)
         self.followers += 1
         try:
@@ -210,11 +211,14 @@ class Run:
             self.followers -= 1
 
     async def _follow(self, index: int, keepalive: float) -> AsyncIterator[bytes]:
+        # Each chunk is every frame published since the last one, whole, up to WRITE_BYTES (join_frames):
+        # a follower that falls behind catches up in few writes, and a lone frame goes out at once.
+        frames = self.frames
         while True:
             changed = self._changed
-            while index < len(self.frames):
-                yield self.frames[index]
-                index += 1
+            while index < len(frames):
+                chunk, index = join_frames(frames, index)
+                yield chunk
             if self.finished:
                 return
             try:

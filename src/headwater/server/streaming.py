@@ -1,5 +1,5 @@
-"""``EventStreamResponse``: an ASGI response that writes an async iterator of SSE chunks, one write per chunk,
-and notices the client leaving.
+"""``EventStreamResponse``: an ASGI response that writes an async iterator of SSE chunks (each one or more whole
+frames), one write per chunk, and notices the client leaving.
 
 Starlette's ``StreamingResponse`` may leave the body iterator suspended when the client goes; this class
 always closes it, and tells its ``on_close`` callback whether the body ran to its end, which is how a dropped
