@@ -8,14 +8,23 @@ process (client and servers share one interpreter lock, as in a test suite) and 
 CPU is its own, so its per-event cost shows undiluted). The Headwater server runs the
 scripted backend (N text deltas, no delays) with the in-memory store and, separately, the SQLite store.
 
-    python bench/bench_server.py            # N=5000 deltas, best of 5
+Each stack (event loop + HTTP parser) runs the whole set, so its ratios come from one run: uvicorn on asyncio +
+h11 (pure Python), uvicorn on uvloop + httptools (what `headwater serve` picks when they are installed, as the
+`server` extra installs them), and granian (Rust HTTP, its own process, so only the separate-process placement).
+
+    python bench/bench_server.py            # N=5000 deltas, best of 5, every stack
     python bench/bench_server.py --quick    # N=1000, best of 3
+    python bench/bench_server.py --stacks uvloop+httptools,granian
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -63,6 +72,51 @@ def pre_encoded(n: int) -> list[bytes]:
     return [encode_sse(event) for event in events]
 
 
+def granian_bare() -> Starlette:
+    """Factory for granian: the bare app (N from the environment)."""
+    return bare_app(pre_encoded(int(os.environ["BENCH_N"])))
+
+
+def granian_headwater() -> object:
+    """Factory for granian: the Headwater app (N, store and data dir from the environment)."""
+    config = ServerConfig(
+        store=os.environ["BENCH_STORE"], data_dir=Path(os.environ["BENCH_DATA"]), backend="scripted"
+    )
+    return create_app(config, backend=ScriptedBackend(steps(int(os.environ["BENCH_N"])), models=["bench"]))
+
+
+class GranianServer:
+    """This module's factory ``target`` served by granian in a child process on a free loopback port."""
+
+    def __init__(self, target: str, env: dict[str, str]) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        here = Path(__file__).resolve().parent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop",
+             "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", str(self.port),
+             "--working-dir", str(here), f"bench_server:{target}"],
+            env={**os.environ, **env},
+        )
+
+    def __enter__(self) -> GranianServer:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(self.url + "/healthz", timeout=1)
+                return self
+            except httpx.TransportError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("granian did not start") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def bare_app(blocks: list[bytes]) -> Starlette:
     async def responses(request: Request) -> StreamingResponse:
         await request.body()
@@ -100,38 +154,58 @@ def best_rate(url: str, repeats: int) -> tuple[float, int]:
     return best, events
 
 
+STACKS = {"asyncio+h11": ("asyncio", "h11"), "uvloop+httptools": ("uvloop", "httptools"), "granian": None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("-n", type=int, default=None, help="text deltas per stream")
+    parser.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated, of {', '.join(STACKS)}")
     args = parser.parse_args()
     n = args.n or (1000 if args.quick else 5000)
     repeats = 3 if args.quick else 5
+    print(f"load average {os.getloadavg()[0]:.2f} at start")
 
     blocks = pre_encoded(n)
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        for same_process in (True, False):
+        for stack in args.stacks.split(","):
+            uvicorn_options = STACKS[stack]
+            for same_process in (True, False) if uvicorn_options else (None,):
 
-            def measure(url: str, same_process: bool = same_process) -> tuple[float, int]:
-                if same_process:
-                    return best_rate(url, repeats)
-                return pool.submit(best_rate, url, repeats).result()
+                def measure(url: str, same_process: bool | None = same_process) -> tuple[float, int]:
+                    if same_process is False:
+                        return pool.submit(best_rate, url, repeats).result()
+                    return best_rate(url, repeats)  # (granian: the server is a child process)
 
-            results: dict[str, tuple[float, int]] = {}
-            with LiveServer(bare_app(blocks)) as bare:
-                results["bare Starlette, pre-encoded bytes"] = measure(bare.url)
-            for store in ("memory", "sqlite"):
-                with tempfile.TemporaryDirectory() as data_dir:
-                    config = ServerConfig(store=store, data_dir=Path(data_dir), backend="scripted")
-                    app = create_app(config, backend=ScriptedBackend(steps(n), models=["bench"]))
-                    with LiveServer(app) as server:
-                        results[f"headwater serve ({store} store)"] = measure(server.url)
-            report(results, n, repeats, "the same process" if same_process else "a child process")
+                results: dict[str, tuple[float, int]] = {}
+                if uvicorn_options is not None:
+                    loop, http = uvicorn_options
+                    with LiveServer(bare_app(blocks), loop=loop, http=http) as bare:
+                        results["bare Starlette, pre-encoded bytes"] = measure(bare.url)
+                else:
+                    with GranianServer("granian_bare", {"BENCH_N": str(n)}) as bare:
+                        results["bare Starlette, pre-encoded bytes"] = measure(bare.url)
+                for store in ("memory", "sqlite"):
+                    with tempfile.TemporaryDirectory() as data_dir:
+                        name = f"headwater serve ({store} store)"
+                        if uvicorn_options is not None:
+                            config = ServerConfig(store=store, data_dir=Path(data_dir), backend="scripted")
+                            app = create_app(config, backend=ScriptedBackend(steps(n), models=["bench"]))
+                            with LiveServer(app, loop=loop, http=http) as server:
+                                results[name] = measure(server.url)
+                        else:
+                            env = {"BENCH_N": str(n), "BENCH_STORE": store, "BENCH_DATA": data_dir}
+                            with GranianServer("granian_headwater", env) as server:
+                                results[name] = measure(server.url)
+                where = {True: "the same process", False: "a child process", None: "another process"}
+                report(results, n, repeats, f"{stack}; the client in {where[same_process]}")
 
 
 def report(results: dict[str, tuple[float, int]], n: int, repeats: int, where: str) -> None:
     base = results["bare Starlette, pre-encoded bytes"][0]
-    print(f"one stream of {n} text deltas over loopback, best of {repeats}; the client in {where}")
+    print(f"one stream of {n} text deltas over loopback, best of {repeats}; {where}; "
+          f"load {os.getloadavg()[0]:.2f}")
     print(f"{'server':<36} {'events':>7} {'events/s':>10} {'vs bare':>8} {'us/event':>9}")
     for name, (rate, events) in results.items():
         print(f"{name:<36} {events:>7} {rate:>10,.0f} {rate / base:>7.2f}x {1e6 / rate:>9.1f}")

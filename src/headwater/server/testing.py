@@ -14,9 +14,10 @@ __all__ = ["LiveServer"]
 
 
 class LiveServer:
-    """An ASGI app served by uvicorn on 127.0.0.1 (a free port) in a background thread."""
+    """An ASGI app served by uvicorn on 127.0.0.1 (a free port) in a background thread. ``loop`` and ``http``
+    are uvicorn's options (``auto``: uvloop and httptools when installed, as ``headwater serve`` runs)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, loop: str = "auto", http: str = "auto") -> None:
         import uvicorn
 
         self.app = app
@@ -25,7 +26,9 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, loop=loop, http=http
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
