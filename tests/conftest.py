@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
+import services
 from headwater.server.testing import LiveServer
 
 
@@ -38,3 +39,20 @@ def _wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval
 def wait_until() -> Callable[..., None]:
     """``wait_until(predicate, timeout=10)``: poll until ``predicate()`` is true; fail the test after ``timeout``."""
     return _wait_until
+
+
+# --- PostgreSQL and Redis (tests/services.py says how they are found, and when a test fails or skips) ---------
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A PostgreSQL URL with a fresh schema of its own (``?schema=``), dropped after the test."""
+    async with services.postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The Redis URL with a fresh key prefix (``?prefix=``); its keys are deleted after the test."""
+    async with services.redis_prefix() as url:
+        yield url

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import services
 from headwater.server.store import Entry, Store, StoredItem, StoredResponse, create_store
 from headwater.server.store.sqlite import SCHEMA_VERSION
 
@@ -36,9 +37,16 @@ async def sqlite_url(tmp_path: Path) -> AsyncIterator[str]:
     yield f"sqlite://{tmp_path / 'db.sqlite3'}"
 
 
+@asynccontextmanager
+async def postgresql_url(tmp_path: Path) -> AsyncIterator[str]:
+    async with services.postgres_schema() as url:  # the machine's PostgreSQL, a schema of its own
+        yield url
+
+
 STORE_URLS: dict[str, StoreKind] = {
     "memory": StoreKind(memory_url, durable=False),
     "sqlite": StoreKind(sqlite_url, durable=True),
+    "postgresql": StoreKind(postgresql_url, durable=True),
 }
 DURABLE = [name for name, kind in STORE_URLS.items() if kind.durable]
 

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Entry, ItemPage, Store, StoredItem, StoredResponse
+from .base import Entry, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -24,6 +24,7 @@ __all__ = [
     "MemoryStore",
     "SQLiteStore",
     "Store",
+    "StoreUnavailable",
     "StoredItem",
     "StoredResponse",
     "create_store",

@@ -15,9 +15,14 @@ from typing import Literal
 
 from ..entries import Entry
 
-__all__ = ["UNFINISHED_STATUSES", "Entry", "ItemPage", "Store", "StoredItem", "StoredResponse"]
+__all__ = ["UNFINISHED_STATUSES", "Entry", "ItemPage", "Store", "StoreUnavailable", "StoredItem", "StoredResponse"]
 
 UNFINISHED_STATUSES = ("queued", "in_progress")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (its database server is down or unreachable): a request fails with 503
+    and nothing of it was written."""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,526 @@
+"""The shared store of several replicas: PostgreSQL (asyncpg), with a versioned schema and group commits.
+
+Every ``append`` of this process queues up; one writer task commits all that waited in one transaction, so many
+runs share one round trip and one WAL flush. Each stored response carries a lease (the replica that owns it and a
+fencing token); an append of a response this process owns only lands while its token is still the row's, so a
+replica that lost a run to a takeover can no longer write to it (``Fenced``). Leases themselves: ``runs.leases``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from .base import UNFINISHED_STATUSES, Entry, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
+
+__all__ = ["SCHEMA_VERSION", "Fenced", "PostgresStore", "Takeover"]
+
+log = logging.getLogger("headwater.server.store")
+T = TypeVar("T")
+
+# Each entry upgrades the schema from version i to i + 1; start-up applies the missing ones in one transaction.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        owner TEXT,
+        status TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        lease_replica TEXT,
+        lease_token BIGINT NOT NULL DEFAULT 1
+    );
+    CREATE INDEX responses_unfinished ON responses (lease_replica) WHERE status IN ('queued', 'in_progress');
+    CREATE TABLE input_items (
+        response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (response_id, position)
+    );
+    CREATE TABLE events (
+        response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (response_id, seq)
+    );
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        heartbeat TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+_MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
+
+# What "PostgreSQL cannot be reached" looks like through asyncpg: the server answers 503 for these.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class Fenced(Exception):
+    """This process no longer owns the response: another replica took it over (its lease token moved on)."""
+
+
+@dataclass(slots=True)
+class Takeover:
+    """A response whose owner's lease expired, now owned by this replica: ``token`` fences the old owner."""
+
+    record: StoredResponse
+    token: int
+    previous_replica: str | None
+
+
+@dataclass(slots=True)
+class _Append:
+    response_id: str
+    rows: list[Entry]
+    status: str | None
+    data: bytes | None
+    token: int | None
+    future: asyncio.Future[None] = field(repr=False)
+
+
+def _split_url(url: str) -> tuple[str, str | None]:
+    """The DSN for asyncpg and the ``schema`` query parameter (ours: where the tables live), removed from it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    scheme = "postgresql" if parts.scheme in ("postgresql", "postgres", "postgresql+asyncpg") else parts.scheme
+    if schema is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+        raise ValueError(f"schema must be a plain SQL identifier, not {schema!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}" if ":" in user else f"{user}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def _record(row: asyncpg.Record) -> StoredResponse:
+    return StoredResponse(row["id"], row["owner"], row["status"], row["created_at"], bytes(row["data"]))
+
+
+class PostgresStore(Store):
+    """``postgresql://user:password@host:port/database[?schema=NAME]``. ``replica`` names this process in
+    leases (default: host, pid and a random suffix)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replica: str | None = None,
+        min_connections: int = 2,
+        max_connections: int = 10,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self._dsn, self.schema = _split_url(url)
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._min = min_connections
+        self._max = max_connections
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._queue: list[_Append] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        # The lease token of every response this process owns (created here or taken over): its appends are
+        # fenced with it. Removed when the response reaches a terminal status.
+        self._tokens: dict[str, int] = {}
+        self.latency: Callable[[str, float], None] | None = None  # metrics hook: (operation, seconds)
+
+    def describe(self) -> str:
+        where = _redacted(self._dsn)
+        return f"postgresql {where}" + (f" (schema {self.schema})" if self.schema else "")
+
+    # --- life cycle -------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        settings = {"search_path": self.schema} if self.schema else None
+        try:
+            if self.schema:  # before the pool: its connections put the schema on their search_path
+                conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min,
+                max_size=self._max,
+                timeout=self._timeout,
+                command_timeout=self._timeout * 2,
+                server_settings=settings,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL at {_redacted(self._dsn)} cannot be reached: {exc}") from exc
+        await self._migrate()
+        await self.heartbeat()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="headwater-pg-writer")
+
+    async def _migrate(self) -> None:
+        """Create the schema or upgrade it to ``SCHEMA_VERSION``; replicas starting together take turns."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.headwater'))")
+            await conn.execute("CREATE TABLE IF NOT EXISTS headwater_schema (version INTEGER NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM headwater_schema")
+            version = version or 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the PostgreSQL schema is at version {version}, newer than this Headwater's {SCHEMA_VERSION}"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                log.info("PostgreSQL schema: upgrading to version %d", number + 1)
+                await conn.execute(_MIGRATIONS[number])
+            if version < SCHEMA_VERSION:
+                await conn.execute("DELETE FROM headwater_schema")
+                await conn.execute("INSERT INTO headwater_schema (version) VALUES ($1)", SCHEMA_VERSION)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
+            self._writer = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                async with self._pool.acquire(timeout=self._timeout) as conn:
+                    await conn.execute("DELETE FROM replicas WHERE id = $1", self.replica)
+            await self._pool.close()
+            self._pool = None
+
+    async def drop_schema(self) -> None:
+        """Remove this store's schema and everything in it (tests: the per-session schema)."""
+        if not self.schema:
+            raise RuntimeError("drop_schema needs a store opened with ?schema=NAME")
+        async with self._connection() as conn:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL store is not open")
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from exc
+
+    async def _run(self, name: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        start = time.perf_counter()
+        async with self._connection() as conn:
+            try:
+                return await fn(conn)
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from exc
+            finally:
+                if self.latency is not None:
+                    self.latency(name, time.perf_counter() - start)
+
+    # --- writes -----------------------------------------------------------------------------------------
+
+    async def create(self, response: StoredResponse, items: Sequence[StoredItem]) -> None:
+        async def create(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, 1)",
+                    response.id, response.owner, response.status, response.created_at, response.data,
+                    self.replica if response.status in UNFINISHED_STATUSES else None,
+                )
+                if items:
+                    await conn.execute(
+                        "INSERT INTO input_items (response_id, position, item_id, data) "
+                        "SELECT $1, * FROM unnest($2::int[], $3::text[], $4::bytea[])",
+                        response.id, list(range(len(items))), [i.id for i in items], [i.data for i in items],
+                    )
+
+        try:
+            await self._run("create", create)
+        except asyncpg.exceptions.UniqueViolationError:
+            raise KeyError(f"response {response.id} already exists") from None
+        if response.status in UNFINISHED_STATUSES:
+            self._tokens[response.id] = 1
+
+    async def append(
+        self,
+        response_id: str,
+        entries: Sequence[Entry],
+        *,
+        status: str | None = None,
+        data: bytes | None = None,
+    ) -> None:
+        if self._writer is None or self._closing:
+            raise RuntimeError("the PostgreSQL store is not open")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Append(response_id, list(entries), status, data, self._tokens.get(response_id), future))
+        self._wake.set()
+        await future
+        if status is not None and status not in UNFINISHED_STATUSES:
+            self._tokens.pop(response_id, None)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                jobs: list[_Append] = []
+                size = 0
+                while self._queue and (not jobs or size + len(self._queue[0].rows) <= _MAX_BATCH_ROWS):
+                    job = self._queue.pop(0)
+                    jobs.append(job)
+                    size += len(job.rows)
+                await self._commit(jobs)
+            if self._closing:
+                return
+
+    async def _commit(self, jobs: list[_Append]) -> None:
+        """All ``jobs`` in one transaction; when that fails, each alone, so one bad job fails only itself."""
+        start = time.perf_counter()
+        try:
+            async with self._connection() as conn:
+                try:
+                    async with conn.transaction():
+                        problems = await self._apply(conn, jobs)
+                except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
+                    problems = {}
+                    for job in jobs:
+                        try:
+                            async with conn.transaction():
+                                problems.update(await self._apply(conn, [job]))
+                        except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
+                            problems[id(job)] = exc
+        except Exception as exc:
+            if isinstance(exc, _UNAVAILABLE):
+                exc = StoreUnavailable(f"PostgreSQL cannot be reached: {exc}")
+            log.error("PostgreSQL group commit of %d append(s) failed", len(jobs), exc_info=exc)
+            problems = {id(job): exc for job in jobs}
+        if self.latency is not None:
+            self.latency("commit", time.perf_counter() - start)
+        for job in jobs:
+            if job.future.done():
+                continue
+            problem = problems.get(id(job))
+            if problem is None:
+                job.future.set_result(None)
+            else:
+                job.future.set_exception(problem.cause if isinstance(problem, _Problem) else problem)
+
+    async def _apply(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
+        """The statements of one group commit: check each response (exists, still ours), update the resources
+        that change, insert every event. A job that cannot land raises ``_Problem`` (rolls the batch back)."""
+        jobs = _merged(jobs)
+        ids = [job.response_id for job in jobs]
+        tokens = [job.token for job in jobs]
+        rows = await conn.fetch(
+            "UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data) "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) AS u(id, token, status, data) "
+            "WHERE r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token) "
+            "AND (u.status IS NOT NULL OR u.data IS NOT NULL OR u.token IS NOT NULL) RETURNING r.id",
+            ids, tokens, [job.status for job in jobs], [job.data for job in jobs],
+        )
+        updated = {row["id"] for row in rows}
+        for job in jobs:
+            if job.response_id in updated:
+                continue
+            if job.token is None and job.status is None and job.data is None:
+                continue  # nothing to check: the events' foreign key says whether the response exists
+            current = await conn.fetchval("SELECT lease_token FROM responses WHERE id = $1", job.response_id)
+            if current is None:
+                raise _Problem(KeyError(f"no response {job.response_id}"))
+            raise _Problem(Fenced(f"response {job.response_id} is owned by another replica now"))
+        flat = [(job.response_id, entry) for job in jobs for entry in job.rows]
+        if flat:
+            try:
+                await conn.execute(
+                    "INSERT INTO events (response_id, seq, type, data) "
+                    "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])",
+                    [r[0] for r in flat], [r[1].sequence_number for r in flat], [r[1].type for r in flat],
+                    [r[1].payload for r in flat],
+                )
+            except asyncpg.exceptions.ForeignKeyViolationError:
+                raise _Problem(KeyError("no such response")) from None
+            except asyncpg.exceptions.UniqueViolationError as exc:
+                raise _Problem(ValueError(f"a sequence number is already logged: {exc}")) from None
+        return {}
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        async def get(conn: asyncpg.Connection) -> StoredResponse | None:
+            row = await conn.fetchrow(
+                "SELECT id, owner, status, created_at, data FROM responses WHERE id = $1", response_id
+            )
+            return None if row is None else _record(row)
+
+        return await self._run("get", get)
+
+    async def events(self, response_id: str, starting_after: int = -1) -> list[Entry]:
+        async def events(conn: asyncpg.Connection) -> list[Entry]:
+            rows = await conn.fetch(
+                "SELECT seq, type, data FROM events WHERE response_id = $1 AND seq > $2 ORDER BY seq",
+                response_id, starting_after,
+            )
+            return [Entry(row[0], row[1], bytes(row[2])) for row in rows]
+
+        return await self._run("events", events)
+
+    async def input_items(
+        self,
+        response_id: str,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> ItemPage:
+        direction, compare = ("DESC", "<") if order == "desc" else ("ASC", ">")
+
+        async def page(conn: asyncpg.Connection) -> ItemPage:
+            sql = "SELECT item_id, data FROM input_items WHERE response_id = $1"
+            params: list[Any] = [response_id]
+            if after is not None:
+                position = await conn.fetchval(
+                    "SELECT position FROM input_items WHERE response_id = $1 AND item_id = $2", response_id, after
+                )
+                if position is None:
+                    return ItemPage([], False)
+                sql += f" AND position {compare} $2"
+                params.append(position)
+            sql += f" ORDER BY position {direction}"
+            if limit is not None:
+                sql += f" LIMIT ${len(params) + 1}"
+                params.append(limit + 1)
+            items = [StoredItem(row[0], bytes(row[1])) for row in await conn.fetch(sql, *params)]
+            if limit is not None and len(items) > limit:
+                return ItemPage(items[:limit], True)
+            return ItemPage(items, False)
+
+        return await self._run("input_items", page)
+
+    async def delete(self, response_id: str) -> bool:
+        async def delete(conn: asyncpg.Connection) -> bool:
+            result: str = await conn.execute("DELETE FROM responses WHERE id = $1", response_id)
+            return result != "DELETE 0"
+
+        self._tokens.pop(response_id, None)
+        return await self._run("delete", delete)
+
+    async def unfinished(self) -> list[StoredResponse]:
+        async def unfinished(conn: asyncpg.Connection) -> list[StoredResponse]:
+            rows = await conn.fetch(
+                "SELECT id, owner, status, created_at, data FROM responses WHERE status = ANY($1::text[])",
+                list(UNFINISHED_STATUSES),
+            )
+            return [_record(row) for row in rows]
+
+        return await self._run("unfinished", unfinished)
+
+    # --- leases (used by runs.leases) ---------------------------------------------------------------------
+
+    def owns(self, response_id: str) -> bool:
+        """Whether this process holds the lease of ``response_id`` (as far as it knows: see ``Fenced``)."""
+        return response_id in self._tokens
+
+    async def heartbeat(self) -> None:
+        """Renew this replica's lease: every unfinished response it owns stays its own for the lease time."""
+
+        async def beat(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat = now()",
+                self.replica,
+            )
+
+        await self._run("heartbeat", beat)
+
+    async def take_over_expired(self, lease_seconds: float, limit: int = 100) -> list[Takeover]:
+        """Take every unfinished response whose owner has not renewed its lease for ``lease_seconds`` (or has no
+        replica row at all): it becomes this replica's with a new fencing token. Replicas scanning together
+        never take the same response (``FOR UPDATE SKIP LOCKED``)."""
+
+        async def take(conn: asyncpg.Connection) -> list[Takeover]:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "SELECT r.id, r.lease_replica FROM responses r LEFT JOIN replicas p ON p.id = r.lease_replica "
+                    "WHERE r.status = ANY($1::text[]) AND (r.lease_replica IS NULL OR p.id IS NULL "
+                    "OR p.heartbeat < now() - make_interval(secs => $2)) AND r.lease_replica IS DISTINCT FROM $3 "
+                    "LIMIT $4 FOR UPDATE OF r SKIP LOCKED",
+                    list(UNFINISHED_STATUSES), lease_seconds, self.replica, limit,
+                )
+                if not rows:
+                    return []
+                previous = {row["id"]: row["lease_replica"] for row in rows}
+                taken = await conn.fetch(
+                    "UPDATE responses SET lease_replica = $1, lease_token = lease_token + 1 WHERE id = ANY($2) "
+                    "RETURNING id, owner, status, created_at, data, lease_token",
+                    self.replica, list(previous),
+                )
+                return [Takeover(_record(row), row["lease_token"], previous[row["id"]]) for row in taken]
+
+        taken = await self._run("takeover", take)
+        for takeover in taken:
+            self._tokens[takeover.record.id] = takeover.token
+        return taken
+
+    async def lease_holder(self, response_id: str) -> str | None:
+        """The replica that holds the lease of an unfinished response (None when finished or unknown)."""
+
+        async def holder(conn: asyncpg.Connection) -> str | None:
+            value: str | None = await conn.fetchval(
+                "SELECT lease_replica FROM responses WHERE id = $1 AND status = ANY($2::text[])",
+                response_id, list(UNFINISHED_STATUSES),
+            )
+            return value
+
+        return await self._run("lease_holder", holder)
+
+
+def _merged(jobs: list[_Append]) -> list[_Append]:
+    """One job per response (its appends in order; the last status and resource win), for one UPDATE row each."""
+    merged: dict[str, _Append] = {}
+    for job in jobs:
+        first = merged.get(job.response_id)
+        if first is None:
+            merged[job.response_id] = _Append(job.response_id, list(job.rows), job.status, job.data, job.token,
+                                              job.future)
+        else:
+            first.rows.extend(job.rows)
+            first.status = job.status if job.status is not None else first.status
+            first.data = job.data if job.data is not None else first.data
+            first.token = job.token if job.token is not None else first.token
+    return list(merged.values())
+
+
+class _Problem(Exception):
+    """One job of a group commit cannot land; ``cause`` is what its caller gets."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

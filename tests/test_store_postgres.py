@@ -1,0 +1,114 @@
+"""The PostgreSQL store beyond the shared contract: schema versions, group commits, leases and fencing,
+atomic terminal writes, and an unreachable server (against the machine's real PostgreSQL, a schema per test)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from headwater.server.store import Entry, StoredItem, StoredResponse, StoreUnavailable
+from headwater.server.store.postgres import SCHEMA_VERSION, Fenced, PostgresStore
+
+
+def record(rid: str, status: str = "in_progress") -> StoredResponse:
+    return StoredResponse(rid, "k1", status, 1, b'{"id": "%s"}' % rid.encode())
+
+
+def e(seq: int, payload: bytes) -> Entry:
+    return Entry(seq, "response.output_text.delta", payload)
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
+    instance = PostgresStore(postgres_url, replica="first")
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+async def test_start_up_creates_the_schema_at_its_version_and_a_reopen_keeps_the_data(postgres_url: str) -> None:
+    first = PostgresStore(postgres_url)
+    await first.open()
+    await first.create(record("r1"), [StoredItem("i1", b"{}")])
+    await first.append("r1", [e(0, b"a")])
+    await first.close()
+    second = PostgresStore(postgres_url)
+    await second.open()
+    try:
+        assert await second.events("r1") == [e(0, b"a")]
+        conn = await asyncpg.connect(second._dsn, server_settings={"search_path": second.schema or "public"})
+        try:
+            assert await conn.fetchval("SELECT version FROM headwater_schema") == SCHEMA_VERSION
+        finally:
+            await conn.close()
+    finally:
+        await second.close()
+
+
+async def test_a_schema_newer_than_this_code_is_refused(store: PostgresStore, postgres_url: str) -> None:
+    async with store._connection() as conn:
+        await conn.execute("UPDATE headwater_schema SET version = $1", SCHEMA_VERSION + 1)
+    newer = PostgresStore(postgres_url)
+    with pytest.raises(RuntimeError, match="newer"):
+        await newer.open()
+    await newer.close()
+
+
+async def test_concurrent_appends_share_group_commits(store: PostgresStore) -> None:
+    commits: list[float] = []
+    for n in range(50):
+        await store.create(record(f"r{n}"), [])
+    store.latency = lambda name, seconds: commits.append(seconds) if name == "commit" else None
+    await asyncio.gather(*(store.append(f"r{n}", [e(0, b"x"), e(1, b"y")]) for n in range(50)))
+    assert all([await store.events(f"r{n}") == [e(0, b"x"), e(1, b"y")] for n in range(50)])
+    assert len(commits) < 50
+
+
+async def test_one_bad_append_in_a_group_commit_fails_only_itself(store: PostgresStore) -> None:
+    await store.create(record("good"), [])
+    await store.create(record("bad"), [])
+    await store.append("bad", [e(0, b"a")])
+    results = await asyncio.gather(
+        store.append("good", [e(0, b"g")]),
+        store.append("bad", [e(0, b"again")], status="completed", data=b"{}"),
+        store.append("missing", [e(0, b"m")]),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], ValueError) and isinstance(results[2], KeyError)
+    assert await store.events("good") == [e(0, b"g")]
+    bad = await store.get("bad")
+    # The terminal status and the resource land with their events or not at all.
+    assert bad is not None and bad.status == "in_progress" and await store.events("bad") == [e(0, b"a")]
+
+
+async def test_a_replica_whose_lease_expired_is_taken_over_and_fenced(store: PostgresStore, postgres_url: str) -> None:
+    await store.create(record("r1"), [])
+    await store.create(record("done", "completed"), [])
+    await store.append("r1", [e(0, b"a")])
+    other = PostgresStore(postgres_url, replica="second")
+    await other.open()
+    try:
+        assert await other.take_over_expired(lease_seconds=60) == []  # the first replica is alive
+        await asyncio.sleep(0.05)
+        await other.heartbeat()
+        taken = await other.take_over_expired(lease_seconds=0.01)
+        assert [(t.record.id, t.token, t.previous_replica) for t in taken] == [("r1", 2, "first")]
+        assert await store.lease_holder("r1") == "second"
+        with pytest.raises(Fenced):
+            await store.append("r1", [e(1, b"from the old owner")])
+        await other.append("r1", [e(1, b"error"), e(2, b"failed")], status="failed", data=b"{}")
+        assert [x.payload for x in await store.events("r1")] == [b"a", b"error", b"failed"]
+        assert await other.lease_holder("r1") is None
+    finally:
+        await other.close()
+
+
+async def test_an_unreachable_server_is_store_unavailable() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", timeout=2)
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.close()
