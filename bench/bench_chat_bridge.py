@@ -43,6 +43,7 @@ import httpx
 
 from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.resources import Response
+from headwater.protocol.sse import encode_frame
 from headwater.protocol.stream import iter_events
 from headwater.protocol.writer import ResponseWriter
 from headwater.server.backends.base import ChatMessage, GenerationRequest
@@ -227,8 +228,9 @@ async def headwater_once(stream: Stream, backend: ChatBackend) -> tuple[float, l
         background=False,
     )
     run.start()
+    frames = [encode_frame(e.type, e.payload) async for batch in run.follow() for e in batch]
     await run.wait()
-    return time.perf_counter() - start, run.frames
+    return time.perf_counter() - start, frames
 
 
 def headwater_outcome(frames: list[bytes]) -> Outcome:

@@ -23,6 +23,7 @@ from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.conformance import check
 from headwater.protocol.events import Event
 from headwater.protocol.resources import FunctionCall, Message, ReasoningItem, Response
+from headwater.protocol.sse import encode_frame
 from headwater.protocol.stream import iter_events
 from headwater.protocol.writer import ResponseWriter
 from headwater.server.backends.base import (
@@ -67,8 +68,9 @@ async def drive(backend: ChatBackend, request: GenerationRequest | None = None) 
     writer = ResponseWriter(Response(model=request.model))
     run = Run(writer=writer, backend=backend, request=request, store=None, owner=None, background=False)
     run.start()
+    frames = [encode_frame(e.type, e.payload) async for batch in run.follow() for e in batch]
     await run.wait()
-    return list(iter_events(run.frames)), run
+    return list(iter_events(frames)), run
 
 
 def accumulate(events: list[Event]) -> Accumulator:

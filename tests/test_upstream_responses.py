@@ -26,6 +26,7 @@ from headwater.protocol.codec import decode_event_obj, encode_event, event_to_bu
 from headwater.protocol.conformance import check, split_responses
 from headwater.protocol.events import Event
 from headwater.protocol.resources import FunctionCall, Message, ReasoningItem, Response
+from headwater.protocol.sse import encode_frame
 from headwater.protocol.stream import encode_sse, iter_events
 from headwater.protocol.writer import ResponseWriter
 from headwater.server.backends.base import (
@@ -519,8 +520,9 @@ async def test_generate_through_the_run_driver() -> None:
                 background=False,
             )
             run.start()
+            frames = [encode_frame(e.type, e.payload) async for batch in run.follow() for e in batch]
             await run.wait()
-            runs.append(list(iter_events(run.frames)))
+            runs.append(list(iter_events(frames)))
         await backend.aclose()
     ok, failed = runs
     assert check(ok) == [] and check(failed) == []

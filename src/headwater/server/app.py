@@ -16,6 +16,7 @@ from . import compact, websocket
 from .backends.base import Backend
 from .config import ServerConfig
 from .errors import exception_handlers
+from .live import LiveLog, create_live_log
 from .routes import ServerState, routes
 from .runs import Runs, close_orphans
 from .store import Store, create_store
@@ -25,9 +26,11 @@ __all__ = ["create_app"]
 log = logging.getLogger("headwater.server")
 
 
-def create_app(config: ServerConfig, *, backend: Backend | None = None, store: Store | None = None) -> Starlette:
-    """The server as an ASGI app. ``backend``/``store`` replace the ones ``config`` names (tests, embedding);
-    the app opens and closes the store, and closes only a backend it created itself."""
+def create_app(
+    config: ServerConfig, *, backend: Backend | None = None, store: Store | None = None, live: LiveLog | None = None
+) -> Starlette:
+    """The server as an ASGI app. ``backend``/``store``/``live`` replace the ones ``config`` names (tests,
+    embedding); the app opens and closes the store and the live log, and closes only a backend it created."""
     owns_backend = backend is None
     if backend is None:
         from .backends import create_backend
@@ -35,11 +38,14 @@ def create_app(config: ServerConfig, *, backend: Backend | None = None, store: S
         backend = create_backend(config.backend, **config.backend_options)
     if store is None:
         store = create_store(config.store_url)
-    state = ServerState(config=config, backend=backend, store=store, runs=Runs(store, backend))
+    if live is None:
+        live = create_live_log(config.events)
+    state = ServerState(config=config, backend=backend, store=store, runs=Runs(store, backend, live))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.store.open()
+        await state.runs.live.open()
         try:
             closed = await close_orphans(state.store)
             if closed:
@@ -49,6 +55,7 @@ def create_app(config: ServerConfig, *, backend: Backend | None = None, store: S
             await state.runs.shut_down()
             if owns_backend:
                 await state.backend.aclose()
+            await state.runs.live.close()
             await state.store.close()
 
     app = Starlette(routes=[*routes, *compact.routes, *websocket.routes], exception_handlers=exception_handlers,

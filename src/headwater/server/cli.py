@@ -19,6 +19,7 @@ from .app import create_app
 from .backends import UPSTREAM_BACKENDS
 from .backends.base import BackendError
 from .config import ServerConfig, default_data_dir
+from .live import create_live_log
 from .store import create_store
 
 __all__ = ["serve_command"]
@@ -40,6 +41,9 @@ __all__ = ["serve_command"]
 @click.option("--store", default="sqlite", show_default=True, metavar="URL",
               help="Where responses and event logs are kept: sqlite (a file in --data-dir), memory (gone at exit), "
                    "or a URL: sqlite:///path/file.sqlite3, memory://, postgresql://user:pass@host/db.")
+@click.option("--events", default="memory://", show_default=True, metavar="URL",
+              help="The live event log of running responses: memory:// (this process) or a shared one "
+                   "(redis://host:port/db).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of the SQLite store [default: $HEADWATER_DATA_DIR or ~/.local/share/headwater].")
 @click.option("--api-key", "api_keys", multiple=True,
@@ -62,6 +66,7 @@ def serve_command(
     upstream_key: str | None,
     backend_options: tuple[str, ...],
     store: str,
+    events: str,
     data_dir: Path | None,
     api_keys: tuple[str, ...],
     strict_tools: bool,
@@ -88,6 +93,7 @@ def serve_command(
         backend=backend,
         backend_options=options,
         store=store,
+        events=events,
         data_dir=(data_dir or default_data_dir()).expanduser(),
         strict_tools=strict_tools,
         keepalive_seconds=keepalive,
@@ -98,6 +104,10 @@ def serve_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--store") from None
     try:
+        create_live_log(events)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--events") from None
+    try:
         app = create_app(config)
     except (BackendError, ValueError) as exc:
         raise click.ClickException(f"cannot start backend {backend!r}: {exc}") from None
@@ -106,6 +116,7 @@ def serve_command(
     click.echo(f"  backend: {state.backend.describe()}")
     click.echo(f"  models:  {', '.join(state.backend.models())}")
     click.echo(f"  store:   {state.store.describe()}")
+    click.echo(f"  events:  {state.runs.live.describe()}")
     if config.api_key_digests:
         click.echo(f"  auth:    {len(config.api_key_digests)} API key(s); each response belongs to its key")
     else:

@@ -196,6 +196,7 @@ async def compact_response(request: Request) -> Response:
         stored=False,
         background=False,
         max_tool_calls=None,
+        followed=False,
     )
     if not await _wait_unless_disconnected(request, run):
         log.info("compaction %s: client disconnected; cancelling", run.id)

@@ -39,6 +39,8 @@ class ServerConfig:
     # Where responses and event logs are kept: a store URL (``memory://``, ``sqlite:///path``,
     # ``postgresql://...``), or ``sqlite`` (the file in ``data_dir``) or ``memory`` for short.
     store: str = "sqlite"
+    # The live event log of running responses: ``memory://`` (this process) or a shared one's URL.
+    events: str = "memory://"
     data_dir: Path = field(default_factory=default_data_dir)
     # Digests of the accepted API keys (see ``key_digest``); empty means no authentication.
     api_key_digests: frozenset[str] = frozenset()

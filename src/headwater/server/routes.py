@@ -12,7 +12,6 @@ import contextlib
 import importlib.resources
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +20,6 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.protocol.sse import encode_frame, join_frames
 from headwater.protocol.writer import ResponseWriter, new_id
 
 from .backends.base import Backend
@@ -30,8 +28,8 @@ from .conversation import build_messages
 from .errors import APIError
 from .requests import encode_input_item, parse_request
 from .runs import Run, Runs, encode_response
-from .store import Entry, Store, StoredItem, StoredResponse
-from .streaming import EventStreamResponse
+from .store import Store, StoredItem, StoredResponse
+from .streaming import EventStreamResponse, frames, replay
 
 __all__ = ["ServerState", "routes"]
 
@@ -127,11 +125,12 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         stored=body.store,
         background=body.background,
         max_tool_calls=body.max_tool_calls,
+        followed=body.stream,
     )
     keepalive = state.config.keepalive_seconds
     if body.background:
         if body.stream:
-            return EventStreamResponse(run.follow(-1, keepalive), headers=headers)
+            return EventStreamResponse(frames(run.follow(-1, keepalive)), headers=headers)
         return _json(encode_response(template), headers=headers)
     if body.stream:
         # Hold the headers until the backend has started (or a keep-alive interval has passed), so that a
@@ -145,7 +144,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
                 log.info("response %s: client disconnected; cancelling", run.id)
                 run.cancel_unless_followed(state.config.disconnect_grace_seconds if body.store else 0.0)
 
-        return EventStreamResponse(run.follow(-1, keepalive), headers=headers, on_close=on_close)
+        return EventStreamResponse(frames(run.follow(-1, keepalive)), headers=headers, on_close=on_close)
     if not await _wait_unless_disconnected(request, run):
         log.info("response %s: client disconnected; cancelling", run.id)
         run.cancel()
@@ -227,18 +226,10 @@ async def get_response(request: Request) -> Response | EventStreamResponse:
         return _json(found.data)
     after = _int_param(request, "starting_after", default=-1, minimum=-1)
     if found.run is not None:
-        body = found.run.follow(after, state.config.keepalive_seconds)
+        body = frames(found.run.follow(after, state.config.keepalive_seconds))
     else:
-        body = _replay(await state.store.events(response_id, after))
+        body = replay(await state.store.events(response_id, after))
     return EventStreamResponse(body)
-
-
-async def _replay(entries: list[Entry]) -> AsyncIterator[bytes]:
-    frames = [encode_frame(entry.type, entry.payload) for entry in entries]
-    index = 0
-    while index < len(frames):  # whole frames, several to a write (as a live run's followers get them)
-        chunk, index = join_frames(frames, index)
-        yield chunk
 
 
 async def delete_response(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """Runs: one response being generated, in a task of its own, detached from the request that started it.
 
 A run turns the backend's steps into events with a ``ResponseWriter``, appends each batch to the store's event
-log (durable before anyone sees it), then hands it to every follower (the live stream, resumed streams).
+log (durable before anyone sees it), then to the live log (``live``), which every follower reads (the live
+stream, resumed streams). Each event is encoded once, as an ``Entry``; transports frame entries.
 ``cancel()`` ends generation at once (the backend iterator is closed: no more tokens are computed).
 
 How a stopped run ends its stream. The spec's terminal events are completed/incomplete/failed, and a terminal
@@ -28,7 +29,7 @@ from msgspec.structs import replace
 
 from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.codec import decode_event, encode_event
-from headwater.protocol.events import ErrorEvent, ErrorPayload, Event, ResponseFailed
+from headwater.protocol.events import TERMINAL_EVENT_TYPES, ErrorEvent, ErrorPayload, Event, ResponseFailed
 from headwater.protocol.resources import (
     InputTokensDetails,
     OutputTokensDetails,
@@ -36,7 +37,6 @@ from headwater.protocol.resources import (
     ResponseError,
     Usage,
 )
-from headwater.protocol.sse import encode_comment, encode_frame, join_frames
 from headwater.protocol.writer import (
     FunctionCallWriter,
     MessageWriter,
@@ -58,14 +58,18 @@ from .backends.base import (
     UsageStep,
     is_passthrough,
 )
+from .live import LiveLog
+from .live.memory import MemoryLiveLog
 from .store import Entry, Store
 
-__all__ = ["KEEPALIVE", "Run", "Runs", "close_orphans", "encode_response"]
+__all__ = ["Run", "Runs", "close_orphans", "encode_response"]
 
 log = logging.getLogger("headwater.server")
 
-KEEPALIVE = encode_comment("keep-alive")
 CANCELLED_REASON = "cancelled"
+# How long the live log of a finished run waits for a follower that was promised but has not come (its
+# creator's stream, when the client went before the stream began); a follower's leaving ends it at once.
+LIVE_LINGER_SECONDS = 30.0
 
 
 def _unknown_hook(obj: object) -> object:
@@ -90,9 +94,9 @@ class _Stop(enum.Enum):
 
 
 class Run:
-    """One response being generated. Read ``frames`` (SSE bytes, index = ``sequence_number``) through
-    ``follow``; ``response`` is the snapshot so far; ``backend_error`` is the ``BackendError`` that failed the
-    run, if one did, and ``steps`` how many steps the backend gave before."""
+    """One response being generated. Read its entries through ``follow`` (from its live log); ``response`` is
+    the snapshot so far; ``backend_error`` is the ``BackendError`` that failed the run, if one did, and
+    ``steps`` how many steps the backend gave before."""
 
     def __init__(
         self,
@@ -105,6 +109,8 @@ class Run:
         background: bool,
         max_tool_calls: int | None = None,
         on_finish: Callable[[Run], None] | None = None,
+        live: LiveLog | None = None,
+        followed: bool = True,
     ) -> None:
         # A passthrough backend (a Responses upstream) hands over protocol events, not steps: they go through
         # its relay, a ResponseWriter that renumbers and repairs them, so the stream stays ours and conformant.
@@ -114,7 +120,7 @@ class Run:
         self.id = writer.id
         self.owner = owner
         self.background = background
-        self.frames: list[bytes] = []
+        self.live: LiveLog = live if live is not None else MemoryLiveLog()
         self.finished = False
         self.backend_error: BackendError | None = None
         self.steps = 0  # backend steps received
@@ -123,17 +129,20 @@ class Run:
         self._request = request
         self._store = store
         # Batches waiting for the store: (events, payloads, status, resource JSON).
-        self._backlog: list[tuple[list[Event], list[bytes], str | None, bytes | None]] = []
+        self._backlog: list[tuple[list[Entry], str | None, bytes | None]] = []
         self._wake = asyncio.Event()
         self._logger: asyncio.Task[None] | None = None
         self._log_error: Exception | None = None
         self._max_tool_calls = max_tool_calls
         self._on_finish = on_finish
-        self._changed = asyncio.Event()
         self._first_step = asyncio.Event()
         self._stop: _Stop | None = None
         self._in_backend = False
         self._task: asyncio.Task[None] | None = None
+        self._opened = asyncio.Event()  # the live log exists: followers may read it
+        self._ended = False  # the terminal entry is in the live log
+        self._awaiting_follower = followed  # the creator will follow, and has not yet
+        self._expiry: asyncio.Task[None] | None = None
         # What is open in the writer while steps arrive.
         self._message: MessageWriter | None = None
         self._text: TextWriter | None = None
@@ -198,39 +207,44 @@ class Run:
             async with asyncio.timeout(timeout):
                 await self._first_step.wait()
 
-    async def follow(self, after: int = -1, keepalive: float = 15.0) -> AsyncIterator[bytes]:
-        """The SSE frames after ``sequence_number`` ``after``, then each new one as it is published, until the
-        terminal event; a keep-alive comment after ``keepalive`` seconds without one. A chunk holds one or
-        more whole frames (all that are ready, up to ``WRITE_BYTES``), in order."""
-        index = max(after + 1, 0)
+    async def follow(self, starting_after: int = -1, keepalive: float = 15.0) -> AsyncIterator[list[Entry]]:
+        """The entries after ``starting_after``, then the new ones as they are published (in batches: all that
+        are ready), until the terminal event; an empty batch after ``keepalive`` seconds without any (the
+        transport writes a keep-alive)."""
         self.followers += 1
+        self._awaiting_follower = False
         try:
-            async for frame in self._follow(index, keepalive):
-                yield frame
+            await self._opened.wait()
+            last, ended = starting_after, False
+            async for batch in self.live.follow(self.id, starting_after, keepalive=keepalive):
+                if batch:
+                    last, ended = batch[-1].sequence_number, batch[-1].type in TERMINAL_EVENT_TYPES
+                yield batch
+            if not ended and self._store is not None:
+                # The live log went before this follower read its end (the run finished meanwhile): the store
+                # has every entry of a finished run.
+                await self.wait()
+                rest = await self._store.events(self.id, last)
+                if rest:
+                    yield rest
         finally:
             self.followers -= 1
+            self._release()
 
-    async def _follow(self, index: int, keepalive: float) -> AsyncIterator[bytes]:
-        # Each chunk is every frame published since the last one, whole, up to WRITE_BYTES (join_frames):
-        # a follower that falls behind catches up in few writes, and a lone frame goes out at once.
-        frames = self.frames
-        while True:
-            changed = self._changed
-            while index < len(frames):
-                chunk, index = join_frames(frames, index)
-                yield chunk
-            if self.finished:
-                return
-            try:
-                async with asyncio.timeout(keepalive):
-                    await changed.wait()
-            except TimeoutError:
-                yield KEEPALIVE
+    def _release(self) -> None:
+        """Forget the live log once the run has finished and nobody follows it (after a linger while the
+        creator's stream is still to come). Later readers of a stored run read the store."""
+        if not self.finished or self.followers:
+            return
+        after = LIVE_LINGER_SECONDS if self._awaiting_follower and self._ended else 0.0
+        self._expiry = asyncio.get_running_loop().create_task(self.live.expire(self.id, after))
 
     # --- the task -----------------------------------------------------------------------------------------
 
     async def _main(self) -> None:
         try:
+            await self.live.append(self.id, [])
+            self._opened.set()
             try:
                 await self._emit(self.writer.start(queued=self.background), status="in_progress")
                 if self._stop is None:
@@ -254,8 +268,11 @@ class Run:
                     await self._emit(events)
         finally:
             self.finished = True
+            self._opened.set()  # (a follower of a run that could not even open its log finds none, and ends)
             self._first_step.set()
-            self._notify()
+            if not self._ended:
+                self._awaiting_follower = False  # no terminal entry to wait for: followers go to the store
+            self._release()
             if self._on_finish is not None:
                 self._on_finish(self)
 
@@ -387,15 +404,15 @@ class Run:
     async def _emit(self, events: list[Event], *, status: str | None = None) -> None:
         """Log ``events`` (with the resource at status changes and at the end), then publish them. Raises the
         store's error once the store has failed; the events are published all the same."""
-        payloads = [encode_event(e) for e in events]
+        entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
         if self._store is None:
-            self._publish(events, payloads)
+            await self._publish(entries)
             return
         data = None
         if status is not None or self.writer.finished:
             response = self.response
             status, data = response.status, encode_response(response)
-        self._backlog.append((events, payloads, status, data))
+        self._backlog.append((entries, status, data))
         if self._logger is None:
             self._logger = asyncio.get_running_loop().create_task(self._log(self._store))
         self._wake.set()
@@ -410,13 +427,9 @@ class Run:
             self._wake.clear()
             batches, self._backlog = self._backlog, []
             if self._log_error is None:
-                rows = [
-                    Entry(e.sequence_number or 0, e.type, p)
-                    for events, payloads, _, _ in batches
-                    for e, p in zip(events, payloads, strict=True)
-                ]
-                status = next((b[2] for b in reversed(batches) if b[2] is not None), None)
-                data = next((b[3] for b in reversed(batches) if b[3] is not None), None)
+                rows = [entry for entries, _, _ in batches for entry in entries]
+                status = next((b[1] for b in reversed(batches) if b[1] is not None), None)
+                data = next((b[2] for b in reversed(batches) if b[2] is not None), None)
                 try:
                     await store.append(self.id, rows, status=status, data=data)
                 except Exception as exc:
@@ -425,26 +438,29 @@ class Run:
                     # the next start closes it as failed (close_orphans).
                     log.error("response %s: the store failed; its log stops here", self.id, exc_info=exc)
                     self._log_error = exc
-            for events, payloads, _, _ in batches:
-                self._publish(events, payloads)
+            try:
+                await self._publish([entry for entries, _, _ in batches for entry in entries])
+            except Exception as exc:  # followers' bounded reads notice; the store has every entry
+                log.error("response %s: the live log failed", self.id, exc_info=exc)
             if self.writer.finished and not self._backlog:
                 return
 
-    def _publish(self, events: list[Event], payloads: list[bytes]) -> None:
-        self.frames.extend(encode_frame(e.type, p) for e, p in zip(events, payloads, strict=True))
-        self._notify()
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    async def _publish(self, entries: list[Entry]) -> None:
+        if not entries or self._ended:
+            return
+        self._ended = entries[-1].type in TERMINAL_EVENT_TYPES
+        await self.live.append(self.id, entries, ended=self._ended)
 
 
 class Runs:
     """The runs of one server: started here, found by id while live (stored runs only), stopped at shutdown."""
 
-    def __init__(self, store: Store, backend: Backend) -> None:
+    def __init__(self, store: Store, backend: Backend, live: LiveLog | None = None) -> None:
         self.store = store
         self.backend = backend
+        self.live: LiveLog = live if live is not None else MemoryLiveLog()
+        # A response that is not stored can be read only by the request that made it, in this process.
+        self._private = self.live if isinstance(self.live, MemoryLiveLog) else MemoryLiveLog()
         self._live: dict[str, Run] = {}
         self._all: set[Run] = set()
 
@@ -457,6 +473,7 @@ class Runs:
         stored: bool,
         background: bool,
         max_tool_calls: int | None,
+        followed: bool = True,
     ) -> Run:
         run = Run(
             writer=writer,
@@ -467,6 +484,8 @@ class Runs:
             background=background,
             max_tool_calls=max_tool_calls,
             on_finish=self._finished,
+            live=self.live if stored else self._private,
+            followed=followed,
         )
         self._all.add(run)
         if stored:

@@ -1,5 +1,6 @@
-"""``EventStreamResponse``: an ASGI response that writes an async iterator of SSE chunks (each one or more whole
-frames), one write per chunk, and notices the client leaving.
+"""SSE delivery: ``frames`` turns batches of log entries into writes of whole SSE frames (a keep-alive comment
+for each quiet interval), and ``EventStreamResponse``, an ASGI response, writes them one write per chunk and
+notices the client leaving.
 
 Starlette's ``StreamingResponse`` may leave the body iterator suspended when the client goes; this class
 always closes it, and tells its ``on_close`` callback whether the body ran to its end, which is how a dropped
@@ -10,11 +11,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["EventStreamResponse"]
+from headwater.protocol.sse import encode_comment, encode_frame, join_frames
+
+from .entries import Entry
+
+__all__ = ["KEEPALIVE", "EventStreamResponse", "frames", "replay"]
+
+KEEPALIVE = encode_comment("keep-alive")
+
+
+async def frames(batches: AsyncIterable[list[Entry]]) -> AsyncIterator[bytes]:
+    """Each entry as an SSE frame (``event:`` its type, ``data:`` its JSON as stored), the frames of a batch
+    joined into writes of whole frames up to ``WRITE_BYTES`` (``join_frames``: a follower that fell behind
+    catches up in few writes, a lone frame goes at once); an empty batch as a keep-alive comment."""
+    async for batch in batches:
+        if not batch:
+            yield KEEPALIVE
+            continue
+        for chunk in _writes(batch):
+            yield chunk
+
+
+async def replay(entries: Iterable[Entry]) -> AsyncIterator[bytes]:
+    """Stored entries as SSE frames, several to a write (as a live run's followers get them)."""
+    for chunk in _writes(list(entries)):
+        yield chunk
+
+
+def _writes(entries: list[Entry]) -> list[bytes]:
+    encoded = [encode_frame(entry.type, entry.payload) for entry in entries]
+    if len(encoded) == 1:
+        return encoded
+    writes, index = [], 0
+    while index < len(encoded):
+        chunk, index = join_frames(encoded, index)
+        writes.append(chunk)
+    return writes
 
 
 class EventStreamResponse:

@@ -43,7 +43,7 @@ import msgspec
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from headwater.protocol.sse import SSEDecoder
+from headwater.protocol.events import TERMINAL_EVENT_TYPES
 from headwater.protocol.writer import ResponseWriter, new_id
 
 from .conversation import build_messages, conversation_items
@@ -62,7 +62,6 @@ MAX_CONNECTION_SECONDS = 60 * 60
 CREATE = "response.create"
 # HTTP transport fields the spec forbids in a response.create message.
 DISALLOWED_FIELDS = ("stream", "stream_options", "background")
-TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 _json = msgspec.json.Decoder()
 
@@ -181,13 +180,12 @@ class _Connection:
                                        code="server_error"))
             return
         try:
-            decoder = SSEDecoder(mode="sse")  # the run's frames are SSE; a message carries one event's JSON
-            async for chunk in run.follow(-1, self.state.config.keepalive_seconds):
-                for frame in decoder.feed(chunk):
-                    if frame.event in TERMINAL_EVENTS:
+            async for batch in run.follow(-1, self.state.config.keepalive_seconds):
+                for entry in batch:  # (an empty batch is a keep-alive: WebSocket has its own pings)
+                    if entry.type in TERMINAL_EVENT_TYPES:
                         # Ready for the next response.create before the client can see this one end.
                         self._finished(run, previous, items)
-                    if not await self._send(frame.data):
+                    if not await self._send(entry.payload):
                         return
         finally:
             self.in_flight = False

@@ -1,0 +1,132 @@
+"""The in-process live log (``memory://``), the default and the reference: a list of entries per response and
+an event that wakes its followers. Nothing leaves the process, so only this process's runs can be followed.
+
+``follow`` reads the list directly (the process's one reader is the list itself); ``read`` with ``wait`` is
+what a ``Fanout`` or another process-local reader uses, and behaves as any live log's must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import AsyncIterator, Sequence
+
+from .base import Entry, LiveLog, LiveRead
+
+__all__ = ["MemoryLiveLog"]
+
+
+class _Log:
+    __slots__ = ("changed", "ended", "entries", "expiry", "seqs")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.seqs: list[int] = []
+        self.ended = False
+        self.changed = asyncio.Event()  # replaced on every change: a waiter holds the one it waits on
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def position(self, starting_after: int) -> int:
+        """The index of the first entry with ``sequence_number > starting_after``."""
+        if not self.seqs or starting_after < self.seqs[0]:
+            return 0
+        return bisect.bisect_right(self.seqs, starting_after)
+
+
+class MemoryLiveLog(LiveLog):
+    def __init__(self) -> None:
+        self._logs: dict[str, _Log] = {}
+
+    def describe(self) -> str:
+        return "memory (in this process)"
+
+    async def close(self) -> None:
+        for log in self._logs.values():
+            if log.expiry is not None:
+                log.expiry.cancel()
+            log.notify()
+        self._logs.clear()
+
+    async def append(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
+        self.append_now(response_id, entries, ended=ended)
+
+    def append_now(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
+        """``append`` without a coroutine, for callers that must not yield (the run's publishing step)."""
+        log = self._logs.get(response_id)
+        if log is None:
+            log = self._logs[response_id] = _Log()
+        if log.ended:
+            raise ValueError(f"the live log of {response_id} has ended")
+        last = log.seqs[-1] if log.seqs else -1
+        for entry in entries:
+            if entry.sequence_number > last:
+                log.entries.append(entry)
+                log.seqs.append(entry.sequence_number)
+                last = entry.sequence_number
+        log.ended = ended
+        log.notify()
+
+    async def read(self, response_id: str, starting_after: int = -1, *, wait: float = 0.0) -> LiveRead:
+        log = self._logs.get(response_id)
+        if log is None:
+            return LiveRead(found=False)
+        index = log.position(starting_after)
+        if index == len(log.entries) and not log.ended and wait > 0:
+            changed = log.changed
+            try:
+                async with asyncio.timeout(wait):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+            if self._logs.get(response_id) is not log:
+                return LiveRead(found=False)
+        return LiveRead(log.entries[index:], log.ended)
+
+    async def expire(self, response_id: str, after: float = 0.0) -> None:
+        log = self._logs.get(response_id)
+        if log is None:
+            return
+        loop = asyncio.get_running_loop()
+        if log.expiry is not None:
+            if log.expiry.when() <= loop.time() + after:
+                return
+            log.expiry.cancel()
+        if after <= 0:
+            self._forget(response_id, log)
+        else:
+            log.expiry = loop.call_later(after, self._forget, response_id, log)
+
+    def _forget(self, response_id: str, log: _Log) -> None:
+        if self._logs.get(response_id) is log:
+            del self._logs[response_id]
+        log.notify()
+
+    async def follow(
+        self, response_id: str, starting_after: int = -1, *, keepalive: float
+    ) -> AsyncIterator[list[Entry]]:
+        log = self._logs.get(response_id)
+        if log is None:
+            return
+        index = log.position(starting_after)
+        entries = log.entries
+        while True:
+            changed = log.changed
+            if index < len(entries):
+                batch = entries[index:]
+                index = len(entries)
+                if batch[0].sequence_number <= starting_after:  # (they came after the follower did)
+                    batch = [e for e in batch if e.sequence_number > starting_after]
+                if batch:
+                    yield batch
+                continue  # (more may have come while the batch was being written)
+            if log.ended or self._logs.get(response_id) is not log:
+                return
+            try:
+                async with asyncio.timeout(keepalive):
+                    await changed.wait()
+            except TimeoutError:
+                yield []
