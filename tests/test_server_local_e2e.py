@@ -1,5 +1,6 @@
 """End to end with the real embedded model: `headwater serve`'s default backend (SmolLM2-135M through llama.cpp)
-behind a real uvicorn server on loopback, read by httpx and by the unmodified `openai` package."""
+behind a real uvicorn server on loopback, read by httpx and by the unmodified `openai` package: streaming, usage
+(on cancelled and failed responses too), the reported cap, model names and service tiers, prefix reuse."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from headwater import Accumulator, check, iter_events
 from headwater.protocol import events as ev
 from headwater.server.app import create_app
+from headwater.server.backends.local import DEFAULT_MAX_OUTPUT_TOKENS
 from headwater.server.config import ServerConfig
 from headwater.server.testing import LiveServer
 
@@ -87,3 +89,80 @@ def test_unset_sampling_reports_what_the_model_really_uses(server: LiveServer) -
     body["temperature"], body["top_p"] = 0.7, 0.5
     response = httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()
     assert (response["temperature"], response["top_p"]) == (0.7, 0.5)
+
+
+def test_the_alias_is_listed_and_answers_name_the_real_model(server: LiveServer) -> None:
+    listed = [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]]
+    assert listed == [MODEL, "local"]
+    body = {"model": "local", "input": "Hi", "max_output_tokens": 16, "temperature": 0}
+    assert httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()["model"] == MODEL
+    streamed = {**body, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/responses", json=streamed, timeout=120) as response:
+        events = list(iter_events(response.iter_bytes()))
+    assert {e.response.model for e in events if hasattr(e, "response")} == {MODEL}
+
+
+def test_unknown_model_and_other_service_tiers_are_refused_with_their_param(server: LiveServer) -> None:
+    for body, param, code in (
+        ({"model": "gpt-4o", "input": "Hi"}, "model", "model_not_found"),
+        ({"model": "local", "input": "Hi", "service_tier": "flex"}, "service_tier", "unsupported_value"),
+        ({"model": "local", "input": "Hi", "service_tier": "priority", "stream": True}, "service_tier",
+         "unsupported_value"),
+    ):
+        response = httpx.post(server.url + "/v1/responses", json=body, timeout=120)
+        assert response.status_code == 400, body
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == (param, code)
+    body = {"model": "local", "input": "Hi", "service_tier": "auto", "max_output_tokens": 16}
+    assert httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()["service_tier"] == "default"
+
+
+def test_the_default_cap_is_reported_in_the_response(server: LiveServer) -> None:
+    body: dict[str, Any] = {"model": "local", "input": "Say hi.", "temperature": 0}
+    response = httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()
+    assert response["max_output_tokens"] == DEFAULT_MAX_OUTPUT_TOKENS
+    assert response["usage"]["output_tokens"] <= DEFAULT_MAX_OUTPUT_TOKENS
+    body["max_output_tokens"] = 20
+    assert httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()["max_output_tokens"] == 20
+
+
+def test_a_cancelled_response_reports_what_it_consumed(server: LiveServer, wait_until: Any) -> None:
+    body = {"model": "local", "input": "Tell me a long story about a dragon.", "background": True,
+            "temperature": 0, "max_output_tokens": 400}
+    created = httpx.post(server.url + "/v1/responses", json=body, timeout=120).json()
+    url = f"{server.url}/v1/responses/{created['id']}"
+    wait_until(lambda: httpx.get(url, timeout=10).json()["output"], timeout=120)
+    cancelled = httpx.post(url + "/cancel", timeout=60).json()
+    assert cancelled["status"] == "cancelled"
+    usage = cancelled["usage"]
+    assert usage is not None and usage["input_tokens"] > 5 and usage["output_tokens"] >= 1
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert httpx.get(url, timeout=10).json()["usage"] == usage
+
+
+def test_a_follow_up_turn_reuses_the_conversations_cached_prefix(server: LiveServer) -> None:
+    notes = "Here are my notes on bread. " + "Flour, water, salt and yeast make a dough. " * 30
+    first = httpx.post(server.url + "/v1/responses", timeout=120,
+                       json={"model": "local", "input": notes, "max_output_tokens": 16, "temperature": 0}).json()
+    second = httpx.post(server.url + "/v1/responses", timeout=120, json={
+        "model": "local", "input": "And what else?", "previous_response_id": first["id"], "max_output_tokens": 16,
+        "temperature": 0}).json()
+    assert first["usage"]["input_tokens"] > 300
+    cached = second["usage"]["input_tokens_details"]["cached_tokens"]
+    # Everything the first turn evaluated (its prompt and its answer) is reused, not evaluated again.
+    assert cached >= first["usage"]["input_tokens"]
+    assert second["usage"]["input_tokens"] > cached
+
+
+def test_a_response_failed_by_shutdown_reports_what_it_consumed(tmp_path: Path, wait_until: Any) -> None:
+    config = ServerConfig(backend="local", store="sqlite", data_dir=tmp_path)
+    body = {"model": "local", "input": "Tell me a long story about a dragon.", "background": True,
+            "temperature": 0, "max_output_tokens": 400}
+    with LiveServer(create_app(config)) as live:
+        created = httpx.post(live.url + "/v1/responses", json=body, timeout=120).json()
+        url = f"/v1/responses/{created['id']}"
+        wait_until(lambda: httpx.get(live.url + url, timeout=10).json()["output"], timeout=120)
+    with LiveServer(create_app(config)) as again:
+        stored = httpx.get(again.url + url, timeout=10).json()
+    assert stored["status"] == "failed" and stored["error"]["code"] == "server_shutdown"
+    assert stored["usage"] is not None and stored["usage"]["output_tokens"] >= 1

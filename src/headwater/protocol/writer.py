@@ -225,9 +225,16 @@ class ResponseWriter:
         return out
 
     def fail(
-        self, code: str | None, message: str, param: str | None = None, *, error_type: str = "server_error"
+        self,
+        code: str | None,
+        message: str,
+        param: str | None = None,
+        *,
+        error_type: str = "server_error",
+        usage: Usage | None = None,
     ) -> list[Event]:
-        """Close whatever is open (as incomplete), then ``error`` and ``response.failed``.
+        """Close whatever is open (as incomplete), then ``error`` and ``response.failed`` (with ``usage``: what
+        was consumed before the failure, when known).
 
         The ``error`` event carries the seed's top-level ``code``/``message``/``param`` and the spec's nested
         ``error`` object both, so that clients of either kind read it.
@@ -240,6 +247,7 @@ class ResponseWriter:
             self._acc.response,
             status="failed",
             completed_at=None,
+            usage=usage,
             error=ResponseError(code=code, message=message),
             incomplete_details=None,
         )

@@ -205,7 +205,7 @@ async def compact_response(request: Request) -> Response:
     response = run.response
     if run.backend_error is not None:
         error = run.backend_error
-        raise APIError(error.status, error.message, code=error.code)
+        raise APIError(error.status, error.message, code=error.code, param=error.param)
     if response.status == "failed":
         code = response.error.code if response.error is not None else "server_error"
         raise APIError(500, "the model failed while summarising the conversation", code=code)

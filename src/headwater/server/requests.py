@@ -255,8 +255,10 @@ class ValidatedRequest:
         created_at: int,
         default_temperature: float = 1.0,
         default_top_p: float = 1.0,
+        default_max_output_tokens: int | None = None,
     ) -> Response:
-        """The response resource as it starts: every spec-required field filled with what this run uses."""
+        """The response resource as it starts: every spec-required field filled with what this run uses (the
+        ``default_*`` values stand for the fields the request leaves unset; see ``sampling_defaults``)."""
         body = self.body
         reasoning = None
         if body.reasoning is not None:
@@ -289,11 +291,11 @@ class ValidatedRequest:
             top_logprobs=body.top_logprobs or 0,
             temperature=default_temperature if body.temperature is None else body.temperature,
             reasoning=reasoning,
-            max_output_tokens=body.max_output_tokens,
+            max_output_tokens=default_max_output_tokens if body.max_output_tokens is None else body.max_output_tokens,
             max_tool_calls=body.max_tool_calls,
             store=body.store,
             background=body.background,
-            service_tier="default",
+            service_tier="default",  # what "auto" (or nothing) resolves to; other tiers are refused (``_refuse``)
             metadata=dict(body.metadata or {}),
             safety_identifier=body.safety_identifier,
             prompt_cache_key=body.prompt_cache_key,
@@ -360,6 +362,9 @@ def _refuse(body: CreateResponseBody) -> None:
     if body.text is not None and body.text.verbosity not in (None, "medium"):
         raise APIError.invalid("text.verbosity other than 'medium' is not supported by this server's backends",
                                "text.verbosity", code="unsupported_value")
+    if body.service_tier not in (None, "auto", "default"):
+        raise APIError.invalid(f"service_tier '{body.service_tier}' is not offered: this server has one tier; send "
+                               "'auto' or 'default' or leave it out", "service_tier", code="unsupported_value")
     if body.conversation is not None:
         raise APIError.invalid("the Conversations API is not supported; chain turns with 'previous_response_id'",
                                "conversation", code="unsupported_parameter")

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from headwater.protocol.writer import ResponseWriter, new_id
 
-from .backends.base import Backend
+from .backends.base import Backend, sampling_defaults, served_model
 from .config import ServerConfig, key_digest
 from .conversation import build_messages
 from .errors import APIError
@@ -103,15 +103,14 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         dropped = ", ".join(dict.fromkeys(validated.dropped_tools))
         headers[DROPPED_TOOLS_HEADER] = dropped
         log.info("dropped tools the backend cannot run: %s", dropped)
-    model = body.model or state.backend.models()[0]
+    model = served_model(state.backend, body.model)
     messages = await build_messages(state.store, owner, validated, max_chain_length=state.config.max_chain_length)
     template = validated.response_template(
         response_id=new_id("resp_"),
         model=model,
         created_at=int(time.time()),
         # The response reports the sampling the backend really uses when the request leaves it unset.
-        default_temperature=getattr(state.backend, "default_temperature", 1.0),
-        default_top_p=getattr(state.backend, "default_top_p", 1.0),
+        **sampling_defaults(state.backend),
     )
     if body.store:
         await state.store.create(
@@ -162,7 +161,7 @@ async def _refused(state: ServerState, run: Run, headers: dict[str, str]) -> API
     assert error is not None
     with contextlib.suppress(Exception):
         await state.store.delete(run.id)
-    return APIError(error.status, error.message, code=error.code, headers=headers or None)
+    return APIError(error.status, error.message, code=error.code, param=error.param, headers=headers or None)
 
 
 async def _wait_unless_disconnected(request: Request, run: Run) -> bool:

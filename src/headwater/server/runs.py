@@ -255,14 +255,14 @@ class Run:
                 )
                 self.backend_error = exc
                 if not self.writer.finished:
-                    await self._emit(self.writer.fail(exc.code, exc.message))
+                    await self._emit(self.writer.fail(exc.code, exc.message, exc.param, usage=self._usage))
             if not self.writer.finished:
                 await self._emit(self._stop_events())
         except Exception as exc:
             log.error("response %s: generation failed", self.id, exc_info=exc)
             if not self.writer.finished:
                 events = self.writer.fail(
-                    "server_error", "the server had an error while generating this response"
+                    "server_error", "the server had an error while generating this response", usage=self._usage
                 )
                 with contextlib.suppress(Exception):  # a failed store: the events are published all the same
                     await self._emit(events)
@@ -312,7 +312,9 @@ class Run:
 
     def _stop_events(self) -> list[Event]:
         if self._stop is _Stop.SHUTDOWN:
-            return self.writer.fail("server_shutdown", "the server shut down before this response finished")
+            return self.writer.fail(
+                "server_shutdown", "the server shut down before this response finished", usage=self._usage
+            )
         return self.writer.incomplete(CANCELLED_REASON, self._usage)
 
     # --- steps to events ----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from headwater.protocol.events import TERMINAL_EVENT_TYPES
 from headwater.protocol.writer import ResponseWriter, new_id
 
+from .backends.base import sampling_defaults, served_model
 from .conversation import build_messages, conversation_items
 from .errors import APIError, error_response
 from .requests import StoredItem, ValidatedRequest, encode_input_item, item_from_output, parse_request
@@ -205,12 +206,13 @@ class _Connection:
         body = validated.body
         if validated.dropped_tools:
             log.info("dropped tools the backend cannot run: %s", ", ".join(dict.fromkeys(validated.dropped_tools)))
-        model = body.model or state.backend.models()[0]
+        model = served_model(state.backend, body.model)
         items = await self._conversation(validated)
         whole = ValidatedRequest(body=msgspec.structs.replace(body, previous_response_id=None), items=items,
                                  tools=validated.tools)
         messages = await build_messages(state.store, self.owner, whole)
-        template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=int(time.time()))
+        template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=int(time.time()),
+                                               **sampling_defaults(state.backend))
         if body.store:
             await state.store.create(
                 StoredResponse(template.id, self.owner, template.status, int(template.created_at),
@@ -232,7 +234,7 @@ class _Connection:
             await run.wait()
             with contextlib.suppress(Exception):
                 await state.store.delete(run.id)
-            raise APIError(error.status, error.message, code=error.code)
+            raise APIError(error.status, error.message, code=error.code, param=error.param)
         return run, items
 
     async def _conversation(self, validated: ValidatedRequest) -> list[StoredItem]:

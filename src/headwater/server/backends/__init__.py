@@ -39,7 +39,8 @@ __all__ = [
 
 
 def _local() -> Callable[..., Backend]:
-    """``LocalBackend(model_path=, n_ctx=, n_threads=, default_max_output_tokens=, seed=)``."""
+    """``LocalBackend(model_path=, n_ctx=, slots=, n_threads=, default_max_output_tokens=, prompt_cache_bytes=,
+    seed=)``."""
     from .local import LocalBackend
 
     return LocalBackend

@@ -30,6 +30,8 @@ __all__ = [
     "ToolCallDelta",
     "UsageStep",
     "is_passthrough",
+    "sampling_defaults",
+    "served_model",
 ]
 
 
@@ -106,13 +108,17 @@ class GenerationRequest:
 
 class BackendError(Exception):
     """Trouble a backend can name. ``status`` is the HTTP status the server answers with before streaming
-    starts (502 upstream error, 504 time-out); mid-stream it becomes ``error`` + ``response.failed``."""
+    starts (502 upstream error, 504 time-out); mid-stream it becomes ``error`` + ``response.failed``. ``param``
+    names the request field at fault, when one is (``model`` for ``model_not_found``)."""
 
-    def __init__(self, message: str, *, code: str = "server_error", status: int = 502) -> None:
+    def __init__(
+        self, message: str, *, code: str = "server_error", status: int = 502, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
         self.message = message
+        self.param = param
 
 
 class Backend(Protocol):
@@ -146,3 +152,22 @@ class PassthroughBackend(Backend, Protocol):
 
 def is_passthrough(backend: Backend) -> TypeGuard[PassthroughBackend]:
     return getattr(backend, "passthrough", False) is True
+
+
+def served_model(backend: Backend, requested: str | None) -> str:
+    """The model a request runs on, as its response reports it: the one named (the backend's first when none
+    is), with an alias (``local``) resolved to the real name through the backend's ``aliases``, if it has any."""
+    name = requested or backend.models()[0]
+    aliases: dict[str, str] = getattr(backend, "aliases", {})
+    return aliases.get(name, name)
+
+
+def sampling_defaults(backend: Backend) -> dict[str, Any]:
+    """What a backend uses for the sampling fields a request leaves unset, for the response to report:
+    ``default_temperature``/``default_top_p`` (1.0 unless the backend says) and ``default_max_output_tokens``
+    (the cap it applies, None for none)."""
+    return {
+        "default_temperature": getattr(backend, "default_temperature", 1.0),
+        "default_top_p": getattr(backend, "default_top_p", 1.0),
+        "default_max_output_tokens": getattr(backend, "default_max_output_tokens", None),
+    }

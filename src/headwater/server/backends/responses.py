@@ -603,11 +603,17 @@ class ResponseRelay(ResponseWriter):
     # The writer's endings, aware of an upstream error already written (its response.failed must follow).
 
     def fail(
-        self, code: str | None, message: str, param: str | None = None, *, error_type: str = "server_error"
+        self,
+        code: str | None,
+        message: str,
+        param: str | None = None,
+        *,
+        error_type: str = "server_error",
+        usage: Usage | None = None,
     ) -> list[Event]:
         if self._error is not None and not self._finished:
             return self._failed(ResponseError(code=code, message=message))
-        return super().fail(code, message, param, error_type=error_type)
+        return super().fail(code, message, param, error_type=error_type, usage=usage)
 
     def incomplete(self, reason: str, usage: Usage | None = None) -> list[Event]:
         if self._error is not None and not self._finished:
