@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+import services
 from headwater.server.app import create_app
 from headwater.server.backends.base import Finish, TextDelta
 from headwater.server.backends.scripted import ScriptedBackend
@@ -31,7 +32,23 @@ async def memory_url() -> AsyncIterator[str]:
     yield "memory://"
 
 
-LIVE_URLS: dict[str, Callable[[], AbstractAsyncContextManager[str]]] = {"memory": memory_url}
+@asynccontextmanager
+async def redis_url() -> AsyncIterator[str]:
+    async with services.redis_prefix() as url:  # the machine's Redis, a key prefix of its own
+        yield url
+
+
+@asynccontextmanager
+async def redis_only_url() -> AsyncIterator[str]:
+    async with services.redis_prefix() as url:  # every read through Redis, none from the process's own copy
+        yield services.with_query(url, local="0")
+
+
+LIVE_URLS: dict[str, Callable[[], AbstractAsyncContextManager[str]]] = {
+    "memory": memory_url,
+    "redis": redis_url,
+    "redis-only": redis_only_url,
+}
 
 
 class MemoryThroughFanout(MemoryLiveLog):

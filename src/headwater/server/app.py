@@ -11,15 +11,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
 from . import compact, websocket
 from .backends.base import Backend
 from .config import ServerConfig
-from .errors import exception_handlers
+from .errors import APIError, error_response, exception_handlers
 from .live import LiveLog, create_live_log
+from .live.memory import MemoryLiveLog
+from .replicas import Replica, has_leases
 from .routes import ServerState, routes
-from .runs import Runs, close_orphans
-from .store import Store, create_store
+from .runs import Runs, close_orphan, close_orphans
+from .store import Store, StoreUnavailable, create_store
 
 __all__ = ["create_app"]
 
@@ -40,25 +44,45 @@ def create_app(
         store = create_store(config.store_url)
     if live is None:
         live = create_live_log(config.events)
-    state = ServerState(config=config, backend=backend, store=store, runs=Runs(store, backend, live))
+    runs = Runs(store, backend, live)
+    replica = None
+    if has_leases(store) or not isinstance(live, MemoryLiveLog):  # several replicas may share them
+        replica = Replica(store, live, running=runs.running, cancel=runs.cancel, close=close_orphan,
+                          lease=config.lease_seconds, renew=config.lease_seconds / 5)
+    state = ServerState(config=config, backend=backend, store=store, runs=runs, replica=replica)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.store.open()
         await state.runs.live.open()
         try:
-            closed = await close_orphans(state.store)
-            if closed:
-                log.warning("closed %d response(s) left unfinished by an earlier run as failed", len(closed))
+            # With leases, another replica may be running what is unfinished: the takeover closes only the
+            # responses of replicas that stopped renewing (``replicas``); without, each is an orphan of a crash.
+            if replica is None or not replica.leased:
+                closed = await close_orphans(state.store)
+                if closed:
+                    log.warning("closed %d response(s) left unfinished by an earlier run as failed", len(closed))
+            if replica is not None:
+                await replica.start()
             yield
         finally:
+            if replica is not None:
+                await replica.stop()
             await state.runs.shut_down()
             if owns_backend:
                 await state.backend.aclose()
             await state.runs.live.close()
             await state.store.close()
 
-    app = Starlette(routes=[*routes, *compact.routes, *websocket.routes], exception_handlers=exception_handlers,
+    handlers = {**exception_handlers, StoreUnavailable: _store_unavailable}
+    app = Starlette(routes=[*routes, *compact.routes, *websocket.routes], exception_handlers=handlers,
                     lifespan=lifespan)
     app.state.headwater = state
     return app
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The shared store is away: 503 in the spec's error shape (nothing of the request was written)."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return error_response(APIError(503, "the response store cannot be reached; try again shortly",
+                                   code="store_unavailable", headers={"retry-after": "1"}))

@@ -44,6 +44,9 @@ __all__ = ["serve_command"]
 @click.option("--events", default="memory://", show_default=True, metavar="URL",
               help="The live event log of running responses: memory:// (this process) or a shared one "
                    "(redis://host:port/db).")
+@click.option("--lease", "lease_seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="With a shared store (postgresql://): seconds after which a replica that stopped renewing its "
+                   "lease is taken for dead, and another closes its unfinished responses as failed.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of the SQLite store [default: $HEADWATER_DATA_DIR or ~/.local/share/headwater].")
 @click.option("--api-key", "api_keys", multiple=True,
@@ -67,6 +70,7 @@ def serve_command(
     backend_options: tuple[str, ...],
     store: str,
     events: str,
+    lease_seconds: float,
     data_dir: Path | None,
     api_keys: tuple[str, ...],
     strict_tools: bool,
@@ -94,6 +98,7 @@ def serve_command(
         backend_options=options,
         store=store,
         events=events,
+        lease_seconds=lease_seconds,
         data_dir=(data_dir or default_data_dir()).expanduser(),
         strict_tools=strict_tools,
         keepalive_seconds=keepalive,

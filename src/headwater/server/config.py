@@ -41,6 +41,9 @@ class ServerConfig:
     store: str = "sqlite"
     # The live event log of running responses: ``memory://`` (this process) or a shared one's URL.
     events: str = "memory://"
+    # Several replicas: a run's owner renews its lease every lease/5 s; a replica that has not renewed for this
+    # long is taken for dead and its unfinished responses are closed as failed by another (``replicas``).
+    lease_seconds: float = 5.0
     data_dir: Path = field(default_factory=default_data_dir)
     # Digests of the accepted API keys (see ``key_digest``); empty means no authentication.
     api_key_digests: frozenset[str] = frozenset()

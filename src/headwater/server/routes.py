@@ -12,6 +12,7 @@ import contextlib
 import importlib.resources
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,10 +26,13 @@ from headwater.protocol.writer import ResponseWriter, new_id
 from .backends.base import Backend, sampling_defaults, served_model
 from .config import ServerConfig, key_digest
 from .conversation import build_messages
+from .entries import Entry
 from .errors import APIError
+from .replicas import Replica
 from .requests import encode_input_item, parse_request
 from .runs import Run, Runs, encode_response
 from .store import Store, StoredItem, StoredResponse
+from .store.base import UNFINISHED_STATUSES
 from .streaming import EventStreamResponse, frames, replay
 
 __all__ = ["ServerState", "routes"]
@@ -46,6 +50,8 @@ class ServerState:
     backend: Backend
     store: Store
     runs: Runs
+    # Several replicas share the store and live log: leases, takeovers, cross-replica follow and cancel.
+    replica: Replica | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -129,7 +135,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     keepalive = state.config.keepalive_seconds
     if body.background:
         if body.stream:
-            return EventStreamResponse(frames(run.follow(-1, keepalive)), headers=headers)
+            return EventStreamResponse(frames(_follow(state, run, run.id, -1)), headers=headers)
         return _json(encode_response(template), headers=headers)
     if body.stream:
         # Hold the headers until the backend has started (or a keep-alive interval has passed), so that a
@@ -143,7 +149,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
                 log.info("response %s: client disconnected; cancelling", run.id)
                 run.cancel_unless_followed(state.config.disconnect_grace_seconds if body.store else 0.0)
 
-        return EventStreamResponse(frames(run.follow(-1, keepalive)), headers=headers, on_close=on_close)
+        return EventStreamResponse(frames(_follow(state, run, run.id, -1)), headers=headers, on_close=on_close)
     if not await _wait_unless_disconnected(request, run):
         log.info("response %s: client disconnected; cancelling", run.id)
         run.cancel()
@@ -224,11 +230,21 @@ async def get_response(request: Request) -> Response | EventStreamResponse:
     if request.query_params.get("stream", "").lower() not in ("true", "1"):
         return _json(found.data)
     after = _int_param(request, "starting_after", default=-1, minimum=-1)
-    if found.run is not None:
-        body = frames(found.run.follow(after, state.config.keepalive_seconds))
+    if found.run is not None or (state.replica is not None and found.status in UNFINISHED_STATUSES):
+        body = frames(_follow(state, found.run, response_id, after))
     else:
         body = replay(await state.store.events(response_id, after))
     return EventStreamResponse(body)
+
+
+def _follow(state: ServerState, run: Run | None, response_id: str, after: int) -> AsyncIterator[list[Entry]]:
+    """A live stream: the run's own when it runs here; with several replicas, on from the store and the shared
+    live log wherever the run is (``replicas``)."""
+    keepalive = state.config.keepalive_seconds
+    if state.replica is None:
+        assert run is not None
+        return run.follow(after, keepalive)
+    return state.replica.follow(run, response_id, after, keepalive)
 
 
 async def delete_response(request: Request) -> Response:
@@ -236,15 +252,22 @@ async def delete_response(request: Request) -> Response:
     if found.run is not None:
         found.run.cancel()
         await found.run.wait()
+    elif state.replica is not None and found.status in UNFINISHED_STATUSES:
+        await state.replica.cancel_elsewhere(response_id)
     await state.store.delete(response_id)
     return _json(msgspec.json.encode({"id": response_id, "object": "response", "deleted": True}))
 
 
 async def cancel_response(request: Request) -> Response:
-    _, response_id, found = await _find(request)
+    state, response_id, found = await _find(request)
     if found.run is not None:
         found.run.cancel()
         await found.run.wait()
+    elif state.replica is not None and found.status in UNFINISHED_STATUSES:  # it runs on another replica
+        record = await state.replica.cancel_elsewhere(response_id)
+        if record is None:
+            raise APIError.not_found(f"response '{response_id}' not found")
+        return _json(record.data)
     elif found.status != "cancelled":
         raise APIError.invalid(
             f"response '{response_id}' is already {found.status}; only a queued or in_progress response can be "

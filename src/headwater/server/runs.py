@@ -60,9 +60,9 @@ from .backends.base import (
 )
 from .live import LiveLog
 from .live.memory import MemoryLiveLog
-from .store import Entry, Store
+from .store import Entry, Fenced, Store, StoredResponse, StoreUnavailable
 
-__all__ = ["Run", "Runs", "close_orphans", "encode_response"]
+__all__ = ["Run", "Runs", "close_orphan", "close_orphans", "encode_response"]
 
 log = logging.getLogger("headwater.server")
 
@@ -133,6 +133,7 @@ class Run:
         self._wake = asyncio.Event()
         self._logger: asyncio.Task[None] | None = None
         self._log_error: Exception | None = None
+        self._silenced: Exception | None = None  # fenced or the shared store away: publish nothing more
         self._max_tool_calls = max_tool_calls
         self._on_finish = on_finish
         self._first_step = asyncio.Event()
@@ -272,6 +273,8 @@ class Run:
             self._first_step.set()
             if not self._ended:
                 self._awaiting_follower = False  # no terminal entry to wait for: followers go to the store
+            if self._silenced is not None:  # this process's followers go on from the store, at once
+                self._expiry = asyncio.get_running_loop().create_task(self.live.expire(self.id, 0.0))
             self._release()
             if self._on_finish is not None:
                 self._on_finish(self)
@@ -434,6 +437,13 @@ class Run:
                 data = next((b[2] for b in reversed(batches) if b[2] is not None), None)
                 try:
                     await store.append(self.id, rows, status=status, data=data)
+                except (Fenced, StoreUnavailable) as exc:
+                    # Another replica owns the response now, or the shared store is away: nothing more is
+                    # published from here (followers must only see what is stored). Local followers find the
+                    # live log gone and read the store; the response is closed by its new owner, or by this
+                    # replica once the store is back (``replicas``).
+                    log.error("response %s: %s; this replica stops writing it", self.id, exc)
+                    self._log_error = self._silenced = exc
                 except Exception as exc:
                     # Followers still get a consistent stream: the run's next _emit raises, so a run still
                     # generating ends with error + response.failed. The store keeps its prefix in_progress and
@@ -448,7 +458,7 @@ class Run:
                 return
 
     async def _publish(self, entries: list[Entry]) -> None:
-        if not entries or self._ended:
+        if not entries or self._ended or self._silenced is not None:
             return
         self._ended = entries[-1].type in TERMINAL_EVENT_TYPES
         await self.live.append(self.id, entries, ended=self._ended)
@@ -499,6 +509,16 @@ class Runs:
         """The live run of a stored response. It stays here until its terminal event is in the store."""
         return self._live.get(response_id)
 
+    def running(self) -> set[str]:
+        """The ids of the stored responses this process is generating now."""
+        return set(self._live)
+
+    def cancel(self, response_id: str) -> None:
+        """Cancel the run of ``response_id`` if this process runs it (a cancel signal from another replica)."""
+        run = self._live.get(response_id)
+        if run is not None:
+            run.cancel()
+
     def _finished(self, run: Run) -> None:
         self._all.discard(run)
         self._live.pop(run.id, None)
@@ -517,49 +537,10 @@ ORPHAN_MESSAGE = (
 
 async def close_orphans(store: Store) -> list[str]:
     """Close every response a crash left ``queued``/``in_progress``: append ``error`` + ``response.failed`` to
-    its log and store it as failed. Returns their ids.
-
-    The writer that was making these events died with the old process. When the log is empty a fresh writer
-    writes the whole stream; otherwise the two closing events are made here from the log's accumulated
-    snapshot (the one place the server makes events without a writer), numbered on from the log.
-    """
+    its log and store it as failed. Returns their ids."""
     closed = []
     for record in await store.unfinished():
-        logged = [decode_event(entry.payload) for entry in await store.events(record.id)]
-        if not logged:
-            writer = ResponseWriter(_response_decoder.decode(record.data))
-            events = writer.start() + writer.fail("server_restarted", ORPHAN_MESSAGE)
-            final = writer.response
-        else:
-            accumulator = Accumulator()
-            for event in logged:
-                accumulator.feed(event)
-            seq = (logged[-1].sequence_number or len(logged) - 1) + 1
-            final = replace(
-                accumulator.response,
-                status="failed",
-                completed_at=None,
-                error=ResponseError(code="server_restarted", message=ORPHAN_MESSAGE),
-            )
-            payload = ErrorPayload(
-                type="server_error", code="server_restarted", message=ORPHAN_MESSAGE, param=None
-            )
-            events = [
-                ErrorEvent(
-                    sequence_number=seq,
-                    code="server_restarted",
-                    message=ORPHAN_MESSAGE,
-                    param=None,
-                    error=payload,
-                ),
-                ResponseFailed(sequence_number=seq + 1, response=final),
-            ]
-        await store.append(
-            record.id,
-            [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events],
-            status="failed",
-            data=encode_response(final),
-        )
+        await close_orphan(store, record)
         log.warning(
             "response %s was left %s by an earlier run of the server; closed as failed",
             record.id,
@@ -567,3 +548,40 @@ async def close_orphans(store: Store) -> list[str]:
         )
         closed.append(record.id)
     return closed
+
+
+async def close_orphan(
+    store: Store, record: StoredResponse, code: str = "server_restarted", message: str = ORPHAN_MESSAGE
+) -> list[Entry]:
+    """End one response nobody generates any more with ``error`` + ``response.failed`` (``code``, ``message``)
+    in its log and the store; returns the entries appended (a replica that took the response over also puts
+    them in the live log).
+
+    The writer that was making these events died with its process. When the log is empty a fresh writer
+    writes the whole stream; otherwise the two closing events are made here from the log's accumulated
+    snapshot (the one place the server makes events without a writer), numbered on from the log.
+    """
+    logged = [decode_event(entry.payload) for entry in await store.events(record.id)]
+    if not logged:
+        writer = ResponseWriter(_response_decoder.decode(record.data))
+        events = writer.start() + writer.fail(code, message)
+        final = writer.response
+    else:
+        accumulator = Accumulator()
+        for event in logged:
+            accumulator.feed(event)
+        seq = (logged[-1].sequence_number or len(logged) - 1) + 1
+        final = replace(
+            accumulator.response,
+            status="failed",
+            completed_at=None,
+            error=ResponseError(code=code, message=message),
+        )
+        payload = ErrorPayload(type="server_error", code=code, message=message, param=None)
+        events = [
+            ErrorEvent(sequence_number=seq, code=code, message=message, param=None, error=payload),
+            ResponseFailed(sequence_number=seq + 1, response=final),
+        ]
+    entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
+    await store.append(record.id, entries, status="failed", data=encode_response(final))
+    return entries

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Entry, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
+from .base import Entry, Fenced, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STORE_SCHEMES",
     "Entry",
+    "Fenced",
     "ItemPage",
     "MemoryStore",
     "SQLiteStore",

@@ -15,7 +15,7 @@ from typing import Literal
 
 from ..entries import Entry
 
-__all__ = ["UNFINISHED_STATUSES", "Entry", "ItemPage", "Store", "StoreUnavailable", "StoredItem", "StoredResponse"]
+__all__ = ["UNFINISHED_STATUSES", "Entry", "Fenced", "ItemPage", "Store", "StoreUnavailable", "StoredItem", "StoredResponse"]
 
 UNFINISHED_STATUSES = ("queued", "in_progress")
 
@@ -23,6 +23,11 @@ UNFINISHED_STATUSES = ("queued", "in_progress")
 class StoreUnavailable(Exception):
     """The store cannot be reached (its database server is down or unreachable): a request fails with 503
     and nothing of it was written."""
+
+
+class Fenced(Exception):
+    """This process no longer owns the response: another replica took it over (a store with leases, e.g.
+    PostgreSQL, refuses the old owner's appends). Nothing of the refused append was written."""
 
 
 @dataclass(slots=True)

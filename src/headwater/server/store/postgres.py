@@ -3,7 +3,7 @@
 Every ``append`` of this process queues up; one writer task commits all that waited in one transaction, so many
 runs share one round trip and one WAL flush. Each stored response carries a lease (the replica that owns it and a
 fencing token); an append of a response this process owns only lands while its token is still the row's, so a
-replica that lost a run to a takeover can no longer write to it (``Fenced``). Leases themselves: ``runs.leases``.
+replica that lost a run to a takeover can no longer write to it (``Fenced``). Leases themselves: ``replicas``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .base import UNFINISHED_STATUSES, Entry, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
+from .base import (
+    UNFINISHED_STATUSES,
+    Entry,
+    Fenced,
+    ItemPage,
+    Store,
+    StoredItem,
+    StoredResponse,
+    StoreUnavailable,
+)
 
 __all__ = ["SCHEMA_VERSION", "Fenced", "PostgresStore", "Takeover"]
 
@@ -77,10 +86,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
-
-
-class Fenced(Exception):
-    """This process no longer owns the response: another replica took it over (its lease token moved on)."""
 
 
 @dataclass(slots=True)
@@ -488,6 +493,18 @@ class PostgresStore(Store):
         for takeover in taken:
             self._tokens[takeover.record.id] = takeover.token
         return taken
+
+    async def owned_unfinished(self) -> list[str]:
+        """The unfinished responses whose lease this replica holds."""
+
+        async def owned(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT id FROM responses WHERE lease_replica = $1 AND status = ANY($2::text[])",
+                self.replica, list(UNFINISHED_STATUSES),
+            )
+            return [row["id"] for row in rows]
+
+        return await self._run("owned", owned)
 
     async def lease_holder(self, response_id: str) -> str | None:
         """The replica that holds the lease of an unfinished response (None when finished or unknown)."""

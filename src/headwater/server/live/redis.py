@@ -1,0 +1,452 @@
+"""The live log of several replicas (``redis://``): one Redis stream per running response, and cancel signals.
+
+An entry's stream id is ``{sequence_number + 1}-0``: a retried append cannot duplicate (the append script skips
+ids at or below the top) and "after N" is the range read ``(N+1-0 .. +``. Every key has a TTL (refreshed by each
+append, shortened to ``final_ttl`` by the terminal batch) and a length cap (``MAXLEN ~``). The runs of this
+process also keep their log in memory (a ``MemoryLiveLog``): their own followers never wait on Redis. Followers
+of another replica's run share one reader task per process, on one connection: a blocking ``XREAD`` over every
+stream they wait on, woken by ``CLIENT UNBLOCK`` when one is added. Redis being away costs no event: the store
+has every entry first, and a follower whose log is gone reads the store (``live.base``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .base import Entry, LiveLog, LiveRead
+from .memory import MemoryLiveLog
+
+__all__ = ["RedisLiveLog"]
+
+log = logging.getLogger("headwater.server.live")
+
+# KEYS[1]: the stream. ARGV: ttl_ms, maxlen, ended (0/1), then (id, type, payload) per entry. Ids at or below
+# the top are a retried append: skipped. A stream whose top entry ended it takes nothing more. An empty append
+# creates the (empty) stream. Returns how many entries were added.
+_APPEND = """
+local key = KEYS[1]
+local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+if top[1] then
+  local fields = top[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then return 0 end
+  end
+elseif redis.call('EXISTS', key) == 0 then
+  redis.call('XGROUP', 'CREATE', key, 'headwater', '$', 'MKSTREAM')
+  redis.call('XGROUP', 'DESTROY', key, 'headwater')
+end
+local added = 0
+local last = #ARGV - 2
+for i = 4, last, 3 do
+  local ok
+  if i == last and ARGV[3] == '1' then
+    ok = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[2], ARGV[i], 't', ARGV[i + 1], 'd', ARGV[i + 2], 'e', '1')
+  else
+    ok = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[2], ARGV[i], 't', ARGV[i + 1], 'd', ARGV[i + 2])
+  end
+  if type(ok) ~= 'table' or not ok.err then added = added + 1 end
+end
+redis.call('PEXPIRE', key, ARGV[1])
+return added
+"""
+
+# KEYS[1]: the stream. ARGV[1]: milliseconds. Sooner only: a later expiry never postpones an earlier one.
+_EXPIRE = """
+local ms = tonumber(ARGV[1])
+if ms <= 0 then return redis.call('DEL', KEYS[1]) end
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return 0 end
+if left < 0 or ms < left then return redis.call('PEXPIRE', KEYS[1], ms) end
+return 0
+"""
+
+_BLOCK_MS = 1000  # the shared reader's blocking read returns at least this often
+_POLL = 1.0  # a follower whose stream is quiet checks this often that it still exists
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL for redis-py and our own query parameters, removed from it."""
+    parts = urlsplit(url)
+    ours = {"prefix", "ttl", "final_ttl", "maxlen", "max_connections", "local"}
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = {k: v for k, v in query if k in ours}
+    rest = urlencode([(k, v) for k, v in query if k not in ours])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), options
+
+
+def _stream_id(sequence_number: int) -> str:
+    return f"{sequence_number + 1}-0"
+
+
+def _entry(stream_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+    return Entry(int(stream_id.split(b"-", 1)[0]) - 1, fields[b"t"].decode(), fields[b"d"])
+
+
+def _decode(rows: Any) -> tuple[list[Entry], bool]:
+    """Stream rows as entries, and whether the last one ended the log."""
+    entries = [_entry(stream_id, fields) for stream_id, fields in rows]
+    return entries, bool(rows) and b"e" in rows[-1][1]
+
+
+@dataclass(eq=False)
+class _Tail:
+    """What this process's reader has read of one stream, shared by every follower waiting on it."""
+
+    key: str
+    entries: list[Entry] = field(default_factory=list)
+    ended: bool = False
+    last_id: str = "0-0"
+    followers: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def after(self, starting_after: int) -> list[Entry]:
+        entries = self.entries
+        if not entries or entries[-1].sequence_number <= starting_after:
+            return []
+        low, high = 0, len(entries)  # the first entry after starting_after (entries are in order)
+        while low < high:
+            middle = (low + high) // 2
+            if entries[middle].sequence_number <= starting_after:
+                low = middle + 1
+            else:
+                high = middle
+        return entries[low:]
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+class RedisLiveLog(LiveLog):
+    """``redis://host:port/db?prefix=headwater&ttl=600&final_ttl=60&maxlen=100000&max_connections=32``
+    (``ttl``/``final_ttl`` in seconds; ``local=0`` reads even this process's runs through Redis: tests)."""
+
+    def __init__(self, url: str) -> None:
+        self._url, options = _split_url(url)
+        self.prefix = options.get("prefix", "headwater")
+        self.ttl_ms = int(float(options.get("ttl", 600)) * 1000)
+        self.final_ttl_ms = int(float(options.get("final_ttl", 60)) * 1000)
+        self.maxlen = int(options.get("maxlen", 100_000))
+        self._max_connections = int(options.get("max_connections", 32))
+        self._local = MemoryLiveLog() if options.get("local", "1") not in ("0", "false") else None
+        self._redis: aioredis.Redis | None = None
+        self._append: Any = None
+        self._expire: Any = None
+        self._tails: dict[str, _Tail] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._reader_client: aioredis.Redis | None = None
+        self._reader_id: int | None = None
+        self._reader_blocked = False
+        self._cancels: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commands = 0  # Redis commands this process sent (appends, reads, signals): for the bench
+        self.errors = 0  # Redis errors seen (the live log went on without Redis)
+        self.latency: Callable[[str, float], None] | None = None  # metrics hook: (operation, seconds)
+
+    def describe(self) -> str:
+        parts = urlsplit(self._url)
+        return f"redis {parts.hostname}:{parts.port or 6379} (prefix {self.prefix})"
+
+    def _key(self, response_id: str) -> str:
+        return f"{self.prefix}:events:{response_id}"
+
+    @property
+    def _channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    async def open(self) -> None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url, max_connections=self._max_connections, timeout=5, socket_timeout=5, socket_connect_timeout=5
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._append = self._redis.register_script(_APPEND)
+        self._expire = self._redis.register_script(_EXPIRE)
+        with contextlib.suppress(RedisError, OSError):  # Redis may come later: the live log degrades, see docs
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._reader, self._cancels):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._reader = self._cancels = None
+        for tail in self._tails.values():
+            tail.notify()
+        if self._local is not None:
+            await self._local.close()
+        for client in (self._reader_client, self._redis):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._reader_client = self._redis = None
+
+    def _timed(self, name: str, start: float) -> None:
+        if self.latency is not None:
+            self.latency(name, time.perf_counter() - start)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.errors += 1
+        log.warning("Redis live log: %s failed: %s", what, exc)
+
+    @property
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("the Redis live log is not open")
+        return self._redis
+
+    # --- writing ----------------------------------------------------------------------------------------
+
+    async def append(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
+        """This process's followers get the entries at once; then one script call adds them to the stream.
+        When Redis cannot be reached the entries are only counted as lost here: the store has them."""
+        if self._local is not None:
+            self._local.append_now(response_id, entries, ended=ended)
+        args: list[Any] = [self.final_ttl_ms if ended else self.ttl_ms, self.maxlen, 1 if ended else 0]
+        for entry in entries:
+            args += [_stream_id(entry.sequence_number), entry.type, entry.payload]
+        start = time.perf_counter()
+        self.commands += 1
+        try:
+            await self._append(keys=[self._key(response_id)], args=args, client=self._client)
+        except (RedisError, OSError) as exc:
+            self._failed(f"append to {response_id}", exc)
+        finally:
+            self._timed("append", start)
+
+    async def expire(self, response_id: str, after: float = 0.0) -> None:
+        """Forget the local copy and the stream ``after`` seconds from now (sooner only). A reader of another
+        replica that finds no stream reads the store, which has everything."""
+        if self._local is not None:
+            await self._local.expire(response_id, after)
+        self.commands += 1
+        try:
+            await self._expire(keys=[self._key(response_id)], args=[int(after * 1000)], client=self._client)
+        except (RedisError, OSError) as exc:
+            self._failed(f"expire of {response_id}", exc)
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    async def _range(self, response_id: str, starting_after: int) -> LiveRead:
+        key = self._key(response_id)
+        start = time.perf_counter()
+        self.commands += 2
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.exists(key)
+                pipe.xrange(key, min=f"({_stream_id(starting_after)}", max="+")
+                exists, rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed(f"read of {response_id}", exc)
+            return LiveRead(found=False)
+        finally:
+            self._timed("read", start)
+        if not exists:
+            return LiveRead(found=False)
+        entries, ended = _decode(rows)
+        if not ended and not entries:
+            ended = await self._has_ended(response_id)
+        return LiveRead(entries, ended)
+
+    async def _has_ended(self, response_id: str) -> bool:
+        self.commands += 1
+        try:
+            top: Any = await self._client.xrevrange(self._key(response_id), count=1)
+        except (RedisError, OSError):
+            return False
+        return bool(top) and b"e" in top[0][1]
+
+    async def read(self, response_id: str, starting_after: int = -1, *, wait: float = 0.0) -> LiveRead:
+        if self._local is not None:
+            local = await self._local.read(response_id, starting_after, wait=wait)
+            if local.found:
+                return local
+        got = await self._range(response_id, starting_after)
+        if not got.found or got.entries or got.ended or wait <= 0:
+            return got
+        async with self._watch(response_id) as tail:
+            entries = tail.after(starting_after)
+            if not entries and not tail.ended:
+                changed = tail.changed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
+                entries = tail.after(starting_after)
+            return LiveRead(entries, tail.ended)
+
+    async def follow(
+        self, response_id: str, starting_after: int = -1, *, keepalive: float
+    ) -> AsyncIterator[list[Entry]]:
+        if self._local is not None and (await self._local.read(response_id, starting_after)).found:
+            async for batch in self._local.follow(response_id, starting_after, keepalive=keepalive):
+                yield batch
+            return
+        first = await self._range(response_id, starting_after)
+        if not first.found:
+            return
+        if first.entries:
+            yield first.entries
+        if first.ended:
+            return
+        position = first.entries[-1].sequence_number if first.entries else starting_after
+        async with self._watch(response_id) as tail:
+            quiet = 0.0
+            while True:
+                got = tail.after(position)
+                if got:
+                    yield got
+                    position = got[-1].sequence_number
+                    quiet = 0.0
+                    continue  # (more may have come while the batch was being written)
+                if tail.ended or self._closing:
+                    return
+                changed = tail.changed
+                waited = min(_POLL, keepalive)
+                try:
+                    async with asyncio.timeout(waited):
+                        await changed.wait()
+                    continue
+                except TimeoutError:
+                    quiet += waited
+                if not await self._exists(response_id):
+                    return  # expired or lost (a Redis restart): the caller reads the store after ``position``
+                if quiet >= keepalive:
+                    quiet = 0.0
+                    yield []
+
+    async def _exists(self, response_id: str) -> bool:
+        self.commands += 1
+        try:
+            return bool(await self._client.exists(self._key(response_id)))
+        except (RedisError, OSError) as exc:
+            self._failed(f"check of {response_id}", exc)
+            return False
+
+    @contextlib.asynccontextmanager
+    async def _watch(self, response_id: str) -> AsyncIterator[_Tail]:
+        """While inside, this process's reader tails the response's stream (shared by all its followers)."""
+        tail = self._tails.get(response_id)
+        if tail is None:
+            tail = self._tails[response_id] = _Tail(self._key(response_id))
+            self._wake_reader()
+        tail.followers += 1
+        try:
+            yield tail
+        finally:
+            tail.followers -= 1
+            if tail.followers == 0 and self._tails.get(response_id) is tail:
+                del self._tails[response_id]
+
+    @property
+    def readers(self) -> int:
+        """How many streams this process's reader tails right now."""
+        return len(self._tails)
+
+    def _wake_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop(), name="headwater-redis-reader")
+        elif self._reader_blocked and self._reader_id is not None:
+            asyncio.get_running_loop().create_task(self._unblock(self._reader_id))
+
+    async def _unblock(self, client_id: int) -> None:
+        with contextlib.suppress(RedisError, OSError, RuntimeError):
+            self.commands += 1
+            await self._client.client_unblock(client_id)
+
+    async def _read_loop(self) -> None:
+        """The process's one reader: a blocking XREAD over every watched stream, until none is watched."""
+        backoff = 0.1
+        while self._tails and not self._closing:
+            try:
+                if self._reader_client is None:
+                    self._reader_client = aioredis.Redis.from_url(
+                        self._url, socket_connect_timeout=5, socket_timeout=_BLOCK_MS / 1000 + 5,
+                        single_connection_client=True, client_name=f"{self.prefix}:reader",
+                    )
+                    self._reader_id = int(await self._reader_client.client_id())
+                tails = {tail.key: tail for tail in self._tails.values() if not tail.ended}
+                if not tails:
+                    await asyncio.sleep(_BLOCK_MS / 1000)
+                    continue
+                self._reader_blocked = True
+                self.commands += 1
+                start = time.perf_counter()
+                try:
+                    replies: Any = await self._reader_client.xread(
+                        {key: tail.last_id for key, tail in tails.items()}, count=1000, block=_BLOCK_MS
+                    )
+                finally:
+                    self._reader_blocked = False
+                    self._timed("xread", start)
+                backoff = 0.1
+                for key, rows in replies or ():
+                    tail = tails.get(key.decode() if isinstance(key, bytes) else key)
+                    if tail is None or not rows:
+                        continue
+                    entries, ended = _decode(rows)
+                    tail.entries.extend(entries)
+                    tail.ended = tail.ended or ended
+                    last = rows[-1][0]
+                    tail.last_id = last.decode() if isinstance(last, bytes) else last
+                    tail.notify()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._failed("the shared reader", exc)
+                if self._reader_client is not None:
+                    with contextlib.suppress(Exception):
+                        await self._reader_client.aclose()
+                    self._reader_client = None
+                for tail in self._tails.values():
+                    tail.notify()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # --- cancel signals ---------------------------------------------------------------------------------
+
+    async def publish_cancel(self, response_id: str) -> int:
+        """Tell every replica to cancel ``response_id`` (its owner does); how many processes heard it."""
+        self.commands += 1
+        try:
+            heard: int = await self._client.publish(self._channel, response_id)
+        except (RedisError, OSError) as exc:
+            self._failed(f"cancel of {response_id}", exc)
+            return 0
+        return heard
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(response_id)`` for every cancel signal (from any replica), from now until close."""
+        self._cancels = asyncio.get_running_loop().create_task(self._listen(callback), name="headwater-cancels")
+
+    async def _listen(self, callback: Callable[[str], None]) -> None:
+        backoff = 0.1
+        while not self._closing:
+            client = aioredis.Redis.from_url(self._url, socket_connect_timeout=5)
+            try:
+                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    backoff = 0.1
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            data = message["data"]
+                            callback(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._failed("the cancel channel", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()

@@ -1,0 +1,212 @@
+"""Several real ``headwater serve`` processes sharing this machine's PostgreSQL and Redis (a schema and a key
+prefix per test), on loopback ports, with a paced scripted backend: any request may land on any replica.
+
+What is checked: every endpoint round-robin; a stream cut at a random point and resumed on another replica is
+byte-identical to the stored log (many seeds); a cancel sent to one replica stops a run owned by another;
+kill -9 of the owner mid-run ends the response failed within the lease bound, its followers on other replicas get
+the terminal events and the stored log passes ``headwater check``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from headwater.server.testing import ServeProcess
+
+LEASE = 2.0  # seconds: a short lease, so a takeover comes quickly in tests
+TAKEOVER_BOUND = LEASE + 2 * LEASE / 5 + 1.0  # lease + one renew interval + a scan (see docs/scale-out.md)
+
+Replicas = Callable[..., list[ServeProcess]]
+
+
+def script(path: Path, steps: int) -> Path:
+    items: list[dict[str, Any]] = [{"text": f"w{n} "} for n in range(steps)]
+    items += [{"usage": {"input_tokens": 3, "output_tokens": steps}}, {"finish": "stop"}]
+    path.write_text(json.dumps(items))
+    return path
+
+
+@pytest.fixture
+def replicas(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    """``replicas(n, steps=, delay=)``: n replicas of one deployment (started together, stopped after)."""
+    started: list[ServeProcess] = []
+
+    def start(n: int, *, steps: int = 20, delay: float = 0.0, events: str | None = None,
+              store: str | None = None, extra: tuple[str, ...] = ()) -> list[ServeProcess]:
+        path = script(tmp_path / f"script{len(started)}.json", steps)
+        procs = []
+        for _ in range(n):
+            proc = ServeProcess(
+                "--backend", "scripted", "--backend-option", f"script={path}", "--backend-option", f"delay={delay}",
+                "--store", store or postgres_url, "--events", events or redis_url, "--lease", str(LEASE),
+                "--disconnect-grace", "30", *extra,
+                log_path=str(tmp_path / f"replica{len(started)}.log"),
+            )
+            started.append(proc)
+            procs.append(proc.start())
+        return procs
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def frames_of(response: httpx.Response, limit: int | None = None) -> list[bytes]:
+    """The SSE frames of a streamed response as bytes (keep-alive comments left out); at most ``limit``."""
+    frames: list[bytes] = []
+    buffer = b""
+    for chunk in response.iter_bytes():
+        buffer += chunk
+        while b"\n\n" in buffer:
+            frame, buffer = buffer.split(b"\n\n", 1)
+            if frame.startswith(b":"):
+                continue
+            frames.append(frame + b"\n\n")
+            if limit is not None and len(frames) >= limit:
+                return frames
+    return frames
+
+
+def payload(frame: bytes) -> dict[str, Any]:
+    data = frame.split(b"\ndata: ", 1)[1].rstrip(b"\n")
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def stored_log(url: str, response_id: str) -> list[bytes]:
+    with httpx.stream("GET", f"{url}/v1/responses/{response_id}", params={"stream": "true"}, timeout=30) as r:
+        assert r.status_code == 200
+        return frames_of(r)
+
+
+def wait_status(url: str, response_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = httpx.get(f"{url}/v1/responses/{response_id}", timeout=10).json()
+        if body["status"] not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
+def test_every_endpoint_answers_on_any_replica(replicas: Replicas) -> None:
+    urls = [p.url for p in replicas(3, steps=5)]
+    turn = iter(urls * 10)
+    created = httpx.post(f"{next(turn)}/v1/responses", json={"input": "hi", "model": "m"}, timeout=30).json()
+    assert created["status"] == "completed"
+    rid = created["id"]
+    assert httpx.get(f"{next(turn)}/v1/responses/{rid}", timeout=10).json()["output"] == created["output"]
+    items = httpx.get(f"{next(turn)}/v1/responses/{rid}/input_items", timeout=10).json()
+    assert [i["content"][0]["text"] for i in items["data"]] == ["hi"]
+    chained = httpx.post(f"{next(turn)}/v1/responses", json={"input": "more", "previous_response_id": rid},
+                         timeout=30).json()
+    assert chained["status"] == "completed" and chained["previous_response_id"] == rid
+    background = httpx.post(f"{next(turn)}/v1/responses", json={"input": "x", "background": True}, timeout=30).json()
+    assert background["status"] == "queued"
+    assert wait_status(next(turn), background["id"])["status"] == "completed"
+    replay = stored_log(next(turn), background["id"])
+    assert payload(replay[-1])["type"] == "response.completed"
+    assert [payload(f)["sequence_number"] for f in replay] == list(range(len(replay)))
+    with httpx.stream("POST", f"{next(turn)}/v1/responses", json={"input": "s", "stream": True}, timeout=30) as r:
+        streamed = frames_of(r)
+    assert payload(streamed[-1])["type"] == "response.completed"
+    not_cancellable = httpx.post(f"{next(turn)}/v1/responses/{rid}/cancel", timeout=10)
+    assert not_cancellable.status_code == 400
+    assert httpx.delete(f"{next(turn)}/v1/responses/{rid}", timeout=10).json()["deleted"] is True
+    gone = httpx.get(f"{next(turn)}/v1/responses/{rid}", timeout=10)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{next(turn)}/v1/responses/{rid}/input_items", timeout=10).status_code == 404
+    for url in urls:
+        assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
+
+
+def test_a_stream_cut_anywhere_and_resumed_on_another_replica_is_the_stored_log(replicas: Replicas) -> None:
+    urls = [p.url for p in replicas(3, steps=30, delay=0.01)]
+    for seed in range(12):
+        rng = random.Random(seed)
+        first, second, third = rng.sample(urls, 3)
+        body = {"input": f"seed {seed}", "stream": True, "background": rng.random() < 0.5}
+        cut = rng.randint(1, 40)
+        with httpx.stream("POST", f"{first}/v1/responses", json=body, timeout=30) as r:
+            got = frames_of(r, limit=cut)
+        rid = payload(got[0])["response"]["id"]
+        last = payload(got[-1])["sequence_number"]
+        if payload(got[-1])["type"] != "response.completed":
+            with httpx.stream("GET", f"{second}/v1/responses/{rid}",
+                              params={"stream": "true", "starting_after": str(last)}, timeout=30) as r:
+                got += frames_of(r)
+        assert got == stored_log(third, rid), f"seed {seed}"
+        assert payload(got[-1])["type"] == "response.completed"
+
+
+def test_a_cancel_sent_to_one_replica_stops_a_run_owned_by_another(replicas: Replicas) -> None:
+    owner, other = replicas(2, steps=2000, delay=0.01)
+    created = httpx.post(f"{owner.url}/v1/responses", json={"input": "long", "background": True}, timeout=30).json()
+    rid = created["id"]
+    with httpx.stream("GET", f"{other.url}/v1/responses/{rid}", params={"stream": "true"}, timeout=30) as r:
+        frames_of(r, limit=5)  # it is generating
+    cancelled = httpx.post(f"{other.url}/v1/responses/{rid}/cancel", timeout=30)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    log = stored_log(other.url, rid)
+    terminal = payload(log[-1])
+    assert terminal["type"] == "response.incomplete"
+    assert terminal["response"]["incomplete_details"]["reason"] == "cancelled"
+    deltas = sum(1 for f in log if payload(f)["type"] == "response.output_text.delta")
+    assert deltas < 2000
+    assert stored_log(owner.url, rid) == log  # nothing generated after the terminal event
+
+
+def test_kill_9_of_the_owner_fails_the_response_and_every_follower_gets_the_end(
+    replicas: Replicas, tmp_path: Path
+) -> None:
+    owner, second, third = replicas(3, steps=5000, delay=0.01)
+    created = httpx.post(f"{owner.url}/v1/responses", json={"input": "long", "background": True}, timeout=30).json()
+    rid = created["id"]
+    received: dict[str, list[bytes]] = {}
+    started = threading.Barrier(3)
+
+    def follow(url: str) -> None:
+        with httpx.stream("GET", f"{url}/v1/responses/{rid}", params={"stream": "true"}, timeout=60) as r:
+            frames: list[bytes] = []
+            buffer = b""
+            for chunk in r.iter_bytes():
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    frame, buffer = buffer.split(b"\n\n", 1)
+                    if not frame.startswith(b":"):
+                        frames.append(frame + b"\n\n")
+                        if len(frames) == 3:
+                            started.wait(30)
+            received[url] = frames
+
+    followers = [threading.Thread(target=follow, args=(url,)) for url in (second.url, third.url)]
+    for thread in followers:
+        thread.start()
+    started.wait(30)
+    owner.kill()
+    killed = time.monotonic()
+    for thread in followers:
+        thread.join(60)
+    ended = time.monotonic() - killed
+    for url in (second.url, third.url):
+        frames = received[url]
+        assert [payload(f)["type"] for f in frames[-2:]] == ["error", "response.failed"]
+        assert frames == stored_log(url, rid)
+    print(f"kill -9 to terminal event at the followers: {ended:.2f}s")
+    assert ended < TAKEOVER_BOUND * 3, f"takeover took {ended:.1f}s"
+    final = httpx.get(f"{second.url}/v1/responses/{rid}", timeout=10).json()
+    assert final["status"] == "failed" and final["error"]["code"] == "server_lost"
+    recording = tmp_path / "stored.sse"
+    recording.write_bytes(b"".join(stored_log(third.url, rid)))
+    check = subprocess.run([sys.executable, "-m", "headwater", "check", str(recording)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
