@@ -1,0 +1,669 @@
+"""What a gateway adds: Headwater relaying a paced upstream (`--backend responses` and `--backend chat`, memory and
+SQLite stores) against LiteLLM's proxy relaying the same upstream and against reading the upstream directly.
+
+Three kinds of process, all on loopback, all started by this script in one run:
+- the mock upstream (its own process, uvloop + a minimal HTTP/1.1 server): every POST streams 64 text deltas
+  20 ms apart (`/v1/responses`: Responses events; `/v1/chat/completions`: Chat Completions chunks). Each delta's
+  text carries the mock's send time (CLOCK_MONOTONIC, shared by every process on the machine).
+- the load generator (its own process, uvloop + a minimal keep-alive HTTP/1.1 client): N streams in a closed
+  loop (each worker starts its next stream when its last one ends) for a fixed time.
+- the target: nothing (direct to the mock), `headwater serve` (one process, its default stack: uvicorn on
+  uvloop + httptools), or `litellm --config` (one process; telemetry off) from its own virtualenv, created here
+  from `bench/requirements-litellm-proxy.txt` (litellm[proxy] 1.108 conflicts with the project's pinned deps).
+
+Figures per target and stream count: first event p50/p99 (request sent -> first SSE event read), each later delta
+p50/p99 (mock's send -> load generator's read), events/s (all SSE events read), stalled streams (a gap > 1 s
+between two reads of one stream) and the target's CPU per relayed event. Also, with `--clients`, the upstream
+HTTP clients a relay could use, reading the same mock in one process: CPU per event and events/s.
+
+    python bench/bench_gateway.py                        # 1, 64 and 512 streams, every target
+    python bench/bench_gateway.py --quick                # shorter runs, 1 and 64 streams
+    python bench/bench_gateway.py --streams 512 --targets direct,hw-responses-memory
+    python bench/bench_gateway.py --clients-only         # just the upstream-client comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DELTAS = 64
+INTERVAL = 0.020
+STALL_S = 1.0
+LITELLM_VENV = HERE / ".venv-litellm-proxy"
+LITELLM_REQUIREMENTS = HERE / "requirements-litellm-proxy.txt"
+# The proxy refuses to start without a master key; the load generator sends it (a fresh one each run).
+MASTER_KEY = os.environ.get("BENCH_LITELLM_KEY") or f"sk-bench-{secrets.token_hex(32)}"
+
+TARGETS = (
+    "direct",
+    "hw-responses-memory",
+    "hw-responses-sqlite",
+    "hw-chat-memory",
+    "hw-chat-sqlite",
+    "litellm",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def mark(ns: int) -> str:
+    """The text of one delta: the mock's send time, recognisable in any relay's output."""
+    return f"~t{ns}~ "
+
+
+# --- the mock upstream --------------------------------------------------------------------------------------
+
+_RESP_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+_RESP_HEAD += b"transfer-encoding: chunked\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _sse(event: str | None, obj: dict[str, Any]) -> bytes:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    return (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + data + b"\n\n"
+
+
+class _ResponsesStream:
+    """The Responses events of one mock answer (OpenAI's shapes, compact JSON)."""
+
+    def __init__(self, n: int) -> None:
+        self.id = f"resp_mock{n}"
+        self.msg = f"msg_mock{n}"
+        self.seq = 0
+        self.text: list[str] = []
+
+    def _event(self, obj: dict[str, Any]) -> bytes:
+        obj = {"type": obj["type"], "sequence_number": self.seq, **obj}
+        self.seq += 1
+        return _sse(obj["type"], obj)
+
+    def _response(self, status: str, output: list[Any]) -> dict[str, Any]:
+        return {"id": self.id, "object": "response", "created_at": 1, "status": status, "model": "mock",
+                "output": output, "usage": None if status != "completed" else
+                {"input_tokens": 5, "output_tokens": DELTAS, "total_tokens": 5 + DELTAS,
+                 "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}}
+
+    def head(self) -> bytes:
+        item = {"id": self.msg, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+        return b"".join([
+            self._event({"type": "response.created", "response": self._response("in_progress", [])}),
+            self._event({"type": "response.in_progress", "response": self._response("in_progress", [])}),
+            self._event({"type": "response.output_item.added", "output_index": 0, "item": item}),
+            self._event({"type": "response.content_part.added", "item_id": self.msg, "output_index": 0,
+                         "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ])
+
+    def delta(self, text: str) -> bytes:
+        self.text.append(text)
+        return self._event({"type": "response.output_text.delta", "item_id": self.msg, "output_index": 0,
+                            "content_index": 0, "delta": text, "logprobs": []})
+
+    def tail(self) -> bytes:
+        text = "".join(self.text)
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"id": self.msg, "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+        return b"".join([
+            self._event({"type": "response.output_text.done", "item_id": self.msg, "output_index": 0,
+                         "content_index": 0, "text": text, "logprobs": []}),
+            self._event({"type": "response.content_part.done", "item_id": self.msg, "output_index": 0,
+                         "content_index": 0, "part": part}),
+            self._event({"type": "response.output_item.done", "output_index": 0, "item": item}),
+            self._event({"type": "response.completed", "response": self._response("completed", [item])}),
+        ])
+
+
+class _ChatStream:
+    """The Chat Completions chunks of one mock answer (OpenAI's shapes)."""
+
+    def __init__(self, n: int) -> None:
+        self.base = {"id": f"chatcmpl-mock{n}", "object": "chat.completion.chunk", "created": 1, "model": "mock"}
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _sse(None, {**self.base, "choices": [choice], **extra})
+
+    def head(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk({"content": text})
+
+    def tail(self) -> bytes:
+        usage = {"prompt_tokens": 5, "completion_tokens": DELTAS, "total_tokens": 5 + DELTAS}
+        return self._chunk({}, "stop") + _sse(None, {**self.base, "choices": [], "usage": usage}) + (
+            b"data: [DONE]\n\n"
+        )
+
+
+class _MockProtocol(asyncio.Protocol):
+    """A minimal HTTP/1.1 server: keep-alive, Content-Length bodies, one paced SSE answer per POST."""
+
+    count = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buf = b""
+        self.busy = False
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._next()
+
+    def _next(self) -> None:
+        if self.busy:
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].decode("latin-1")
+        length = 0
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        if len(self.buf) < end + 4 + length:
+            return
+        path = head.split(" ", 2)[1]
+        self.buf = self.buf[end + 4 + length :]
+        self.busy = True
+        _MockProtocol.count += 1
+        stream = _ChatStream(self.count) if "chat/completions" in path else _ResponsesStream(self.count)
+        asyncio.get_running_loop().create_task(self._answer(stream))
+
+    async def _answer(self, stream: _ResponsesStream | _ChatStream) -> None:
+        write = self.transport.write
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        write(_RESP_HEAD + _chunk(stream.head() + stream.delta(mark(time.monotonic_ns()))))
+        for i in range(1, DELTAS):
+            await asyncio.sleep(max(0.0, start + i * INTERVAL - loop.time()))
+            if self.transport.is_closing():
+                return
+            write(_chunk(stream.delta(mark(time.monotonic_ns()))))
+        write(_chunk(stream.tail()) + b"0\r\n\r\n")
+        self.busy = False
+        self._next()
+
+
+def run_mock(port: int) -> None:
+    import uvloop
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_MockProtocol, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# --- the load generator -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    first_ms: float
+    later_ms: list[float]
+    events: int
+    stalled: bool
+    ok: bool
+
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection: POST, then read the chunked (or close-delimited) SSE body."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def stream(self, path: str, body: bytes, headers: str) -> StreamResult:
+        from headwater.protocol.sse import SSEDecoder
+
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
+        reader, writer = self.reader, self.writer
+        assert reader is not None
+        request = (
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+            f"accept: text/event-stream\r\n{headers}content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        sent = time.monotonic_ns()
+        writer.write(request)
+        status = await reader.readline()
+        chunked = False
+        close = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            name, value = name.strip().lower(), value.strip().lower()
+            chunked |= name == "transfer-encoding" and "chunked" in value
+            close |= name == "connection" and value == "close"
+        if not status.startswith(b"HTTP/1.1 200"):
+            rest = await reader.read(2000)
+            raise RuntimeError(f"{path}: {status!r} {rest[:300]!r}")
+        decoder = SSEDecoder(mode="sse")
+        first = -1.0
+        later: list[float] = []
+        events = 0
+        deltas = 0
+        last_read = sent
+        stalled = False
+        ok = False
+        while True:
+            if chunked:
+                size_line = await reader.readline()
+                size = int(size_line.split(b";")[0], 16)
+                data = await reader.readexactly(size + 2)
+                data = data[:-2]
+                if size == 0:
+                    break
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    break
+            now = time.monotonic_ns()
+            if now - last_read > STALL_S * 1e9:
+                stalled = True
+            last_read = now
+            for frame in decoder.feed(data):
+                payload = frame.data
+                if payload == b"[DONE]":
+                    ok = True
+                    continue
+                events += 1
+                if first < 0:
+                    first = (now - sent) / 1e6
+                at = payload.find(b"~t")
+                # A delta carries one mark; the .done events and the final response carry them all.
+                if at >= 0 and payload.find(b"~t", at + 2) < 0:
+                    deltas += 1
+                    if deltas > 1:  # the first delta's latency is in the first event's
+                        sent_ns = int(payload[at + 2 : payload.index(b"~", at + 2)])
+                        later.append((now - sent_ns) / 1e6)
+                if frame.event == "response.completed" or b'"finish_reason":"stop"' in payload:
+                    ok = True
+        if close or not chunked:
+            writer.close()
+            self.writer = None
+        return StreamResult(first, later, events, stalled, ok)
+
+
+def _target_request(kind: str) -> tuple[str, bytes, str]:
+    if kind == "chat":
+        body = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+        return "/v1/chat/completions", json.dumps(body).encode(), f"authorization: Bearer {MASTER_KEY}\r\n"
+    body = {"model": "mock", "stream": True, "input": "go", "store": True}
+    return "/v1/responses", json.dumps(body).encode(), ""
+
+
+async def _load(port: int, kind: str, streams: int, seconds: float) -> dict[str, Any]:
+    path, body, headers = _target_request(kind)
+    results: list[StreamResult] = []
+    errors: list[str] = []
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    events_total = 0
+    event_window: list[int] = [0]
+
+    async def worker(index: int) -> None:
+        nonlocal events_total
+        conn = _Conn("127.0.0.1", port)
+        await asyncio.sleep(index * INTERVAL / max(streams, 1))  # spread the starts over one delta interval
+        while time.monotonic() < deadline:
+            try:
+                result = await conn.stream(path, body, headers)
+            except Exception as exc:  # a failed stream counts; the worker goes on with a new connection
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                conn = _Conn("127.0.0.1", port)
+                await asyncio.sleep(0.05)
+                continue
+            results.append(result)
+            events_total += result.events
+
+    await asyncio.gather(*(worker(i) for i in range(streams)))
+    elapsed = time.monotonic() - t0
+    del event_window
+    return _summary(results, errors, elapsed)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _summary(results: list[StreamResult], errors: list[str], elapsed: float) -> dict[str, Any]:
+    firsts = [r.first_ms for r in results if r.first_ms >= 0]
+    later = [x for r in results for x in r.later_ms]
+    return {
+        "streams_done": len(results),
+        "streams_ok": sum(r.ok for r in results),
+        "errors": len(errors),
+        "error_sample": errors[:3],
+        "stalled": sum(r.stalled for r in results),
+        "events": sum(r.events for r in results),
+        "events_per_s": sum(r.events for r in results) / elapsed,
+        "first_p50": _pct(firsts, 0.5),
+        "first_p99": _pct(firsts, 0.99),
+        "later_p50": _pct(later, 0.5),
+        "later_p99": _pct(later, 0.99),
+        "elapsed": elapsed,
+    }
+
+
+def run_load(port: int, kind: str, streams: int, seconds: float, out: str) -> None:
+    import uvloop
+
+    result = uvloop.run(_load(port, kind, streams, seconds))
+    Path(out).write_text(json.dumps(result))
+
+
+# --- targets ------------------------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port}") from None
+            time.sleep(0.05)
+
+
+def ensure_litellm() -> Path:
+    """LiteLLM's proxy in its own virtualenv (made once, from the pinned requirements file)."""
+    python = LITELLM_VENV / "bin" / "python"
+    stamp = LITELLM_VENV / ".requirements"
+    wanted = LITELLM_REQUIREMENTS.read_text()
+    if not python.exists() or not stamp.exists() or stamp.read_text() != wanted:
+        uv = shutil.which("uv")
+        if uv is None:
+            raise RuntimeError("uv is needed to make LiteLLM's virtualenv (pip install uv)")
+        print(f"making {LITELLM_VENV} from {LITELLM_REQUIREMENTS.name} ...", flush=True)
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(LITELLM_VENV)], check=True)
+        subprocess.run([uv, "pip", "install", "-q", "--python", str(python), "-r", str(LITELLM_REQUIREMENTS)],
+                       check=True)
+        stamp.write_text(wanted)
+    return LITELLM_VENV / "bin" / "litellm"
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # what the load generator speaks to it: "responses" or "chat"
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def start_target(name: str, mock_port: int) -> Target:
+    if name == "direct":
+        return Target(name, "responses", mock_port)
+    port = free_port()
+    tmp = tempfile.TemporaryDirectory(prefix="hw-gateway-")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(Path(tmp.name) / "server.log", "wb")  # noqa: SIM115 - closed with the process's directory
+    if name == "litellm":
+        config = Path(tmp.name) / "litellm.yaml"
+        config.write_text(
+            "model_list:\n  - model_name: mock\n    litellm_params:\n      model: openai/mock\n"
+            f"      api_base: http://127.0.0.1:{mock_port}/v1\n      api_key: sk-mock\n"
+            "litellm_settings:\n  telemetry: false\n  drop_params: true\n"
+            "general_settings:\n  disable_spend_logs: true\n"
+        )
+        env.update(LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False", LITELLM_LOG="ERROR",
+                   DISABLE_SCHEMA_UPDATE="true", NO_DOCS="True")
+        cmd = [str(ensure_litellm()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+               "--num_workers", "1"]
+        kind = "chat"
+    else:
+        _, backend, store = name.split("-")
+        cmd = [sys.executable, "-m", "headwater", "serve", "--backend", backend,
+               "--upstream", f"http://127.0.0.1:{mock_port}/v1", "--store", store, "--data-dir", tmp.name,
+               "--port", str(port), "--log-level", "warning"]
+        kind = "responses"
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp.name)
+    target = Target(name, kind, port, proc, tmp)
+    try:
+        _wait_port(port, proc, timeout=120)
+    except Exception:
+        text = (Path(tmp.name) / "server.log").read_text(errors="replace")[-2000:]
+        target.stop()
+        raise RuntimeError(f"{name} did not start: {text}") from None
+    measure(target, 4, 0.1)  # warm-up: imports, connections to the mock, code paths (not counted)
+    return target
+
+
+def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
+    out = Path(tempfile.mkstemp(prefix="hw-load-", suffix=".json")[1])
+    cpu0 = _cpu_seconds(target.proc.pid) if target.proc else 0.0
+    load = subprocess.run(
+        [sys.executable, __file__, "--role", "load", "--port", str(target.port), "--kind", target.kind,
+         "--streams", str(streams), "--seconds", str(seconds), "--out", str(out)],
+        check=False, env={**os.environ, "BENCH_LITELLM_KEY": MASTER_KEY},
+    )
+    cpu = (_cpu_seconds(target.proc.pid) - cpu0) if target.proc else None
+    if load.returncode != 0:
+        raise RuntimeError(f"the load generator failed against {target.name}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    result["cpu_us_per_event"] = cpu / result["events"] * 1e6 if cpu is not None and result["events"] else None
+    result["load_avg"] = os.getloadavg()[0]
+    return result
+
+
+# --- upstream clients compared (one process, the same mock) --------------------------------------------------
+
+
+async def _clients(mock_port: int, streams: int, rounds: int) -> dict[str, dict[str, float]]:
+    import aiohttp
+    import httpx
+
+    url = f"http://127.0.0.1:{mock_port}/v1/responses"
+    body = json.dumps({"model": "mock", "stream": True, "input": "go"}).encode()
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    out: dict[str, dict[str, float]] = {}
+
+    async def run(name: str, one: Any) -> None:
+        async def worker() -> int:
+            n = 0
+            for _ in range(rounds):
+                n += await one()
+            return n
+
+        await asyncio.gather(*(one() for _ in range(min(streams, 8))))  # warm-up
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        counts = await asyncio.gather(*(worker() for _ in range(streams)))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        chunks = sum(counts)
+        out[name] = {"chunks": chunks, "cpu_us_per_chunk": cpu / chunks * 1e6, "chunks_per_s": chunks / wall}
+
+    from headwater.protocol.sse import SSEDecoder
+
+    for name, limits in (
+        ("httpx (Headwater's limits: keep-alive pool 100)", httpx.Limits(max_connections=None,
+                                                                          max_keepalive_connections=100)),
+        ("httpx (no pool caps)", httpx.Limits(max_connections=None, max_keepalive_connections=None)),
+    ):
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+            async def one_httpx(client: httpx.AsyncClient = client) -> int:
+                decoder = SSEDecoder(mode="sse")
+                n = 0
+                async with client.stream("POST", url, content=body, headers=headers) as response:
+                    async for chunk in response.aiter_raw():
+                        n += len(decoder.feed(chunk))
+                return n
+
+            await run(name, one_httpx)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+
+        async def one_aiohttp() -> int:
+            decoder = SSEDecoder(mode="sse")
+            n = 0
+            async with session.post(url, data=body, headers=headers) as response:
+                async for chunk in response.content.iter_any():
+                    n += len(decoder.feed(chunk))
+            return n
+
+        await run("aiohttp (no pool caps)", one_aiohttp)
+    return out
+
+
+def run_clients(mock_port: int, streams: int, rounds: int, out: str) -> None:
+    import uvloop
+
+    Path(out).write_text(json.dumps(uvloop.run(_clients(mock_port, streams, rounds))))
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report(results: dict[int, dict[str, dict[str, Any]]]) -> None:
+    for streams, by_target in results.items():
+        direct = by_target.get("direct")
+        print(f"\n{streams} stream(s), closed loop; {DELTAS} deltas {INTERVAL * 1000:.0f} ms apart per stream")
+        print(f"{'target':<22} {'first p50/p99 ms':>17} {'later p50/p99 ms':>17} {'events/s':>9} {'vs direct':>9} "
+              f"{'stalled':>9} {'streams':>8} {'err':>4} {'cpu us/ev':>9} {'load':>5}")
+        for name, r in by_target.items():
+            ratio = f"{r['events_per_s'] / direct['events_per_s']:.2f}x" if direct else "-"
+            cpu = "-" if r.get("cpu_us_per_event") is None else f"{r['cpu_us_per_event']:.0f}"
+            print(f"{name:<22} {_ms(r['first_p50']):>8}/{_ms(r['first_p99']):<8} "
+                  f"{_ms(r['later_p50']):>8}/{_ms(r['later_p99']):<8} {r['events_per_s']:>9,.0f} {ratio:>9} "
+                  f"{r['stalled']:>4}/{r['streams_done']:<4} {r['streams_ok']:>8} {r['errors']:>4} {cpu:>9} "
+                  f"{r['load_avg']:>5.2f}")
+            if r["error_sample"]:
+                print(f"{'':<22} errors, e.g.: {r['error_sample'][0]}")
+        if direct:
+            print("added over direct (ms):")
+            for name, r in by_target.items():
+                if name == "direct" or r["first_p99"] is None or r["later_p99"] is None:
+                    continue
+                print(f"  {name:<20} first p50 +{r['first_p50'] - direct['first_p50']:.2f} "
+                      f"p99 +{r['first_p99'] - direct['first_p99']:.2f}; each later p50 "
+                      f"+{r['later_p50'] - direct['later_p50']:.2f} p99 +{r['later_p99'] - direct['later_p99']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=["main", "mock", "load", "clients"], default="main",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="responses", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--streams", default="1,64,512", help="concurrent streams, comma-separated")
+    parser.add_argument("--seconds", type=float, default=None, help="closed-loop time per measurement")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"of {', '.join(TARGETS)}")
+    parser.add_argument("--quick", action="store_true", help="4 s per measurement, 1 and 64 streams")
+    parser.add_argument("--clients", default="64,512", help="stream counts for the upstream-client comparison "
+                                                           "('' to skip)")
+    parser.add_argument("--clients-only", action="store_true")
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args()
+    if args.role == "mock":
+        run_mock(args.port)
+        return
+    if args.role == "load":
+        run_load(args.port, args.kind, int(args.streams), args.seconds, args.out)
+        return
+    if args.role == "clients":
+        run_clients(args.port, int(args.streams), args.rounds, args.out)
+        return
+
+    if args.quick and args.streams == "1,64,512":
+        args.streams = "1,64"
+    seconds = args.seconds or (4.0 if args.quick else 8.0)
+    mock_port = free_port()
+    mock = subprocess.Popen([sys.executable, __file__, "--role", "mock", "--port", str(mock_port)])
+    everything: dict[str, Any] = {"load_avg_start": os.getloadavg()[0], "python": sys.version.split()[0]}
+    print(f"load average {os.getloadavg()[0]:.2f} at start; {os.cpu_count()} CPUs", flush=True)
+    try:
+        _wait_port(mock_port, mock)
+        results: dict[int, dict[str, dict[str, Any]]] = {}
+        if not args.clients_only:
+            for name in args.targets.split(","):
+                target = start_target(name, mock_port)
+                try:
+                    for streams in map(int, args.streams.split(",")):
+                        # 1 stream: at least 8 streams' worth of time, so that p99 means something.
+                        time_for = max(seconds, 8 * DELTAS * INTERVAL * 1.1) if streams == 1 else seconds
+                        print(f"  {name}: {streams} streams for {time_for:.0f} s ...", flush=True)
+                        results.setdefault(streams, {})[name] = measure(target, streams, time_for)
+                finally:
+                    target.stop()
+            report(results)
+            everything["gateway"] = results
+        if args.clients:
+            print("\nupstream HTTP clients reading the mock in one process (uvloop), SSE-framed with "
+                  "headwater's SSEDecoder; 2 streams in a row per worker")
+            print(f"{'client':<48} {'streams':>7} {'chunks':>7} {'cpu us/chunk':>12} {'chunks/s':>9} {'load':>5}")
+            everything["clients"] = {}
+            for streams in map(int, args.clients.split(",")):
+                out = Path(tempfile.mkstemp(prefix="hw-clients-", suffix=".json")[1])
+                subprocess.run([sys.executable, __file__, "--role", "clients", "--port", str(mock_port),
+                                "--streams", str(streams), "--out", str(out)], check=True)
+                figures = json.loads(out.read_text())
+                out.unlink()
+                everything["clients"][streams] = figures
+                for name, f in figures.items():
+                    print(f"{name:<48} {streams:>7} {f['chunks']:>7} {f['cpu_us_per_chunk']:>12.1f} "
+                          f"{f['chunks_per_s']:>9,.0f} {os.getloadavg()[0]:>5.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(everything, indent=1))
+    finally:
+        mock.terminate()
+        mock.wait(10)
+
+
+if __name__ == "__main__":
+    main()
