@@ -16,7 +16,7 @@ import socket
 import sys
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 
 from headwater.protocol.accumulate import Accumulator
@@ -635,9 +635,9 @@ async def test_closing_the_steps_closes_the_upstream_connection() -> None:
 async def test_an_own_client_is_used_and_left_open() -> None:
     async with (
         ReplayUpstream([sse_reply(fixture("chat/ollama-stop.sse"))]) as upstream,
-        httpx.AsyncClient() as client,
+        aiohttp.ClientSession() as client,
     ):
         backend = ChatBackend(upstream.url, client=client)
         assert (await steps_of(backend))[0] == TextDelta("The")
         await backend.aclose()
-        assert not client.is_closed
+        assert not client.closed

@@ -1,5 +1,9 @@
-"""The HTTP plumbing the upstream backends share: endpoint URLs, one httpx client with its time-outs, the POST
-that opens a stream, and SSE frames out of it (through ``headwater.protocol.sse.SSEDecoder``).
+"""The HTTP plumbing the upstream backends share: endpoint URLs, one aiohttp session with its time-outs, the
+POST that opens a stream, and SSE frames out of it (through ``headwater.protocol.sse.SSEDecoder``).
+
+aiohttp, not httpx, by measurement (bench/bench_gateway.py, "upstream HTTP clients"): reading the same paced
+streams, httpx/httpcore spends several times aiohttp's CPU per chunk, and it is the biggest part of what a relayed
+event costs. The session's pool has no caps (every open stream holds its connection; idle ones are kept alive).
 
 Every transport trouble becomes a ``BackendError`` naming the upstream: an error status (with the upstream's
 own message), a refused connection, a time-out (504), a connection dropped mid-stream (502). No retries: a
@@ -8,13 +12,14 @@ stream that has started cannot be replayed, and a refused request is the caller'
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import msgspec
 
 from headwater.protocol.errors import SSEError
@@ -112,8 +117,9 @@ def _short(text: str, limit: int = 500) -> str:
 class Upstream:
     """One upstream endpoint: where to POST, with which key and headers, through which client.
 
-    ``client``: an ``httpx.AsyncClient`` to use (and not close); otherwise one is made with ``connect_timeout``
-    and ``read_timeout`` (seconds between two reads of a stream) and closed by ``aclose``.
+    ``client``: an ``aiohttp.ClientSession`` to use (and not close); otherwise one is made on first use (in the
+    running loop) with ``connect_timeout`` and ``read_timeout`` (seconds between two reads of a stream), and
+    closed by ``aclose``.
     """
 
     def __init__(
@@ -125,7 +131,7 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
     ) -> None:
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ValueError("connect_timeout and read_timeout must be positive (seconds)")
@@ -141,62 +147,85 @@ class Upstream:
             self.headers["authorization"] = f"Bearer {api_key}"
         self.headers.update({k.lower(): v for k, v in (headers or {}).items()})
         self._owns_client = client is None
-        self.client = (
-            client
-            if client is not None
-            else httpx.AsyncClient(
-                timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            )
-        )
-        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self.client = client
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the own session
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._owns_client and (self.client is None or self.client.closed or self._loop is not loop):
+            # An aiohttp session belongs to the loop it was made in: a backend used from another loop (a test
+            # harness, a server restarted in-process) gets a session of that loop's own.
+            self._close_elsewhere()
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+            self.client = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._loop = loop
+        assert self.client is not None
+        return self.client
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+        if not self._owns_client or self.client is None:
+            return
+        if self._loop is asyncio.get_running_loop():
+            await self.client.close()
+            self.client = None
+        else:
+            self._close_elsewhere()
+
+    def _close_elsewhere(self) -> None:
+        """Close an own session from outside its loop: on that loop if it still runs (else it died with it)."""
+        session, loop = self.client, self._loop
+        self.client = self._loop = None
+        if session is not None and not session.closed and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
 
     @asynccontextmanager
     async def stream(self, body: Mapping[str, Any]) -> AsyncIterator[UpstreamStream]:
         """POST ``body`` and hold the answer open: an ``UpstreamStream`` when the status is 2xx; a
         ``BackendError`` otherwise (or when the upstream cannot be reached or does not answer in time)."""
-        request = self.client.build_request(
-            "POST", self.url, content=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
-        )
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.ConnectTimeout:
+            response = await self._session().post(
+                self.url, data=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
+            )
+        except aiohttp.ConnectionTimeoutError:
             raise BackendError(
                 f"could not connect to upstream {self.url} within {self.connect_timeout:g} s (connect timeout)",
                 code="upstream_timeout",
                 status=504,
             ) from None
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise BackendError(
                 f"upstream {self.url} sent no answer within {self.read_timeout:g} s (read timeout)",
                 code="upstream_timeout",
                 status=504,
             ) from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise BackendError(
                 f"could not reach upstream {self.url}: {_describe(exc)}",
                 code="upstream_unreachable",
                 status=502,
             ) from None
+        stream = UpstreamStream(self, response)
         try:
-            if response.status_code >= 400:
-                raise error_from_status(self.url, response.status_code, await self._error_body(response))
-            yield UpstreamStream(self, response)
+            if response.status >= 400:
+                raise error_from_status(self.url, response.status, await self._error_body(stream))
+            yield stream
         finally:
-            await response.aclose()
+            # A body read to its end gives its connection back to the pool; one left unread (the consumer
+            # stopped, the client left) closes it, so that the upstream sees the disconnect and stops.
+            if response.content.at_eof():
+                response.release()
+            else:
+                response.close()
 
-    async def _error_body(self, response: httpx.Response) -> bytes:
+    async def _error_body(self, stream: UpstreamStream) -> bytes:
         body = bytearray()
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in stream.response.content.iter_any():
                 body += chunk
                 if len(body) >= _ERROR_BODY_LIMIT:
                     break
-        except httpx.HTTPError:
+        except (aiohttp.ClientError, TimeoutError):
             pass  # the status says enough
         return bytes(body)
 
@@ -206,7 +235,7 @@ class UpstreamStream:
     are skipped by the decoder) and turns transport trouble into ``BackendError``; ``frames_seen`` counts
     the frames so far, which error messages quote."""
 
-    def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
+    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse) -> None:
         self.upstream = upstream
         self.response = response
         self.frames_seen = 0
@@ -259,16 +288,17 @@ class UpstreamStream:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self.response.aiter_bytes():
+            # iter_any: whatever has arrived, in one piece (no re-chunking to a fixed size).
+            async for chunk in self.response.content.iter_any():
                 yield chunk
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise BackendError(
                 f"upstream {self.url} sent nothing for {self.upstream.read_timeout:g} s after "
                 f"{self.frames_seen} chunks (read timeout)",
                 code="upstream_timeout",
                 status=504,
             ) from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise BackendError(
                 f"upstream {self.url} closed the connection mid-stream after {self.frames_seen} chunks "
                 f"({_describe(exc)})",
@@ -300,7 +330,7 @@ class UpstreamBackend:
         read_timeout: float,
         headers: Mapping[str, str] | None,
         extra_body: Mapping[str, Any] | None,
-        client: httpx.AsyncClient | None,
+        client: aiohttp.ClientSession | None,
     ) -> None:
         self.upstream = Upstream(
             upstream,

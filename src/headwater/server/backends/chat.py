@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 import msgspec
 
 from headwater.protocol.sse import DONE
@@ -419,7 +419,7 @@ class ChatBackend(UpstreamBackend):
     (vLLM, SGLang, llama.cpp, Ollama, OpenRouter) or ``max_completion_tokens`` (OpenAI's o-series).
     ``include_usage``: ask for the usage chunk (``stream_options``). ``headers``/``extra_body``: added to every
     upstream request (e.g. OpenRouter's ``HTTP-Referer``, vLLM's ``chat_template_kwargs``). ``client``: an
-    ``httpx.AsyncClient`` to use instead of an own one.
+    ``aiohttp.ClientSession`` to use instead of an own one.
     """
 
     name = "chat"
@@ -437,7 +437,7 @@ class ChatBackend(UpstreamBackend):
         include_usage: bool = True,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
     ) -> None:
         if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from msgspec import UNSET
 from msgspec.structs import replace
 
@@ -223,7 +223,7 @@ class ResponsesBackend(UpstreamBackend):
         store: bool = False,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
     ) -> None:
         super().__init__(
             upstream,
