@@ -32,7 +32,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -325,11 +324,8 @@ async def _load(port: int, kind: str, streams: int, seconds: float) -> dict[str,
     errors: list[str] = []
     t0 = time.monotonic()
     deadline = t0 + seconds
-    events_total = 0
-    event_window: list[int] = [0]
 
     async def worker(index: int) -> None:
-        nonlocal events_total
         conn = _Conn("127.0.0.1", port)
         await asyncio.sleep(index * INTERVAL / max(streams, 1))  # spread the starts over one delta interval
         while time.monotonic() < deadline:
@@ -341,11 +337,9 @@ async def _load(port: int, kind: str, streams: int, seconds: float) -> dict[str,
                 await asyncio.sleep(0.05)
                 continue
             results.append(result)
-            events_total += result.events
 
     await asyncio.gather(*(worker(i) for i in range(streams)))
     elapsed = time.monotonic() - t0
-    del event_window
     return _summary(results, errors, elapsed)
 
 
