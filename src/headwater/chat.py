@@ -1,16 +1,22 @@
 """``headwater chat``: talk to an Open Responses endpoint from a terminal, a local ``headwater serve`` by default.
 
 One prompt as an argument, or an interactive session when none is given (each turn continues the last through
-``previous_response_id``). Text is shown as it streams, reasoning dimmed, tool calls with their arguments, then
-one closing line: status, tokens, cost when the provider reports it, time to first token. ``--json`` prints the
-events as JSONL instead. Drops are resumed by the client; failures end in one line that says what to do.
+``previous_response_id``; line editing and history through readline; ``/help`` lists the commands). Text is shown
+as it streams, word-wrapped on a terminal, reasoning dimmed, tool calls with their arguments, then one closing
+line: status, tokens, cost when the provider reports it, time to first token. ``--json`` prints the events as
+JSONL instead. Drops are resumed by the client; failures end in one line that says what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -20,7 +26,9 @@ from headwater.client import (
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
+    BadRequestError,
     Client,
+    NotFoundError,
     Stream,
     StreamError,
     StreamInterruptedError,
@@ -40,21 +48,70 @@ from headwater.protocol.events import (
 )
 from headwater.protocol.resources import FunctionCall, Response
 
-__all__ = ["Renderer", "chat_command", "closing_line"]
+__all__ = ["COMMANDS", "Renderer", "WordWrap", "chat_command", "closing_line"]
 
 _REASONING = (ResponseReasoningTextDelta, ResponseReasoningDelta, ResponseReasoningSummaryTextDelta)
 _FIRST_TOKEN = (ResponseOutputTextDelta, ResponseRefusalDelta, FunctionCallArgumentsDelta, *_REASONING)
 
 
+class WordWrap:
+    """Streamed text to lines of at most ``width`` columns, broken between words (a word longer than a line is
+    broken where the line ends). A word, and the space before it, wait until the word ends, so that a wrap never
+    splits a word nor leaves a space at the end of a line."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.column = 0
+        self.word = ""
+        self.space = False  # a space waits before the word
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for char in text:
+            if char == "\n":
+                out.append(self.flush())
+                out.append("\n")
+                self.column, self.space = 0, False
+            elif char == " " or char == "\t":
+                out.append(self.flush())
+                self.space = self.column > 0
+            else:
+                self.word += char
+                if len(self.word) >= self.width:
+                    out.append(self.flush())
+        return "".join(out)
+
+    def flush(self) -> str:
+        """The word held back, placed on this line or the next."""
+        word, self.word = self.word, ""
+        if not word:
+            return ""
+        lead = " " if self.space else ""
+        self.space = False
+        if self.column > 0 and self.column + len(lead) + len(word) > self.width:
+            lead, self.column = "\n", 0
+        self.column += len(lead.strip("\n")) + len(word)
+        return lead + word
+
+
+def _terminal_width() -> int:
+    """Columns to wrap at on a terminal; 0 (no wrapping) when the output is not one."""
+    if not sys.stdout.isatty():
+        return 0
+    return max(20, shutil.get_terminal_size().columns)
+
+
 class Renderer:
     """Writes a stream's events for a person: text as it comes, reasoning dim, tool calls as ``name(arguments)``.
-    Each kind of output starts on a line of its own."""
+    Each kind of output starts on a line of its own; text is word-wrapped at ``width`` columns (0: not)."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 0) -> None:
         self.kind: str | None = None
         self.at_line_start = True
         self.first_token: float | None = None
         self._streamed_arguments: set[int] = set()
+        self._wrap = WordWrap(width) if width > 0 else None
+        self._style: dict[str, Any] = {}  # the style of the prose being wrapped
 
     def write(self, text: str, **style: Any) -> None:
         if not text:
@@ -63,7 +120,18 @@ class Renderer:
         self.at_line_start = text.endswith("\n")
         sys.stdout.flush()
 
+    def prose(self, text: str, **style: Any) -> None:
+        """Text a person reads: word-wrapped (the unfinished last word waits for the next delta)."""
+        if self._wrap is None:
+            self.write(text, **style)
+            return
+        self._style = style
+        self.write(self._wrap.feed(text), **style)
+
     def newline(self) -> None:
+        if self._wrap is not None:
+            self.write(self._wrap.flush(), **self._style)
+            self._wrap.column, self._wrap.space = 0, False
         if not self.at_line_start:
             self.write("\n")
 
@@ -77,13 +145,13 @@ class Renderer:
             self.first_token = time.monotonic()
         if isinstance(event, ResponseOutputTextDelta):
             self._switch("text")
-            self.write(event.delta)
+            self.prose(event.delta)
         elif isinstance(event, _REASONING):
             self._switch("reasoning")
-            self.write(event.delta, dim=True)
+            self.prose(event.delta, dim=True)
         elif isinstance(event, ResponseRefusalDelta):
             self._switch("refusal")
-            self.write(event.delta, fg="red")
+            self.prose(event.delta, fg="red")
         elif isinstance(event, ResponseOutputItemAdded) and isinstance(event.item, FunctionCall):
             self._switch("tool")
             self.write(f"[tool call] {event.item.name}(", fg="cyan", bold=True)
@@ -134,9 +202,27 @@ def describe_error(error: APIError, base_url: str) -> str:
                 "or pass --base-url")
     if isinstance(error, AuthenticationError):
         return f"{error} -- pass --api-key or set HEADWATER_API_KEY"
+    if isinstance(error, NotFoundError) and not urlsplit(base_url).path.rstrip("/").endswith("/v1"):
+        return f"{error} -- the base URL usually ends in /v1: try --base-url {base_url.rstrip('/')}/v1"
+    if context_full(error):
+        return f"{error} -- the conversation no longer fits the model's context: /compact or /new"
     if isinstance(error, APIStatusError):
         return str(error)
     return str(error)
+
+
+def context_full(error: APIError) -> bool:
+    """Whether the request failed because the conversation is longer than the model's context."""
+    return isinstance(error, BadRequestError) and error.code == "context_length_exceeded"
+
+
+# The interactive session's commands: (name, what it does). A line starting with "/" is never sent to the model.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("/help", "this list"),
+    ("/new", "start a new conversation (forget the earlier turns)"),
+    ("/compact", "shrink the conversation into a summary, then go on from it (when the context is full)"),
+    ("/exit", "leave (also /quit, or Ctrl-D); Ctrl-C stops an answer, or clears the line"),
+)
 
 
 class _Chat:
@@ -145,10 +231,12 @@ class _Chat:
         self.model = model
         self.instructions = instructions
         self.as_json = as_json
+        self.last_error: APIError | None = None
 
-    def turn(self, prompt: str, previous_response_id: str | None) -> Response | None:
-        """One request, rendered. The final response (None if there is none to continue from)."""
-        body: dict[str, Any] = {"input": prompt}
+    def turn(self, prompt: str, previous_response_id: str | None, prefix: list[Any] | None = None) -> Response | None:
+        """One request, rendered. The final response (None if there is none to continue from). ``prefix``: items
+        to send before the prompt (a compacted conversation)."""
+        body: dict[str, Any] = {"input": [*prefix, {"role": "user", "content": prompt}] if prefix else prompt}
         if self.model:
             body["model"] = self.model
         if self.instructions:
@@ -156,7 +244,7 @@ class _Chat:
         if previous_response_id:
             body["previous_response_id"] = previous_response_id
         started = time.monotonic()
-        renderer = Renderer()
+        renderer = Renderer(0 if self.as_json else _terminal_width())
         stream: Stream | None = None
         error: APIError | None = None
         try:
@@ -177,9 +265,28 @@ class _Chat:
             if final is not None and stream is not None:
                 click.echo(click.style(closing_line(final, started=started, first_token=renderer.first_token,
                                                    resumes=stream.resumes, repairs=len(stream.repairs)), dim=True))
+        self.last_error = error
         if error is not None:
             click.echo(f"error: {describe_error(error, self.client.base_url)}", err=True)
         return final
+
+    def compact(self, previous_response_id: str) -> list[Any] | None:
+        """The conversation up to ``previous_response_id`` shrunk to items (None, after saying why, on failure)."""
+        body: dict[str, Any] = {"previous_response_id": previous_response_id}
+        if self.model:
+            body["model"] = self.model
+        else:
+            models = self.client.models.list().data
+            if not models:
+                click.echo("error: the server lists no model to compact with; pass --model", err=True)
+                return None
+            body["model"] = models[0].id
+        try:
+            compacted = self.client.responses.compact(**body)
+        except APIError as exc:
+            click.echo(f"error: {describe_error(exc, self.client.base_url)}", err=True)
+            return None
+        return compacted.output
 
 
 @click.command(name="chat", context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,32 +314,89 @@ def chat_command(prompt: str | None, base_url: str | None, model: str | None, ap
         _interactive(chat, previous_response_id)
 
 
+def _history_file() -> Path:
+    base = os.environ.get("HEADWATER_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "headwater"
+    )
+    return Path(base) / "chat_history"
+
+
+def _line_editing() -> Path | None:
+    """Line editing and a history kept across sessions, where readline exists (the history file's path)."""
+    try:
+        import readline
+    except ImportError:  # not on every platform: plain input() still works
+        return None
+    path = _history_file()
+    with contextlib.suppress(OSError):  # no history yet
+        readline.read_history_file(path)
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: Path | None) -> None:
+    if path is None:
+        return
+    import readline
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
+    except OSError:
+        pass  # a read-only home: the session worked, only its history is not kept
+
+
 def _interactive(chat: _Chat, previous_response_id: str | None) -> None:
     if not chat.as_json:
         click.echo(click.style(f"headwater chat with {chat.client.base_url}"
-                               f"{f' ({chat.model})' if chat.model else ''}; /exit or Ctrl-D to quit", dim=True))
-    while True:
-        try:
-            line = input("" if chat.as_json else "> ")
-        except EOFError:
-            if not chat.as_json:
-                click.echo()
-            return
-        except KeyboardInterrupt:
-            click.echo()
-            return
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            return
-        try:
-            final = chat.turn(line, previous_response_id)
-        except KeyboardInterrupt:
-            click.echo("\n(interrupted)", err=True)
-            continue
-        if final is not None and final.id and final.store is not False:
-            previous_response_id = final.id
+                               f"{f' ({chat.model})' if chat.model else ''}; /help for commands, "
+                               "/exit or Ctrl-D to quit", dim=True))
+    history = None if chat.as_json or not sys.stdin.isatty() else _line_editing()
+    prefix: list[Any] | None = None  # a compacted conversation, sent before the next prompt
+    try:
+        while True:
+            try:
+                line = input("" if chat.as_json else "> ")
+            except EOFError:
+                if not chat.as_json:
+                    click.echo()
+                return
+            except KeyboardInterrupt:  # as in Python's own REPL: a fresh line, not the end
+                click.echo(click.style("\n(Ctrl-D or /exit to quit)", dim=True))
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                command = line.split()[0]
+                if command in ("/exit", "/quit"):
+                    return
+                if command == "/help":
+                    for name, what in COMMANDS:
+                        click.echo(f"  {name:<10} {what}")
+                elif command == "/new":
+                    previous_response_id, prefix = None, None
+                    click.echo(click.style("(a new conversation)", dim=True))
+                elif command == "/compact":
+                    if previous_response_id is None:
+                        click.echo("nothing to compact yet", err=True)
+                        continue
+                    items = chat.compact(previous_response_id)
+                    if items is not None:
+                        previous_response_id, prefix = None, items
+                        click.echo(click.style(f"(the conversation is now {len(items)} item(s))", dim=True))
+                else:
+                    click.echo(f"unknown command {command}: /help lists them", err=True)
+                continue
+            try:
+                final = chat.turn(line, previous_response_id, prefix)
+            except KeyboardInterrupt:
+                click.echo("\n(interrupted)", err=True)
+                continue
+            if final is not None and final.id and final.store is not False:
+                previous_response_id, prefix = final.id, None
+    finally:
+        _save_history(history)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the caller sees one unbroken stream. ``compat=True`` repairs sloppy provider str
 """
 
 from .asynchronous import AsyncClient, AsyncStream
-from .core import DEFAULT_BASE_URL, DeletedResponse, InputItemList, Model, ModelList
+from .core import DEFAULT_BASE_URL, CompactedResponse, DeletedResponse, InputItemList, Model, ModelList
 from .errors import (
     APIConnectionError,
     APIError,
@@ -40,6 +40,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "CompactedResponse",
     "ConflictError",
     "DeletedResponse",
     "InputItemList",

@@ -18,12 +18,14 @@ from .core import (
     Call,
     CallOptions,
     ClientOptions,
+    CompactedResponse,
     DeletedResponse,
     Done,
     Fail,
     InputItemList,
     ModelList,
     Retry,
+    compact_request,
     create_request,
     decode_response,
     decoder_for,
@@ -187,6 +189,16 @@ class AsyncResponses:
         spec = simple_request(options, "POST", response_path(response_id, "/cancel"),
                               CallOptions(extra_headers=extra_headers))
         return await self._client._call(Call(spec, options.retry, decode_response))
+
+    async def compact(self, *, extra_headers: Mapping[str, str] | None = None,
+                      extra_body: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float | None = None,
+                      **body: Any) -> CompactedResponse:
+        """``POST /responses/compact`` with ``body`` (model, and input and/or previous_response_id): the
+        conversation shrunk to items to send back as ``input``."""
+        call = CallOptions(None, extra_headers, extra_body, timeout)
+        options = self._client.options
+        return await self._client._call(Call(compact_request(options, body, call), options.retry,
+                                             decoder_for(CompactedResponse)))
 
 
 class AsyncInputItems:

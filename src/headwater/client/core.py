@@ -198,6 +198,22 @@ class InputItemList(msgspec.Struct, kw_only=True):
     has_more: bool = False
 
 
+class CompactedResponse(msgspec.Struct, kw_only=True):
+    """What ``POST /responses/compact`` answers (the spec's ``CompactResource``): ``output`` holds the items to send
+    back as ``input`` to go on with the conversation (plain dicts: they go back to the server as they came)."""
+
+    id: str = ""
+    object: str = "response.compaction"
+    created_at: int | float = 0
+    output: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    usage: dict[str, Any] | None = None
+
+
+def compact_request(options: ClientOptions, body: Mapping[str, Any], call: CallOptions) -> RequestSpec:
+    return json_request(options, "POST", "/responses/compact", body={**body, **(call.extra_body or {})},
+                        extra_headers=call.extra_headers, timeout=call.timeout)
+
+
 def decoder_for(cls: type[T]) -> Callable[[bytes], T]:
     decoder = msgspec.json.Decoder(cls)
     return decoder.decode
