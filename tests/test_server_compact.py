@@ -1,6 +1,7 @@
-"""POST /v1/responses/compact through a real uvicorn on loopback (scripted backend; one test with the real local
-model): the CompactResource against the spec's schema, validation, and conversations continued from compacted
-items, over HTTP, over WebSocket mode and with the unmodified ``openai`` package."""
+"""POST /v1/responses/compact through a real uvicorn on loopback (scripted backend; the real local model where
+it is about the model): the CompactResource against the spec's schema, validation, conversations continued from
+compacted items over HTTP, WebSocket mode and the unmodified ``openai`` package, and compaction that shrinks (a
+budgeted summary, the extractive one when the model does not comply)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,17 @@ from headwater.protocol.stream import iter_events
 from headwater.server.app import create_app
 from headwater.server.backends.base import BackendError, Finish, GenerationRequest, TextDelta, UsageStep
 from headwater.server.backends.scripted import Fail, ScriptedBackend, ScriptItem
-from headwater.server.compact import SUMMARY_INSTRUCTIONS, compaction_summary
+from headwater.server.compact import (
+    MAX_SUMMARY_CHARS,
+    SUMMARY_INSTRUCTIONS,
+    compaction_summary,
+    render_transcript,
+    replaced_turns,
+    summary_budget,
+)
 from headwater.server.config import ServerConfig
+from headwater.server.conversation import to_chat_messages
+from headwater.server.requests import parse_request
 from headwater.server.store import MemoryStore
 from headwater.server.testing import LiveServer
 
@@ -304,26 +314,84 @@ def test_openai_package_compact_and_continue(start: Callable[..., Server]) -> No
 # --- the real model -----------------------------------------------------------------------------------------
 
 
-def test_compaction_with_the_real_local_model(tmp_path: Path) -> None:
+# A conversation whose assistant turns are long, as a chatty model's are.
+LONG_CONVERSATION = [
+    {"role": "user", "content": "My cat is called Tom. What should I feed him?"},
+    {"role": "assistant", "content": "Tom is a lovely name for a cat. Cats are carnivores, so Tom needs food made "
+     "mostly of meat: a good wet food twice a day, with dry food in between if he likes it. Fresh water should "
+     "always be available, and treats should stay under a tenth of what he eats in a day. Milk upsets the "
+     "stomach of many adult cats, so it is better left out. If Tom is a kitten, he needs kitten food until he "
+     "is about a year old, and a vet can tell you how much he should weigh."},
+    {"role": "user", "content": "He likes fish. Is that fine?"},
+    {"role": "assistant", "content": "Fish is fine for Tom now and then, cooked and without bones. Tuna every "
+     "day is not a good idea: it lacks some nutrients cats need, and too much of it can carry mercury. Cat "
+     "foods made with fish are balanced, so those are safe as a regular meal. Raw fish can destroy a vitamin "
+     "cats need, so cook it first. Salmon, white fish and sardines in water are good choices; avoid fish in "
+     "oil or salt, and never give him cooked bones."},
+]
+
+
+def test_a_summary_that_does_not_comply_is_replaced_by_an_extractive_one(start: Callable[..., Server]) -> None:
+    replaced = render_transcript(replaced_turns(to_chat_messages(parse_request(
+        json.dumps({"input": LONG_CONVERSATION}).encode()).items)))
+    for reply in (
+        [TextDelta("Tom likes fish. " * 200), UsageStep(300, 512), Finish("length")],  # runs to the cap
+        [TextDelta("Summary: Tom eats fish.\nUser: What about milk?\nAssistant: No milk."), Finish()],  # turns
+        [TextDelta("Tom " * 400), Finish()],  # over the budget
+    ):
+        server = start(list(reply))
+        result = compact(server, model=MODEL, input=LONG_CONVERSATION)
+        (request,) = server.backend.requests
+        budget = summary_budget(replaced)
+        assert request.max_output_tokens == budget // 4  # the model's output is capped to the budget
+        summary = compaction_summary(result["output"][-1]["encrypted_content"])
+        assert summary is not None and 0 < len(summary) <= budget < len(replaced)
+        assert summary.startswith("Assistant: Tom is a lovely name") and "User:" not in summary
+        # Deterministic: the same conversation compacts to the same summary.
+        again = compaction_summary(compact(start(list(reply)), model=MODEL, input=LONG_CONVERSATION)["output"][-1][
+            "encrypted_content"])
+        assert again == summary
+
+
+def test_a_summary_within_the_budget_is_kept(start: Callable[..., Server]) -> None:
+    server = start([TextDelta("Tom the cat may eat cooked fish now and then, not every day."), Finish()])
+    summary = compaction_summary(compact(server, model=MODEL, input=LONG_CONVERSATION)["output"][-1][
+        "encrypted_content"])
+    assert summary == "Tom the cat may eat cooked fish now and then, not every day."
+
+
+def test_the_budget_is_always_shorter_than_what_it_replaces() -> None:
+    for text in ("", "a", "Assistant: OK.", "x" * 299, "x" * 301, "x" * 1000, "x" * 100_000):
+        budget = summary_budget(text)
+        assert budget < len(text) or budget == 0
+        assert budget <= MAX_SUMMARY_CHARS
+    assert summary_budget("x" * 1000) == 500 and summary_budget("x" * 200) == 199
+
+
+def test_compaction_with_the_real_local_model_shrinks_the_conversation(tmp_path: Path) -> None:
     app = create_app(ServerConfig(backend="local", store="memory", data_dir=tmp_path))
+    question = {"role": "user", "content": "What is my cat called?"}
     with LiveServer(app) as live:
-        conversation = [
-            {"role": "user", "content": "My cat is called Tom."},
-            {"role": "assistant", "content": "Tom is a nice name for a cat."},
-            {"role": "user", "content": "He likes fish."},
-        ]
         response = httpx.post(live.url + "/v1/responses/compact", timeout=300,
-                              json={"model": "SmolLM2-135M-Instruct", "input": conversation})
+                              json={"model": "local", "input": LONG_CONVERSATION})
         assert response.status_code == 200, response.text
         result = response.json()
         assert schema_problems(result, SCHEMAS["CompactResource"]) == []
-        summary = compaction_summary(result["output"][-1]["encrypted_content"])
-        assert summary  # poor, but written by the model
+        compacted = result["output"][-1]
+        summary = compaction_summary(compacted["encrypted_content"])
+        replaced = "\n\n".join(f"Assistant: {m['content']}" for m in LONG_CONVERSATION if m["role"] == "assistant")
+        # The compacted item is shorter than the turns it replaces, whether the model complied or not.
+        assert summary and len(summary) < len(replaced)
+        assert [m["content"][0]["text"] for m in result["output"][:-1]] == [
+            m["content"] for m in LONG_CONVERSATION if m["role"] == "user"]
         usage = result["usage"]
-        assert usage["input_tokens"] > 20 and usage["output_tokens"] > 0
+        assert usage["input_tokens"] > 20 and 0 < usage["output_tokens"] <= summary_budget(replaced) // 4
         assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-        follow = httpx.post(live.url + "/v1/responses", timeout=300, json={
-            "model": "SmolLM2-135M-Instruct", "max_output_tokens": 16,
-            "input": [*result["output"], {"role": "user", "content": "What is my cat called?"}]})
-        assert follow.status_code == 200, follow.text
-        assert follow.json()["status"] in ("completed", "incomplete")
+        answers = []
+        for window in ([*result["output"], question], [*LONG_CONVERSATION, question]):
+            follow = httpx.post(live.url + "/v1/responses", timeout=300, json={
+                "model": "local", "max_output_tokens": 16, "temperature": 0, "input": window})
+            assert follow.status_code == 200, follow.text
+            answers.append(follow.json())
+        # The model reads fewer tokens going on from the compacted window than from the whole conversation.
+        assert answers[0]["usage"]["input_tokens"] < answers[1]["usage"]["input_tokens"]

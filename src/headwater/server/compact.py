@@ -8,9 +8,12 @@ developer messages, earlier compaction items). Sent back as ``input`` (with the 
 continues the conversation.
 
 The compaction item's summary is written by the backend's model: the conversation is rendered as a transcript
-and the model is asked, in an ordinary run (``runs``) that is not stored, to summarise it; the usage of that
-run is the resource's ``usage``. Should the model write nothing, the transcript's tail stands in for the
-summary. Headwater does not encrypt: ``encrypted_content`` is the base64 of a small JSON object
+and the model is asked, in an ordinary run (``runs``) that is not stored, to summarise it within a budget; the
+usage of that run is the resource's ``usage``. The summary is always shorter than what it replaces (the
+transcript of the non-user turns): the budget is half of it (at least 300 characters, never all of it, at most
+1,500), the model's output tokens are capped to match, and a summary that does not comply (empty, cut by the
+cap, over the budget, or writing conversation turns of its own, as small models do) is replaced by a
+deterministic extractive one: the replaced turns, newest first, each clipped to its share of the budget. Headwater does not encrypt: ``encrypted_content`` is the base64 of a small JSON object
 ``{"format": "headwater.compaction/1", "summary": ..., "model": ..., "created_at": ...}``, readable by whoever
 holds it. A compaction item given as input becomes a developer message carrying the summary
 (``conversation.to_chat_messages``); one this server did not make is refused with a 400 naming its
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import time
 from typing import Any
 
@@ -53,8 +57,11 @@ log = logging.getLogger("headwater.server")
 COMPACTION_FORMAT = "headwater.compaction/1"
 # The fields of CompactResponseMethodPublicBody; anything else in the body is ignored, as for create.
 _BODY_FIELDS = ("model", "input", "previous_response_id", "instructions", "prompt_cache_key")
-# How much of the transcript stands in for a summary the model did not write.
-FALLBACK_CHARS = 8000
+# The summary's budget, in characters (see ``summary_budget``).
+MAX_SUMMARY_CHARS = 1500
+MIN_SUMMARY_CHARS = 300
+# Characters per output token assumed when capping the model's summary (English text runs ~4).
+CHARS_PER_TOKEN = 4
 
 SUMMARY_INSTRUCTIONS = (
     "You compact conversations. Summarise the conversation you are given so that it can go on without its "
@@ -94,45 +101,103 @@ def compaction_summary(encrypted_content: str) -> str | None:
 
 
 def compaction_context(encrypted_content: str) -> str | None:
-    """What the model sees for a compaction item: the summary under a heading; None if it is not ours."""
+    """What the model sees for a compaction item: the summary under a heading; None if it is not ours or
+    stands for nothing (an empty summary)."""
     summary = compaction_summary(encrypted_content)
-    return None if summary is None else f"{CONTEXT_HEADING}\n{summary}"
+    return f"{CONTEXT_HEADING}\n{summary}" if summary else None
 
 
 # --- the summary ------------------------------------------------------------------------------------------------
 
 
+def _turn_lines(message: ChatMessage) -> list[str]:
+    """One turn as transcript lines: ``Assistant: ...``, ``Assistant called f(...)``, ``Tool result (...)``."""
+    if message.role == "tool":
+        return [f"Tool result ({message.tool_call_id or 'a call'}): {message.content}"]
+    label = {"system": "Instructions", "developer": "Developer"}.get(message.role, message.role.capitalize())
+    lines = [f"{label}: {message.content}"] if message.content else []
+    for call in message.tool_calls:
+        lines.append(f"{label} called {call.get('name', '')}({call.get('arguments', '')}) [call {call.get('id', '')}]")
+    return lines
+
+
 def render_transcript(messages: list[ChatMessage]) -> str:
     """The conversation as plain text, one turn a paragraph, for the model that summarises it."""
-    lines: list[str] = []
-    for message in messages:
-        if message.role == "tool":
-            lines.append(f"Tool result ({message.tool_call_id or 'a call'}): {message.content}")
-            continue
-        label = {"system": "Instructions", "developer": "Developer"}.get(message.role, message.role.capitalize())
-        if message.content:
-            lines.append(f"{label}: {message.content}")
-        for call in message.tool_calls:
-            lines.append(f"{label} called {call.get('name', '')}({call.get('arguments', '')}) "
-                         f"[call {call.get('id', '')}]")
-    return "\n\n".join(lines)
+    return "\n\n".join(line for message in messages for line in _turn_lines(message))
 
 
-def summary_request(model: str, transcript: str) -> GenerationRequest:
-    """The generation request that asks the model for the summary."""
+def replaced_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """What the compaction item stands for: every turn but the user's messages (the window keeps those)."""
+    return [m for m in messages if m.role != "user"]
+
+
+def summary_budget(replaced: str) -> int:
+    """How many characters the summary of ``replaced`` may have: half of it, at least ``MIN_SUMMARY_CHARS``
+    but always fewer than it has, at most ``MAX_SUMMARY_CHARS``."""
+    n = len(replaced)
+    return max(0, min(MAX_SUMMARY_CHARS, max(n // 2, min(n - 1, MIN_SUMMARY_CHARS))))
+
+
+def summary_request(model: str, transcript: str, budget: int = MAX_SUMMARY_CHARS) -> GenerationRequest:
+    """The generation request that asks the model for a summary of at most ``budget`` characters (its output
+    tokens capped to match)."""
+    words = max(budget // 6, 1)
     return GenerationRequest(
         model=model,
         messages=[
             ChatMessage(role="system", content=SUMMARY_INSTRUCTIONS),
-            ChatMessage(role="user", content=f"The conversation:\n\n{transcript}\n\nWrite the summary."),
+            ChatMessage(role="user", content=f"The conversation:\n\n{transcript}\n\n"
+                                             f"Write the summary, in at most {words} words."),
         ],
+        max_output_tokens=max(budget // CHARS_PER_TOKEN, 16),
     )
 
 
-def _fallback_summary(messages: list[ChatMessage]) -> str:
-    """The transcript of everything but the user's messages (which the window keeps), its tail if long."""
-    text = render_transcript([m for m in messages if m.role != "user"])
-    return text if len(text) <= FALLBACK_CHARS else "…" + text[-FALLBACK_CHARS:]
+# A line of a "summary" that is a conversation turn (the model carrying the transcript on).
+_TURN_LINE = re.compile(r"^\W*(user|assistant|developer|system|instructions|tool result|human|ai)\b[^:\n]{0,24}:",
+                        re.IGNORECASE | re.MULTILINE)
+
+
+def usable_summary(text: str, *, complete: bool, budget: int) -> bool:
+    """Whether the model's summary complies: something, not cut by the cap, within the budget, no turns."""
+    return bool(text) and complete and len(text) <= budget and _TURN_LINE.search(text) is None
+
+
+def extractive_summary(replaced: list[ChatMessage], budget: int) -> str:
+    """The deterministic stand-in for a summary: the replaced turns' lines (an earlier summary without its
+    heading), whole if they fit in ``budget`` characters, else newest first, each clipped to its share."""
+    lines = []
+    for message in replaced:
+        content = message.content
+        if message.role == "developer" and content.startswith(CONTEXT_HEADING):
+            content = "Earlier: " + content[len(CONTEXT_HEADING):].strip()
+            message = ChatMessage(role="summary", content=content)
+        lines += [" ".join(line.split()) for line in _turn_lines(message)]
+    lines = [line for line in lines if line]
+    text = "\n".join(lines)
+    if len(text) <= budget:
+        return text
+    share = max(budget // len(lines), 40)
+    kept: list[str] = []
+    used = -1
+    for line in reversed(lines):
+        piece = _clip(line, share)
+        if used + 1 + len(piece) > budget:
+            break
+        kept.append(piece)
+        used += 1 + len(piece)
+    return "\n".join(reversed(kept)) if kept else _clip(lines[-1], budget)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut at a word where it can be, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return text[:limit]
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "…"
 
 
 def _output_text(output: list[Any]) -> str:
@@ -187,11 +252,13 @@ async def compact_response(request: Request) -> Response:
                                code="missing_required_parameter")
     messages = to_chat_messages(items)
     context = [ChatMessage(role="system", content=validated.body.instructions)] if validated.body.instructions else []
+    replaced = replaced_turns(messages)
+    budget = summary_budget(render_transcript(replaced))
     created_at = int(time.time())
     template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=created_at)
     run = state.runs.start(
         writer=ResponseWriter(template),
-        request=summary_request(model, render_transcript(context + messages)),
+        request=summary_request(model, render_transcript(context + messages), budget),
         owner=owner,
         stored=False,
         background=False,
@@ -209,7 +276,11 @@ async def compact_response(request: Request) -> Response:
     if response.status == "failed":
         code = response.error.code if response.error is not None else "server_error"
         raise APIError(500, "the model failed while summarising the conversation", code=code)
-    summary = _output_text(response.output) or _fallback_summary(messages)
+    summary = _output_text(response.output)
+    if not usable_summary(summary, complete=response.status == "completed", budget=budget):
+        log.info("compaction %s: the model's summary does not comply (%d characters, %s, budget %d); using the "
+                 "extractive one", run.id, len(summary), response.status, budget)
+        summary = extractive_summary(replaced, budget)
     compaction = CompactionItem(
         id=new_id("cmp_"), encrypted_content=encode_compaction(summary, model=model, created_at=created_at)
     )
