@@ -132,8 +132,8 @@ def test_error_messages_are_typed_and_the_connection_stays_usable(client: Client
             connection.create(model=MODEL, input="x", previous_response_id="resp_nope")
         assert caught.value.code == "previous_response_not_found"
         with pytest.raises(BadRequestError) as caught:
-            connection.create(model=MODEL, input="x", stream=True)  # disallowed in WebSocket mode
-        assert caught.value.param == "stream"
+            connection.create(model=MODEL, input="x", background=True)  # contradicts WebSocket mode
+        assert caught.value.param == "background"
         assert read(connection.create(model=MODEL, input="fine"))[-1].type == "response.completed"
         # An error *event* inside a stream: every event is delivered, then StreamError at its end.
         failing = connection.create(model=MODEL, input="boom")

@@ -166,3 +166,20 @@ def test_a_response_failed_by_shutdown_reports_what_it_consumed(tmp_path: Path, 
         stored = httpx.get(again.url + url, timeout=10).json()
     assert stored["status"] == "failed" and stored["error"]["code"] == "server_shutdown"
     assert stored["usage"] is not None and stored["usage"]["output_tokens"] >= 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_required_tool_call_is_refused_naming_tool_choice_and_logged(
+    server: LiveServer, stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    body = {"model": MODEL, "input": "Weather?", "tools": [tool], "tool_choice": "required", "stream": stream}
+    with caplog.at_level("INFO", logger="headwater.server"):
+        response = httpx.post(server.url + "/v1/responses", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", "tool_choice")
+    # The operator sees why the client was refused: status, code, param and message, never the body.
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "400" in r.getMessage()]
+    assert "unsupported_parameter" in line and "tool_choice" in line and error["message"] in line
+    assert "Weather?" not in line

@@ -331,11 +331,8 @@ def test_a_stored_response_continuing_a_connection_local_one(start: Callable[...
         ('{"type": "session.update", "session": {}}', 400, "invalid_value", "type"),
         ('{"type": "response.create", "input": "hi", "temperature": 5}', 400, "invalid_value", "temperature"),
         ('{"type": "response.create", "input": [{"type": "nope"}]}', 400, "invalid_value", "input[0].type"),
-        ('{"type": "response.create", "input": "hi", "stream": true}', 400, "unsupported_parameter", "stream"),
         ('{"type": "response.create", "input": "hi", "stream": false}', 400, "unsupported_parameter", "stream"),
-        ('{"type": "response.create", "input": "hi", "stream_options": {}}', 400, "unsupported_parameter",
-         "stream_options"),
-        ('{"type": "response.create", "input": "hi", "background": false}', 400, "unsupported_parameter",
+        ('{"type": "response.create", "input": "hi", "background": true}', 400, "unsupported_parameter",
          "background"),
         ('{"type": "response.create", "input": "hi", "generate": false}', 400, "unsupported_parameter",
          "generate"),
@@ -354,6 +351,24 @@ def test_bad_messages_get_an_error_and_the_connection_stays_usable(
     assert error["type"] == "invalid_request_error"
     assert turn(ws, input="still here?")[-1].type == "response.completed"
     assert len(server.backend.requests) == 1  # the bad message never reached the backend
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"stream": True},  # the Agents SDK's WebSocket mode always sends it
+        {"stream": True, "stream_options": {"include_obfuscation": False}},
+        {"background": False},
+    ],
+)
+def test_transport_fields_that_agree_with_the_mode_are_accepted_and_ignored(
+    start: Callable[..., Server], connections: Callable, fields: dict
+) -> None:
+    server = start()
+    events = turn(connections(server), input="hi", **fields)
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.background is False
+    assert len(server.backend.requests) == 1
 
 
 def test_binary_json_message_is_accepted(start: Callable[..., Server], connections: Callable) -> None:

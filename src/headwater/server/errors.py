@@ -2,7 +2,8 @@
 
 Route code raises ``APIError``; the handlers here turn it, Starlette's own HTTP errors and anything unexpected
 into that shape. An unexpected exception is logged with its traceback and answered with a bare 500: no
-traceback, path or exception text ever reaches a client.
+traceback, path or exception text ever reaches a client. Every 4xx is logged at info level with its status,
+code, param and message (``log_refusal``), never the request body, so an operator can see why a client was refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["APIError", "error_body", "error_response", "exception_handlers"]
+__all__ = ["APIError", "error_body", "error_response", "exception_handlers", "log_refusal"]
 
 log = logging.getLogger("headwater.server")
 
@@ -49,6 +50,13 @@ class APIError(Exception):
         return cls(404, message, code="not_found", param=param)
 
 
+def log_refusal(where: str, error: APIError) -> None:
+    """One info line for a 4xx answer (``where``: ``POST /v1/responses``, ``WebSocket /v1/responses``)."""
+    if 400 <= error.status < 500:
+        param = f" (param {error.param})" if error.param else ""
+        log.info("%s: %d %s%s: %s", where, error.status, error.code, param, error.message)
+
+
 def error_body(error: APIError) -> bytes:
     return msgspec.json.encode(
         {"error": {"type": error.type, "code": error.code, "message": error.message, "param": error.param}}
@@ -61,6 +69,7 @@ def error_response(error: APIError) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
+    log_refusal(f"{request.method} {request.url.path}", exc)
     return error_response(exc)
 
 
@@ -73,6 +82,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = APIError(exc.status_code, str(exc.detail))
     error.headers = dict(exc.headers) if exc.headers else None
+    log_refusal(f"{request.method} {request.url.path}", error)
     return error_response(error)
 
 

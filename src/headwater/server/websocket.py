@@ -15,8 +15,11 @@ Where the spec is silent this follows OpenAI's WebSocket mode:
 
 - one response in flight per connection: a ``response.create`` that arrives while one runs gets a 409
   ``response_already_in_flight`` error (the running response goes on);
-- ``stream``, ``stream_options`` and ``background`` must not be sent (the spec marks them disallowed): 400
-  naming the field; ``generate: false`` (OpenAI's warm-up) is refused as unsupported;
+- ``stream``, ``stream_options`` and ``background`` are HTTP transport fields (the spec says a client must not
+  send them); as OpenAI's service does, what agrees with the mode is accepted and ignored (``stream: true``,
+  which the Agents SDK always sends, any ``stream_options``, ``background: false``) and only a value that
+  contradicts it is a 400 naming the field (``stream: false``, ``background: true``); ``generate: false``
+  (OpenAI's warm-up) is refused as unsupported;
 - the connection remembers its most recent successful response in memory, with the whole conversation up to
   and including its output, so ``previous_response_id`` naming it needs no store (this is how a
   ``store: false`` response is continued; its state lives as long as the connection). Any other id is looked
@@ -48,7 +51,7 @@ from headwater.protocol.writer import ResponseWriter, new_id
 
 from .backends.base import sampling_defaults, served_model
 from .conversation import build_messages, conversation_items
-from .errors import APIError, error_response
+from .errors import APIError, error_response, log_refusal
 from .requests import StoredItem, ValidatedRequest, encode_input_item, item_from_output, parse_request
 from .routes import ServerState, _authenticate, _state
 from .runs import Run, encode_response
@@ -61,8 +64,8 @@ log = logging.getLogger("headwater.server")
 
 MAX_CONNECTION_SECONDS = 60 * 60
 CREATE = "response.create"
-# HTTP transport fields the spec forbids in a response.create message.
-DISALLOWED_FIELDS = ("stream", "stream_options", "background")
+# HTTP transport fields a response.create message may carry only with the value the mode implies.
+MODE_VALUES = {"stream": True, "background": False}
 
 _json = msgspec.json.Decoder()
 
@@ -195,10 +198,11 @@ class _Connection:
         """Validate, build the conversation, create the stored response and start its run, as
         ``POST /v1/responses`` does. Returns the run and the conversation's items before its output."""
         state = self.state
-        for name in DISALLOWED_FIELDS:
-            if name in obj:
-                raise APIError.invalid(f"'{name}' must not be sent in a WebSocket '{CREATE}' message: every "
-                                       "response is streamed on the connection", name, code="unsupported_parameter")
+        for name, implied in MODE_VALUES.items():
+            if name in obj and obj[name] is not None and obj[name] != implied:
+                raise APIError.invalid(f"'{name}': {msgspec.json.encode(obj[name]).decode()} contradicts WebSocket "
+                                       f"mode, where every response is streamed on the connection in the "
+                                       f"foreground; leave '{name}' out", name, code="unsupported_parameter")
         if obj.get("generate") is False:
             raise APIError.invalid("warm-up requests ('generate': false) are not supported by this server",
                                    "generate", code="unsupported_parameter")
@@ -272,6 +276,7 @@ class _Connection:
     # --- sending ------------------------------------------------------------------------------------------
 
     async def _error(self, error: APIError) -> None:
+        log_refusal("WebSocket /v1/responses", error)
         await self._send(error_message(error))
 
     async def _send(self, data: bytes) -> bool:

@@ -77,7 +77,7 @@ def error_from_status(url: str, status: int, body: bytes) -> BackendError:
     message, code, explained = _error_details(body)
     text = f"upstream {url} answered {status}: {message or '(no message)'}"
     if status in _CLIENT_STATUSES and explained:
-        return BackendError(text, code=code or _STATUS_CODES[status], status=status)
+        return BackendError(text, code=code or _STATUS_CODES[status], status=status, param=_error_param(body))
     if status == 429:
         return BackendError(text, code=code or "rate_limit_exceeded", status=429)
     if status in (408, 504):
@@ -108,6 +108,17 @@ def _error_details(body: bytes) -> tuple[str, str | None, bool]:
                 return _short(message if isinstance(message, str) else json.dumps(message)), code, True
     text = body.decode("utf-8", "replace")
     return _short(" ".join(text.split())), None, False
+
+
+def _error_param(body: bytes) -> str | None:
+    """The request field an upstream's JSON error names (``{"error": {"param": "text.verbosity"}}``)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and param else None
 
 
 def _short(text: str, limit: int = 500) -> str:

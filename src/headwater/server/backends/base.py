@@ -104,6 +104,9 @@ class GenerationRequest:
     text_format: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     stop: list[str] = field(default_factory=list)
+    # text.verbosity: a hint. Upstreams that take it get it; backends without the notion ignore it (the
+    # response echoes it either way; docs/request-policy.md).
+    verbosity: str | None = None
 
 
 class BackendError(Exception):

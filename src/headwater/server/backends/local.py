@@ -825,13 +825,15 @@ def _json_schema(text_format: dict[str, Any] | None) -> dict[str, Any] | object 
             schema = text_format["json_schema"].get("schema")
         if not isinstance(schema, dict):
             raise BackendError(
-                "text.format json_schema needs a schema object", code="unsupported_parameter", status=400
+                "text.format json_schema needs a schema object", code="unsupported_parameter", status=400,
+                param="text.format.schema",
             )
         return schema
     raise BackendError(
         f"text.format {kind!r} is not supported by the local backend",
         code="unsupported_parameter",
         status=400,
+        param="text.format.type",
     )
 
 
@@ -861,6 +863,7 @@ def _grammar(text_format: dict[str, Any] | None) -> LlamaGrammar | None:
             f"this JSON schema cannot be enforced by llama.cpp's grammar: {exc}",
             code="unsupported_parameter",
             status=400,
+            param="text.format.schema",
         ) from exc
     # The converter lets raw control characters (a newline...) into strings, which is not JSON: the model
     # then never closes its string. Exclude them as llama.cpp's own JSON grammar does.

@@ -214,6 +214,8 @@ def _error_options(error: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {"code": error.get("code") or "server_error"}
     if isinstance(error.get("status"), int):
         options["status"] = error["status"]
+    if isinstance(error.get("param"), str):
+        options["param"] = error["param"]
     return options
 
 
