@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from headwater.server.backends.base import ChatMessage
+from headwater.server.backends.chat import chat_request
+from headwater.server.backends.responses import responses_request
 from headwater.server.conversation import to_chat_messages
 from headwater.server.errors import APIError
 from headwater.server.requests import MessageItem, parse_request
@@ -68,9 +70,8 @@ def test_easy_messages_without_type_are_messages() -> None:
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"include": ["message.output_text.logprobs"]}, "include[0]"),
-        ({"text": {"verbosity": "low"}}, "text.verbosity"),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity"),
         ({"text": {"format": {"type": "json_schema"}}}, "text.format.name"),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
         ({"conversation": "conv_1"}, "conversation"),
     ],
 )
@@ -78,6 +79,20 @@ def test_a_bad_field_is_a_400_naming_it(body: dict[str, Any], param: str) -> Non
     error = refused(body)
     assert error.param == param, error.message
     assert error.message
+
+
+@pytest.mark.parametrize("verbosity", ["low", "medium", "high"])
+def test_text_verbosity_is_echoed_and_passed_to_upstreams_that_take_it(verbosity: str) -> None:
+    request = parse_request(json.dumps({"input": "hi", "text": {"verbosity": verbosity}}).encode())
+    template = request.response_template(response_id="resp_1", model="m", created_at=0)
+    assert template.text == {"format": {"type": "text"}, "verbosity": verbosity}
+    generation = request.generation_request("m", [ChatMessage(role="user", content="hi")])
+    assert generation.verbosity == verbosity
+    # A Responses upstream (OpenAI's gpt-5 models take it) gets it in `text`; a chat upstream as OpenAI's
+    # top-level chat parameter, unless it is the default everyone assumes.
+    assert responses_request(generation, model="m")["text"] == {"verbosity": verbosity}
+    chat = chat_request(generation, model="m")
+    assert chat.get("verbosity") == (None if verbosity == "medium" else verbosity)
 
 
 def test_bad_json_and_non_objects_are_400_without_param() -> None:

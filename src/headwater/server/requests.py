@@ -245,6 +245,7 @@ class ValidatedRequest:
             max_output_tokens=body.max_output_tokens,
             text_format=text_format,
             reasoning=msgspec.to_builtins(body.reasoning) if body.reasoning is not None else None,
+            verbosity=body.text.verbosity if body.text is not None else None,
         )
 
     def response_template(
@@ -359,9 +360,6 @@ def _refuse(body: CreateResponseBody) -> None:
         if value == "message.output_text.logprobs":
             raise APIError.invalid("log probabilities are not available from this server's backends",
                                    f"include[{i}]", code="unsupported_value")
-    if body.text is not None and body.text.verbosity not in (None, "medium"):
-        raise APIError.invalid("text.verbosity other than 'medium' is not supported by this server's backends",
-                               "text.verbosity", code="unsupported_value")
     if body.service_tier not in (None, "auto", "default"):
         raise APIError.invalid(f"service_tier '{body.service_tier}' is not offered: this server has one tier; send "
                                "'auto' or 'default' or leave it out", "service_tier", code="unsupported_value")

@@ -341,6 +341,8 @@ def chat_request(
     response_format = _response_format(request.text_format)
     if response_format is not None:
         body["response_format"] = response_format
+    if request.verbosity not in (None, "medium"):  # OpenAI's chat parameter; "medium" is everyone's default
+        body["verbosity"] = request.verbosity
     effort = (request.reasoning or {}).get("effort")
     if effort:
         body["reasoning_effort"] = effort

@@ -154,6 +154,8 @@ def responses_request(
             body["reasoning"] = reasoning
     if extra_body:
         body.update(extra_body)
+    if request.verbosity is not None:
+        body.setdefault("text", {})["verbosity"] = request.verbosity
     return body
 
 
