@@ -209,8 +209,8 @@ def test_cancel_a_background_response(headwater: Callable[..., tuple[str, Script
         cancelled = client.responses.cancel(started.id)
         assert cancelled.status == "cancelled"
         final = client.responses.retrieve(started.id, stream=True).get_final_response()
-    assert final.status == "incomplete" and final.incomplete_details is not None
-    assert final.incomplete_details.reason == "cancelled"
+    # Known by its status; no incomplete reason OpenAI's types would refuse.
+    assert final.status == "cancelled" and final.incomplete_details is None
 
 
 # --- errors --------------------------------------------------------------------------------------------------

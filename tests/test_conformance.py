@@ -184,11 +184,31 @@ def incomplete_stream(details: Any = "default") -> list[dict[str, Any]]:
     return s
 
 
+def cancelled_stream() -> list[dict[str, Any]]:
+    """A stream stopped on request: response.incomplete, status cancelled, no incomplete_details."""
+    s = incomplete_stream(details=None)
+    s[-1]["response"]["status"] = "cancelled"
+    return s
+
+
+def invented_annotation() -> dict[str, Any]:
+    message = copy.deepcopy(MSG_DONE)
+    message["content"][0]["annotations"] = [{**ANN, "extra_title": ""}]
+    return message
+
+
 SH = "sh_1"
 
 
 def shell_stream(done_command: str = "ls -la", item_command: str = "ls -la") -> list[dict[str, Any]]:
     action: dict[str, Any] = {"commands": [], "max_output_length": None, "timeout_ms": None}
+    done = {
+        "type": "shell_call",
+        "id": SH,
+        "call_id": "c",
+        "status": "completed",
+        "action": {**action, "commands": [item_command]},
+    }
     return [
         {"type": "response.created", "response": resp()},
         {
@@ -211,18 +231,8 @@ def shell_stream(done_command: str = "ls -la", item_command: str = "ls -la") -> 
             "command_index": 0,
             "command": done_command,
         },
-        {
-            "type": "response.output_item.done",
-            "output_index": 0,
-            "item": {
-                "type": "shell_call",
-                "id": SH,
-                "call_id": "c",
-                "status": "completed",
-                "action": {**action, "commands": [item_command]},
-            },
-        },
-        {"type": "response.completed", "response": resp("completed", [{"type": "shell_call", "id": SH}])},
+        {"type": "response.output_item.done", "output_index": 0, "item": done},
+        {"type": "response.completed", "response": resp("completed", [done])},
     ]
 
 
@@ -253,7 +263,7 @@ def image_stream(first_partial: int = 0) -> list[dict[str, Any]]:
             "output_index": 0,
             "item": {**item, "status": "completed", "result": "BBBB"},
         },
-        {"type": "response.completed", "response": resp("completed", [{**item, "status": "completed"}])},
+        {"type": "response.completed", "response": resp("completed", [{**item, "status": "completed", "result": "BBBB"}])},
     ]
 
 
@@ -362,8 +372,21 @@ CASES: list[tuple[str, str, Build, Build]] = [
      lambda: seq(valid())),
     ("FAILED-ERROR", "response.failed without response.error",
      lambda: seq(failed_stream(error=None)), lambda: seq(failed_stream())),
+    ("TERMINAL-STATUS", "response.incomplete with status completed (cancelled is allowed)",
+     lambda: seq(edit(incomplete_stream(), "response.incomplete", response=resp("completed", [RS_DONE, MSG_DONE, FC_DONE]))),
+     lambda: seq(cancelled_stream())),
     ("INCOMPLETE-DETAILS", "response.incomplete without incomplete_details",
      lambda: seq(incomplete_stream(details=None)), lambda: seq(incomplete_stream())),
+    ("INCOMPLETE-DETAILS", "response.incomplete without incomplete_details (a cancelled one needs none)",
+     lambda: seq(incomplete_stream(details=None)), lambda: seq(cancelled_stream())),
+    ("TERMINAL-ITEM-FIELDS", "the snapshot's message lost a field its output_item.done carried",
+     lambda: seq(edit(valid(), "response.output_item.done", nth=1, item={**MSG_DONE, "phase": "final_answer"})),
+     lambda: seq(valid())),
+    ("TERMINAL-ITEM-FIELDS", "the snapshot's annotation gained fields the event did not carry",
+     lambda: seq(completed_output(valid(), [RS_DONE, invented_annotation(), FC_DONE])), lambda: seq(valid())),
+    ("TERMINAL-ITEM-FIELDS", "the snapshot's function call has other arguments",
+     lambda: seq(completed_output(valid(), [RS_DONE, MSG_DONE, {**FC_DONE, "arguments": "{}"}])),
+     lambda: seq(valid())),
     ("TERMINAL-OUTPUT", "response.output misses an item",
      lambda: seq(completed_output(valid(), [RS_DONE, MSG_DONE])), lambda: seq(valid())),
     ("TERMINAL-OUTPUT", "response.output in the wrong order",

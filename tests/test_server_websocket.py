@@ -451,7 +451,7 @@ def test_closing_the_connection_cancels_the_running_response(start: Callable[...
     wait_until(lambda: server.backend.closed_early)
     response_id = created["response"]["id"]
     wait_until(lambda: server.http.get(f"/v1/responses/{response_id}").json()["status"] == "cancelled")
-    assert server.http.get(f"/v1/responses/{response_id}").json()["incomplete_details"] == {"reason": "cancelled"}
+    assert server.http.get(f"/v1/responses/{response_id}").json()["incomplete_details"] is None
     replay = server.http.get(f"/v1/responses/{response_id}", params={"stream": "true"})
     assert check(list(_sse_events(replay.content))) == []
 

@@ -228,6 +228,15 @@ async def test_every_capture_relays_conformantly(path: Path, index: int) -> None
         assert summary(ours.response.output) == summary(_built_output(upstream_events))
     if theirs.response.usage is not None:
         assert ours.response.usage == theirs.response.usage
+    # Fidelity, as JSON: the usage is the upstream's own, every provider extra included (cache_write_tokens...)
+    # and nothing invented; each item of the terminal snapshot is what its relayed output_item.done said
+    # (check()'s TERMINAL-ITEM-FIELDS), itself the upstream's done item but for the relay's rewrites.
+    terminal = [event_to_builtins(e) for e in upstream_events if e.type in TERMINAL_TYPES]
+    if terminal and events[-1].type == terminal[-1]["type"]:
+        assert event_to_builtins(events[-1])["response"].get("usage") == terminal[-1]["response"].get("usage")
+
+
+TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
 
 
 def _built_output(events: list[Event]) -> list[Any]:
@@ -427,10 +436,10 @@ def test_cancel_and_failure_mid_stream_close_what_is_open(after: int) -> None:
         out = relay.start()
         for event in upstream[: after + 40]:
             out += relay.feed(event)
-        out += relay.incomplete("cancelled") if end == "cancel" else relay.fail("server_shutdown", "stopping")
+        out += relay.cancelled() if end == "cancel" else relay.fail("server_shutdown", "stopping")
         events = as_client_sees(out)
         assert check(events) == []
-        assert accumulate(events).status == ("incomplete" if end == "cancel" else "failed")
+        assert accumulate(events).status == ("cancelled" if end == "cancel" else "failed")
 
 
 def test_a_relay_is_made_from_the_writer_it_replaces() -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from msgspec import UNSET
-from msgspec.structs import replace
 
+from .codec import keep_wires
 from .events import (
     ApplyPatchCallOperationDiffDelta,
     ApplyPatchCallOperationDiffDone,
@@ -102,6 +102,7 @@ from .resources import (
     UnknownItem,
     UnknownPart,
     WebSearchCall,
+    replace,
 )
 
 __all__ = ["Accumulator", "Problem", "aaccumulate", "accumulate"]
@@ -126,6 +127,19 @@ class Problem:
 # --- helpers ------------------------------------------------------------------------------------------------
 
 _TERMINAL_STATUSES = frozenset({"completed", "incomplete", "failed", "cancelled"})
+# Events whose resources become part of the snapshot: they keep the JSON they came from (``codec.keep_wires``).
+_CARRIERS = frozenset({
+    ResponseOutputItemAdded,
+    ResponseOutputItemDone,
+    ResponseContentPartAdded,
+    ResponseContentPartDone,
+    ResponseReasoningSummaryPartAdded,
+    ResponseReasoningSummaryPartDone,
+    ResponseOutputTextAnnotationAdded,
+    ResponseCompleted,
+    ResponseIncomplete,
+    ResponseFailed,
+})
 
 
 def _own(obj: _T) -> _T:
@@ -634,6 +648,8 @@ class Accumulator:
                 return
         if self._count == 1 and type(event) is not ResponseCreated:
             self._problem(event, "missing-created", f"the stream starts with {event.type}")
+        if type(event) in _CARRIERS:
+            keep_wires(event)
         handler(event)
 
     def _fill_gap(self, seq: int) -> bool:
@@ -855,7 +871,7 @@ class Accumulator:
             final = replace(server, output=[_own(item) for item in server.output])
         else:
             final = replace(server, output=built)
-        if final.status != status:
+        if final.status != status and not (status == "incomplete" and final.status == "cancelled"):
             self._problem(
                 event, "terminal-status", f"{event.type} carries a response with status {final.status!r}"
             )

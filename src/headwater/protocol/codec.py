@@ -16,13 +16,23 @@ from msgspec.structs import replace as _struct_replace
 
 from .errors import DecodeError
 from .events import EVENT_CLASSES, Event, KnownEvent, UnknownEvent
-from .resources import UnknownAnnotation, UnknownItem, UnknownPart, _enc_hook, _Unknown
+from .resources import (
+    UnknownAnnotation,
+    UnknownItem,
+    UnknownPart,
+    _enc_hook,
+    _Unknown,
+    has_wire,
+    keep_wire,
+    to_builtins,
+)
 
 __all__ = [
     "decode_event",
     "decode_event_obj",
     "encode_event",
     "event_to_builtins",
+    "keep_wires",
     "replace_event",
     "to_camel",
     "to_snake",
@@ -157,6 +167,35 @@ def _put(event: Any, path: list[str | int], value: Any) -> None:
         msgspec.structs.force_setattr(parent, last, value)
 
 
+# The fields of events that carry resources (an item, a part, an annotation, a response).
+_NESTED = ("item", "part", "annotation", "response")
+
+
+def keep_wires(event: Event) -> None:
+    """Let the resources inside a decoded event remember the JSON they came from (``resources.keep_wire``), so
+    that a snapshot built from them shows what the provider sent. Only events that carry resources are read
+    (never a delta); an event built here, with nothing decoded, has nothing to keep. Idempotent."""
+    if type(event) is UnknownEvent or "_wires" in event.__dict__:
+        return
+    names = [name for name in _NESTED if getattr(event, name, None) is not None]
+    if not names:
+        return
+    event.__dict__["_wires"] = True
+    if "_raw" not in event.__dict__ and "_wire" not in event.__dict__:
+        return
+    wire = event_to_builtins(event)
+    for name in names:
+        value = getattr(event, name)
+        if name == "response":  # the response is the receiver's own; what it holds is the provider's
+            raw = wire.get("response")
+            if isinstance(raw, dict):
+                keep_wire(value.output, raw.get("output"))
+                if value.usage is not None:
+                    keep_wire(value.usage, raw.get("usage"))
+        else:
+            keep_wire(value, wire.get(name))
+
+
 def encode_event(event: Event) -> bytes:
     """An event as single-line JSON. A decoded, unchanged event gives back exactly the bytes it came from."""
     raw = event.__dict__.get("_raw")
@@ -167,6 +206,8 @@ def encode_event(event: Event) -> bytes:
     wire = event.__dict__.get("_wire")
     if wire is not None:
         return _encoder.encode(wire)
+    if any(has_wire(getattr(event, name, None)) for name in _NESTED):
+        return _encoder.encode(to_builtins(event))
     return _encoder.encode(event)
 
 
@@ -180,7 +221,7 @@ def event_to_builtins(event: Event) -> dict[str, Any]:
     wire = event.__dict__.get("_wire")
     if wire is not None:
         return dict(wire)
-    return msgspec.to_builtins(event, enc_hook=_enc_hook)
+    return to_builtins(event)
 
 
 def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:
@@ -189,7 +230,7 @@ def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:
     new = _struct_replace(event, **changes)
     if "_raw" in event.__dict__ or "_wire" in event.__dict__:
         wire = event_to_builtins(event)
-        wire.update(msgspec.to_builtins(changes, enc_hook=_enc_hook))
+        wire.update(to_builtins(changes))
         new.__dict__["_wire"] = wire
     return new
 

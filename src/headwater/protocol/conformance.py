@@ -13,6 +13,7 @@ from typing import Any, Literal, NamedTuple
 
 from msgspec import UNSET
 
+from .codec import event_to_builtins
 from .events import (
     ApplyPatchCallOperationDiffDelta,
     ApplyPatchCallOperationDiffDone,
@@ -130,16 +131,27 @@ RULES: tuple[Rule, ...] = (
     Rule("ERROR-THEN-FAILED", "error", "The event after an `error` event is `response.failed`.",
          "spec: ErrorStreamingEvent, ResponseFailedStreamingEvent; seed: OpenResponsesErrorEvent"),
     Rule("TERMINAL-STATUS", "error",
-         "The terminal event's type agrees with `response.status` (completed/incomplete/failed).",
+         "The terminal event's type agrees with `response.status` (completed/incomplete/failed); "
+         "`response.incomplete` may also say `cancelled` (a response stopped on request: the spec has no "
+         "cancelled event, OpenAI's ResponseStatus has the status).",
          "spec: ResponseCompleted/Incomplete/FailedStreamingEvent + ResponseResource.status"),
     Rule("FAILED-ERROR", "warning", "`response.failed` carries a non-null `response.error`.",
          "spec: ResponseResource.error (the error that occurred, if the response failed)"),
-    Rule("INCOMPLETE-DETAILS", "warning", "`response.incomplete` carries non-null `response.incomplete_details`.",
+    Rule("INCOMPLETE-DETAILS", "warning",
+         "`response.incomplete` carries non-null `response.incomplete_details`, unless its status is "
+         "`cancelled` (the status says why).",
          "spec: ResponseResource.incomplete_details (why the response was incomplete)"),
     Rule("TERMINAL-OUTPUT", "error",
          "`response.output` of `response.completed`/`response.incomplete` lists exactly the items done in "
          "the stream, in output_index order (count and ids).",
          "spec: ResponseResource.output + ResponseOutputItemDoneStreamingEvent"),
+    Rule("TERMINAL-ITEM-FIELDS", "error",
+         "Each item of the terminal `response.output` says, field for field, what the stream's own "
+         "`output_item.done` for it said: no field lost, added or changed (nested parts, annotations and "
+         "fields the spec does not name included). Opaque encrypted values (Fernet tokens, `gAAAAA...`, "
+         "which OpenAI encrypts anew each time it serializes an item) count as equal.",
+         "spec: ResponseResource.output + ResponseOutputItemDoneStreamingEvent (the snapshot and the events "
+         "describe one response)"),
     # output items
     Rule("ITEM-INDEX-NEXT", "error",
          "`output_index` is dense from 0: each `output_item.added` takes the next unused index.",
@@ -412,6 +424,7 @@ class _Item:
         "added_item",
         "adopted",
         "done",
+        "done_event",
         "id",
         "next_part",
         "output_index",
@@ -427,6 +440,7 @@ class _Item:
         self.id: str | None = _str_or_none(getattr(item, "id", None))
         self.type: str | None = _tag(item)
         self.done = False
+        self.done_event: Any = None
         self.parts: dict[tuple[str, Any], _Part] = {}
         self.next_part: dict[str, int] = {}
         self.streams: dict[str, _Stream] = {}
@@ -636,11 +650,15 @@ class Checker:
         want = TERMINAL_STATUS.get(type(event))
         if want is None:
             return
-        if status != want:
+        if status != want and not (want == "incomplete" and status == "cancelled"):
             self._say("TERMINAL-STATUS", f"{etype} has response.status {status!r}, expected {want!r}")
         if isinstance(event, ResponseFailed) and getattr(response, "error", None) is None:
             self._say("FAILED-ERROR", "`response.failed` has response.error null")
-        if isinstance(event, ResponseIncomplete) and getattr(response, "incomplete_details", None) is None:
+        if (
+            isinstance(event, ResponseIncomplete)
+            and status != "cancelled"
+            and getattr(response, "incomplete_details", None) is None
+        ):
             self._say("INCOMPLETE-DETAILS", "`response.incomplete` has response.incomplete_details null")
         if not first_terminal:
             return
@@ -652,12 +670,15 @@ class Checker:
                     f"item {item.id!r} at output_index {item.output_index} was added "
                     "but never done before `response.completed`",
                 )
-        if isinstance(event, (ResponseCompleted, ResponseIncomplete)):
-            self._check_terminal_output(getattr(response, "output", None), etype)
+        if isinstance(event, (ResponseCompleted, ResponseIncomplete)) and self._check_terminal_output(
+            getattr(response, "output", None), etype
+        ):
+            self._check_terminal_fields(event, etype)
 
-    def _check_terminal_output(self, output: Any, etype: str) -> None:
+    def _check_terminal_output(self, output: Any, etype: str) -> bool:
+        """TERMINAL-OUTPUT; True when the output lists the done items (so they can be compared)."""
         if not isinstance(output, list):
-            return
+            return False
         done = sorted(self._done_items, key=lambda item: _sort_key(item.output_index))
         done_ids = [item.id for item in done]
         out_ids = [_str_or_none(getattr(entry, "id", None)) for entry in output]
@@ -665,14 +686,14 @@ class Checker:
             for item in done:
                 if item.id is not None and item.id not in out_ids:
                     self._say("TERMINAL-OUTPUT", f"{etype} response.output lacks item {item.id!r}, done in the stream")
-            return
+            return False
         if len(out_ids) != len(done_ids):
             self._say(
                 "TERMINAL-OUTPUT",
                 f"{etype} response.output has {len(out_ids)} items {out_ids[:8]}, "
                 f"the stream finished {len(done_ids)} {done_ids[:8]}",
             )
-            return
+            return False
         for position, (got, want) in enumerate(zip(out_ids, done_ids, strict=True)):
             if got != want:
                 self._say(
@@ -680,7 +701,27 @@ class Checker:
                     f"{etype} response.output[{position}] has id {got!r}, the stream's "
                     f"item {position} (output_index {done[position].output_index}) is {want!r}",
                 )
-                return
+                return False
+        return bool(output)
+
+    def _check_terminal_fields(self, event: Any, etype: str) -> None:
+        """TERMINAL-ITEM-FIELDS: the terminal snapshot's items against the stream's own done items, as JSON."""
+        output = event_to_builtins(event).get("response", {}).get("output")
+        done = sorted(self._done_items, key=lambda item: _sort_key(item.output_index))
+        if not isinstance(output, list):
+            return
+        for position, (theirs, item) in enumerate(zip(output, done, strict=False)):
+            if item.done_event is None:
+                continue
+            said = event_to_builtins(item.done_event).get("item")
+            differences = _json_differences(said, theirs)
+            if differences:
+                shown = "; ".join(differences[:4]) + (f"; {len(differences) - 4} more" if len(differences) > 4 else "")
+                self._say(
+                    "TERMINAL-ITEM-FIELDS",
+                    f"{etype} response.output[{position}] (item {item.id!r}) differs from its output_item.done: "
+                    f"{shown}",
+                )
 
     # -- items, parts and delta streams
 
@@ -783,6 +824,7 @@ class Checker:
             )
             return
         item.done = True
+        item.done_event = event
         self._done_items.append(item)
         label = f"item {item.id!r} (output_index {item.output_index})"
         done_type = _tag(done_item)
@@ -1003,6 +1045,35 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 # --- entry points -------------------------------------------------------------------------------------------
+
+
+def _json_differences(said: Any, shown: Any, path: str = "") -> list[str]:
+    """Where ``shown`` (a snapshot's JSON) does not say what ``said`` (an event's JSON) said, as readable paths."""
+    if isinstance(said, dict) and isinstance(shown, dict):
+        out: list[str] = []
+        for key, value in said.items():
+            if key not in shown:
+                out.append(f"{path}.{key} is missing")
+            else:
+                out.extend(_json_differences(value, shown[key], f"{path}.{key}"))
+        out.extend(f"{path}.{key} was added" for key in shown if key not in said)
+        return out
+    if isinstance(said, list) and isinstance(shown, list) and len(said) == len(shown):
+        return [d for i, (a, b) in enumerate(zip(said, shown, strict=True)) for d in _json_differences(a, b, f"{path}[{i}]")]
+    if isinstance(said, str) and isinstance(shown, str) and said.startswith(_FERNET) and shown.startswith(_FERNET):
+        return []  # opaque encrypted state, encrypted anew each time the provider serializes the item
+    if said != shown or type(said) is not type(shown):
+        return [f"{path or '.'} is {_brief(shown)}, not {_brief(said)}"]
+    return []
+
+
+# Fernet tokens (version byte 0x80, base64): OpenAI's encrypted_content / fingerprint.
+_FERNET = "gAAAAA"
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check(events: Iterable[Any], *, starting_after: int | None = None) -> list[Violation]:

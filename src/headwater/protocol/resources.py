@@ -4,14 +4,21 @@ These declarations are the wire format (snake_case) and the decoder. Fields the 
 encoded (null when unknown); fields only some providers send default to ``UNSET`` and are omitted when absent,
 so a re-encoded object says what the provider said. Unknown item, part and annotation types become
 ``UnknownItem`` / ``UnknownPart`` / ``UnknownAnnotation`` (see ``codec``), never a decode failure.
+
+Fidelity (one mechanism): an item, part, annotation or usage object taken from a provider's event remembers the
+JSON object it came from (``keep_wire``; ``replace`` keeps it). ``to_builtins`` then gives that object back as
+the provider sent it, with its current values for the fields Headwater declares (ids and statuses the relay
+rewrote, texts the deltas built), every field it does not declare, and no declared field the provider left out
+unless its value was changed (a default like ``title: ""`` is never invented).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Union, get_args
+from functools import cache
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union, get_args
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType, field
+from msgspec import NODEFAULT, UNSET, Struct, UnsetType, field
 
 __all__ = [
     "UNSET",
@@ -67,6 +74,10 @@ __all__ = [
     "UrlCitation",
     "Usage",
     "WebSearchCall",
+    "has_wire",
+    "keep_wire",
+    "replace",
+    "to_builtins",
 ]
 
 
@@ -115,7 +126,7 @@ class UnknownAnnotation(_Unknown):
 # --- annotations --------------------------------------------------------------------------------------------
 
 
-class _Annotation(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True):
+class _Annotation(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True, dict=True):
     type: ClassVar[str]  # the wire tag, set below for every class
 
 
@@ -155,20 +166,20 @@ else:  # msgspec decodes the known union; the codec substitutes UnknownAnnotatio
 # --- content parts ------------------------------------------------------------------------------------------
 
 
-class TopLogProb(Struct, kw_only=True, repr_omit_defaults=True):
+class TopLogProb(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     token: str
     logprob: float
     bytes: list[int] | None = None
 
 
-class LogProb(Struct, kw_only=True, repr_omit_defaults=True):
+class LogProb(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     token: str
     logprob: float
     bytes: list[int] | None = None
     top_logprobs: list[TopLogProb] = field(default_factory=list)
 
 
-class _Part(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True):
+class _Part(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True, dict=True):
     type: ClassVar[str]  # the wire tag, set below for every class
 
 
@@ -221,7 +232,7 @@ else:
 # --- output items -------------------------------------------------------------------------------------------
 
 
-class _Item(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True):
+class _Item(Struct, tag_field="type", kw_only=True, repr_omit_defaults=True, dict=True):
     type: ClassVar[str]  # the wire tag, set below for every class
     id: str | None = None
 
@@ -401,15 +412,15 @@ del _cls
 # --- the response -------------------------------------------------------------------------------------------
 
 
-class InputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True):
+class InputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     cached_tokens: int = 0
 
 
-class OutputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True):
+class OutputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     reasoning_tokens: int = 0
 
 
-class CostDetails(Struct, kw_only=True, repr_omit_defaults=True):
+class CostDetails(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     """OpenRouter's breakdown of ``cost``."""
 
     upstream_inference_cost: float | None = None
@@ -417,7 +428,7 @@ class CostDetails(Struct, kw_only=True, repr_omit_defaults=True):
     upstream_inference_output_cost: float | None = None
 
 
-class Usage(Struct, kw_only=True, repr_omit_defaults=True):
+class Usage(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -505,9 +516,119 @@ class Response(Struct, kw_only=True, repr_omit_defaults=True):
         return text
 
 
+# --- fidelity: what a provider sent survives ------------------------------------------------------------
+
+_S = TypeVar("_S", bound=Struct)
+_WIRE = "_wire"
+
+
+def keep_wire(obj: Any, wire: Any) -> None:
+    """Remember on ``obj`` (a resource decoded from ``wire``) and on every resource nested in it the JSON object
+    each came from. Objects whose declared fields cover the wire exactly are left alone (nothing to keep)."""
+    if isinstance(obj, list):
+        if isinstance(wire, list):
+            for item, raw in zip(obj, wire, strict=False):
+                keep_wire(item, raw)
+        return
+    if not isinstance(wire, dict) or not isinstance(obj, Struct):
+        return
+    fields = obj.__struct_fields__
+    for name in fields:
+        if name in wire:
+            value = getattr(obj, name)
+            if isinstance(value, (Struct, list)):
+                keep_wire(value, wire[name])
+    if hasattr(obj, "__dict__") and _differs(obj, wire, fields):
+        obj.__dict__[_WIRE] = wire
+
+
+def _differs(obj: Struct, wire: dict[str, Any], fields: tuple[str, ...]) -> bool:
+    """Whether encoding ``obj`` by its declared fields alone would lose or invent a field of ``wire``."""
+    present = sum(1 for name in fields if getattr(obj, name) is not UNSET)
+    tag = 1 if "type" in wire and type(obj).__struct_config__.tag is not None else 0
+    return len(wire) != present + tag or any(name not in wire for name in fields if getattr(obj, name) is not UNSET)
+
+
+def replace(obj: _S, /, **changes: Any) -> _S:
+    """``msgspec.structs.replace`` that keeps what ``keep_wire`` remembered."""
+    new = msgspec.structs.replace(obj, **changes)
+    wire = getattr(obj, "__dict__", None)
+    if wire and _WIRE in wire:
+        new.__dict__[_WIRE] = wire[_WIRE]
+    return new
+
+
+def has_wire(obj: Any) -> bool:
+    """Whether ``obj`` (a resource, an event, a list or dict of them) holds any object that remembers its wire."""
+    if isinstance(obj, list):
+        return any(has_wire(value) for value in obj)
+    if isinstance(obj, dict):
+        return any(has_wire(value) for value in obj.values())
+    if not isinstance(obj, Struct):
+        return False
+    if _WIRE in getattr(obj, "__dict__", ()):
+        return True
+    for name in _nested_fields(type(obj)):
+        value = getattr(obj, name)
+        if isinstance(value, (Struct, list)) and has_wire(value):
+            return True
+    return False
+
+
+@cache
+def _nested_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a Struct class that may hold resources (not plain strings or numbers)."""
+    plain = (str, int, float, bool, type(None), UnsetType)
+    hints = msgspec.structs.fields(cls)
+    return tuple(f.name for f in hints if not all(t in plain for t in (get_args(f.type) or (f.type,))))
+
+
+@cache
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in msgspec.structs.fields(cls):
+        if f.default is not NODEFAULT:
+            out[f.name] = f.default
+        elif f.default_factory is not NODEFAULT:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def to_builtins(obj: Any) -> Any:
-    """Any resource (or list of them) as plain JSON-ready Python objects, unknown nested objects included."""
-    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    """Any resource (or list of them) as plain JSON-ready Python objects, unknown nested objects included, and
+    objects from a provider as it sent them (see the module's notes)."""
+    if not has_wire(obj):
+        return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    return _wire_builtins(obj)
+
+
+def _wire_builtins(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_wire_builtins(value) for value in obj]
+    if isinstance(obj, dict):
+        return {key: _wire_builtins(value) for key, value in obj.items()}
+    if not isinstance(obj, Struct):
+        return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    cls = type(obj)
+    wire = getattr(obj, "__dict__", {}).get(_WIRE)
+    out: dict[str, Any] = {}
+    tag = cls.__struct_config__.tag
+    if tag is not None:
+        out[cls.__struct_config__.tag_field or "type"] = tag
+    defaults = _defaults(cls) if wire is not None else {}
+    for name in cls.__struct_fields__:
+        value = getattr(obj, name)
+        if value is UNSET:
+            continue
+        if wire is not None and name not in wire and name in defaults and value == defaults[name]:
+            continue  # the provider left it out: not invented
+        out[name] = _wire_builtins(value) if isinstance(value, (Struct, list, dict)) else value
+    if wire is not None:
+        fields = cls.__struct_fields__
+        merged = {key: out.get(key, value) for key, value in wire.items() if key in out or key not in fields}
+        merged.update((key, value) for key, value in out.items() if key not in merged)
+        return merged
+    return out
 
 
 def _enc_hook(obj: Any) -> Any:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from msgspec import UNSET
-from msgspec.structs import replace
 
 from .accumulate import Accumulator
 from .errors import WriterError
@@ -65,6 +64,7 @@ from .resources import (
     SummaryText,
     UnknownItem,
     Usage,
+    replace,
 )
 
 __all__ = [
@@ -220,6 +220,23 @@ class ResponseWriter:
             usage=usage,
             error=None,
             incomplete_details=IncompleteDetails(reason=reason),
+        )
+        self._finish(out, ResponseIncomplete, final)
+        return out
+
+    def cancelled(self, usage: Usage | None = None) -> list[Event]:
+        """Close whatever is open (as incomplete), then ``response.incomplete`` whose response says
+        ``status: "cancelled"`` with no ``incomplete_details``: the spec has no cancelled event, and OpenAI's
+        types allow only ``max_output_tokens`` / ``content_filter`` as an incomplete reason."""
+        self._check_open()
+        out = self._close_all("incomplete")
+        final = replace(
+            self._acc.response,
+            status="cancelled",
+            completed_at=None,
+            usage=usage,
+            error=None,
+            incomplete_details=None,
         )
         self._finish(out, ResponseIncomplete, final)
         return out

@@ -5,11 +5,13 @@ log (durable before anyone sees it), then to the live log (``live``), which ever
 stream, resumed streams). Each event is encoded once, as an ``Entry``; transports frame entries.
 ``cancel()`` ends generation at once (the backend iterator is closed: no more tokens are computed).
 
-How a stopped run ends its stream. The spec's terminal events are completed/incomplete/failed, and a terminal
-event's ``response.status`` must agree with its type, so there is no conformant "cancelled" event. A cancelled
-run (``POST .../cancel``, or the client of a non-background stream leaving) ends with ``response.incomplete``,
-``incomplete_details.reason = "cancelled"``: the output so far stays valid, and OpenAI's SDKs, which raise on
-an ``error`` event, do not raise. The stored resource then says ``status: "cancelled"`` as OpenAI's does.
+How a stopped run ends its stream. The spec's terminal events are completed/incomplete/failed; there is no
+"cancelled" event. A cancelled run (``POST .../cancel``, or the client of a non-background stream leaving) ends
+with ``response.incomplete`` whose response says ``status: "cancelled"`` and ``incomplete_details: null``
+(``ResponseWriter.cancelled``): the output so far stays valid, OpenAI's SDKs (which raise on an ``error``
+event) do not raise, and clients that validate with OpenAI's types (litellm), which allow only
+``max_output_tokens`` / ``content_filter`` as an incomplete reason, accept it. The stored resource, GET and
+``stream: false`` say the same.
 A run stopped by server shutdown ends with ``error`` + ``response.failed``; so, on the next start, does a run
 a crash left ``queued``/``in_progress`` (``close_orphans``).
 """
@@ -36,6 +38,8 @@ from headwater.protocol.resources import (
     Response,
     ResponseError,
     Usage,
+    has_wire,
+    to_builtins,
 )
 from headwater.protocol.writer import (
     FunctionCallWriter,
@@ -66,7 +70,6 @@ __all__ = ["Run", "Runs", "close_orphan", "close_orphans", "encode_response"]
 
 log = logging.getLogger("headwater.server")
 
-CANCELLED_REASON = "cancelled"
 # How long the live log of a finished run waits for a follower that was promised but has not come (its
 # creator's stream, when the client went before the stream began); a follower's leaving ends it at once.
 LIVE_LINGER_SECONDS = 30.0
@@ -84,7 +87,10 @@ _response_decoder = msgspec.json.Decoder(Response)
 
 
 def encode_response(response: Response) -> bytes:
-    """A ``ResponseResource`` as JSON: every spec-required field, nulls included."""
+    """A ``ResponseResource`` as JSON: every spec-required field, nulls included; what a relayed upstream sent
+    in its items, parts, annotations and usage as it sent it (``resources.to_builtins``)."""
+    if has_wire(response):
+        return _response_encoder.encode(to_builtins(response))
     return _response_encoder.encode(response)
 
 
@@ -161,10 +167,7 @@ class Run:
 
     @property
     def response(self) -> Response:
-        response = self.writer.response
-        if self.writer.finished and self._stop is _Stop.CANCELLED:
-            return replace(response, status="cancelled")
-        return response
+        return self.writer.response
 
     def cancel_unless_followed(self, grace: float) -> None:
         """A non-background stream's client left: cancel now, or after ``grace`` seconds unless a client has
@@ -318,7 +321,7 @@ class Run:
             return self.writer.fail(
                 "server_shutdown", "the server shut down before this response finished", usage=self._usage
             )
-        return self.writer.incomplete(CANCELLED_REASON, self._usage)
+        return self.writer.cancelled(self._usage)
 
     # --- steps to events ----------------------------------------------------------------------------------
 

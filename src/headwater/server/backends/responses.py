@@ -23,9 +23,14 @@ from typing import Any, Literal
 
 import aiohttp
 from msgspec import UNSET
-from msgspec.structs import replace
 
-from headwater.protocol.codec import decode_event, decode_event_obj, event_to_builtins, replace_event
+from headwater.protocol.codec import (
+    decode_event,
+    decode_event_obj,
+    event_to_builtins,
+    keep_wires,
+    replace_event,
+)
 from headwater.protocol.conformance import EVENT_TABLE, ITEM_TEXT_PATH, PART_TEXT
 from headwater.protocol.errors import DecodeError
 from headwater.protocol.events import (
@@ -83,6 +88,7 @@ from headwater.protocol.resources import (
     SummaryText,
     UnknownItem,
     Usage,
+    replace,
     to_builtins,
 )
 from headwater.protocol.sse import DONE
@@ -148,14 +154,14 @@ def responses_request(
         body["max_output_tokens"] = request.max_output_tokens
     if request.text_format:
         body["text"] = {"format": request.text_format}
+    if request.verbosity is not None:
+        body.setdefault("text", {})["verbosity"] = request.verbosity
     if request.reasoning:
         reasoning = {k: v for k, v in request.reasoning.items() if v is not None}
         if reasoning:
             body["reasoning"] = reasoning
     if extra_body:
         body.update(extra_body)
-    if request.verbosity is not None:
-        body.setdefault("text", {})["verbosity"] = request.verbosity
     return body
 
 
@@ -541,6 +547,7 @@ class ResponseRelay(ResponseWriter):
         """This response's events for one upstream event (none, the event renumbered, or with repairs)."""
         self.received += 1
         out: list[Event] = [] if self._started else self.start()
+        keep_wires(event)  # what the upstream sent in items and usage survives into the snapshot
         if type(event) is UnknownEvent and event.type in _ALIASES:
             renamed = decode_event_obj({**event.data, "type": _ALIASES[event.type]}, lenient=True)
             if type(renamed) is UnknownEvent:
@@ -621,6 +628,11 @@ class ResponseRelay(ResponseWriter):
         if self._error is not None and not self._finished:
             return self._failed(None)
         return super().incomplete(reason, usage)
+
+    def cancelled(self, usage: Usage | None = None) -> list[Event]:
+        if self._error is not None and not self._finished:
+            return self._failed(None)
+        return super().cancelled(usage)
 
     def complete(self, usage: Usage | None = None) -> list[Event]:
         if self._error is not None and not self._finished:
