@@ -131,6 +131,10 @@ class Run:
         self.backend_error: BackendError | None = None
         self.steps = 0  # backend steps received
         self.followers = 0  # streams reading this run right now (the request's own, resumes)
+        # Set once a non-background stream's client left: how long the run waits for a reader each time the
+        # last one leaves (``cancel_unless_followed``), and the timer of that wait.
+        self._grace: float | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
         self._backend = backend
         self._request = request
         self._store = store
@@ -170,18 +174,27 @@ class Run:
         return self.writer.response
 
     def cancel_unless_followed(self, grace: float) -> None:
-        """A non-background stream's client left: cancel now, or after ``grace`` seconds unless a client has
-        resumed the stream by then (``GET ...?stream=true&starting_after=N``)."""
+        """A non-background stream's client left: cancel now, or ``grace`` seconds after the last reader left
+        unless one has resumed the stream by then (``GET ...?stream=true&starting_after=N``). From here on the
+        same holds each time the last reader leaves."""
         if grace <= 0:
             self.cancel()
             return
+        self._grace = grace
+        self._arm_grace()
 
-        def check() -> None:
-            if self.followers == 0 and not self.finished:
-                log.info("response %s: nobody resumed within %.1fs; cancelling", self.id, grace)
-                self.cancel()
+    def _arm_grace(self) -> None:
+        if self._grace is None or self.followers or self.finished:
+            return
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        self._grace_timer = asyncio.get_running_loop().call_later(self._grace, self._grace_expired)
 
-        asyncio.get_running_loop().call_later(grace, check)
+    def _grace_expired(self) -> None:
+        self._grace_timer = None
+        if self.followers == 0 and not self.finished:
+            log.info("response %s: nobody resumed within %.1fs; cancelling", self.id, self._grace)
+            self.cancel()
 
     def cancel(self) -> None:
         """Stop generating; the run ends as cancelled (see the module's notes). Does nothing once finished."""
@@ -217,6 +230,9 @@ class Run:
         transport writes a keep-alive)."""
         self.followers += 1
         self._awaiting_follower = False
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
         try:
             await self._opened.wait()
             last, ended = starting_after, False
@@ -234,6 +250,7 @@ class Run:
         finally:
             self.followers -= 1
             self._release()
+            self._arm_grace()
 
     def _release(self) -> None:
         """Forget the live log once the run has finished and nobody follows it (after a linger while the
@@ -318,6 +335,8 @@ class Run:
 
     def _stop_events(self) -> list[Event]:
         if self._stop is _Stop.SHUTDOWN:
+            log.warning("response %s: stopped by the server shutting down; it ends as failed (server_shutdown)",
+                        self.id)
             return self.writer.fail(
                 "server_shutdown", "the server shut down before this response finished", usage=self._usage
             )
@@ -527,6 +546,8 @@ class Runs:
         self._live.pop(run.id, None)
 
     async def shut_down(self) -> None:
+        """Stop every run (each ends with ``error`` + ``response.failed``, ``server_shutdown``, and logs one
+        line) and wait until their terminal events are logged and published."""
         runs = list(self._all)
         for run in runs:
             run.shut_down()
@@ -538,12 +559,24 @@ ORPHAN_MESSAGE = (
 )
 
 
+UNREADABLE_MESSAGE = (
+    "the server stopped before this response finished, and its stored record could not be read when the server "
+    "restarted; it was closed as failed"
+)
+
+
 async def close_orphans(store: Store) -> list[str]:
     """Close every response a crash left ``queued``/``in_progress``: append ``error`` + ``response.failed`` to
-    its log and store it as failed. Returns their ids."""
+    its log and store it as failed. Returns their ids. One that cannot be closed (the store fails) is logged
+    and left as it is: the start goes on regardless."""
     closed = []
     for record in await store.unfinished():
-        await close_orphan(store, record)
+        try:
+            await close_orphan(store, record)
+        except Exception as exc:
+            log.error("response %s: could not be closed as failed; it stays %s", record.id, record.status,
+                      exc_info=exc)
+            continue
         log.warning(
             "response %s was left %s by an earlier run of the server; closed as failed",
             record.id,
@@ -562,9 +595,26 @@ async def close_orphan(
 
     The writer that was making these events died with its process. When the log is empty a fresh writer
     writes the whole stream; otherwise the two closing events are made here from the log's accumulated
-    snapshot (the one place the server makes events without a writer), numbered on from the log.
+    snapshot (the one place the server makes events without a writer), numbered on from the log. A record
+    whose resource or log cannot be decoded (say, nested too deeply) is replaced by a readable one
+    (``_close_unreadable``), with the reason logged.
     """
-    logged = [decode_event(entry.payload) for entry in await store.events(record.id)]
+    stored = await store.events(record.id)
+    try:
+        entries, final = _closing_entries(record, stored, code, message)
+    except Exception as exc:  # RecursionError, DecodeError, ...: whatever decoding this record raises
+        log.warning("response %s: its stored record cannot be read (%s: %s); closing it as failed with a bare "
+                    "resource", record.id, type(exc).__name__, exc)
+        return await _close_unreadable(store, record, code)
+    await store.append(record.id, entries, status="failed", data=final)
+    return entries
+
+
+def _closing_entries(
+    record: StoredResponse, stored: list[Entry], code: str, message: str
+) -> tuple[list[Entry], bytes]:
+    """The entries that close ``record`` (whose log is ``stored``), and its final resource."""
+    logged = [decode_event(entry.payload) for entry in stored]
     if not logged:
         writer = ResponseWriter(_response_decoder.decode(record.data))
         events = writer.start() + writer.fail(code, message)
@@ -585,6 +635,19 @@ async def close_orphan(
             ErrorEvent(sequence_number=seq, code=code, message=message, param=None, error=payload),
             ResponseFailed(sequence_number=seq + 1, response=final),
         ]
+    return [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events], encode_response(final)
+
+
+async def _close_unreadable(store: Store, record: StoredResponse, code: str) -> list[Entry]:
+    """Replace an unreadable record by a readable failed one: the same id, owner, creation time and input
+    items (their bytes, not decoded), a bare resource, and a log that a fresh writer makes."""
+    items = (await store.input_items(record.id)).items
+    bare = Response(id=record.id, created_at=record.created_at, status="in_progress")
+    writer = ResponseWriter(bare)
+    events = writer.start() + writer.fail(code, UNREADABLE_MESSAGE)
+    await store.delete(record.id)
+    await store.create(StoredResponse(record.id, record.owner, "in_progress", record.created_at,
+                                      encode_response(bare)), items)
     entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
-    await store.append(record.id, entries, status="failed", data=encode_response(final))
+    await store.append(record.id, entries, status="failed", data=encode_response(writer.response))
     return entries
