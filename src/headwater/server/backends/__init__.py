@@ -94,8 +94,35 @@ def create_backend(name: str, **options: Any) -> Backend:
     if loader is None:
         raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKEND_NAMES)}")
     constructor = loader()
+    signature = inspect.signature(constructor)
     try:
-        inspect.signature(constructor).bind(**options)
+        signature.bind(**options)
     except TypeError as exc:
         raise ValueError(f"backend {name!r}: {exc}") from exc
+    for key, value in options.items():
+        problem = _type_problem(signature.parameters[key].annotation, value)
+        if problem is not None:
+            raise ValueError(f"backend {name!r}: option {key}={value!r}: {problem}")
     return constructor(**options)
+
+
+# The plain types an option's annotation may name (as written, ``from __future__ import annotations``).
+_PLAIN: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _type_problem(annotation: object, value: object) -> str | None:
+    """Why ``value`` does not fit a parameter annotated with plain types (``int``, ``float | None``, ...); None
+    when it fits or the annotation names other types (those are the backend's to check)."""
+    if not isinstance(annotation, str):
+        return None
+    names = [part.strip() for part in annotation.split("|")]
+    if not all(n in _PLAIN or n == "None" for n in names):
+        return None
+    if value is None and "None" in names:
+        return None
+    for n in names:
+        if n in _PLAIN and isinstance(value, _PLAIN[n]) and not (isinstance(value, bool) and n != "bool"):
+            return None
+    expected = " or ".join(_NAMES.get(n, "null") for n in names)
+    return f"expected {expected}"
