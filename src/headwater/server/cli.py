@@ -1,7 +1,9 @@
 """``headwater serve``: run the Open Responses server with uvicorn.
 
-Options come from the command line and the environment (``HEADWATER_DATA_DIR``, ``HEADWATER_API_KEYS``). At start
-it says where it listens, which backend and model run and what they can and cannot do, and where data is kept.
+Options come from the command line and the environment (``HEADWATER_DATA_DIR``, ``HEADWATER_API_KEYS``). The port
+is bound first; once the server listens it says where, which backend and model run and what they can and cannot
+do, and where data is kept. Exit codes: 0 after a shutdown (SIGINT/SIGTERM), 1 a backend or option that cannot
+start, 2 a usage error, 3 a start-up failure (the store), 4 the address cannot be listened on (port taken).
 """
 
 from __future__ import annotations
@@ -9,20 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
-import uvicorn
 
 from .app import create_app
 from .backends import UPSTREAM_BACKENDS
 from .backends.base import BackendError
 from .config import ServerConfig, default_data_dir
 from .live import create_live_log
+from .serving import HeadwaterServer, bind, server_config
 from .store import create_store
 
-__all__ = ["serve_command"]
+__all__ = ["EXIT_CANNOT_LISTEN", "serve_command"]
+
+EXIT_CANNOT_LISTEN = 4
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,6 +64,12 @@ __all__ = ["serve_command"]
 @click.option("--disconnect-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds a stored stream whose client left keeps generating, so that the client can resume it "
                    "(GET ...?stream=true&starting_after=N), before it is cancelled.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a request line and headers may take to arrive (then 408 and the connection closes).")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a request body may take to arrive after its headers (then 408).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds a connection with no request in progress is kept open.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_command(
@@ -76,6 +87,9 @@ def serve_command(
     strict_tools: bool,
     keepalive: float,
     disconnect_grace: float,
+    header_timeout: float,
+    body_timeout: float,
+    idle_timeout: float,
     log_level: str,
 ) -> None:
     """Run the Open Responses server (POST /v1/responses and its companions)."""
@@ -103,6 +117,9 @@ def serve_command(
         strict_tools=strict_tools,
         keepalive_seconds=keepalive,
         disconnect_grace_seconds=disconnect_grace,
+        header_timeout_seconds=header_timeout,
+        body_timeout_seconds=body_timeout,
+        idle_timeout_seconds=idle_timeout,
     )
     try:
         create_store(config.store_url)  # a bad URL is a usage error, said before the backend loads a model
@@ -113,22 +130,40 @@ def serve_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--events") from None
     try:
+        sock = bind(host, port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        click.echo(f"headwater: cannot listen on {host}:{port}: {reason}", err=True)
+        sys.exit(EXIT_CANNOT_LISTEN)
+    try:
         app = create_app(config)
     except (BackendError, ValueError) as exc:
+        sock.close()
         raise click.ClickException(f"cannot start backend {backend!r}: {exc}") from None
     state = app.state.headwater
-    click.echo(f"headwater: listening on http://{host}:{port}/v1/responses")
-    click.echo(f"  backend: {state.backend.describe()}")
-    click.echo(f"  models:  {', '.join(state.backend.models())}")
-    click.echo(f"  store:   {state.store.describe()}")
-    click.echo(f"  events:  {state.runs.live.describe()}")
-    if config.api_key_digests:
-        click.echo(f"  auth:    {len(config.api_key_digests)} API key(s); each response belongs to its key")
-    else:
-        click.echo("  auth:    none (no --api-key): anyone who can reach the port can use the server")
-    click.echo("  tools:   function tools only; others are " + ("refused (--strict-tools)" if strict_tools else
-                                                                 "dropped and reported in x-headwater-dropped-tools"))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    bound = sock.getsockname()[1]
+
+    def banner() -> None:
+        click.echo(f"headwater: listening on http://{_url_host(host)}:{bound}/v1/responses")
+        click.echo(f"  backend: {state.backend.describe()}")
+        click.echo(f"  models:  {', '.join(state.backend.models())}")
+        click.echo(f"  store:   {state.store.describe()}")
+        click.echo(f"  events:  {state.runs.live.describe()}")
+        if config.api_key_digests:
+            click.echo(f"  auth:    {len(config.api_key_digests)} API key(s); each response belongs to its key")
+        else:
+            click.echo("  auth:    none (no --api-key): anyone who can reach the port can use the server")
+        click.echo("  tools:   function tools only; others are " + (
+            "refused (--strict-tools)" if strict_tools else "dropped and reported in x-headwater-dropped-tools"))
+
+    uvicorn_config = server_config(app, header_timeout=header_timeout, idle_timeout=idle_timeout,
+                                   log_level=log_level, timeout_graceful_shutdown=5)
+    server = HeadwaterServer(uvicorn_config, before_shutdown=state.runs.shut_down, on_started=banner)
+    server.run(sockets=[sock])
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _option(text: str) -> tuple[str, Any]:

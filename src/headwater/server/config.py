@@ -55,6 +55,12 @@ class ServerConfig:
     # resume it, before it is cancelled. 0: cancelled at once (no compute for nobody).
     disconnect_grace_seconds: float = 0.0
     max_body_bytes: int = 10 * 1024 * 1024
+    # Connection time limits (seconds; see ``serving``): a request line and headers must arrive within
+    # ``header_timeout_seconds`` of their first byte, a request body within ``body_timeout_seconds`` of its
+    # headers, and a connection with no request in progress is closed after ``idle_timeout_seconds``.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    idle_timeout_seconds: float = 5.0
     # How many earlier responses a previous_response_id chain may reach back through.
     max_chain_length: int = 1000
 

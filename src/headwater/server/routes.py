@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -81,17 +81,32 @@ def _authenticate(request: HTTPConnection) -> str | None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body: 413 beyond ``limit`` bytes, 408 when it has not all arrived ``body_timeout_seconds``
+    after the headers. A client that leaves mid-upload is one log line (the error answers nobody)."""
     too_large = APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large
+    timeout = _state(request).config.body_timeout_seconds
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        log.info("%s %s: the request body did not arrive within %gs (%d bytes came)", request.method,
+                 request.url.path, timeout, size)
+        raise APIError(408, f"the request body did not arrive within {timeout:g} seconds",
+                       code="request_timeout", headers={"connection": "close"}) from None
+    except ClientDisconnect:
+        log.info("%s %s: the client left during the upload (%d bytes came)", request.method, request.url.path,
+                 size)
+        raise APIError(400, "the client disconnected before sending the whole body",
+                       code="client_disconnected") from None
     return b"".join(chunks)
 
 
@@ -336,7 +351,13 @@ async def openapi(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """Liveness for anyone; with API keys configured, the backend and store only for a caller with a key."""
     state = _state(request)
+    if state.config.api_key_digests:
+        try:
+            _authenticate(request)
+        except APIError:
+            return _json(b'{"status":"ok"}')
     return _json(msgspec.json.encode({"status": "ok", "backend": state.backend.name, "store": state.store.describe()}))
 
 

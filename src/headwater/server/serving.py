@@ -1,0 +1,241 @@
+"""Serving an app with uvicorn on a socket bound beforehand, with Headwater's connection time limits and shutdown.
+
+``protocol_class`` (uvicorn's httptools or h11 protocol) closes a connection that sends nothing or sits idle
+between requests for ``idle_timeout`` seconds, and answers 408 to a request head (request line and headers) still
+incomplete ``header_timeout`` seconds after its first byte (a slowloris). Request *bodies* have their deadline
+where they are read (``routes.read_body``); a connection whose body was not read to its end when the response
+finished is closed after ``idle_timeout``, however slowly the client keeps sending. ``HeadwaterServer`` ends
+live runs first when it stops, so every stream ends with its terminal event before connections are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import h11
+import msgspec
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["HeadwaterH11Protocol", "HeadwaterHttpToolsProtocol", "HeadwaterServer", "bind", "protocol_class",
+           "server_config"]
+
+log = logging.getLogger("headwater.server")
+
+
+def _timeout_response(message: str) -> bytes:
+    body = msgspec.json.encode({"error": {"type": "invalid_request_error", "code": "request_timeout",
+                                          "message": message, "param": None}})
+    head = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n" % len(body))
+    return head + body
+
+
+class _Deadlines:
+    """The timers of one connection: idle (nothing in progress), request head, and the drain of a body left
+    unread when its response finished. The protocol says, after each read, whether a head or a body is in
+    progress; the same logic serves uvicorn's h11 and httptools protocols."""
+
+    def __init__(self, protocol: H11Protocol | HttpToolsProtocol, header_timeout: float, idle_timeout: float) -> None:
+        self.protocol = protocol
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.head: asyncio.TimerHandle | None = None
+        self.linger: asyncio.TimerHandle | None = None
+        # uvicorn arms its keep-alive timer only after a response: a connection that never sends is held.
+        protocol.timeout_keep_alive = idle_timeout  # type: ignore[assignment]
+        self._idle()
+
+    def _idle(self) -> None:
+        p = self.protocol
+        p.timeout_keep_alive_task = p.loop.call_later(self.idle_timeout, p.timeout_keep_alive_handler)
+
+    def after_data(self, *, head: bool, body: bool) -> None:
+        """After bytes were read (the protocol's idle timer is cancelled by then): ``head`` whether a request
+        head has begun and is not complete, ``body`` whether a request body is being read."""
+        if self.protocol.transport.is_closing():
+            return
+        if head:
+            if self.head is None:
+                self.head = self.protocol.loop.call_later(self.header_timeout, self._head_timed_out)
+        else:
+            self._cancel_head()
+        if self.linger is not None and not body:
+            # The unread body ended after all: the connection can carry the next request.
+            self.linger.cancel()
+            self.linger = None
+            self._idle()
+
+    def after_response(self, *, body: bool) -> None:
+        """A response finished; ``body``: its request body is not read to its end (413, 408, a route that
+        reads none). The rest is drained for at most idle_timeout, then the connection is closed."""
+        if body and not self.protocol.transport.is_closing() and self.linger is None:
+            self.linger = self.protocol.loop.call_later(self.idle_timeout, self._close)
+
+    def lost(self) -> None:
+        self._cancel_head()
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
+
+    def _cancel_head(self) -> None:
+        if self.head is not None:
+            self.head.cancel()
+            self.head = None
+
+    def _head_timed_out(self) -> None:
+        self.head = None
+        transport = self.protocol.transport
+        if transport.is_closing():
+            return
+        log.info("%s: request headers incomplete after %gs; closing the connection", _peer(self.protocol.client),
+                 self.header_timeout)
+        transport.write(_timeout_response(
+            f"the request line and headers did not arrive within {self.header_timeout:g} seconds"))
+        transport.close()
+
+    def _close(self) -> None:
+        self.linger = None
+        if not self.protocol.transport.is_closing():
+            self.protocol.transport.close()
+
+
+class HeadwaterH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with ``_Deadlines``; ``protocol_class`` sets the two limits."""
+
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.deadlines = _Deadlines(self, self.header_timeout, self.idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        state = self.conn.their_state
+        self.deadlines.after_data(head=state is h11.IDLE and bool(self.conn.trailing_data[0]),
+                                  body=state is h11.SEND_BODY)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.deadlines.after_response(body=self.conn.their_state is h11.SEND_BODY)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadlines.lost()
+        super().connection_lost(exc)
+
+
+class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with ``_Deadlines``; ``protocol_class`` sets the two limits."""
+
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._in_head = self._in_body = False
+        super().connection_made(transport)
+        self.deadlines = _Deadlines(self, self.header_timeout, self.idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.deadlines.after_data(head=self._in_head, body=self._in_body)
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._in_body = False, True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.deadlines.after_response(body=self._in_body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadlines.lost()
+        super().connection_lost(exc)
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "client"
+
+
+def protocol_class(http: str = "auto", *, header_timeout: float, idle_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol ``http`` (``auto``: httptools when installed, else h11) with these limits
+    (seconds), for ``uvicorn.Config(http=...)``."""
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    base: type[HeadwaterH11Protocol | HeadwaterHttpToolsProtocol]
+    if http == "h11":
+        base = HeadwaterH11Protocol
+    elif http == "httptools":
+        base = HeadwaterHttpToolsProtocol
+    else:
+        raise ValueError(f"unknown HTTP protocol {http!r}: auto, h11 or httptools")
+    return type(base.__name__, (base,), {"header_timeout": header_timeout, "idle_timeout": idle_timeout})
+
+
+class HeadwaterServer(uvicorn.Server):
+    """A uvicorn server that, when it stops, first stops accepting, then awaits ``before_shutdown`` (the app
+    ending its live runs), then closes connections as uvicorn does; ``on_started`` runs once it listens."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        before_shutdown: Callable[[], Awaitable[None]] | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+        self.on_started = on_started
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # uvicorn raises the signal again once it has shut down (the process then dies of it); a server
+            # that shut down cleanly on SIGINT/SIGTERM exits with 0 instead.
+            self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in getattr(self, "servers", []):
+            server.close()  # no new connections while live runs end
+        if self.before_shutdown is not None:
+            try:
+                await self.before_shutdown()
+            except Exception as exc:
+                log.error("stopping live runs failed", exc_info=exc)
+        await super().shutdown(sockets)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port`` 0: a free one). Raises ``OSError`` (port taken, ...)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def server_config(
+    app: Any, *, header_timeout: float, idle_timeout: float, http: str = "auto", **options: Any
+) -> uvicorn.Config:
+    """A ``uvicorn.Config`` for ``app`` served by uvicorn's ``http`` protocol with these limits."""
+    protocol = protocol_class(http, header_timeout=header_timeout, idle_timeout=idle_timeout)
+    return uvicorn.Config(app, http=protocol,
+                          timeout_keep_alive=max(1, round(idle_timeout)), lifespan="on", **options)
