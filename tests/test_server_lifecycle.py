@@ -124,10 +124,11 @@ def test_start_up_closes_an_unreadable_record_as_failed_and_starts(tmp_path: Pat
     resource = (f'{{"id":"resp_deep","object":"response","created_at":1,"status":"in_progress","model":"m",'
                 f'"output":[],"tools":[{{"type":"function","name":"f","parameters":{{"x":{deep(5000)}}}}}]}}')
     with sqlite3.connect(data / "headwater.sqlite3") as db:
-        db.execute("INSERT INTO responses VALUES ('resp_deep', NULL, 'in_progress', 1, ?)", (resource.encode(),))
-        db.execute("INSERT INTO input_items VALUES ('resp_deep', 0, 'msg_1', ?)",
+        db.execute("INSERT INTO responses (id, owner, status, created_at, data) "
+                   "VALUES ('resp_deep', NULL, 'in_progress', 1, ?)", (resource.encode(),))
+        db.execute("INSERT INTO input_items (response_id, position, item_id, data) VALUES ('resp_deep', 0, 'msg_1', ?)",
                    (f'{{"type":"message","role":"user","content":"hi","x":{deep(5000)}}}'.encode(),))
-        db.execute("INSERT INTO events VALUES ('resp_deep', 0, ?)",
+        db.execute("INSERT INTO events (response_id, seq, type, data) VALUES ('resp_deep', 0, 'response.created', ?)",
                    (f'{{"type":"response.created","sequence_number":0,"response":{resource}}}'.encode(),))
     with ServeProcess(*scripted_args(tmp_path)) as server:
         client = httpx.Client(base_url=server.url)
