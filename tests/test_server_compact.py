@@ -22,7 +22,7 @@ from headwater.protocol.stream import iter_events
 from headwater.server.app import create_app
 from headwater.server.backends.base import BackendError, Finish, GenerationRequest, TextDelta, UsageStep
 from headwater.server.backends.scripted import Fail, ScriptedBackend, ScriptItem
-from headwater.server.compact import (
+from headwater.server.compaction import (
     MAX_SUMMARY_CHARS,
     SUMMARY_INSTRUCTIONS,
     compaction_summary,

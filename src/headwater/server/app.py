@@ -14,15 +14,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import compact, websocket
+from . import websocket
 from .backends.base import Backend
 from .config import ServerConfig
 from .errors import APIError, error_response, exception_handlers
 from .live import LiveLog, create_live_log
 from .live.memory import MemoryLiveLog
 from .replicas import Replica, has_leases
-from .routes import ServerState, routes
+from .routes import routes
 from .runs import Runs, close_orphan, close_orphans
+from .service import Service
 from .store import Store, StoreUnavailable, create_store
 
 __all__ = ["create_app"]
@@ -49,7 +50,7 @@ def create_app(
     if has_leases(store) or not isinstance(live, MemoryLiveLog):  # several replicas may share them
         replica = Replica(store, live, running=runs.running, cancel=runs.cancel, close=close_orphan,
                           lease=config.lease_seconds, renew=config.lease_seconds / 5)
-    state = ServerState(config=config, backend=backend, store=store, runs=runs, replica=replica)
+    state = Service(config=config, backend=backend, store=store, runs=runs, replica=replica)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,7 +76,7 @@ def create_app(
             await state.store.close()
 
     handlers = {**exception_handlers, StoreUnavailable: _store_unavailable}
-    app = Starlette(routes=[*routes, *compact.routes, *websocket.routes], exception_handlers=handlers,
+    app = Starlette(routes=[*routes, *websocket.routes], exception_handlers=handlers,
                     lifespan=lifespan)
     app.state.headwater = state
     return app

@@ -15,6 +15,7 @@ import msgspec
 from headwater.protocol.resources import Response
 
 from .backends.base import ChatMessage
+from .compaction import compaction_context
 from .errors import APIError
 from .requests import (
     TEXT_PARTS,
@@ -110,8 +111,6 @@ def to_chat_messages(items: Iterable[StoredItem]) -> list[ChatMessage]:
         elif isinstance(item, FunctionCallOutputItem):
             messages.append(ChatMessage(role="tool", content=_text(item.output), tool_call_id=item.call_id))
         elif isinstance(item, CompactionItem):
-            from .compact import compaction_context  # (compact imports this module)
-
             context = compaction_context(item.encrypted_content)
             if context is not None:  # one this server did not make (an upstream's) carries nothing readable
                 messages.append(ChatMessage(role="developer", content=context))

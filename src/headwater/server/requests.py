@@ -20,6 +20,7 @@ from headwater.protocol.resources import Response
 from headwater.protocol.writer import new_id
 
 from .backends.base import ChatMessage, GenerationRequest
+from .compaction import compaction_summary
 from .errors import APIError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "decode_input_items",
     "encode_input_item",
     "item_from_output",
+    "parse_compact_request",
     "parse_request",
 ]
 
@@ -327,6 +329,28 @@ def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedReques
     return ValidatedRequest(body=body, items=_normalize_input(body.input), tools=tools, dropped_tools=dropped)
 
 
+# The fields of CompactResponseMethodPublicBody; anything else in the body is ignored, as for create.
+_COMPACT_FIELDS = ("model", "input", "previous_response_id", "instructions", "prompt_cache_key")
+
+
+def parse_compact_request(data: bytes, *, strict_tools: bool = False) -> tuple[ValidatedRequest, str]:
+    """A ``POST /v1/responses/compact`` body: the same validation as create on the fields compact shares with
+    it (input items, compaction items, sizes), and its ``model`` (required: a 400 naming it when missing)."""
+    try:
+        obj = _json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
+        raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise APIError.invalid("the request body must be a JSON object", code="invalid_json")
+    model = obj.get("model")
+    if model is None:
+        raise APIError.invalid("missing required parameter 'model'", "model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise APIError.invalid("'model' must be a non-empty string", "model", code="invalid_value")
+    fields = {name: obj[name] for name in _COMPACT_FIELDS if name in obj}
+    return parse_request(msgspec.json.encode({**fields, "store": False}), strict_tools=strict_tools), model
+
+
 def _validation_error(message: str, prefix: str = "") -> APIError:
     """msgspec's message (``... - at `$.input[0].content```) as a 400 naming ``input[0].content``."""
     match = _AT_PATH.search(message)
@@ -374,13 +398,10 @@ def _refuse(body: CreateResponseBody) -> None:
             if isinstance(item, ItemReference):
                 raise APIError.invalid("item references are not supported; send the item itself",
                                        f"input[{i}]", code="unsupported_value")
-            if isinstance(item, CompactionItem):
-                from .compact import compaction_summary  # (compact imports this module)
-
-                if compaction_summary(item.encrypted_content) is None:
-                    raise APIError.invalid("this compaction item was not made by this server: only the output of its "
-                                           "/v1/responses/compact can be sent back", f"input[{i}].encrypted_content",
-                                           code="invalid_encrypted_content")
+            if isinstance(item, CompactionItem) and compaction_summary(item.encrypted_content) is None:
+                raise APIError.invalid("this compaction item was not made by this server: only the output of its "
+                                       "/v1/responses/compact can be sent back", f"input[{i}].encrypted_content",
+                                       code="invalid_encrypted_content")
             parts = item.content if isinstance(item, MessageItem) else (
                 item.output if isinstance(item, FunctionCallOutputItem) else None)
             if isinstance(parts, list):

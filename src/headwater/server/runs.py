@@ -126,6 +126,9 @@ class Run:
         self.id = writer.id
         self.owner = owner
         self.background = background
+        self.stored = store is not None
+        # The resource as it was created, before any event (what a background request is answered with).
+        self.template: Response = writer.response
         self.live: LiveLog = live if live is not None else MemoryLiveLog()
         self.finished = False
         self.backend_error: BackendError | None = None

@@ -7,8 +7,7 @@ message per event, ending with the terminal event; then the connection takes the
 Failures that happen before a response starts are ``WebSocketErrorEvent`` messages
 (``{"type": "error", "status", "error": {"type", "code", "message", "param"}}``), and the connection stays open.
 
-A message goes through the same validation (``requests.parse_request``), conversation building
-(``conversation``) and run machinery (``runs``: a run, its writer, the store for ``store: true``) as
+A message goes through the same validation (``requests.parse_request``) and the same ``service.create`` as
 ``POST /v1/responses``; this module only reads messages, keeps connection state and writes events.
 
 Where the spec is silent this follows OpenAI's WebSocket mode:
@@ -47,16 +46,12 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from headwater.protocol.events import TERMINAL_EVENT_TYPES
-from headwater.protocol.writer import ResponseWriter, new_id
 
-from .backends.base import sampling_defaults, served_model
-from .conversation import build_messages, conversation_items
 from .errors import APIError, error_response, log_refusal
-from .requests import StoredItem, ValidatedRequest, encode_input_item, item_from_output, parse_request
-from .routes import ServerState, _authenticate, _state
-from .runs import Run, encode_response
-from .store import StoredItem as LoggedItem
-from .store import StoredResponse
+from .requests import StoredItem, ValidatedRequest, item_from_output, parse_request
+from .routes import _authenticate, _state
+from .runs import Run
+from .service import Service
 
 __all__ = ["MAX_CONNECTION_SECONDS", "responses_websocket", "routes"]
 
@@ -92,7 +87,7 @@ class _Latest:
 class _Connection:
     """One accepted WebSocket: reads messages, runs one response at a time, remembers the latest one."""
 
-    def __init__(self, websocket: WebSocket, state: ServerState, owner: str | None) -> None:
+    def __init__(self, websocket: WebSocket, state: Service, owner: str | None) -> None:
         self.websocket = websocket
         self.state = state
         self.owner = owner
@@ -207,38 +202,8 @@ class _Connection:
             raise APIError.invalid("warm-up requests ('generate': false) are not supported by this server",
                                    "generate", code="unsupported_parameter")
         validated = parse_request(data, strict_tools=state.config.strict_tools)
-        body = validated.body
-        if validated.dropped_tools:
-            log.info("dropped tools the backend cannot run: %s", ", ".join(dict.fromkeys(validated.dropped_tools)))
-        model = served_model(state.backend, body.model)
         items = await self._conversation(validated)
-        whole = ValidatedRequest(body=msgspec.structs.replace(body, previous_response_id=None), items=items,
-                                 tools=validated.tools)
-        messages = await build_messages(state.store, self.owner, whole)
-        template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=int(time.time()),
-                                               **sampling_defaults(state.backend))
-        if body.store:
-            await state.store.create(
-                StoredResponse(template.id, self.owner, template.status, int(template.created_at),
-                               encode_response(template)),
-                [LoggedItem(item.id or "", encode_input_item(item)) for item in validated.items],
-            )
-        run = self.run = state.runs.start(
-            writer=ResponseWriter(template),
-            request=validated.generation_request(model, messages),
-            owner=self.owner,
-            stored=body.store,
-            background=False,
-            max_tool_calls=body.max_tool_calls,
-        )
-        # As over HTTP: a request the backend refuses at once is an error, not a failed stream.
-        await run.wait_first_step(state.config.keepalive_seconds)
-        if run.steps == 0 and run.finished and run.backend_error is not None:
-            error = run.backend_error
-            await run.wait()
-            with contextlib.suppress(Exception):
-                await state.store.delete(run.id)
-            raise APIError(error.status, error.message, code=error.code, param=error.param)
+        run = self.run = await state.create(self.owner, validated, streamed=True, conversation=items)
         return run, items
 
     async def _conversation(self, validated: ValidatedRequest) -> list[StoredItem]:
@@ -249,8 +214,7 @@ class _Connection:
         if self.latest is not None and self.latest.response_id == previous:
             return [*self.latest.items, *validated.items]
         try:
-            return await conversation_items(self.state.store, self.owner, validated,
-                                            max_chain_length=self.state.config.max_chain_length)
+            return await self.state.conversation(self.owner, validated)
         except APIError as error:
             if error.status == 404 and error.param == "previous_response_id":
                 raise APIError.invalid(

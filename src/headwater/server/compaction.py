@@ -1,6 +1,7 @@
-"""``POST /v1/responses/compact``: a conversation made short enough to go on with.
+"""Compaction's pure parts: the compaction item's payload codec, the transcript the model summarises, the summary's
+budget and the extractive stand-in. No I/O and no server module above it: validation and the conversation import it.
 
-The body is the spec's ``CompactResponseMethodPublicBody`` (``model`` required; ``input``,
+``POST /v1/responses/compact`` (``service.compact``) makes a conversation short enough to go on with. The body is the spec's ``CompactResponseMethodPublicBody`` (``model`` required; ``input``,
 ``previous_response_id``, ``instructions``, ``prompt_cache_key``). The answer is a ``CompactResource`` whose
 ``output`` is the compacted window: every user message of the conversation, word for word and in order, then
 one ``compaction`` item standing for everything else (assistant answers, tool calls and their results,
@@ -24,39 +25,31 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import re
-import time
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from headwater.protocol.resources import Message, Usage
-from headwater.protocol.writer import ResponseWriter, new_id
 
 from .backends.base import ChatMessage, GenerationRequest
-from .conversation import conversation_items, to_chat_messages
-from .errors import APIError
-from .requests import CompactionItem, MessageItem, StoredItem, parse_request
-from .routes import _authenticate, _json, _read_body, _state, _wait_unless_disconnected
 
 __all__ = [
     "COMPACTION_FORMAT",
-    "compact_response",
     "compaction_context",
     "compaction_summary",
     "encode_compaction",
-    "routes",
+    "extractive_summary",
+    "output_text",
+    "render_transcript",
+    "replaced_turns",
+    "summary_budget",
+    "summary_request",
+    "usable_summary",
+    "usage_json",
 ]
 
-log = logging.getLogger("headwater.server")
-
 COMPACTION_FORMAT = "headwater.compaction/1"
-# The fields of CompactResponseMethodPublicBody; anything else in the body is ignored, as for create.
-_BODY_FIELDS = ("model", "input", "previous_response_id", "instructions", "prompt_cache_key")
 # The summary's budget, in characters (see ``summary_budget``).
 MAX_SUMMARY_CHARS = 1500
 MIN_SUMMARY_CHARS = 300
@@ -200,7 +193,7 @@ def _clip(text: str, limit: int) -> str:
     return (cut[:space] if space > limit // 2 else cut) + "…"
 
 
-def _output_text(output: list[Any]) -> str:
+def output_text(output: list[Any]) -> str:
     texts: list[str] = []
     for item in output:
         if isinstance(item, Message):
@@ -208,91 +201,10 @@ def _output_text(output: list[Any]) -> str:
     return "".join(texts).strip()
 
 
-def _usage(usage: Usage | None) -> dict[str, Any]:
+def usage_json(usage: Usage | None) -> dict[str, Any]:
     if usage is None:
         usage = Usage()
     data: dict[str, Any] = msgspec.to_builtins(usage)
     data["input_tokens_details"] = data.get("input_tokens_details") or {"cached_tokens": 0}
     data["output_tokens_details"] = data.get("output_tokens_details") or {"reasoning_tokens": 0}
     return data
-
-
-# --- the endpoint -------------------------------------------------------------------------------------------------
-
-_json_decoder = msgspec.json.Decoder()
-_item_encoder = msgspec.json.Encoder()
-
-
-def _parse(data: bytes) -> dict[str, Any]:
-    """The body's spec fields; a 400 naming ``model`` when it is missing or not a string."""
-    try:
-        obj = _json_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
-        raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(obj, dict):
-        raise APIError.invalid("the request body must be a JSON object", code="invalid_json")
-    model = obj.get("model")
-    if model is None:
-        raise APIError.invalid("missing required parameter 'model'", "model", code="missing_required_parameter")
-    if not isinstance(model, str) or not model:
-        raise APIError.invalid("'model' must be a non-empty string", "model", code="invalid_value")
-    return {name: obj[name] for name in _BODY_FIELDS if name in obj}
-
-
-async def compact_response(request: Request) -> Response:
-    state = _state(request)
-    owner = _authenticate(request)
-    fields = _parse(await _read_body(request, state.config.max_body_bytes))
-    # The same validation as create (input items, compaction items, sizes), on the fields compact shares with it.
-    validated = parse_request(msgspec.json.encode({**fields, "store": False}), strict_tools=state.config.strict_tools)
-    model: str = fields["model"]
-    items = await conversation_items(state.store, owner, validated, max_chain_length=state.config.max_chain_length)
-    if not items:
-        raise APIError.invalid("there is nothing to compact: send 'input' or 'previous_response_id'", "input",
-                               code="missing_required_parameter")
-    messages = to_chat_messages(items)
-    context = [ChatMessage(role="system", content=validated.body.instructions)] if validated.body.instructions else []
-    replaced = replaced_turns(messages)
-    budget = summary_budget(render_transcript(replaced))
-    created_at = int(time.time())
-    template = validated.response_template(response_id=new_id("resp_"), model=model, created_at=created_at)
-    run = state.runs.start(
-        writer=ResponseWriter(template),
-        request=summary_request(model, render_transcript(context + messages), budget),
-        owner=owner,
-        stored=False,
-        background=False,
-        max_tool_calls=None,
-        followed=False,
-    )
-    if not await _wait_unless_disconnected(request, run):
-        log.info("compaction %s: client disconnected; cancelling", run.id)
-        run.cancel()
-        raise APIError(499, "the client closed the request", code="client_closed_request")  # nobody reads it
-    response = run.response
-    if run.backend_error is not None:
-        error = run.backend_error
-        raise APIError(error.status, error.message, code=error.code, param=error.param)
-    if response.status == "failed":
-        code = response.error.code if response.error is not None else "server_error"
-        raise APIError(500, "the model failed while summarising the conversation", code=code)
-    summary = _output_text(response.output)
-    if not usable_summary(summary, complete=response.status == "completed", budget=budget):
-        log.info("compaction %s: the model's summary does not comply (%d characters, %s, budget %d); using the "
-                 "extractive one", run.id, len(summary), response.status, budget)
-        summary = extractive_summary(replaced, budget)
-    compaction = CompactionItem(
-        id=new_id("cmp_"), encrypted_content=encode_compaction(summary, model=model, created_at=created_at)
-    )
-    kept: list[StoredItem] = [item for item in items if isinstance(item, MessageItem) and item.role == "user"]
-    output = [msgspec.Raw(_item_encoder.encode(item)) for item in [*kept, compaction]]
-    return _json(msgspec.json.encode({
-        "id": run.id,
-        "object": "response.compaction",
-        "output": output,
-        "created_at": created_at,
-        "usage": _usage(response.usage),
-    }))
-
-
-routes = [Route("/v1/responses/compact", compact_response, methods=["POST"])]
