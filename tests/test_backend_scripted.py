@@ -261,3 +261,37 @@ def test_create_backend_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps([{"txt": "typo"}]))
     with pytest.raises(ValueError, match="txt"):
         create_backend("scripted", script=bad)
+
+
+def test_a_replayed_capture_keeps_reasoning_refusals_and_cost() -> None:
+    # The drift the server review found: the scripted replay used to drop all three, which the Responses
+    # backend keeps. Both now go through one events->steps core.
+    lines = [
+        json.dumps({"type": "response.reasoning.delta", "item_id": "rs_1", "output_index": 0, "content_index": 0,
+                    "delta": "think", "sequence_number": 0}),
+        json.dumps({"type": "response.refusal.delta", "item_id": "msg_1", "output_index": 1, "content_index": 0,
+                    "delta": "no", "sequence_number": 1}),
+        json.dumps({"type": "response.completed", "sequence_number": 2, "response": {
+            "status": "completed",
+            "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5, "cost": 0.5,
+                      "input_tokens_details": {"cached_tokens": 1},
+                      "output_tokens_details": {"reasoning_tokens": 1}},
+        }}),
+    ]
+    assert steps_from_capture(lines) == [
+        ReasoningDelta("think"),
+        TextDelta("no"),
+        UsageStep(3, 2, reasoning_tokens=1, cached_tokens=1, cost=0.5),
+        Finish("stop"),
+    ]
+
+
+def test_a_capture_that_ends_in_an_error_event_replays_as_a_failure() -> None:
+    lines = [
+        json.dumps({"type": "response.output_text.delta", "item_id": "m", "output_index": 0, "content_index": 0,
+                    "delta": "par"}),
+        json.dumps({"type": "error", "code": "rate_limit", "message": "slow down", "param": None}),
+    ]
+    steps = steps_from_capture(lines)
+    assert steps[0] == TextDelta("par")
+    assert isinstance(steps[-1], Fail) and steps[-1].error.code == "rate_limit"

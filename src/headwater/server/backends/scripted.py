@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
+from headwater.protocol.codec import decode_event_obj
+from headwater.protocol.events import TERMINAL_EVENT_TYPES
+
+from ._events import StepsFromEvents
 from .base import (
     BackendError,
     Finish,
@@ -221,16 +225,14 @@ def _error_options(error: dict[str, Any]) -> dict[str, Any]:
 
 # -- recorded captures ------------------------------------------------------------------------------------------
 
-_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
-_REASONING_DELTAS = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
-
 
 def steps_from_capture(lines: Iterable[str], *, response: int = 0) -> list[ScriptItem]:
     """The steps a backend would have yielded for one response of a recorded stream (one JSON event a line).
 
-    Text deltas become ``TextDelta``; reasoning summary/text deltas ``ReasoningDelta``; function calls
+    As the Responses backend reads an upstream (one core, ``StepsFromEvents``): text and refusal deltas become
+    ``TextDelta``; reasoning, reasoning summary and reasoning text deltas ``ReasoningDelta``; function calls
     ``ToolCallDelta`` (index = order of the call; the first piece carries call_id and name); the terminal
-    response's usage a ``UsageStep`` and its status a ``Finish`` (completed with calls: ``tool_calls``;
+    response's usage (cost included) a ``UsageStep`` and its status a ``Finish`` (completed with calls: ``tool_calls``;
     incomplete: ``length`` or ``content_filter``); ``error`` / ``response.failed`` a ``Fail``. Other tools'
     items (MCP, shell, custom tools...) have no step and are skipped. A capture holding several responses is
     cut at each ``response.created``.
@@ -251,80 +253,17 @@ def steps_from_capture(lines: Iterable[str], *, response: int = 0) -> list[Scrip
 
 
 def _steps(events: list[dict[str, Any]]) -> list[ScriptItem]:
+    """Through the same events->steps core as the Responses backend (``StepsFromEvents``), so a replayed capture
+    keeps what a live upstream's stream keeps (reasoning deltas, refusals, cost); a failure becomes a ``Fail``."""
+    flatten = StepsFromEvents("capture")
     steps: list[ScriptItem] = []
-    calls: dict[Any, int] = {}  # item id and output_index -> call index
-    streamed: set[Any] = set()  # text parts and calls that had deltas, so their .done adds nothing
-    failed = False
-
-    def keys(event: dict[str, Any], item: dict[str, Any] | None = None) -> list[Any]:
-        found = [(item or {}).get("id"), event.get("item_id")]
-        if event.get("output_index") is not None:
-            found.append(("output", event["output_index"]))
-        return [key for key in found if key is not None]
-
-    def call_index(event: dict[str, Any], item: dict[str, Any] | None = None) -> int | None:
-        return next((calls[key] for key in keys(event, item) if key in calls), None)
-
-    for event in events:
-        kind = event.get("type")
-        if kind == "response.output_text.delta":
-            streamed.add(("text", event.get("item_id"), event.get("content_index")))
-            steps.append(TextDelta(event.get("delta", "")))
-        elif kind == "response.output_text.done":
-            if ("text", event.get("item_id"), event.get("content_index")) not in streamed and event.get(
-                "text"
-            ):
-                steps.append(TextDelta(event["text"]))
-        elif kind in _REASONING_DELTAS:
-            steps.append(ReasoningDelta(event.get("delta", "")))
-        elif kind in ("response.output_item.added", "response.output_item.done"):
-            item = event.get("item") or {}
-            if item.get("type") != "function_call":
-                continue
-            index = call_index(event, item)
-            if index is None:
-                index = len(set(calls.values()))
-                calls.update(dict.fromkeys(keys(event, item), index))
-                steps.append(ToolCallDelta(index, "", call_id=item.get("call_id"), name=item.get("name")))
-            if kind == "response.output_item.done" and index not in streamed and item.get("arguments"):
-                streamed.add(index)
-                steps.append(ToolCallDelta(index, item["arguments"]))
-        elif kind == "response.function_call_arguments.delta":
-            index = call_index(event)
-            if index is not None:
-                streamed.add(index)
-                steps.append(ToolCallDelta(index, event.get("delta", "")))
-        elif kind == "error":
-            failed = True
-            nested = event.get("error")
-            error: dict[str, Any] = nested if isinstance(nested, dict) else event  # both error shapes
-            steps.append(
-                Fail(BackendError(error.get("message") or "upstream error", **_error_options(error)))
-            )
-        elif kind in _TERMINAL:
-            resp = event.get("response") or {}
-            usage = resp.get("usage")
-            if isinstance(usage, dict):
-                steps.append(
-                    UsageStep(
-                        input_tokens=usage.get("input_tokens", 0),
-                        output_tokens=usage.get("output_tokens", 0),
-                        reasoning_tokens=(usage.get("output_tokens_details") or {}).get(
-                            "reasoning_tokens", 0
-                        ),
-                        cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens", 0),
-                    )
-                )
-            if kind == "response.failed":
-                if not failed:
-                    error = resp.get("error") or {}
-                    steps.append(
-                        Fail(BackendError(error.get("message") or "response failed", **_error_options(error)))
-                    )
-            elif kind == "response.incomplete":
-                why = (resp.get("incomplete_details") or {}).get("reason")
-                steps.append(Finish("content_filter" if why == "content_filter" else "length"))
-            else:
-                steps.append(Finish("tool_calls" if calls else "stop"))
-            break
+    try:
+        for obj in events:
+            event = decode_event_obj(obj, lenient=True)
+            steps.extend(flatten.feed(event))
+            if event.type in TERMINAL_EVENT_TYPES:
+                return steps
+        steps.extend(flatten.close())
+    except BackendError as exc:
+        steps.append(Fail(exc))
     return steps
