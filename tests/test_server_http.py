@@ -516,6 +516,51 @@ def test_previous_response_chain_reaches_the_backend(start: Callable[..., Server
     ]
 
 
+def test_item_references_are_resolved_from_the_store(start: Callable[..., Server]) -> None:
+    # The Vercel AI SDK's default multi-turn: the messages resent, store: true, earlier output items as
+    # {"type": "item_reference", "id"} (or the bare {"id"}), no previous_response_id.
+    server = start([ReasoningDelta("hmm"), ToolCallDelta(0, '{"q":1}', call_id="c1", name="look"),
+                    Finish("tool_calls")])
+    tools = [{"type": "function", "name": "look"}]
+    first = create(server, input=[{"role": "user", "content": "first question"}], tools=tools)
+    reasoning, call = first["output"]
+    server.backend.script = script(*HELLO)
+    second = create(server, tools=tools, input=[
+        {"role": "user", "content": "first question"},
+        {"type": "item_reference", "id": reasoning["id"]},
+        {"id": call["id"]},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+    ])
+    seen = [(m.role, m.content, m.tool_calls, m.tool_call_id) for m in server.backend.runs[1].request.messages]
+    assert seen == [
+        ("user", "first question", [], None),
+        ("assistant", "", [{"id": "c1", "name": "look", "arguments": '{"q":1}'}], None),
+        ("tool", "42", [], "c1"),
+    ]
+    # The referenced items are this response's input items, as they were stored (a referenced input item too).
+    items = server.client.get(f"/v1/responses/{second['id']}/input_items", params={"order": "asc"}).json()["data"]
+    assert [item["type"] for item in items] == ["message", "reasoning", "function_call", "function_call_output"]
+    assert items[1]["id"] == reasoning["id"] and items[2]["call_id"] == "c1"
+    fco = items[3]["id"]
+    server.backend.script = script(*HELLO)
+    create(server, input=[{"role": "user", "content": "again"}, {"type": "item_reference", "id": fco}])
+    assert [m.role for m in server.backend.runs[2].request.messages] == ["user", "tool"]
+
+
+def test_an_unknown_item_reference_is_400_naming_the_input(start: Callable[..., Server]) -> None:
+    server = start(api_keys=("k1", "k2"), key="k1")
+    mine = create(server, input="hi")
+    error = error_of(server.client.post("/v1/responses", json={
+        "input": [{"role": "user", "content": "x"}, {"type": "item_reference", "id": "msg_nope"}]}), 400)
+    assert (error["param"], error["code"]) == ("input[1]", "item_not_found")
+    assert "msg_nope" in error["message"]
+    # Another key's items are unknown to this one.
+    other = httpx.Client(base_url=server.url, headers={"authorization": "Bearer k2"}, timeout=20)
+    with other:
+        response = other.post("/v1/responses", json={"input": [{"id": mine["output"][0]["id"]}]})
+    assert error_of(response, 400)["param"] == "input[0]"
+
+
 def test_unknown_previous_response_is_400_previous_response_not_found(start: Callable[..., Server]) -> None:
     server = start()
     response = server.client.post("/v1/responses", json={"input": "x", "previous_response_id": "resp_nope"})

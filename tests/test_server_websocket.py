@@ -371,6 +371,19 @@ def test_transport_fields_that_agree_with_the_mode_are_accepted_and_ignored(
     assert len(server.backend.requests) == 1
 
 
+def test_item_references_are_resolved_as_over_http(start: Callable[..., Server], connections: Callable) -> None:
+    server = start()
+    ws = connections(server)
+    first = response_of(turn(ws, input="one"))
+    message = first.output[0].id
+    turn(ws, input=[{"role": "user", "content": "one"}, {"type": "item_reference", "id": message},
+                    {"role": "user", "content": "two"}])
+    assert conversation(server.backend.requests[-1])[-3:] == [("user", "one"), ("assistant", "Hello, world"),
+                                                             ("user", "two")]
+    error = turn_error(ws, 400, input=[{"id": "msg_nope"}])
+    assert (error["code"], error["param"]) == ("item_not_found", "input[0]")
+
+
 def test_binary_json_message_is_accepted(start: Callable[..., Server], connections: Callable) -> None:
     server = start()
     ws = connections(server)

@@ -6,6 +6,7 @@ the process): every test below then runs against it. A maker may ``pytest.skip``
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -141,6 +142,32 @@ async def test_store_paginates_input_items_both_ways(store: Store) -> None:
     page = await store.input_items("r1", limit=5)
     assert len(page.items) == 5 and not page.has_more
     assert (await store.input_items("r1", after="unknown")).items == []
+
+
+async def test_store_finds_an_item_by_id_for_its_owner(store: Store) -> None:
+    def resource(rid: str, *items: dict[str, object]) -> bytes:
+        return json.dumps({"id": rid, "status": "completed", "output": list(items)}).encode()
+
+    message = {"type": "message", "id": "msg_out", "role": "assistant", "content": [], "extra": "é"}
+    await store.create(StoredResponse("r1", "k1", "in_progress", 1, resource("r1")),
+                       [StoredItem("msg_in", b'{"type": "message", "id": "msg_in"}')])
+    assert await store.find_item("msg_out", "k1") is None  # not in the resource yet
+    await store.append("r1", [entry(0)], status="completed", data=resource("r1", {"type": "reasoning", "id": "rs_1"},
+                                                                          message))
+    found = await store.find_item("msg_out", "k1")
+    assert found is not None and (found.response_id, found.owner, found.output) == ("r1", "k1", True)
+    assert json.loads(found.data) == message
+    found = await store.find_item("msg_in", "k1")
+    assert found is not None and found.output is False and json.loads(found.data)["id"] == "msg_in"
+    # Another key sees nothing; an unknown id is nothing; a later response holding the id wins.
+    assert await store.find_item("msg_out", "k2") is None and await store.find_item("msg_nope", "k1") is None
+    await store.create(StoredResponse("r2", "k1", "completed", 2, resource("r2", {**message, "extra": 2})), [])
+    found = await store.find_item("msg_out", "k1")
+    assert found is not None and found.response_id == "r2" and json.loads(found.data)["extra"] == 2
+    await store.create(StoredResponse("r3", None, "completed", 3, resource("r3", {**message, "id": "msg_x"})), [])
+    assert await store.find_item("msg_x", "k1") is None
+    found = await store.find_item("msg_x", None)
+    assert found is not None and found.owner is None
 
 
 async def test_store_lists_unfinished_and_deletes_everything(store: Store) -> None:

@@ -28,13 +28,42 @@ from .requests import (
     ValidatedRequest,
     decode_input_items,
     item_from_output,
+    with_references,
 )
 from .store import Store
 from .store.base import UNFINISHED_STATUSES
 
-__all__ = ["build_messages", "conversation_items", "to_chat_messages"]
+__all__ = ["build_messages", "conversation_items", "resolve_references", "to_chat_messages"]
 
 _response_decoder = msgspec.json.Decoder(Response)
+
+
+_output_decoder = msgspec.json.Decoder(Response)
+
+
+async def resolve_references(store: Store, owner: str | None, request: ValidatedRequest) -> ValidatedRequest:
+    """``request`` with each ``item_reference`` (or bare ``{"id"}``) replaced by the item it names: an output
+    item or an input item of one of ``owner``'s stored responses. An id found nowhere is a 400 naming
+    ``input[i]``; a hosted-tool call found (no meaning as input) is left out, as in a ``previous_response_id``
+    chain."""
+    if not request.references:
+        return request
+    resolved: list[StoredItem | None] = []
+    for _, index, item_id in request.references:
+        found = await store.find_item(item_id, owner)
+        if found is None:
+            raise APIError.invalid(
+                f"input[{index}] references item '{item_id}', which is not an output or input item of any stored "
+                "response this key can see", f"input[{index}]", code="item_not_found")
+        if found.output:
+            try:
+                output = _output_decoder.decode(b'{"output": [' + found.data + b"]}").output
+            except msgspec.ValidationError:  # a type this server does not know: no meaning as input here
+                output = []
+            resolved.append(item_from_output(output[0]) if output else None)
+        else:
+            resolved.append(decode_input_items([found.data])[0])
+    return with_references(request, resolved)
 
 
 async def build_messages(

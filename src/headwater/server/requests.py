@@ -38,6 +38,7 @@ __all__ = [
     "item_from_output",
     "parse_compact_request",
     "parse_request",
+    "with_references",
 ]
 
 ToolName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
@@ -225,6 +226,9 @@ class ValidatedRequest:
     items: list[StoredItem]  # the request's own input, normalized (ids given, string content as parts)
     tools: list[FunctionTool]
     dropped_tools: list[str] = field(default_factory=list)
+    # item_reference entries not resolved yet: (where in ``items`` the item goes, its input index, its id);
+    # ``conversation.resolve_references`` puts the items there.
+    references: list[tuple[int, int, str]] = field(default_factory=list)
 
     def tool_choice(self) -> str | dict[str, Any]:
         choice = self.body.tool_choice
@@ -316,9 +320,13 @@ def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedReques
     items = obj.get("input")
     if isinstance(items, list):
         for item in items:
-            # The "easy" message form ({"role", "content"}) that every client sends leaves out the type.
-            if isinstance(item, dict) and "type" not in item and "role" in item:
-                item["type"] = "message"
+            # The "easy" message form ({"role", "content"}) that every client sends leaves out the type; so
+            # does the bare reference form ({"id"}).
+            if isinstance(item, dict) and "type" not in item:
+                if "role" in item:
+                    item["type"] = "message"
+                elif set(item) == {"id"}:
+                    item["type"] = "item_reference"
     try:
         body = msgspec.convert(obj, CreateResponseBody)
     except msgspec.ValidationError as exc:
@@ -326,7 +334,8 @@ def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedReques
     _refuse(body)
     tools, dropped = _split_tools(body.tools or [], strict_tools)
     _check_tool_choice(body.tool_choice, {t.name for t in tools}, dropped)
-    return ValidatedRequest(body=body, items=_normalize_input(body.input), tools=tools, dropped_tools=dropped)
+    items, references = _normalize_input(body.input)
+    return ValidatedRequest(body=body, items=items, tools=tools, dropped_tools=dropped, references=references)
 
 
 # The fields of CompactResponseMethodPublicBody; anything else in the body is ignored, as for create.
@@ -395,9 +404,6 @@ def _refuse(body: CreateResponseBody) -> None:
                                code="unsupported_parameter")
     if isinstance(body.input, list):
         for i, item in enumerate(body.input):
-            if isinstance(item, ItemReference):
-                raise APIError.invalid("item references are not supported; send the item itself",
-                                       f"input[{i}]", code="unsupported_value")
             if isinstance(item, CompactionItem) and compaction_summary(item.encrypted_content) is None:
                 raise APIError.invalid("this compaction item was not made by this server: only the output of its "
                                        "/v1/responses/compact can be sent back", f"input[{i}].encrypted_content",
@@ -478,16 +484,21 @@ _ID_PREFIX = {MessageItem: "msg_", FunctionCallItem: "fc_", FunctionCallOutputIt
               CompactionItem: "cmp_"}
 
 
-def _normalize_input(value: str | list[InputItem] | None) -> list[StoredItem]:
-    """The request's input as stored: ids on every item, string message content as one text part."""
+def _normalize_input(value: str | list[InputItem] | None) -> tuple[list[StoredItem], list[tuple[int, int, str]]]:
+    """The request's input as stored: ids on every item, string message content as one text part; and the item
+    references, to be resolved from the store."""
     if value is None:
-        return []
+        return [], []
     if isinstance(value, str):
-        return [MessageItem(role="user", content=[InputTextPart(text=value)], id=new_id("msg_"), status="completed")]
+        text = MessageItem(role="user", content=[InputTextPart(text=value)], id=new_id("msg_"), status="completed")
+        return [text], []
     out: list[StoredItem] = []
+    references: list[tuple[int, int, str]] = []
     seen: set[str] = set()
-    for item in value:
-        assert not isinstance(item, ItemReference)  # refused by _refuse
+    for index, item in enumerate(value):
+        if isinstance(item, ItemReference):
+            references.append((len(out), index, item.id))
+            continue
         if item.id is not None and item.id in seen:
             # A client re-sending history may repeat an item; ids stay unique per response so that the
             # input_items cursor (``after=<id>``) is never ambiguous.
@@ -503,7 +514,22 @@ def _normalize_input(value: str | list[InputItem] | None) -> list[StoredItem]:
             item = msgspec.structs.replace(item, status="completed")
         seen.add(item.id)  # type: ignore[arg-type]  # every item has an id by now
         out.append(item)
-    return out
+    return out, references
+
+
+def with_references(request: ValidatedRequest, resolved: list[StoredItem | None]) -> ValidatedRequest:
+    """``request`` with its references replaced by the items found (``resolved``, one per reference, in order;
+    None: an item with no meaning as input, left out). Ids stay unique per response, as for repeated items."""
+    items = list(request.items)
+    for (position, _, _), item in reversed(list(zip(request.references, resolved, strict=True))):
+        if item is not None:
+            items.insert(position, item)
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if item.id in seen:
+            items[i] = item = msgspec.structs.replace(item, id=new_id(_ID_PREFIX[type(item)]))
+        seen.add(item.id or "")
+    return ValidatedRequest(body=request.body, items=items, tools=request.tools, dropped_tools=request.dropped_tools)
 
 
 _item_encoder = msgspec.json.Encoder()

@@ -93,6 +93,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     owner = _authenticate(request)
     validated = parse_request(await _read_body(request, service.config.max_body_bytes),
                               strict_tools=service.config.strict_tools)
+    validated = await service.resolve(owner, validated)
     body = validated.body
     headers: dict[str, str] = {}
     if validated.dropped_tools:
@@ -188,6 +189,7 @@ async def compact_response(request: Request) -> Response:
     owner = _authenticate(request)
     validated, model = parse_compact_request(await _read_body(request, service.config.max_body_bytes),
                                              strict_tools=service.config.strict_tools)
+    validated = await service.resolve(owner, validated)
     compaction = await service.compact(owner, validated, model)
     if not await _wait_unless_disconnected(request, compaction.run):
         log.info("compaction %s: client disconnected; cancelling", compaction.run.id)

@@ -32,7 +32,7 @@ from .compaction import (
     usage_json,
 )
 from .config import ServerConfig
-from .conversation import conversation_items, to_chat_messages
+from .conversation import conversation_items, resolve_references, to_chat_messages
 from .entries import Entry
 from .errors import APIError
 from .replicas import Replica
@@ -173,6 +173,11 @@ class Service:
             if run.steps == 0 and run.finished and run.backend_error is not None:
                 raise await self._refused(run)
         return run
+
+    async def resolve(self, owner: str | None, request: ValidatedRequest) -> ValidatedRequest:
+        """``request`` with its ``item_reference`` items replaced by the stored items they name (400 for an id
+        ``owner`` has no item of). Every transport calls it right after validation."""
+        return await resolve_references(self.store, owner, request)
 
     async def conversation(self, owner: str | None, request: ValidatedRequest) -> list[StoredItem]:
         """The conversation as input items: the stored ``previous_response_id`` chain, then the request's own."""

@@ -201,7 +201,7 @@ class _Connection:
         if obj.get("generate") is False:
             raise APIError.invalid("warm-up requests ('generate': false) are not supported by this server",
                                    "generate", code="unsupported_parameter")
-        validated = parse_request(data, strict_tools=state.config.strict_tools)
+        validated = await state.resolve(self.owner, parse_request(data, strict_tools=state.config.strict_tools))
         items = await self._conversation(validated)
         run = self.run = await state.create(self.owner, validated, streamed=True, conversation=items)
         return run, items

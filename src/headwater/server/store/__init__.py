@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Entry, Fenced, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
+from .base import Entry, Fenced, FoundItem, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -21,6 +21,7 @@ __all__ = [
     "STORE_SCHEMES",
     "Entry",
     "Fenced",
+    "FoundItem",
     "ItemPage",
     "MemoryStore",
     "SQLiteStore",

@@ -13,9 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
+
 from ..entries import Entry
 
-__all__ = ["UNFINISHED_STATUSES", "Entry", "Fenced", "ItemPage", "Store", "StoreUnavailable", "StoredItem", "StoredResponse"]
+__all__ = [
+    "UNFINISHED_STATUSES",
+    "Entry",
+    "Fenced",
+    "FoundItem",
+    "ItemPage",
+    "Store",
+    "StoreUnavailable",
+    "StoredItem",
+    "StoredResponse",
+    "output_item",
+]
 
 UNFINISHED_STATUSES = ("queued", "in_progress")
 
@@ -50,9 +63,35 @@ class StoredItem:
 
 
 @dataclass(slots=True)
+class FoundItem:
+    """An item found by its id (``Store.find_item``): its JSON and the response it belongs to (who may see it)."""
+
+    response_id: str
+    owner: str | None
+    data: bytes
+    output: bool  # an output item of the response (else one of its input items)
+
+
+@dataclass(slots=True)
 class ItemPage:
     items: list[StoredItem]
     has_more: bool
+
+
+def output_item(data: bytes, item_id: str) -> bytes | None:
+    """The JSON of the output item ``item_id`` in a stored resource ``data``, or None (for stores that keep the
+    resource as one document)."""
+    if item_id.encode() not in data:
+        return None
+    try:
+        resource = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    output = resource.get("output") if isinstance(resource, dict) else None
+    for item in output if isinstance(output, list) else ():
+        if isinstance(item, dict) and item.get("id") == item_id:
+            return msgspec.json.encode(item)
+    return None
 
 
 class Store(abc.ABC):
@@ -104,6 +143,12 @@ class Store(abc.ABC):
     ) -> ItemPage:
         """A page of input items, in input order (``asc``) or reversed, starting after the item with id
         ``after`` (an unknown ``after`` gives an empty page). ``limit=None`` returns all."""
+
+    @abc.abstractmethod
+    async def find_item(self, item_id: str, owner: str | None) -> FoundItem | None:
+        """The item with id ``item_id`` among the output items (in the stored resource's ``output``) and input
+        items of ``owner``'s responses, for an ``item_reference``; the most recent response's when several
+        hold it; None when there is none."""
 
     @abc.abstractmethod
     async def delete(self, response_id: str) -> bool:

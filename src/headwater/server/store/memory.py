@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from .base import UNFINISHED_STATUSES, Entry, ItemPage, Store, StoredItem, StoredResponse
+from .base import (
+    UNFINISHED_STATUSES,
+    Entry,
+    FoundItem,
+    ItemPage,
+    Store,
+    StoredItem,
+    StoredResponse,
+    output_item,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -79,6 +88,18 @@ class MemoryStore(Store):
         if limit is None:
             return ItemPage(items, False)
         return ItemPage(items[:limit], len(items) > limit)
+
+    async def find_item(self, item_id: str, owner: str | None) -> FoundItem | None:
+        mine = [r for r in self._responses.values() if r.owner == owner]
+        for record in sorted(mine, key=lambda r: r.created_at, reverse=True):
+            data = output_item(record.data, item_id)
+            if data is not None:
+                return FoundItem(record.id, record.owner, data, output=True)
+        for record in sorted(mine, key=lambda r: r.created_at, reverse=True):
+            for item in self._items.get(record.id, ()):
+                if item.id == item_id:
+                    return FoundItem(record.id, record.owner, item.data, output=False)
+        return None
 
     async def delete(self, response_id: str) -> bool:
         self._items.pop(response_id, None)

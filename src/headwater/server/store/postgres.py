@@ -27,6 +27,7 @@ from .base import (
     UNFINISHED_STATUSES,
     Entry,
     Fenced,
+    FoundItem,
     ItemPage,
     Store,
     StoredItem,
@@ -72,6 +73,8 @@ _MIGRATIONS: list[str] = [
         heartbeat TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     """,
+    # item references (find_item)
+    "CREATE INDEX input_items_by_id ON input_items (item_id);",
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 _MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
@@ -429,6 +432,28 @@ class PostgresStore(Store):
             return ItemPage(items, False)
 
         return await self._run("input_items", page)
+
+    async def find_item(self, item_id: str, owner: str | None) -> FoundItem | None:
+        async def find(conn: asyncpg.Connection) -> FoundItem | None:
+            # Output items live inside the resource: a scan, its byte prefilter exact for random ids.
+            row = await conn.fetchrow(
+                "SELECT r.id, r.owner, e.value::text FROM (SELECT id, owner, created_at, "
+                "convert_from(data, 'UTF8')::json -> 'output' AS output FROM responses "
+                "WHERE owner IS NOT DISTINCT FROM $2 AND position(convert_to($1, 'UTF8') IN data) > 0) r, "
+                "json_array_elements(CASE WHEN json_typeof(r.output) = 'array' THEN r.output ELSE '[]' END) e "
+                "WHERE e.value ->> 'id' = $1 ORDER BY r.created_at DESC LIMIT 1",
+                item_id, owner,
+            )
+            if row is not None:
+                return FoundItem(row[0], row[1], row[2].encode(), output=True)
+            row = await conn.fetchrow(
+                "SELECT r.id, r.owner, i.data FROM input_items i JOIN responses r ON r.id = i.response_id "
+                "WHERE i.item_id = $1 AND r.owner IS NOT DISTINCT FROM $2 ORDER BY r.created_at DESC LIMIT 1",
+                item_id, owner,
+            )
+            return None if row is None else FoundItem(row[0], row[1], bytes(row[2]), output=False)
+
+        return await self._run("find_item", find)
 
     async def delete(self, response_id: str) -> bool:
         async def delete(conn: asyncpg.Connection) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .base import UNFINISHED_STATUSES, Entry, ItemPage, Store, StoredItem, StoredResponse
+from .base import UNFINISHED_STATUSES, Entry, FoundItem, ItemPage, Store, StoredItem, StoredResponse
 
 __all__ = ["SQLiteStore"]
 
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS input_items (
     data BLOB NOT NULL,
     PRIMARY KEY (response_id, position)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS input_items_by_id ON input_items (item_id);
 CREATE TABLE IF NOT EXISTS events (
     response_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (response_id, seq)
 ) WITHOUT ROWID;
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Upgrades from each older version (a file made before versioning reads as 0 and has version 1's tables).
 _UPGRADES = {
     0: "",  # version 1 created its tables with CREATE ... IF NOT EXISTS, as _SCHEMA does
@@ -57,6 +58,7 @@ _UPGRADES = {
 ALTER TABLE events ADD COLUMN type TEXT NOT NULL DEFAULT '';
 UPDATE events SET type = coalesce(json_extract(CAST(data AS TEXT), '$.type'), '');
 """,
+    2: "CREATE INDEX IF NOT EXISTS input_items_by_id ON input_items (item_id);",  # item references
 }
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
@@ -303,6 +305,26 @@ class SQLiteStore(Store):
             return ItemPage(items, False)
 
         return await self._read(page)
+
+    async def find_item(self, item_id: str, owner: str | None) -> FoundItem | None:
+        def find(conn: sqlite3.Connection) -> FoundItem | None:
+            # Output items live inside the resource: a scan, its byte prefilter exact for random ids.
+            row = conn.execute(
+                "SELECT r.id, r.owner, j.value FROM responses r, json_each(CAST(r.data AS TEXT), '$.output') j "
+                "WHERE r.owner IS ? AND instr(r.data, CAST(? AS BLOB)) > 0 AND json_extract(j.value, '$.id') = ? "
+                "ORDER BY r.created_at DESC LIMIT 1",
+                (owner, item_id, item_id),
+            ).fetchone()
+            if row is not None:
+                return FoundItem(row[0], row[1], str(row[2]).encode(), output=True)
+            row = conn.execute(
+                "SELECT r.id, r.owner, i.data FROM input_items i JOIN responses r ON r.id = i.response_id "
+                "WHERE i.item_id = ? AND r.owner IS ? ORDER BY r.created_at DESC LIMIT 1",
+                (item_id, owner),
+            ).fetchone()
+            return None if row is None else FoundItem(row[0], row[1], bytes(row[2]), output=False)
+
+        return await self._read(find)
 
     async def delete(self, response_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
