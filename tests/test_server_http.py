@@ -561,6 +561,14 @@ def test_an_unknown_item_reference_is_400_naming_the_input(start: Callable[..., 
     assert error_of(response, 400)["param"] == "input[0]"
 
 
+def test_counting_input_tokens_needs_a_backend_that_can(start: Callable[..., Server]) -> None:
+    server = start()
+    response = server.client.post("/v1/responses/input_tokens", json={"model": MODEL, "input": "hi"})
+    error = error_of(response, 501)
+    assert error["code"] == "not_implemented" and "count" in error["message"]
+    assert error_of(server.client.post("/v1/responses/input_tokens", json={"input": 5}), 400)["param"] == "input"
+
+
 def test_unknown_previous_response_is_400_previous_response_not_found(start: Callable[..., Server]) -> None:
     server = start()
     response = server.client.post("/v1/responses", json={"input": "x", "previous_response_id": "resp_nope"})

@@ -183,3 +183,18 @@ def test_a_required_tool_call_is_refused_naming_tool_choice_and_logged(
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "400" in r.getMessage()]
     assert "unsupported_parameter" in line and "tool_choice" in line and error["message"] in line
     assert "Weather?" not in line
+
+
+def test_openai_input_tokens_count_is_the_exact_prompt_count(server: LiveServer) -> None:
+    # openai-python's responses.input_tokens.count (POST /v1/responses/input_tokens), as released.
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    ask: dict[str, Any] = {"model": MODEL, "instructions": "Be brief.", "input": "What is the capital of France?"}
+    counted = client.responses.input_tokens.count(**ask)
+    assert counted.object == "response.input_tokens"
+    used = client.responses.create(**ask, max_output_tokens=16, temperature=0).usage
+    assert used is not None and counted.input_tokens == used.input_tokens
+    longer = client.responses.input_tokens.count(model=MODEL, input="What is the capital of France? " * 5)
+    assert longer.input_tokens > counted.input_tokens
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.input_tokens.count(model="gpt-4o", input="hi")
+    assert caught.value.code == "model_not_found"

@@ -124,6 +124,30 @@ async def replay(
     return events, relay, upstream
 
 
+# --- counting input tokens --------------------------------------------------------------------------------
+
+
+async def test_input_tokens_are_counted_by_the_upstream() -> None:
+    answer = json_reply(200, b'{"object": "response.input_tokens", "input_tokens": 42}')
+    async with ReplayUpstream([answer, json_reply(404, b'{"error": {"message": "no such route"}}')]) as upstream:
+        backend = ResponsesBackend(upstream.url, "sk-up", model="gpt-5-mini")
+        try:
+            request = ask("count me", temperature=0.2, max_output_tokens=99, verbosity="low",
+                          tools=[{"name": "f", "parameters": {"type": "object"}}])
+            assert await backend.count_tokens(request) == 42
+            with pytest.raises(BackendError) as caught:
+                await backend.count_tokens(request)
+        finally:
+            await backend.aclose()
+    sent = upstream.requests[0]
+    assert (sent.method, sent.path) == ("POST", "/v1/responses/input_tokens")
+    assert sent.headers["authorization"] == "Bearer sk-up"
+    # What OpenAI's endpoint takes, and nothing it would refuse (stream, store, sampling fields).
+    assert set(sent.body) == {"model", "input", "tools", "text"}
+    assert sent.body["text"] == {"verbosity": "low"} and sent.body["model"] == "gpt-test"
+    assert "input_tokens" in caught.value.message and caught.value.status == 404
+
+
 # --- the request ----------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import asyncio
 import importlib.resources
 import logging
 
+import msgspec
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -184,6 +185,16 @@ async def list_input_items(request: Request) -> Response:
 # --- POST /v1/responses/compact -----------------------------------------------------------------------------
 
 
+async def count_input_tokens(request: Request) -> Response:
+    """openai-python's ``responses.input_tokens.count``: ``{"object": "response.input_tokens", "input_tokens"}``."""
+    service = _state(request)
+    owner = _authenticate(request)
+    validated = parse_request(await _read_body(request, service.config.max_body_bytes),
+                              strict_tools=service.config.strict_tools)
+    count = await service.count_input_tokens(owner, await service.resolve(owner, validated))
+    return _json(msgspec.json.encode({"object": "response.input_tokens", "input_tokens": count}))
+
+
 async def compact_response(request: Request) -> Response:
     service = _state(request)
     owner = _authenticate(request)
@@ -245,6 +256,7 @@ async def healthz(request: Request) -> Response:
 routes = [
     Route("/v1/responses", create_response, methods=["POST"]),
     Route("/v1/responses/compact", compact_response, methods=["POST"]),
+    Route("/v1/responses/input_tokens", count_input_tokens, methods=["POST"]),
     Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
     Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
     Route("/v1/responses/{response_id}/cancel", cancel_response, methods=["POST"]),

@@ -19,7 +19,7 @@ import msgspec
 
 from headwater.protocol.writer import ResponseWriter, new_id
 
-from .backends.base import Backend, ChatMessage, sampling_defaults, served_model
+from .backends.base import Backend, BackendError, ChatMessage, sampling_defaults, served_model
 from .compaction import (
     encode_compaction,
     extractive_summary,
@@ -178,6 +178,24 @@ class Service:
         """``request`` with its ``item_reference`` items replaced by the stored items they name (400 for an id
         ``owner`` has no item of). Every transport calls it right after validation."""
         return await resolve_references(self.store, owner, request)
+
+    async def count_input_tokens(self, owner: str | None, request: ValidatedRequest) -> int:
+        """The input tokens ``request`` would take (``POST /v1/responses/input_tokens``), counted by the backend's
+        ``count_tokens`` (exact for the local model, the upstream's own count for a Responses upstream); 501 for
+        a backend that cannot count."""
+        counter = getattr(self.backend, "count_tokens", None)
+        if counter is None:
+            raise APIError(501, f"the {self.backend.name} backend cannot count input tokens", code="not_implemented")
+        items = await self.conversation(owner, request)
+        instructions = request.body.instructions
+        messages = [ChatMessage(role="system", content=instructions)] if instructions else []
+        messages.extend(to_chat_messages(items))
+        try:
+            count: int = await counter(request.generation_request(served_model(self.backend, request.body.model),
+                                                                  messages))
+        except BackendError as exc:
+            raise APIError(exc.status, exc.message, code=exc.code, param=exc.param) from None
+        return count
 
     async def conversation(self, owner: str | None, request: ValidatedRequest) -> list[StoredItem]:
         """The conversation as input items: the stored ``previous_response_id`` chain, then the request's own."""

@@ -191,12 +191,13 @@ class Upstream:
             asyncio.run_coroutine_threadsafe(session.close(), loop)
 
     @asynccontextmanager
-    async def stream(self, body: Mapping[str, Any]) -> AsyncIterator[UpstreamStream]:
-        """POST ``body`` and hold the answer open: an ``UpstreamStream`` when the status is 2xx; a
-        ``BackendError`` otherwise (or when the upstream cannot be reached or does not answer in time)."""
+    async def stream(self, body: Mapping[str, Any], *, url: str | None = None) -> AsyncIterator[UpstreamStream]:
+        """POST ``body`` (to the endpoint, or to ``url``) and hold the answer open: an ``UpstreamStream`` when
+        the status is 2xx; a ``BackendError`` otherwise (or when the upstream cannot be reached or does not
+        answer in time)."""
         try:
             response = await self._session().post(
-                self.url, data=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
+                url or self.url, data=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
             )
         except aiohttp.ConnectionTimeoutError:
             raise BackendError(
@@ -219,7 +220,7 @@ class Upstream:
         stream = UpstreamStream(self, response)
         try:
             if response.status >= 400:
-                raise error_from_status(self.url, response.status, await self._error_body(stream))
+                raise error_from_status(url or self.url, response.status, await self._error_body(stream))
             yield stream
         finally:
             # A body read to its end gives its connection back to the pool; one left unread (the consumer

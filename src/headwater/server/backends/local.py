@@ -413,6 +413,12 @@ class LocalBackend:
                 while not isinstance(await job.queue.get(), _Done):
                     pass
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """Exactly the prompt tokens ``generate`` would evaluate for ``request`` (its usage's ``input_tokens``):
+        the prompt rendered with the model's chat template, tokenized by its own vocabulary."""
+        self._check(request)
+        return await asyncio.to_thread(lambda: len(self.tokenize(self._render_prompt_loaded(request))))
+
     async def aclose(self) -> None:
         self._closed = True
         with self._state_lock:

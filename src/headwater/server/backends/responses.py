@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+import msgspec
 from msgspec import UNSET
 
 from headwater.protocol.codec import (
@@ -286,6 +287,25 @@ class ResponsesBackend(UpstreamBackend):
                     code="upstream_disconnected",
                 )
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The upstream's own count (``POST .../responses/input_tokens``, as OpenAI answers it) of the input
+        tokens ``request`` would take. An upstream without the endpoint answers 404/405: a ``BackendError``."""
+        model: str | None = request.model or self.model
+        if model == DEFAULT_MODEL and self.model is None:
+            model = None
+        body = responses_request(request, model=model, store=self.store, extra_body=self.extra_body)
+        body = {key: value for key, value in body.items() if key in _COUNT_FIELDS}
+        url = self.upstream.url + "/input_tokens"
+        async with self.upstream.stream(body, url=url) as answer:
+            data = await answer.read()
+        try:
+            count = msgspec.json.decode(data).get("input_tokens")
+        except (msgspec.DecodeError, AttributeError):
+            count = None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise answer.malformed(data, "no integer input_tokens", what="answer")
+        return count
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
         """The upstream's events flattened into steps (text, reasoning, function calls, usage, finish); other
         items (hosted tools) are left out. For drivers that do not relay events."""
@@ -356,6 +376,9 @@ _ALIASES = {
 }
 _ID_PREFIX = {"message": "msg_", "function_call": "fc_", "reasoning": "rs_", "custom_tool_call": "ctc_"}
 _RESPONSE_FIELDS = frozenset(Response.__struct_fields__)
+# What OpenAI's POST /responses/input_tokens takes (it refuses the generation-only fields).
+_COUNT_FIELDS = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
+                           "reasoning", "truncation"})
 _REPAIRS_KEPT = 100
 
 
