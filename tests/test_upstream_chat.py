@@ -238,7 +238,10 @@ async def test_litellm_20711_argument_pieces_without_an_id_continue_their_call()
     ]
     assert calls[6] == ToolCallDelta(1, "", call_id="call_Hn3Vb8", name="get_weather")
     assert "".join(c.arguments for c in calls if c.index == 1) == '{"location": "Tokyo, Japan"}'
-    assert steps[-2:] == [Finish("tool_calls"), UsageStep(82, 52, reasoning_tokens=0, cached_tokens=64)]
+    extra = {"input_tokens_details": {"audio_tokens": 0},  # what the mapping does not name goes on as sent
+             "output_tokens_details": {"audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                       "rejected_prediction_tokens": 0}}
+    assert steps[-2:] == [Finish("tool_calls"), UsageStep(82, 52, reasoning_tokens=0, cached_tokens=64, extra=extra)]
     # Downstream every piece is its own delta event, as it came (not held back until the end).
     deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
     assert len(deltas) == 10
@@ -329,7 +332,8 @@ async def test_reasoning_and_message_get_their_own_output_index() -> None:
         "Finish",
         "UsageStep",
     ]
-    assert steps[-1] == UsageStep(13, 40, reasoning_tokens=31, cached_tokens=0)
+    assert steps[-1] == UsageStep(13, 40, reasoning_tokens=31, cached_tokens=0,
+                                  extra={"prompt_cache_miss_tokens": 13})
     added = [(e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"]
     assert added == [(0, "reasoning"), (1, "message")]
     acc = accumulate(events)
@@ -360,7 +364,8 @@ async def test_openrouter_reasoning_field_comments_and_cost() -> None:
         " answer in kind.",
     ]
     assert [s.text for s in steps if isinstance(s, TextDelta)] == ["Hi", " there!"]
-    assert steps[-1] == UsageStep(9, 25, reasoning_tokens=19, cached_tokens=0, cost=0.0000642)
+    assert steps[-1] == UsageStep(9, 25, reasoning_tokens=19, cached_tokens=0, cost=0.0000642,
+                                  extra={"is_byok": False, "cost_details": {"upstream_inference_cost": None}})
     assert accumulate(events).output_text == "Hi there!"
 
 

@@ -39,6 +39,7 @@ from headwater.protocol.resources import (
     ResponseError,
     Usage,
     has_wire,
+    keep_wire,
     to_builtins,
 )
 from headwater.protocol.writer import (
@@ -376,14 +377,7 @@ class Run:
             if step.arguments:
                 out.extend(call.delta(step.arguments))
         elif isinstance(step, UsageStep):
-            self._usage = Usage(
-                input_tokens=step.input_tokens,
-                output_tokens=step.output_tokens,
-                total_tokens=step.input_tokens + step.output_tokens,
-                input_tokens_details=InputTokensDetails(cached_tokens=step.cached_tokens),
-                output_tokens_details=OutputTokensDetails(reasoning_tokens=step.reasoning_tokens),
-                cost=UNSET if step.cost is None else step.cost,  # e.g. OpenRouter's, passed on as reported
-            )
+            self._usage = _usage(step)
         elif isinstance(step, Finish):
             # The terminal event waits for the end of the iterator: usage may come after the finish (as in
             # Chat Completions streams).
@@ -487,6 +481,35 @@ class Run:
             return
         self._ended = entries[-1].type in TERMINAL_EVENT_TYPES
         await self.live.append(self.id, entries, ended=self._ended)
+
+
+def _usage(step: UsageStep) -> Usage:
+    """A backend's usage as the response's: its counts, and what else its upstream said (``step.extra``, kept
+    as sent through ``keep_wire``)."""
+    usage = Usage(
+        input_tokens=step.input_tokens,
+        output_tokens=step.output_tokens,
+        total_tokens=step.input_tokens + step.output_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=step.cached_tokens),
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=step.reasoning_tokens),
+        cost=UNSET if step.cost is None else step.cost,  # e.g. OpenRouter's, passed on as reported
+    )
+    if not step.extra:
+        return usage
+    wire = to_builtins(usage)
+    for key, value in step.extra.items():
+        if isinstance(value, dict) and isinstance(wire.get(key), dict):
+            wire[key] = {**value, **wire[key]}
+        elif key not in wire:
+            wire[key] = value
+    try:
+        kept = msgspec.convert(wire, Usage)
+    except msgspec.ValidationError as exc:  # an extra that clashes with a field Headwater declares
+        log.warning("usage extras %s do not fit Responses usage (%s); the counts are kept without them",
+                    sorted(step.extra), exc)
+        return usage
+    keep_wire(kept, wire)
+    return kept
 
 
 class Runs:

@@ -7,7 +7,7 @@ trouble it can name (upstream HTTP errors, time-outs); the server turns it into 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, Union
 
@@ -63,6 +63,9 @@ class UsageStep:
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost: float | None = None
+    # What else the upstream's usage said, in Responses usage's shape (``input_tokens_details`` /
+    # ``output_tokens_details`` entries, top-level fields): it survives into the response's usage as sent.
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,7 @@ class _ToolCall(msgspec.Struct):
 
 
 class _Delta(msgspec.Struct):
-    content: str | None = None
+    content: str | list[Any] | None = None  # a list of parts: Mistral ({"type": "thinking" | "text"})
     reasoning_content: str | None = None  # vLLM, SGLang, DeepSeek, llama.cpp
     reasoning: str | None = None  # OpenRouter, newer vLLM
     tool_calls: list[_ToolCall] | None = None
@@ -159,7 +159,9 @@ class ChunkMapper:
                     reasoning = delta.reasoning_content or delta.reasoning
                     if reasoning:
                         out.append(ReasoningDelta(reasoning))
-                    if delta.content:
+                    if isinstance(delta.content, list):
+                        out.extend(_content_parts(delta.content))
+                    elif delta.content:
                         out.append(TextDelta(delta.content))
                     if delta.refusal:
                         out.append(TextDelta(delta.refusal))
@@ -175,7 +177,10 @@ class ChunkMapper:
                     self.finish = _FINISH.get(reason, "stop")
                     out.append(Finish(self.finish))
         if chunk.usage is not None:
-            self.usage = _usage_step(chunk.usage)  # kept until the end: some servers send it with every chunk
+            # Kept until the end: some servers send it with every chunk. What the mapping does not name
+            # (OpenRouter's cache_write_tokens, is_byok...) goes on as the upstream sent it.
+            raw = _json_decoder.decode(data).get("usage")
+            self.usage = _usage_step(chunk.usage, raw if isinstance(raw, dict) else {})
         return out
 
     def _tool_call(self, piece: _ToolCall) -> ToolCallDelta | None:
@@ -264,9 +269,12 @@ def _loose_chunk(data: bytes) -> _Chunk:
         for choice in choices:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict):
-                for key in ("content", "reasoning_content", "reasoning", "refusal"):
+                for key in ("reasoning_content", "reasoning", "refusal"):
                     if delta.get(key) is not None and not isinstance(delta[key], str):
                         delta[key] = None  # e.g. OpenRouter's reasoning objects: not text
+                content = delta.get("content")
+                if content is not None and not isinstance(content, (str, list)):
+                    raise UpstreamError(f"the chat bridge cannot read delta.content of type {type(content).__name__}")
                 calls = delta.get("tool_calls")
                 if isinstance(calls, dict):
                     delta["tool_calls"] = [calls]
@@ -291,7 +299,39 @@ def _stream_error(error: Any) -> str:
     return str(error)
 
 
-def _usage_step(usage: _Usage) -> UsageStep:
+def _content_parts(parts: list[Any]) -> list[Step]:
+    """``delta.content`` as a list of parts (Mistral's reasoning models): ``thinking`` parts (their ``thinking``
+    text, or a list of text parts) are reasoning, ``text`` parts are text. A part the bridge cannot map is an
+    error: its content is never dropped silently."""
+    out: list[Step] = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            if part["text"]:
+                out.append(TextDelta(part["text"]))
+        elif kind == "thinking":
+            thinking = part.get("thinking")
+            if isinstance(thinking, list):
+                text = "".join(p.get("text", "") for p in thinking if isinstance(p, dict) and p.get("type") == "text")
+                if len(text) == 0 and any(not isinstance(p, dict) or p.get("type") != "text" for p in thinking):
+                    raise UpstreamError(f"the chat bridge cannot map a thinking part holding {thinking!r:.120}")
+            elif isinstance(thinking, str):
+                text = thinking
+            else:
+                raise UpstreamError(f"the chat bridge cannot map a thinking part holding {thinking!r:.120}")
+            if text:
+                out.append(ReasoningDelta(text))
+        else:
+            raise UpstreamError(f"the chat bridge cannot map a content part of type {kind!r} ({part!r:.120})")
+    return out
+
+
+# Chat usage fields the mapping names; the others go on as extras (in the same place, Responses names).
+_USAGE_MAPPED = frozenset({"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details",
+                           "completion_tokens_details", "prompt_cache_hit_tokens", "cost"})
+
+
+def _usage_step(usage: _Usage, raw: dict[str, Any] | None = None) -> UsageStep:
     completion = usage.completion_tokens_details
     prompt = usage.prompt_tokens_details
     cached = (prompt.cached_tokens if prompt is not None else None) or usage.prompt_cache_hit_tokens or 0
@@ -301,7 +341,21 @@ def _usage_step(usage: _Usage) -> UsageStep:
         reasoning_tokens=(completion.reasoning_tokens if completion is not None else None) or 0,
         cached_tokens=cached,
         cost=usage.cost,
+        extra=_usage_extra(raw or {}),
     )
+
+
+def _usage_extra(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The upstream's usage fields the mapping does not name, where a Responses usage keeps them."""
+    extra: dict[str, Any] = {key: value for key, value in raw.items() if key not in _USAGE_MAPPED}
+    for chat, responses, known in (("prompt_tokens_details", "input_tokens_details", "cached_tokens"),
+                                   ("completion_tokens_details", "output_tokens_details", "reasoning_tokens")):
+        details = raw.get(chat)
+        if isinstance(details, dict):
+            rest = {key: value for key, value in details.items() if key != known}
+            if rest:
+                extra[responses] = rest
+    return extra or None
 
 
 # --- the request ----------------------------------------------------------------------------------------------
