@@ -32,6 +32,7 @@ __all__ = [
     "decode_event_obj",
     "encode_event",
     "event_to_builtins",
+    "fast_decoder",
     "keep_wires",
     "replace_event",
     "to_camel",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 _decoder = msgspec.json.Decoder(KnownEvent)
+fast_decoder = _decoder
+"""The fast path's decoder (payload -> known event class); ``stream.EventDecoder`` runs it inline."""
 _json_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 
