@@ -1,7 +1,8 @@
 """The chat bridge: Chat Completions chunks in, Responses events out. Headwater against litellm, same bytes.
 
-Part 1, throughput (one process, no network): the same Chat Completions SSE stream, one chunk per event as a
-server flushes them, is served by an ``httpx.MockTransport`` to
+Part 1, throughput: the same Chat Completions SSE stream, one chunk per event as a server flushes them, is
+served over loopback by a mock upstream in a child process (each bridge reads it through its own HTTP client:
+aiohttp for Headwater, openai-python's httpx for litellm) to
   - headwater: ``ChatBackend.generate`` (SSE framing + chunk mapping) driven by the server's run driver
     (``headwater.server.runs.Run``: ``ResponseWriter`` + JSON + SSE encoding; no store), and to
   - litellm: ``litellm.aresponses(..., use_chat_completions_api=True)``, the chat-to-Responses bridge
@@ -33,7 +34,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,17 +188,24 @@ def tools_stream(n: int) -> Stream:
     return Stream("tools", b"".join(chunks), len(chunks) - 1, tools=True)
 
 
-def _transport(data: bytes) -> httpx.MockTransport:
-    events = [piece + b"\n\n" for piece in data.split(b"\n\n") if piece]
+class _Upstream:
+    """``_serve_upstream`` in a child process, serving ``data`` to every POST, for the time of a ``with``."""
 
-    async def body() -> AsyncIterator[bytes]:
-        for event in events:
-            yield event
+    def __init__(self, data: bytes) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=_serve_upstream, args=(self.port, data), daemon=True
+        )
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+    async def __aenter__(self) -> _Upstream:
+        self.process.start()
+        await _wait_listening(self.port)
+        return self
 
-    return httpx.MockTransport(handler)
+    async def __aexit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.join(10)
 
 
 @dataclass
@@ -246,7 +254,7 @@ def headwater_outcome(frames: list[bytes]) -> Outcome:
     )
 
 
-async def litellm_once(stream: Stream, client: Any) -> tuple[float, list[bytes], Any]:
+async def litellm_once(stream: Stream, client: Any, api_base: str) -> tuple[float, list[bytes], Any]:
     import litellm
 
     tools = [{"type": "function", "name": "get_weather", "parameters": WEATHER}] if stream.tools else None
@@ -257,7 +265,7 @@ async def litellm_once(stream: Stream, client: Any) -> tuple[float, list[bytes],
         stream=True,
         use_chat_completions_api=True,
         api_key="sk-bench",
-        api_base="http://mock/v1",
+        api_base=api_base,
         client=client,
         tools=tools,
     )
@@ -314,46 +322,44 @@ async def _best(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 async def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for stream in (text_stream(args.chunks), reasoning_stream(args.chunks), tools_stream(args.chunks)):
-        backend = ChatBackend(
-            "http://mock", "sk-bench", client=httpx.AsyncClient(transport=_transport(stream.data))
-        )
-        hw_s, (_, hw_frames) = await _best(functools.partial(headwater_once, stream, backend), args.repeats)
-        hw = headwater_outcome(hw_frames)
-        row: dict[str, Any] = {
-            "stream": stream.name,
-            "upstream_chunks": stream.chunks,
-            "headwater": {
-                "events": hw.events,
-                "best_s": hw_s,
-                "events_per_s": hw.events / hw_s,
-                "chunks_per_s": stream.chunks / hw_s,
-            },
-        }
-        if args.litellm:
-            from openai import AsyncOpenAI
-
-            http_client: Any = httpx.AsyncClient(transport=_transport(stream.data))
-            client = AsyncOpenAI(api_key="sk-bench", base_url="http://mock/v1", http_client=http_client)
-            ll_s, (_, ll_frames, final) = await _best(
-                functools.partial(litellm_once, stream, client), args.repeats
-            )
-            ll = litellm_outcome(ll_frames, final)
-            row["litellm"] = {
-                "events": ll.events,
-                "best_s": ll_s,
-                "events_per_s": ll.events / ll_s,
-                "chunks_per_s": stream.chunks / ll_s,
+        async with _Upstream(stream.data) as upstream:
+            backend = ChatBackend(upstream.url, "sk-bench")
+            hw_s, (_, hw_frames) = await _best(functools.partial(headwater_once, stream, backend), args.repeats)
+            hw = headwater_outcome(hw_frames)
+            row: dict[str, Any] = {
+                "stream": stream.name,
+                "upstream_chunks": stream.chunks,
+                "headwater": {
+                    "events": hw.events,
+                    "best_s": hw_s,
+                    "events_per_s": hw.events / hw_s,
+                    "chunks_per_s": stream.chunks / hw_s,
+                },
             }
-            row["ratio_events_per_s"] = row["headwater"]["events_per_s"] / row["litellm"]["events_per_s"]
-            row["ratio_chunks_per_s"] = ll_s / hw_s
-            row["same_text"] = hw.text == ll.text
-            row["same_calls"] = hw.calls == ll.calls
-            row["same_reasoning"] = hw.reasoning == ll.reasoning
-            row["litellm_reasoning_chars"] = len(ll.reasoning)
-            await client.close()
-        row["headwater_reasoning_chars"] = len(hw.reasoning)
-        await backend.aclose()
-        rows.append(row)
+            if args.litellm:
+                from openai import AsyncOpenAI
+
+                client = AsyncOpenAI(api_key="sk-bench", base_url=upstream.url)
+                ll_s, (_, ll_frames, final) = await _best(
+                    functools.partial(litellm_once, stream, client, upstream.url), args.repeats
+                )
+                ll = litellm_outcome(ll_frames, final)
+                row["litellm"] = {
+                    "events": ll.events,
+                    "best_s": ll_s,
+                    "events_per_s": ll.events / ll_s,
+                    "chunks_per_s": stream.chunks / ll_s,
+                }
+                row["ratio_events_per_s"] = row["headwater"]["events_per_s"] / row["litellm"]["events_per_s"]
+                row["ratio_chunks_per_s"] = ll_s / hw_s
+                row["same_text"] = hw.text == ll.text
+                row["same_calls"] = hw.calls == ll.calls
+                row["same_reasoning"] = hw.reasoning == ll.reasoning
+                row["litellm_reasoning_chars"] = len(ll.reasoning)
+                await client.close()
+            row["headwater_reasoning_chars"] = len(hw.reasoning)
+            await backend.aclose()
+            rows.append(row)
     return rows
 
 
