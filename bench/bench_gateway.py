@@ -58,6 +58,11 @@ TARGETS = (
     "hw-chat-sqlite",
     "litellm",
 )
+# Also measurable (--targets): PostgreSQL store + Redis live log (`BENCH_PG_URL`, `BENCH_REDIS_URL`), one
+# process, or one replica per core with the load generator spreading its streams over them.
+EXTRA_TARGETS = ("hw-responses-pg", "hw-responses-pg-x2", "hw-chat-pg-x2")
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def free_port() -> int:
@@ -318,7 +323,7 @@ def _target_request(kind: str) -> tuple[str, bytes, str]:
     return "/v1/responses", json.dumps(body).encode(), ""
 
 
-async def _load(port: int, kind: str, streams: int, seconds: float) -> dict[str, Any]:
+async def _load(ports: list[int], kind: str, streams: int, seconds: float) -> dict[str, Any]:
     path, body, headers = _target_request(kind)
     results: list[StreamResult] = []
     errors: list[str] = []
@@ -326,6 +331,7 @@ async def _load(port: int, kind: str, streams: int, seconds: float) -> dict[str,
     deadline = t0 + seconds
 
     async def worker(index: int) -> None:
+        port = ports[index % len(ports)]  # several replicas: the streams are spread over them
         conn = _Conn("127.0.0.1", port)
         await asyncio.sleep(index * INTERVAL / max(streams, 1))  # spread the starts over one delta interval
         while time.monotonic() < deadline:
@@ -369,10 +375,10 @@ def _summary(results: list[StreamResult], errors: list[str], elapsed: float) -> 
     }
 
 
-def run_load(port: int, kind: str, streams: int, seconds: float, out: str) -> None:
+def run_load(ports: list[int], kind: str, streams: int, seconds: float, out: str) -> None:
     import uvloop
 
-    result = uvloop.run(_load(port, kind, streams, seconds))
+    result = uvloop.run(_load(ports, kind, streams, seconds))
     Path(out).write_text(json.dumps(result))
 
 
@@ -417,30 +423,45 @@ def ensure_litellm() -> Path:
 class Target:
     name: str
     kind: str  # what the load generator speaks to it: "responses" or "chat"
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
+    ports: list[int]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    schema: str | None = None  # a PostgreSQL schema of this run's own, dropped at the end
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
             try:
-                self.proc.wait(15)
+                proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
+        if self.schema is not None:
+            _drop_schema(self.schema)
         if self.tmp is not None:
             self.tmp.cleanup()
 
 
+def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 def start_target(name: str, mock_port: int) -> Target:
     if name == "direct":
-        return Target(name, "responses", mock_port)
-    port = free_port()
+        return Target(name, "responses", [mock_port])
     tmp = tempfile.TemporaryDirectory(prefix="hw-gateway-")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(Path(tmp.name) / "server.log", "wb")  # noqa: SIM115 - closed with the process's directory
+    schema = None
     if name == "litellm":
         config = Path(tmp.name) / "litellm.yaml"
         config.write_text(
@@ -449,23 +470,38 @@ def start_target(name: str, mock_port: int) -> Target:
             "litellm_settings:\n  telemetry: false\n  drop_params: true\n"
             "general_settings:\n  disable_spend_logs: true\n"
         )
-        env.update(LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False", LITELLM_LOG="ERROR",
-                   DISABLE_SCHEMA_UPDATE="true", NO_DOCS="True")
-        cmd = [str(ensure_litellm()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-               "--num_workers", "1"]
-        kind = "chat"
+        env.update(LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
+                   LITELLM_LOG="ERROR", DISABLE_SCHEMA_UPDATE="true", NO_DOCS="True")
+        port = free_port()
+        commands = [[str(ensure_litellm()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                     "--num_workers", "1"]]
+        ports, kind = [port], "chat"
     else:
-        _, backend, store = name.split("-")
-        cmd = [sys.executable, "-m", "headwater", "serve", "--backend", backend,
-               "--upstream", f"http://127.0.0.1:{mock_port}/v1", "--store", store, "--data-dir", tmp.name,
-               "--port", str(port), "--log-level", "warning"]
+        _, backend, store, *copies = name.split("-")
+        replicas = int(copies[0][1:]) if copies else 1
+        options = ["--store", store, "--data-dir", tmp.name]
+        if store == "pg":
+            schema = f"hwbench_{secrets.token_hex(4)}"
+            options = ["--store", f"{PG_URL}?schema={schema}", "--events", f"{REDIS_URL}?prefix={schema}"]
+        ports = [free_port() for _ in range(replicas)]
+        commands = [
+            [sys.executable, "-m", "headwater", "serve", "--backend", backend,
+             "--upstream", f"http://127.0.0.1:{mock_port}/v1", *options, "--port", str(port),
+             "--log-level", "warning"]
+            for port in ports
+        ]
         kind = "responses"
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp.name)
-    target = Target(name, kind, port, proc, tmp)
+    target = Target(name, kind, ports, tmp=tmp, schema=schema)
+    for i, cmd in enumerate(commands):
+        log = open(Path(tmp.name) / f"server{i}.log", "wb")  # noqa: SIM115 - closed with the process
+        target.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp.name))
+        if i == 0 and len(commands) > 1:
+            time.sleep(2)  # the first replica makes the schema; the others find it made
     try:
-        _wait_port(port, proc, timeout=120)
+        for port, proc in zip(ports, target.procs, strict=True):
+            _wait_port(port, proc, timeout=120)
     except Exception:
-        text = (Path(tmp.name) / "server.log").read_text(errors="replace")[-2000:]
+        text = "".join(p.read_text(errors="replace")[-2000:] for p in Path(tmp.name).glob("server*.log"))
         target.stop()
         raise RuntimeError(f"{name} did not start: {text}") from None
     measure(target, 4, 0.1)  # warm-up: imports, connections to the mock, code paths (not counted)
@@ -474,13 +510,13 @@ def start_target(name: str, mock_port: int) -> Target:
 
 def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(prefix="hw-load-", suffix=".json")[1])
-    cpu0 = _cpu_seconds(target.proc.pid) if target.proc else 0.0
+    cpu0 = sum(_cpu_seconds(p.pid) for p in target.procs)
     load = subprocess.run(
-        [sys.executable, __file__, "--role", "load", "--port", str(target.port), "--kind", target.kind,
-         "--streams", str(streams), "--seconds", str(seconds), "--out", str(out)],
+        [sys.executable, __file__, "--role", "load", "--ports", ",".join(map(str, target.ports)),
+         "--kind", target.kind, "--streams", str(streams), "--seconds", str(seconds), "--out", str(out)],
         check=False, env={**os.environ, "BENCH_LITELLM_KEY": MASTER_KEY},
     )
-    cpu = (_cpu_seconds(target.proc.pid) - cpu0) if target.proc else None
+    cpu = (sum(_cpu_seconds(p.pid) for p in target.procs) - cpu0) if target.procs else None
     if load.returncode != 0:
         raise RuntimeError(f"the load generator failed against {target.name}")
     result: dict[str, Any] = json.loads(out.read_text())
@@ -592,12 +628,14 @@ def main() -> None:
     parser.add_argument("--role", choices=["main", "mock", "load", "clients"], default="main",
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="responses", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--streams", default="1,64,512", help="concurrent streams, comma-separated")
     parser.add_argument("--seconds", type=float, default=None, help="closed-loop time per measurement")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"of {', '.join(TARGETS)}")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help=f"of {', '.join(TARGETS + EXTRA_TARGETS)}")
     parser.add_argument("--quick", action="store_true", help="4 s per measurement, 1 and 64 streams")
     parser.add_argument("--clients", default="64,512", help="stream counts for the upstream-client comparison "
                                                            "('' to skip)")
@@ -608,7 +646,7 @@ def main() -> None:
         run_mock(args.port)
         return
     if args.role == "load":
-        run_load(args.port, args.kind, int(args.streams), args.seconds, args.out)
+        run_load([int(p) for p in args.ports.split(",")], args.kind, int(args.streams), args.seconds, args.out)
         return
     if args.role == "clients":
         run_clients(args.port, int(args.streams), args.rounds, args.out)
