@@ -22,7 +22,6 @@ from websockets.sync.client import ClientConnection, connect
 from headwater.protocol.codec import decode_event
 from headwater.protocol.conformance import check
 from headwater.protocol.events import Event
-from headwater.server import websocket as ws_module
 from headwater.server.app import create_app
 from headwater.server.backends.base import (
     BackendError,
@@ -35,6 +34,7 @@ from headwater.server.backends.base import (
 )
 from headwater.server.backends.scripted import Fail, Pause, ScriptedBackend, ScriptItem
 from headwater.server.config import ServerConfig
+from headwater.server.http import websocket as ws_module
 from headwater.server.store import MemoryStore
 
 MODEL = "scripted-1"

@@ -14,14 +14,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import websocket
 from .backends.base import Backend
 from .config import ServerConfig
-from .errors import APIError, error_response, exception_handlers
+from .errors import APIError
+from .http import routes
+from .http.errors import error_response, exception_handlers
 from .live import LiveLog, create_live_log
 from .live.memory import MemoryLiveLog
 from .replicas import Replica, has_leases
-from .routes import routes
 from .runs import Runs, close_orphan, close_orphans
 from .service import Service
 from .store import Store, StoreUnavailable, create_store
@@ -76,7 +76,7 @@ def create_app(
             await state.store.close()
 
     handlers = {**exception_handlers, StoreUnavailable: _store_unavailable}
-    app = Starlette(routes=[*routes, *websocket.routes], exception_handlers=handlers,
+    app = Starlette(routes=routes, exception_handlers=handlers,
                     lifespan=lifespan)
     app.state.headwater = state
     return app

@@ -13,16 +13,16 @@ import importlib.resources
 import logging
 
 import msgspec
-from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .config import key_digest
-from .errors import APIError
-from .requests import parse_compact_request, parse_request
-from .runs import Run, encode_response
-from .service import Found, Service
-from .streaming import EventStreamResponse, frames
+from ..errors import APIError
+from ..requests import parse_compact_request, parse_request
+from ..runs import Run, encode_response
+from ..service import Found, Service
+from .auth import authenticate, read_body, service_of
+from .sse import EventStreamResponse, frames
 
 __all__ = ["routes"]
 
@@ -31,68 +31,18 @@ log = logging.getLogger("headwater.server")
 DROPPED_TOOLS_HEADER = "x-headwater-dropped-tools"
 
 
-def _state(request: HTTPConnection) -> Service:
-    service: Service = request.app.state.headwater
-    return service
-
-
 def _json(data: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(data, status, headers=headers, media_type="application/json")
 
-
-def _authenticate(request: HTTPConnection) -> str | None:
-    """The owner of what this request creates or reads: the digest of its API key (None without keys)."""
-    digests = _state(request).config.api_key_digests
-    if not digests:
-        return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    challenge = {"www-authenticate": "Bearer"}
-    if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(401, "missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key",
-                       headers=challenge)
-    digest = key_digest(token.strip())
-    if digest not in digests:
-        raise APIError(401, "invalid API key", code="invalid_api_key", headers=challenge)
-    return digest
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body: 413 beyond ``limit`` bytes, 408 when it has not all arrived ``body_timeout_seconds``
-    after the headers. A client that leaves mid-upload is one log line (the error answers nobody)."""
-    too_large = APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
-    timeout = _state(request).config.body_timeout_seconds
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError:
-        log.info("%s %s: the request body did not arrive within %gs (%d bytes came)", request.method,
-                 request.url.path, timeout, size)
-        raise APIError(408, f"the request body did not arrive within {timeout:g} seconds",
-                       code="request_timeout", headers={"connection": "close"}) from None
-    except ClientDisconnect:
-        log.info("%s %s: the client left during the upload (%d bytes came)", request.method, request.url.path,
-                 size)
-        raise APIError(400, "the client disconnected before sending the whole body",
-                       code="client_disconnected") from None
-    return b"".join(chunks)
 
 
 # --- POST /v1/responses -------------------------------------------------------------------------------------
 
 
 async def create_response(request: Request) -> Response | EventStreamResponse:
-    service = _state(request)
-    owner = _authenticate(request)
-    validated = parse_request(await _read_body(request, service.config.max_body_bytes),
+    service = service_of(request)
+    owner = authenticate(request)
+    validated = parse_request(await read_body(request, service.config.max_body_bytes),
                               strict_tools=service.config.strict_tools)
     validated = await service.resolve(owner, validated)
     body = validated.body
@@ -150,8 +100,8 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _find(request: Request) -> tuple[Service, Found]:
-    service = _state(request)
-    return service, await service.find(_authenticate(request), request.path_params["response_id"])
+    service = service_of(request)
+    return service, await service.find(authenticate(request), request.path_params["response_id"])
 
 
 async def get_response(request: Request) -> Response | EventStreamResponse:
@@ -187,18 +137,18 @@ async def list_input_items(request: Request) -> Response:
 
 async def count_input_tokens(request: Request) -> Response:
     """openai-python's ``responses.input_tokens.count``: ``{"object": "response.input_tokens", "input_tokens"}``."""
-    service = _state(request)
-    owner = _authenticate(request)
-    validated = parse_request(await _read_body(request, service.config.max_body_bytes),
+    service = service_of(request)
+    owner = authenticate(request)
+    validated = parse_request(await read_body(request, service.config.max_body_bytes),
                               strict_tools=service.config.strict_tools)
     count = await service.count_input_tokens(owner, await service.resolve(owner, validated))
     return _json(msgspec.json.encode({"object": "response.input_tokens", "input_tokens": count}))
 
 
 async def compact_response(request: Request) -> Response:
-    service = _state(request)
-    owner = _authenticate(request)
-    validated, model = parse_compact_request(await _read_body(request, service.config.max_body_bytes),
+    service = service_of(request)
+    owner = authenticate(request)
+    validated, model = parse_compact_request(await read_body(request, service.config.max_body_bytes),
                                              strict_tools=service.config.strict_tools)
     validated = await service.resolve(owner, validated)
     compaction = await service.compact(owner, validated, model)
@@ -227,8 +177,8 @@ def _int_param(request: Request, name: str, *, default: int, minimum: int, maxim
 
 
 async def list_models(request: Request) -> Response:
-    service = _state(request)
-    _authenticate(request)
+    service = service_of(request)
+    authenticate(request)
     return _json(service.models())
 
 
@@ -244,10 +194,10 @@ async def openapi(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """Liveness for anyone; with API keys configured, the backend and store only for a caller with a key."""
-    service = _state(request)
+    service = service_of(request)
     if service.config.api_key_digests:
         try:
-            _authenticate(request)
+            authenticate(request)
         except APIError:
             return _json(service.health(detailed=False))
     return _json(service.health())

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from headwater.protocol.sse import encode_comment, encode_frame, join_frames
 
-from .entries import Entry
+from ..entries import Entry
 
 __all__ = ["KEEPALIVE", "EventStreamResponse", "frames", "replay"]
 

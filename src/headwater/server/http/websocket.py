@@ -47,11 +47,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from headwater.protocol.events import TERMINAL_EVENT_TYPES
 
-from .errors import APIError, error_response, log_refusal
-from .requests import StoredItem, ValidatedRequest, item_from_output, parse_request
-from .routes import _authenticate, _state
-from .runs import Run
-from .service import Service
+from ..errors import APIError
+from ..requests import StoredItem, ValidatedRequest, item_from_output, parse_request
+from ..runs import Run
+from ..service import Service
+from .auth import authenticate, service_of
+from .errors import error_message, error_response, log_refusal
 
 __all__ = ["MAX_CONNECTION_SECONDS", "responses_websocket", "routes"]
 
@@ -63,16 +64,6 @@ CREATE = "response.create"
 MODE_VALUES = {"stream": True, "background": False}
 
 _json = msgspec.json.Decoder()
-
-
-def error_message(error: APIError) -> bytes:
-    """An ``APIError`` as the spec's ``WebSocketErrorEvent``."""
-    code = error.code or ("server_error" if error.status >= 500 else "invalid_request")
-    return msgspec.json.encode({
-        "type": "error",
-        "status": error.status,
-        "error": {"type": error.type, "code": code, "message": error.message, "param": error.param},
-    })
 
 
 @dataclass(slots=True)
@@ -257,9 +248,9 @@ class _Connection:
 
 
 async def responses_websocket(websocket: WebSocket) -> None:
-    state = _state(websocket)
+    state = service_of(websocket)
     try:
-        owner = _authenticate(websocket)
+        owner = authenticate(websocket)
     except APIError as error:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(error_response(error))  # a plain 401 on the handshake
