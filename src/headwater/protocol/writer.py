@@ -150,6 +150,7 @@ class ResponseWriter:
         self._acc = Accumulator()
         self._seq = 0
         self._started = False
+        self._begun = False  # response.in_progress emitted
         self._finished = False
         self._open: dict[int, ItemWriter] = {}
         self._next_index = 0
@@ -179,18 +180,31 @@ class ResponseWriter:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    def start(self, queued: bool = False) -> list[Event]:
-        """``response.created`` (then ``response.queued`` if ``queued``), then ``response.in_progress``."""
+    def start(self, queued: bool = False, *, wait: bool = False) -> list[Event]:
+        """``response.created`` (then ``response.queued`` if ``queued``), then ``response.in_progress``.
+        ``wait``: a queued response that waits for its turn stops after ``response.queued``; ``begin()`` then
+        gives ``response.in_progress`` when it starts (it may also end while it waits: cancelled, failed)."""
         if self._started:
             raise WriterError("start() was already called")
         self._started = True
         out: list[Event] = []
-        if queued:
+        if queued or wait:
             snapshot = replace(self._template, status="queued")
             self._emit(out, ResponseCreated, response=snapshot)
             self._emit(out, ResponseQueued, response=snapshot)
         else:
             self._emit(out, ResponseCreated, response=self._template)
+        if not wait:
+            out.extend(self.begin())
+        return out
+
+    def begin(self) -> list[Event]:
+        """``response.in_progress``: the response that ``start(wait=True)`` left queued starts."""
+        self._check_open()
+        if self._begun:
+            raise WriterError("the response has already begun (response.in_progress was emitted)")
+        self._begun = True
+        out: list[Event] = []
         self._emit(out, ResponseInProgress, response=replace(self._acc.response, status="in_progress"))
         return out
 

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .admission import admission_limits
 from .backends.base import Backend
 from .config import ServerConfig
 from .errors import APIError
@@ -45,7 +46,7 @@ def create_app(
         store = create_store(config.store_url)
     if live is None:
         live = create_live_log(config.events)
-    runs = Runs(store, backend, live)
+    runs = Runs(store, backend, live, limits=admission_limits(config, backend))
     replica = None
     if has_leases(store) or not isinstance(live, MemoryLiveLog):  # several replicas may share them
         replica = Replica(store, live, running=runs.running, cancel=runs.cancel, close=close_orphan,

@@ -70,6 +70,16 @@ EXIT_CANNOT_LISTEN = 4
               help="Seconds a request body may take to arrive after its headers (then 408).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds a connection with no request in progress is kept open.")
+@click.option("--max-running", type=click.IntRange(min=1), default=None,
+              help="Responses generating at once; more wait in the queue [default: the backend's slots (local: "
+                   "one per core), else 512].")
+@click.option("--max-running-per-key", type=click.IntRange(min=1), default=None,
+              help="Responses generating at once for one API key [default: no cap of its own].")
+@click.option("--max-queued", type=click.IntRange(min=0), default=None,
+              help="Responses waiting for a turn (FIFO); beyond it requests get 429 with Retry-After "
+                   "[default: 16 per --max-running, at most 1024].")
+@click.option("--max-queued-per-key", type=click.IntRange(min=0), default=None,
+              help="Responses of one API key waiting for a turn [default: no cap of its own].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_command(
@@ -90,6 +100,10 @@ def serve_command(
     header_timeout: float,
     body_timeout: float,
     idle_timeout: float,
+    max_running: int | None,
+    max_running_per_key: int | None,
+    max_queued: int | None,
+    max_queued_per_key: int | None,
     log_level: str,
 ) -> None:
     """Run the Open Responses server (POST /v1/responses and its companions)."""
@@ -120,6 +134,10 @@ def serve_command(
         header_timeout_seconds=header_timeout,
         body_timeout_seconds=body_timeout,
         idle_timeout_seconds=idle_timeout,
+        max_running=max_running,
+        max_running_per_key=max_running_per_key,
+        max_queued=max_queued,
+        max_queued_per_key=max_queued_per_key,
     )
     try:
         create_store(config.store_url)  # a bad URL is a usage error, said before the backend loads a model
@@ -153,6 +171,9 @@ def serve_command(
             click.echo(f"  auth:    {len(config.api_key_digests)} API key(s); each response belongs to its key")
         else:
             click.echo("  auth:    none (no --api-key): anyone who can reach the port can use the server")
+        limits = state.runs.admission.limits
+        click.echo(f"  limits:  {limits.max_running} running, {limits.max_queued} queued (then 429); "
+                   f"timeouts: headers {header_timeout:g}s, body {body_timeout:g}s, idle {idle_timeout:g}s")
         click.echo("  tools:   function tools only; others are " + (
             "refused (--strict-tools)" if strict_tools else "dropped and reported in x-headwater-dropped-tools"))
 

@@ -61,6 +61,13 @@ class ServerConfig:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
     idle_timeout_seconds: float = 5.0
+    # Admission control (see ``admission``): responses generating at once, in all and per API key, and how many
+    # more may wait in the FIFO queue (in all, per key) before requests get 429. None: the defaults
+    # (``admission.default_limits``: the backend's slots, else 512, running; 16 per running one queued, <= 1024).
+    max_running: int | None = None
+    max_running_per_key: int | None = None
+    max_queued: int | None = None
+    max_queued_per_key: int | None = None
     # How many earlier responses a previous_response_id chain may reach back through.
     max_chain_length: int = 1000
 

@@ -14,6 +14,7 @@ import msgspec
 
 from headwater.protocol.resources import Response
 
+from . import offload
 from .backends.base import ChatMessage
 from .compaction import compaction_context
 from .errors import APIError
@@ -72,7 +73,7 @@ async def build_messages(
     """Everything the model should see for ``request``; raises ``APIError`` for a chain it cannot follow."""
     items = await conversation_items(store, owner, request, max_chain_length=max_chain_length)
     messages = [ChatMessage(role="system", content=request.body.instructions)] if request.body.instructions else []
-    messages.extend(to_chat_messages(items))
+    messages.extend(await offload.call(len(items) > offload.OFF_LOOP_ITEMS, to_chat_messages, items))
     return messages
 
 
@@ -105,7 +106,8 @@ async def conversation_items(
                 "previous_response_id",
                 code="previous_response_in_progress",
             )
-        response = _response_decoder.decode(record.data)
+        response = await offload.call(len(record.data) > offload.OFF_LOOP_BYTES, _response_decoder.decode,
+                                      record.data)
         earlier.append((record.id, response))
         if len(earlier) > max_chain_length:
             raise APIError.invalid(
@@ -117,7 +119,8 @@ async def conversation_items(
     items: list[StoredItem] = []
     for response_id, response in reversed(earlier):
         page = await store.input_items(response_id)
-        items.extend(decode_input_items([item.data for item in page.items]))
+        stored = [item.data for item in page.items]
+        items.extend(await offload.call(sum(map(len, stored)) > offload.OFF_LOOP_BYTES, decode_input_items, stored))
         items.extend(item for item in map(item_from_output, response.output) if item is not None)
     items.extend(request.items)
     return items

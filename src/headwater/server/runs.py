@@ -51,6 +51,7 @@ from headwater.protocol.writer import (
     TextWriter,
 )
 
+from .admission import Admission, Limits, Ticket, default_limits
 from .backends.base import (
     Backend,
     BackendError,
@@ -63,6 +64,7 @@ from .backends.base import (
     UsageStep,
     is_passthrough,
 )
+from .errors import APIError
 from .live import LiveLog
 from .live.memory import MemoryLiveLog
 from .store import Entry, Fenced, Store, StoredResponse, StoreUnavailable
@@ -118,6 +120,7 @@ class Run:
         on_finish: Callable[[Run], None] | None = None,
         live: LiveLog | None = None,
         followed: bool = True,
+        ticket: Ticket | None = None,
     ) -> None:
         # A passthrough backend (a Responses upstream) hands over protocol events, not steps: they go through
         # its relay, a ResponseWriter that renumbers and repairs them, so the stream stays ours and conformant.
@@ -142,6 +145,9 @@ class Run:
         self._backend = backend
         self._request = request
         self._store = store
+        # The run's place in admission control: it generates once the ticket is granted, and releases it at
+        # its end. None: no admission control (the run starts at once).
+        self._ticket = ticket
         # Batches waiting for the store: (events, payloads, status, resource JSON).
         self._backlog: list[tuple[list[Entry], str | None, bytes | None]] = []
         self._wake = asyncio.Event()
@@ -223,7 +229,8 @@ class Run:
             await asyncio.shield(self._task)
 
     async def wait_first_step(self, timeout: float) -> None:
-        """Until the backend produced its first step or the run finished, or ``timeout`` seconds."""
+        """Until the backend produced its first step, the run finished or was queued (admission control), or
+        ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._first_step.wait()
@@ -271,7 +278,17 @@ class Run:
             await self.live.append(self.id, [])
             self._opened.set()
             try:
-                await self._emit(self.writer.start(queued=self.background), status="in_progress")
+                ticket = self._ticket
+                if ticket is not None and not ticket.granted:
+                    # Queued: created + queued now (a stream gets its headers and these at once), in_progress
+                    # once a slot is free.
+                    await self._emit(self.writer.start(wait=True), status="queued")
+                    self._first_step.set()
+                    await self._wait_turn(ticket)
+                    if self._stop is None:
+                        await self._emit(self.writer.begin(), status="in_progress")
+                else:
+                    await self._emit(self.writer.start(queued=self.background), status="in_progress")
                 if self._stop is None:
                     await self._generate()
             except BackendError as exc:
@@ -292,6 +309,8 @@ class Run:
                 with contextlib.suppress(Exception):  # a failed store: the events are published all the same
                     await self._emit(events)
         finally:
+            if self._ticket is not None:
+                self._ticket.release()  # the next queued run may start
             self.finished = True
             self._opened.set()  # (a follower of a run that could not even open its log finds none, and ends)
             self._first_step.set()
@@ -302,6 +321,19 @@ class Run:
             self._release()
             if self._on_finish is not None:
                 self._on_finish(self)
+
+    async def _wait_turn(self, ticket: Ticket) -> None:
+        """Until ``ticket`` is granted, or the run is stopped (cancelled, shut down) while it waits."""
+        self._in_backend = True  # (a stop interrupts this wait as it does a wait for the next token)
+        try:
+            await ticket.wait()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stop is None or task is None:
+                raise
+            task.uncancel()
+        finally:
+            self._in_backend = False
 
     async def _generate(self) -> None:
         relay = self._relay
@@ -515,9 +547,13 @@ def _usage(step: UsageStep) -> Usage:
 class Runs:
     """The runs of one server: started here, found by id while live (stored runs only), stopped at shutdown."""
 
-    def __init__(self, store: Store, backend: Backend, live: LiveLog | None = None) -> None:
+    def __init__(
+        self, store: Store, backend: Backend, live: LiveLog | None = None, limits: Limits | None = None
+    ) -> None:
         self.store = store
         self.backend = backend
+        self.admission = Admission(limits or default_limits(getattr(backend, "slots", None)))
+        self.closing = False  # shutting down: no new runs
         self.live: LiveLog = live if live is not None else MemoryLiveLog()
         # A response that is not stored can be read only by the request that made it, in this process.
         self._private = self.live if isinstance(self.live, MemoryLiveLog) else MemoryLiveLog()
@@ -534,7 +570,12 @@ class Runs:
         background: bool,
         max_tool_calls: int | None,
         followed: bool = True,
+        ticket: Ticket | None = None,
     ) -> Run:
+        """Start a run. ``ticket``: its place from ``admit`` (taken here when not given; ``admit``'s 429 then
+        comes from here)."""
+        if ticket is None:
+            ticket = self.admit(owner)
         run = Run(
             writer=writer,
             backend=self.backend,
@@ -546,12 +587,21 @@ class Runs:
             on_finish=self._finished,
             live=self.live if stored else self._private,
             followed=followed,
+            ticket=ticket,
         )
         self._all.add(run)
         if stored:
             self._live[run.id] = run
         run.start()
         return run
+
+    def admit(self, owner: str | None) -> Ticket:
+        """A place for a run of ``owner``: granted now or queued; ``APIError`` 429 with ``Retry-After`` beyond
+        the queue, 503 once the server is shutting down. Take it before storing the response (``with``: it is
+        released if the block raises before ``start``)."""
+        if self.closing:
+            raise APIError(503, "the server is shutting down", code="server_shutting_down")
+        return self.admission.admit(owner)
 
     def get(self, response_id: str) -> Run | None:
         """The live run of a stored response. It stays here until its terminal event is in the store."""
@@ -573,7 +623,8 @@ class Runs:
 
     async def shut_down(self) -> None:
         """Stop every run (each ends with ``error`` + ``response.failed``, ``server_shutdown``, and logs one
-        line) and wait until their terminal events are logged and published."""
+        line) and wait until their terminal events are logged and published. New runs are refused (503)."""
+        self.closing = True
         runs = list(self._all)
         for run in runs:
             run.shut_down()

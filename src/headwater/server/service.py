@@ -19,6 +19,7 @@ import msgspec
 
 from headwater.protocol.writer import ResponseWriter, new_id
 
+from . import offload
 from .backends.base import Backend, BackendError, ChatMessage, sampling_defaults, served_model
 from .compaction import (
     encode_compaction,
@@ -45,6 +46,10 @@ from .store.base import UNFINISHED_STATUSES
 __all__ = ["Compaction", "Found", "Service"]
 
 log = logging.getLogger("headwater.server")
+
+
+def _stored_rows(request: ValidatedRequest) -> list[StoredRow]:
+    return [StoredRow(item.id or "", encode_input_item(item)) for item in request.items]
 
 
 @dataclass(slots=True)
@@ -144,7 +149,8 @@ class Service:
         if conversation is None:
             conversation = await self.conversation(owner, request)
         messages = [ChatMessage(role="system", content=body.instructions)] if body.instructions else []
-        messages.extend(to_chat_messages(conversation))
+        messages.extend(await offload.call(len(conversation) > offload.OFF_LOOP_ITEMS, to_chat_messages,
+                                           conversation))
         template = request.response_template(
             response_id=new_id("resp_"),
             model=model,
@@ -152,23 +158,27 @@ class Service:
             # The response reports the sampling the backend really uses when the request leaves it unset.
             **sampling_defaults(self.backend),
         )
-        if body.store:
-            await self.store.create(
-                StoredResponse(template.id, owner, template.status, int(template.created_at),
-                               encode_response(template)),
-                [StoredRow(item.id or "", encode_input_item(item)) for item in request.items],
+        with self.runs.admit(owner) as ticket:  # a place to run, or in the queue; 429 beyond it
+            if body.store:
+                rows = await offload.call(len(request.items) > offload.OFF_LOOP_ITEMS, _stored_rows, request)
+                await self.store.create(
+                    StoredResponse(template.id, owner, template.status, int(template.created_at),
+                                   encode_response(template)),
+                    rows,
+                )
+            run = self.runs.start(
+                writer=ResponseWriter(template),
+                request=request.generation_request(model, messages),
+                owner=owner,
+                stored=body.store,
+                background=body.background,
+                max_tool_calls=body.max_tool_calls,
+                followed=streamed,
+                ticket=ticket,
             )
-        run = self.runs.start(
-            writer=ResponseWriter(template),
-            request=request.generation_request(model, messages),
-            owner=owner,
-            stored=body.store,
-            background=body.background,
-            max_tool_calls=body.max_tool_calls,
-            followed=streamed,
-        )
         run.template = template
         if streamed and not body.background:
+            # (a queued run answers at once: headers, response.created, response.queued)
             await run.wait_first_step(self.config.keepalive_seconds)
             if run.steps == 0 and run.finished and run.backend_error is not None:
                 raise await self._refused(run)

@@ -129,7 +129,9 @@ class BackendError(Exception):
 
 class Backend(Protocol):
     """A source of generation steps. ``generate`` must stop promptly when its iterator is closed
-    (``aclose()``): that is how a client disconnect or a cancel stops paid compute."""
+    (``aclose()``): that is how a client disconnect or a cancel stops paid compute. A backend that can run only
+    so many generations at once says how many in an optional ``slots`` attribute (an int): admission control
+    lets that many responses run and queues the rest (``server.admission``)."""
 
     name: str
 

@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import offload
 from ..errors import APIError
-from ..requests import parse_compact_request, parse_request
+from ..requests import parse_compact_request
 from ..runs import Run, encode_response
 from ..service import Found, Service
 from .auth import authenticate, read_body, service_of
@@ -42,8 +43,8 @@ def _json(data: bytes, status: int = 200, headers: dict[str, str] | None = None)
 async def create_response(request: Request) -> Response | EventStreamResponse:
     service = service_of(request)
     owner = authenticate(request)
-    validated = parse_request(await read_body(request, service.config.max_body_bytes),
-                              strict_tools=service.config.strict_tools)
+    raw = await read_body(request, service.config.max_body_bytes)
+    validated = await offload.parse_request(raw, strict_tools=service.config.strict_tools)  # (big: off-loop)
     validated = await service.resolve(owner, validated)
     body = validated.body
     headers: dict[str, str] = {}
@@ -139,8 +140,8 @@ async def count_input_tokens(request: Request) -> Response:
     """openai-python's ``responses.input_tokens.count``: ``{"object": "response.input_tokens", "input_tokens"}``."""
     service = service_of(request)
     owner = authenticate(request)
-    validated = parse_request(await read_body(request, service.config.max_body_bytes),
-                              strict_tools=service.config.strict_tools)
+    raw = await read_body(request, service.config.max_body_bytes)
+    validated = await offload.parse_request(raw, strict_tools=service.config.strict_tools)  # (big: off-loop)
     count = await service.count_input_tokens(owner, await service.resolve(owner, validated))
     return _json(msgspec.json.encode({"object": "response.input_tokens", "input_tokens": count}))
 

@@ -47,8 +47,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from headwater.protocol.events import TERMINAL_EVENT_TYPES
 
+from .. import offload
 from ..errors import APIError
-from ..requests import StoredItem, ValidatedRequest, item_from_output, parse_request
+from ..requests import StoredItem, ValidatedRequest, item_from_output
 from ..runs import Run
 from ..service import Service
 from .auth import authenticate, service_of
@@ -192,7 +193,8 @@ class _Connection:
         if obj.get("generate") is False:
             raise APIError.invalid("warm-up requests ('generate': false) are not supported by this server",
                                    "generate", code="unsupported_parameter")
-        validated = await state.resolve(self.owner, parse_request(data, strict_tools=state.config.strict_tools))
+        validated = await offload.parse_request(data, strict_tools=state.config.strict_tools)  # (big: off-loop)
+        validated = await state.resolve(self.owner, validated)
         items = await self._conversation(validated)
         run = self.run = await state.create(self.owner, validated, streamed=True, conversation=items)
         return run, items
