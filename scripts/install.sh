@@ -13,3 +13,5 @@ fi
 # re-resolved. GGML_NATIVE=OFF: a llama.cpp wheel built here runs on any x86-64 machine that reuses the cache.
 export UV_PYTHON_DOWNLOADS=never
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" uv sync --frozen --python "$PY" --all-extras --quiet
+# Node packages for the interop tests (the Vercel AI SDK), from tests/interop/node/package-lock.json.
+bash scripts/install-node.sh
