@@ -25,6 +25,7 @@ from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.codec import decode_event_obj, encode_event, event_to_builtins
 from headwater.protocol.conformance import check, split_responses
 from headwater.protocol.events import Event
+from headwater.protocol.relay import ResponseRelay
 from headwater.protocol.resources import FunctionCall, Message, ReasoningItem, Response
 from headwater.protocol.sse import encode_frame
 from headwater.protocol.stream import encode_sse, iter_events
@@ -37,7 +38,7 @@ from headwater.server.backends.base import (
     ToolCallDelta,
     UsageStep,
 )
-from headwater.server.backends.responses import ResponseRelay, ResponsesBackend, responses_request
+from headwater.server.backends.responses import ResponsesBackend, responses_request
 from headwater.server.runs import Run
 from test_upstream_replay import (
     CAPTURES,

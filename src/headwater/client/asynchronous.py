@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -39,9 +39,7 @@ from .errors import APIError
 from .faces import AsyncEventIterator
 from .retry import RetryPolicy
 from .stream import Finish, StreamMachine
-
-if TYPE_CHECKING:
-    from .websocket import AsyncResponsesConnection
+from .websocket import AsyncResponsesConnection
 
 __all__ = ["AsyncClient", "AsyncStream"]
 
@@ -146,9 +144,8 @@ class AsyncResponses:
                 extra_headers: Mapping[str, str] | None = None) -> AsyncResponsesConnection:
         """WebSocket mode: ``async with client.responses.connect() as connection:``, then
         ``await connection.create(**body)``. Opened on entering (or by the first ``create``). Needs ``websockets``."""
-        from .websocket import AsyncResponsesConnection
-
-        return AsyncResponsesConnection(self._client, compat=compat, extra_headers=extra_headers)
+        return AsyncResponsesConnection(self._client.options, self._client._http.timeout, compat=compat,
+                                        extra_headers=extra_headers)
 
     def stream(self, *, compat: bool | None = None, extra_headers: Mapping[str, str] | None = None,
                extra_body: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -39,9 +39,7 @@ from .errors import APIError
 from .faces import EventIterator
 from .retry import RetryPolicy
 from .stream import Finish, StreamMachine
-
-if TYPE_CHECKING:
-    from .websocket import ResponsesConnection
+from .websocket import ResponsesConnection
 
 __all__ = ["Client", "Stream"]
 
@@ -153,9 +151,8 @@ class Responses:
                 extra_headers: Mapping[str, str] | None = None) -> ResponsesConnection:
         """Open a WebSocket to ``/responses`` (WebSocket mode): ``with client.responses.connect() as connection:``
         then ``connection.create(**body)`` one response after another. Needs ``websockets``."""
-        from .websocket import ResponsesConnection
-
-        return ResponsesConnection(self._client, compat=compat, extra_headers=extra_headers)
+        return ResponsesConnection(self._client.options, self._client._http.timeout, compat=compat,
+                                   extra_headers=extra_headers)
 
     def stream(self, *, compat: bool | None = None, extra_headers: Mapping[str, str] | None = None,
                extra_body: Mapping[str, Any] | None = None, timeout: httpx.Timeout | float | None = None,

@@ -44,9 +44,6 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection as AsyncWebSocket
     from websockets.sync.client import ClientConnection as SyncWebSocket
 
-    from .asynchronous import AsyncClient
-    from .sync import Client
-
 __all__ = [
     "AsyncResponsesConnection",
     "AsyncWebSocketStream",
@@ -138,8 +135,7 @@ def _closed(machine: StreamMachine, exc: Exception) -> APIError:
     )
 
 
-def _read_timeout(http: httpx.Client | httpx.AsyncClient) -> tuple[float | None, float | None]:
-    timeout = http.timeout
+def _read_timeout(timeout: httpx.Timeout) -> tuple[float | None, float | None]:
     return timeout.connect, timeout.read
 
 
@@ -172,17 +168,17 @@ class ResponsesConnection:
     """One WebSocket to ``/responses`` (``client.responses.connect()``): ``create(**body)`` one response after
     another, ``close()`` (or leave the ``with`` block) at the end."""
 
-    def __init__(self, client: Client, *, compat: bool | None = None,
+    def __init__(self, options: ClientOptions, timeout: httpx.Timeout, *, compat: bool | None = None,
                  extra_headers: Mapping[str, str] | None = None) -> None:
         try:
             from websockets.exceptions import InvalidHandshake, InvalidURI
             from websockets.sync.client import connect
         except ImportError as exc:  # pragma: no cover - websockets is a dependency of the test setup
             raise _missing() from exc
-        self.options = client.options
+        self.options = options
         self.compat = self.options.compat if compat is None else compat
         self.url, self._headers, user_agent = _handshake(self.options, extra_headers)
-        open_timeout, self._timeout = _read_timeout(client._http)
+        open_timeout, self._timeout = _read_timeout(timeout)
         try:
             self._ws: SyncWebSocket = connect(self.url, additional_headers=self._headers,
                                               user_agent_header=user_agent, open_timeout=open_timeout,
@@ -271,12 +267,12 @@ class AsyncResponsesConnection:
     """The async twin of ``ResponsesConnection``: ``async with aclient.responses.connect() as connection``
     (or ``await connection.open()``), ``await connection.create(**body)``, ``await connection.close()``."""
 
-    def __init__(self, client: AsyncClient, *, compat: bool | None = None,
+    def __init__(self, options: ClientOptions, timeout: httpx.Timeout, *, compat: bool | None = None,
                  extra_headers: Mapping[str, str] | None = None) -> None:
-        self.options = client.options
+        self.options = options
         self.compat = self.options.compat if compat is None else compat
         self.url, self._headers, self._user_agent = _handshake(self.options, extra_headers)
-        self._open_timeout, self._timeout = _read_timeout(client._http)
+        self._open_timeout, self._timeout = _read_timeout(timeout)
         self._ws: AsyncWebSocket | None = None
         self._current: AsyncWebSocketStream | None = None
 

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, Union
 
 if TYPE_CHECKING:
     from headwater.protocol.events import Event
+    from headwater.protocol.relay import ResponseRelay
     from headwater.protocol.writer import ResponseWriter
-
-    from .responses import ResponseRelay
 
 __all__ = [
     "Backend",
