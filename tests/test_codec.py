@@ -337,3 +337,38 @@ def test_camel_mode_keeps_user_owned_keys_and_reads_acronyms() -> None:
         camel=True,
     )
     assert isinstance(acronym, ev.ResponseRefusalDelta) and acronym.item_id == "m"
+
+
+# --- fidelity: resources remember the JSON they came from ------------------------------------------------------
+
+
+def test_a_resource_from_a_provider_encodes_as_it_was_sent() -> None:
+    from headwater.protocol.resources import (
+        Message,
+        UrlCitation,
+        Usage,
+        has_wire,
+        keep_wire,
+        replace,
+        to_builtins,
+    )
+
+    wire = {"type": "url_citation", "url": "https://x.example", "provider_rank": 3}
+    citation = msgspec.convert(wire, UrlCitation)
+    assert msgspec.to_builtins(citation)["title"] == ""  # what a Struct alone would invent
+    keep_wire(citation, wire)
+    assert to_builtins(citation) == wire  # no title/start_index/end_index invented, the extra kept
+    moved = replace(citation, url="https://y.example", title="Y")  # changed on purpose: shown
+    assert to_builtins(moved) == {"type": "url_citation", "url": "https://y.example", "provider_rank": 3, "title": "Y"}
+    message_wire = {"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "hi", "annotations": [wire]}], "phase_hint": "x"}
+    message = msgspec.convert(message_wire, Message)
+    keep_wire(message, message_wire)
+    assert has_wire(message) and to_builtins(message) == message_wire
+    usage_wire = {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4,
+                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 2}, "num_sources_used": 1}
+    usage = msgspec.convert(usage_wire, Usage)
+    keep_wire(usage, usage_wire)
+    assert to_builtins(usage) == usage_wire  # no output_tokens_details invented either
+    plain = msgspec.convert(usage_wire, Usage)
+    assert not has_wire(plain) and "num_sources_used" not in to_builtins(plain)

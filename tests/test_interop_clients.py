@@ -76,6 +76,8 @@ async def test_agents_sdk_websocket_mode_runs_a_tool_round_trip(
     assert streamed.final_output == "In Paris it is sunny."
     # Four model calls over WebSocket (two per run), each a tool round trip the backend saw whole.
     assert len(backend.requests) == 4
+    # The SDK's defaults for gpt-5-style names include text.verbosity "low": a hint the backend was given.
+    assert {r.verbosity for r in backend.requests} == {"low"}
     assert [m.role for m in backend.requests[1].messages][-2:] == ["assistant", "tool"]
 
 
