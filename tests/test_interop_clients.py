@@ -8,14 +8,17 @@ retrieve of a cancelled response (it validates with OpenAI's types); openai-pyth
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx
 import pytest
 
 from headwater.server.app import create_app
 from headwater.server.backends.base import (
+    BackendError,
     ChatMessage,
     Finish,
     GenerationRequest,
@@ -23,7 +26,7 @@ from headwater.server.backends.base import (
     ToolCallDelta,
     UsageStep,
 )
-from headwater.server.backends.scripted import Pause, ScriptedBackend, ScriptItem
+from headwater.server.backends.scripted import Fail, Pause, ScriptedBackend, ScriptItem
 from headwater.server.config import ServerConfig
 from headwater.server.testing import LiveServer
 
@@ -95,3 +98,42 @@ def test_litellm_cancels_and_retrieves_a_cancelled_response(
     retrieved = litellm.get_responses(response_id=created.id, **where)
     assert retrieved.status == "cancelled"
     assert retrieved.output[0].content[0].text == "partial"
+
+
+def openai_types_script(request: GenerationRequest) -> Sequence[ScriptItem]:
+    word = request.messages[-1].content
+    if word == "cancel":
+        return [TextDelta("partial"), Pause(30), Finish()]
+    if word == "fail":
+        return [TextDelta("partial"), Fail(BackendError("the model broke", code="server_error")), Finish()]
+    if word == "long":
+        return [TextDelta("partial"), UsageStep(3, 2), Finish("length")]
+    return [TextDelta("fine"), ToolCallDelta(0, '{"a":1}', call_id="c1", name="f"), UsageStep(3, 2), Finish()]
+
+
+@pytest.mark.parametrize("word", ["done", "cancel", "fail", "long"])
+def test_resources_and_events_validate_with_openai_types(
+    headwater: Callable[..., tuple[str, ScriptedBackend]], wait_until: Callable[..., None], word: str,
+) -> None:
+    # What litellm and other strict clients do: validate with openai-python's own pydantic types. (The spec's
+    # reasoning event names, response.reasoning.delta/done, are not in OpenAI's union: not exercised here.)
+    pydantic = pytest.importorskip("pydantic")
+    from openai.types.responses import Response, ResponseStreamEvent
+
+    url, backend = headwater(openai_types_script)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        created = client.post("/v1/responses", json={"model": MODEL, "input": word, "background": True,
+                                                     "tools": [{"type": "function", "name": "f"}]}).json()
+        if word == "cancel":
+            wait_until(lambda: backend.steps_yielded >= 1)
+            client.post(f"/v1/responses/{created['id']}/cancel")
+        wait_until(lambda: client.get(f"/v1/responses/{created['id']}").json()["status"] not in ("queued", "in_progress"))
+        resource = client.get(f"/v1/responses/{created['id']}").json()
+        replayed = client.get(f"/v1/responses/{created['id']}", params={"stream": "true"}).text
+    assert resource["status"] == {"done": "completed", "cancel": "cancelled", "fail": "failed", "long": "incomplete"}[word]
+    pydantic.TypeAdapter(Response).validate_python(resource)
+    events = [json.loads(line[6:]) for line in replayed.splitlines() if line.startswith("data: ")]
+    adapter = pydantic.TypeAdapter(ResponseStreamEvent)
+    for event in events:
+        adapter.validate_python(event)
+    assert events[-1]["response"]["status"] == resource["status"]

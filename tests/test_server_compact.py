@@ -125,7 +125,7 @@ def test_compact_returns_a_schema_valid_compact_resource(start: Callable[..., Se
         "Ada likes tea; Earl Grey was suggested.")
     # The usage is the summary pass's.
     assert result["usage"] == {"input_tokens": 120, "output_tokens": 9, "total_tokens": 129,
-                               "input_tokens_details": {"cached_tokens": 0},
+                               "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                                "output_tokens_details": {"reasoning_tokens": 0}}
 
 

@@ -414,6 +414,8 @@ del _cls
 
 class InputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True, dict=True):
     cached_tokens: int = 0
+    # OpenAI's (its SDK's types require it); providers that report it: Bedrock, OpenRouter, the Codex backend.
+    cache_write_tokens: int = 0
 
 
 class OutputTokensDetails(Struct, kw_only=True, repr_omit_defaults=True, dict=True):

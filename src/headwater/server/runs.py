@@ -531,7 +531,7 @@ def _usage(step: UsageStep) -> Usage:
     wire = to_builtins(usage)
     for key, value in step.extra.items():
         if isinstance(value, dict) and isinstance(wire.get(key), dict):
-            wire[key] = {**value, **wire[key]}
+            wire[key] = {**wire[key], **value}  # the upstream's (the mapped counts are never among them)
         elif key not in wire:
             wire[key] = value
     try:
