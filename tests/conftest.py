@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +57,11 @@ async def redis_url() -> AsyncIterator[str]:
     """The Redis URL with a fresh key prefix (``?prefix=``); its keys are deleted after the test."""
     async with services.redis_prefix() as url:
         yield url
+
+
+@pytest.fixture
+def replicas(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[services.Replicas]:
+    """``replicas(n, steps=, delay=, events=, store=)``: n ``headwater serve`` processes of one deployment on
+    this test's PostgreSQL schema and Redis prefix (stopped after the test)."""
+    with services.replica_set(postgres_url, redis_url, tmp_path) as start:
+        yield start

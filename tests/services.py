@@ -8,13 +8,21 @@ the tests at other servers.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+
+from headwater.server.testing import ServeProcess
 
 POSTGRES_URL = os.environ.get("HEADWATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HEADWATER_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -91,3 +99,114 @@ async def redis_prefix() -> AsyncIterator[str]:
                 await client.delete(*keys)
         finally:
             await client.aclose()
+
+
+# --- replicas: real `headwater serve` processes of one deployment --------------------------------------------
+
+LEASE = 2.0  # seconds: a short lease, so a takeover comes quickly in tests
+TAKEOVER_BOUND = LEASE + 2 * LEASE / 5 + 1.0  # lease + one renew interval + a scan (see docs/scale-out.md)
+
+Replicas = Callable[..., list[ServeProcess]]
+
+
+def script(path: Path, steps: int) -> Path:
+    """A scripted backend's script: ``steps`` text deltas, usage, finish."""
+    items: list[dict[str, Any]] = [{"text": f"w{n} "} for n in range(steps)]
+    items += [{"usage": {"input_tokens": 3, "output_tokens": steps}}, {"finish": "stop"}]
+    path.write_text(json.dumps(items))
+    return path
+
+
+@contextlib.contextmanager
+def replica_set(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    """``start(n, steps=, delay=, events=, store=, extra=)`` starts n replicas; all stop at the end."""
+    started: list[ServeProcess] = []
+
+    def start(n: int, *, steps: int = 20, delay: float = 0.0, events: str | None = None,
+              store: str | None = None, extra: tuple[str, ...] = ()) -> list[ServeProcess]:
+        path = script(tmp_path / f"script{len(started)}.json", steps)
+        procs = []
+        for _ in range(n):
+            proc = ServeProcess(
+                "--backend", "scripted", "--backend-option", f"script={path}", "--backend-option", f"delay={delay}",
+                "--store", store or postgres_url, "--events", events or redis_url, "--lease", str(LEASE),
+                "--disconnect-grace", "30", *extra,
+                log_path=str(tmp_path / f"replica{len(started)}.log"),
+            )
+            started.append(proc)
+            procs.append(proc.start())
+        return procs
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+class Frames:
+    """The SSE frames of a streamed response as bytes (keep-alive comments left out), read in parts."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._chunks = response.iter_bytes()
+        self._buffer = b""
+
+    def take(self, limit: int | None = None) -> list[bytes]:
+        """The next ``limit`` frames (all that are left when None)."""
+        frames: list[bytes] = []
+        while limit is None or len(frames) < limit:
+            if b"\n\n" in self._buffer:
+                frame, self._buffer = self._buffer.split(b"\n\n", 1)
+                if not frame.startswith(b":"):
+                    frames.append(frame + b"\n\n")
+                continue
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        return frames
+
+
+def frames_of(response: httpx.Response, limit: int | None = None) -> list[bytes]:
+    return Frames(response).take(limit)
+
+
+def payload(frame: bytes) -> dict[str, Any]:
+    data = frame.split(b"\ndata: ", 1)[1].rstrip(b"\n")
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def stored_log(url: str, response_id: str) -> list[bytes]:
+    """The response's whole log as any replica replays it."""
+    with httpx.stream("GET", f"{url}/v1/responses/{response_id}", params={"stream": "true"}, timeout=30) as r:
+        assert r.status_code == 200
+        return frames_of(r)
+
+
+def wait_status(url: str, response_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = httpx.get(f"{url}/v1/responses/{response_id}", timeout=10).json()
+        if body["status"] not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
+def main() -> int:
+    """``python tests/services.py``: say whether PostgreSQL and Redis answer; in CI, exit 1 when one does not
+    (this machine kind starts both itself: nothing is started here)."""
+    missing = [name for name, url, port in (("PostgreSQL", POSTGRES_URL, 5432), ("Redis", REDIS_URL, 6379))
+               if not answers(url, port)]
+    for name, url in (("PostgreSQL", POSTGRES_URL), ("Redis", REDIS_URL)):
+        print(f"{name} at {url}: {'missing' if name in missing else 'answers'}")
+    if missing and os.environ.get("CI", "").lower() == "true":
+        print(f"CI needs {' and '.join(missing)} for the scale-out tests", file=sys.stderr)
+        return 1
+    if missing:
+        print("the scale-out tests that need them will be skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,94 +9,16 @@ the terminal events and the stored log passes ``headwater check``.
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
-from headwater.server.testing import ServeProcess
-
-LEASE = 2.0  # seconds: a short lease, so a takeover comes quickly in tests
-TAKEOVER_BOUND = LEASE + 2 * LEASE / 5 + 1.0  # lease + one renew interval + a scan (see docs/scale-out.md)
-
-Replicas = Callable[..., list[ServeProcess]]
-
-
-def script(path: Path, steps: int) -> Path:
-    items: list[dict[str, Any]] = [{"text": f"w{n} "} for n in range(steps)]
-    items += [{"usage": {"input_tokens": 3, "output_tokens": steps}}, {"finish": "stop"}]
-    path.write_text(json.dumps(items))
-    return path
-
-
-@pytest.fixture
-def replicas(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Replicas]:
-    """``replicas(n, steps=, delay=)``: n replicas of one deployment (started together, stopped after)."""
-    started: list[ServeProcess] = []
-
-    def start(n: int, *, steps: int = 20, delay: float = 0.0, events: str | None = None,
-              store: str | None = None, extra: tuple[str, ...] = ()) -> list[ServeProcess]:
-        path = script(tmp_path / f"script{len(started)}.json", steps)
-        procs = []
-        for _ in range(n):
-            proc = ServeProcess(
-                "--backend", "scripted", "--backend-option", f"script={path}", "--backend-option", f"delay={delay}",
-                "--store", store or postgres_url, "--events", events or redis_url, "--lease", str(LEASE),
-                "--disconnect-grace", "30", *extra,
-                log_path=str(tmp_path / f"replica{len(started)}.log"),
-            )
-            started.append(proc)
-            procs.append(proc.start())
-        return procs
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
-def frames_of(response: httpx.Response, limit: int | None = None) -> list[bytes]:
-    """The SSE frames of a streamed response as bytes (keep-alive comments left out); at most ``limit``."""
-    frames: list[bytes] = []
-    buffer = b""
-    for chunk in response.iter_bytes():
-        buffer += chunk
-        while b"\n\n" in buffer:
-            frame, buffer = buffer.split(b"\n\n", 1)
-            if frame.startswith(b":"):
-                continue
-            frames.append(frame + b"\n\n")
-            if limit is not None and len(frames) >= limit:
-                return frames
-    return frames
-
-
-def payload(frame: bytes) -> dict[str, Any]:
-    data = frame.split(b"\ndata: ", 1)[1].rstrip(b"\n")
-    result: dict[str, Any] = json.loads(data)
-    return result
-
-
-def stored_log(url: str, response_id: str) -> list[bytes]:
-    with httpx.stream("GET", f"{url}/v1/responses/{response_id}", params={"stream": "true"}, timeout=30) as r:
-        assert r.status_code == 200
-        return frames_of(r)
-
-
-def wait_status(url: str, response_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = httpx.get(f"{url}/v1/responses/{response_id}", timeout=10).json()
-        if body["status"] not in ("queued", "in_progress") or time.monotonic() > deadline:
-            return body
-        time.sleep(0.05)
+from services import TAKEOVER_BOUND, Replicas, frames_of, payload, stored_log, wait_status
 
 
 def test_every_endpoint_answers_on_any_replica(replicas: Replicas) -> None:

@@ -48,6 +48,23 @@ async def test_start_up_creates_the_schema_at_its_version_and_a_reopen_keeps_the
         await second.close()
 
 
+async def test_start_up_upgrades_a_schema_of_an_older_version_in_place(store: PostgresStore, postgres_url: str) -> None:
+    await store.create(record("r1"), [StoredItem("i1", b"{}")])
+    async with store._connection() as conn:  # back to version 2, as a Headwater of that version left it
+        await conn.execute("ALTER TABLE responses DROP COLUMN cancel_requested")
+        await conn.execute("UPDATE headwater_schema SET version = 2")
+    upgraded = PostgresStore(postgres_url, replica="later")
+    await upgraded.open()
+    try:
+        async with upgraded._connection() as conn:
+            assert await conn.fetchval("SELECT version FROM headwater_schema") == SCHEMA_VERSION
+        assert (await upgraded.get("r1")) is not None
+        await upgraded.request_cancel("r1")  # the column version 3 added
+        assert await store.cancel_requests() == ["r1"]
+    finally:
+        await upgraded.close()
+
+
 async def test_a_schema_newer_than_this_code_is_refused(store: PostgresStore, postgres_url: str) -> None:
     async with store._connection() as conn:
         await conn.execute("UPDATE headwater_schema SET version = $1", SCHEMA_VERSION + 1)

@@ -7,7 +7,8 @@
   followers on every replica get the terminal events; the dead owner, if it comes back, is fenced.
 - Followers of another replica's run: the stored log, then the live log, then the store again (the truth)
   whenever the live log is gone, has a gap, or says nothing; bounded waits, so a dead owner never hangs them.
-- Cancel: a run owned elsewhere is cancelled by a signal its owner listens to (Redis pub/sub).
+- Cancel: a run owned elsewhere is cancelled by a signal its owner listens to (Redis pub/sub), and by a flag
+  in the store that the owner reads at each renewal (so a cancel arrives within ``renew`` seconds without Redis).
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ class Replica:
         while True:
             try:
                 await store.heartbeat()
+                for response_id in await store.cancel_requests():  # (when the signal did not come through)
+                    self._cancel(response_id)
                 for takeover in await store.take_over_expired(self.lease):
                     log.warning(
                         "response %s: its replica %s stopped renewing its lease; closing it as failed",
@@ -202,6 +205,8 @@ class Replica:
     async def cancel_elsewhere(self, response_id: str, *, timeout: float | None = None) -> StoredResponse | None:
         """Ask the replica running ``response_id`` to cancel it and wait (at most ``timeout``: by default the
         takeover bound and a little) until the store has it finished; the stored record then."""
+        if self.leased:
+            await cast("PostgresStore", self.store).request_cancel(response_id)
         if has_signals(self.live):
             await cast("RedisLiveLog", self.live).publish_cancel(response_id)
         deadline = time.monotonic() + (timeout if timeout is not None else self.lease + 2 * self.renew + 5.0)

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import IO, Any
 
-__all__ = ["LiveServer", "ServeProcess"]
+__all__ = ["LiveServer", "ServeProcess", "free_port"]
 
 
 class LiveServer:
@@ -159,3 +159,11 @@ def _collect(stream: IO[str] | None, lines: list[str], log_path: str | None) -> 
             lines.append(line)
             log.write(line)
             log.flush()
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a helper server a test starts (a small race, fine in tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

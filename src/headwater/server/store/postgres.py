@@ -75,6 +75,11 @@ _MIGRATIONS: list[str] = [
     """,
     # item references (find_item)
     "CREATE INDEX input_items_by_id ON input_items (item_id);",
+    # 3: a cancel asked for on any replica, which the owner picks up at its next lease renewal (it also hears
+    # it at once through the live log's signal when there is one).
+    """
+    ALTER TABLE responses ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 _MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
@@ -518,6 +523,30 @@ class PostgresStore(Store):
         for takeover in taken:
             self._tokens[takeover.record.id] = takeover.token
         return taken
+
+    async def request_cancel(self, response_id: str) -> None:
+        """Ask the owner of an unfinished response to cancel it (``cancel_requests`` is how it learns)."""
+
+        async def request(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE responses SET cancel_requested = true WHERE id = $1 AND status = ANY($2::text[])",
+                response_id, list(UNFINISHED_STATUSES),
+            )
+
+        await self._run("cancel", request)
+
+    async def cancel_requests(self) -> list[str]:
+        """The unfinished responses of this replica that a cancel was asked for."""
+
+        async def requests(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT id FROM responses WHERE lease_replica = $1 AND cancel_requested "
+                "AND status = ANY($2::text[])",
+                self.replica, list(UNFINISHED_STATUSES),
+            )
+            return [row["id"] for row in rows]
+
+        return await self._run("cancel_requests", requests)
 
     async def owned_unfinished(self) -> list[str]:
         """The unfinished responses whose lease this replica holds."""
