@@ -9,6 +9,7 @@ the terminal events and the stored log passes ``headwater check``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -16,9 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from services import TAKEOVER_BOUND, Replicas, frames_of, payload, stored_log, wait_status
+from test_metrics import figures
 
 
 def test_every_endpoint_answers_on_any_replica(replicas: Replicas) -> None:
@@ -50,6 +53,9 @@ def test_every_endpoint_answers_on_any_replica(replicas: Replicas) -> None:
     assert httpx.get(f"{next(turn)}/v1/responses/{rid}/input_items", timeout=10).status_code == 404
     for url in urls:
         assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
+    scraped = [figures(url) for url in urls]
+    assert sum(f["headwater_events_total"] for f in scraped) > 0
+    assert all(f["headwater_store_seconds_count{operation=get}"] > 0 for f in scraped)
 
 
 def test_a_stream_cut_anywhere_and_resumed_on_another_replica_is_the_stored_log(replicas: Replicas) -> None:
@@ -126,9 +132,36 @@ def test_kill_9_of_the_owner_fails_the_response_and_every_follower_gets_the_end(
         assert frames == stored_log(url, rid)
     print(f"kill -9 to terminal event at the followers: {ended:.2f}s")
     assert ended < TAKEOVER_BOUND * 3, f"takeover took {ended:.1f}s"
+    assert sum(figures(url)["headwater_lease_takeovers_total"] for url in (second.url, third.url)) == 1
     final = httpx.get(f"{second.url}/v1/responses/{rid}", timeout=10).json()
     assert final["status"] == "failed" and final["error"]["code"] == "server_lost"
     recording = tmp_path / "stored.sse"
     recording.write_bytes(b"".join(stored_log(third.url, rid)))
     check = subprocess.run([sys.executable, "-m", "headwater", "check", str(recording)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_two_workers_on_one_port_are_two_replicas(replicas: Replicas, postgres_url: str) -> None:
+    (server,) = replicas(1, steps=30, delay=0.01, extra=("--workers", "2"))
+    for seed in range(6):  # the kernel spreads connections over the workers: resumes cross them
+        rng = random.Random(seed)
+        with httpx.stream("POST", f"{server.url}/v1/responses", json={"input": "w", "stream": True,
+                                                                        "background": True}, timeout=30) as r:
+            got = frames_of(r, limit=rng.randint(1, 30))
+        rid = payload(got[0])["response"]["id"]
+        with httpx.stream("GET", f"{server.url}/v1/responses/{rid}",
+                          params={"stream": "true", "starting_after": str(payload(got[-1])["sequence_number"])},
+                          timeout=30) as r:
+            got += frames_of(r)
+        assert got == stored_log(server.url, rid)
+    base, _, schema = postgres_url.partition("?schema=")
+
+    async def count() -> int:
+        conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+        try:
+            value: int = await conn.fetchval("SELECT count(*) FROM replicas")
+            return value
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -52,6 +53,7 @@ def create_app(
         replica = Replica(store, live, running=runs.running, cancel=runs.cancel, close=close_orphan,
                           lease=config.lease_seconds, renew=config.lease_seconds / 5)
     state = Service(config=config, backend=backend, store=store, runs=runs, replica=replica)
+    metrics = _metrics(state)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,10 +79,35 @@ def create_app(
             await state.store.close()
 
     handlers = {**exception_handlers, StoreUnavailable: _store_unavailable}
-    app = Starlette(routes=routes, exception_handlers=handlers,
+    extra = [metrics.route()] if metrics is not None else []
+    app = Starlette(routes=[*routes, *extra], exception_handlers=handlers,
                     lifespan=lifespan)
     app.state.headwater = state
     return app
+
+
+def _metrics(state: Service) -> Any:
+    """``/metrics`` over this app's runs, store and live log (none when prometheus-client is missing)."""
+    try:
+        from .metrics import Metrics
+    except ImportError:
+        return None
+    store, live, replica = state.store, state.runs.live, state.replica
+
+    def sources() -> dict[str, int]:
+        return {
+            **state.runs.figures(),
+            "takeovers": replica.takeovers if replica is not None else 0,
+            "store_errors": getattr(store, "errors", 0),
+            "live_errors": getattr(live, "errors", 0),
+        }
+
+    metrics = Metrics(sources)
+    if hasattr(store, "latency"):
+        store.latency = metrics.observe_store
+    if hasattr(live, "latency"):
+        live.latency = metrics.observe_live
+    return metrics
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:

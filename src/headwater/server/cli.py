@@ -8,9 +8,11 @@ start, 2 a usage error, 3 a start-up failure (the store), 4 the address cannot b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,9 @@ EXIT_CANNOT_LISTEN = 4
                    "[default: 16 per --max-running, at most 1024].")
 @click.option("--max-queued-per-key", type=click.IntRange(min=0), default=None,
               help="Responses of one API key waiting for a turn [default: no cap of its own].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on the one port (each a replica of its own); more than 1 needs a shared "
+                   "store and live log (--store postgresql://... --events redis://...).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_command(
@@ -104,6 +109,7 @@ def serve_command(
     max_running_per_key: int | None,
     max_queued: int | None,
     max_queued_per_key: int | None,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run the Open Responses server (POST /v1/responses and its companions)."""
@@ -147,6 +153,10 @@ def serve_command(
         create_live_log(events)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--events") from None
+    if workers > 1 and not (config.store_url.startswith(("postgresql://", "postgres://"))
+                            and events.startswith(("redis://", "rediss://"))):
+        raise click.UsageError("--workers above 1 needs --store postgresql://... and --events redis://... (the "
+                               "workers are replicas: they share what they store and stream)")
     try:
         sock = bind(host, port)
     except OSError as exc:
@@ -177,14 +187,50 @@ def serve_command(
         click.echo("  tools:   function tools only; others are " + (
             "refused (--strict-tools)" if strict_tools else "dropped and reported in x-headwater-dropped-tools"))
 
-    uvicorn_config = server_config(app, header_timeout=header_timeout, idle_timeout=idle_timeout,
-                                   log_level=log_level, timeout_graceful_shutdown=5)
-    server = HeadwaterServer(uvicorn_config, before_shutdown=state.runs.shut_down, on_started=banner)
-    server.run(sockets=[sock])
+    def serve(app: Any, on_started: Any) -> None:
+        uvicorn_config = server_config(app, header_timeout=header_timeout, idle_timeout=idle_timeout,
+                                       log_level=log_level, timeout_graceful_shutdown=5)
+        server = HeadwaterServer(uvicorn_config, before_shutdown=app.state.headwater.runs.shut_down,
+                                 on_started=on_started)
+        server.run(sockets=[sock])
+
+    if workers > 1:
+        _serve_workers(workers, config, serve, banner)
+        return
+    serve(app, banner)
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) -> None:
+    """``--workers N``: N forked processes accept on the one bound socket, each with an app (a replica) of its
+    own; this process says where it listens once they are started, passes SIGTERM/SIGINT on and waits."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own app, store pool, live log and lease
+            code = 0
+            try:
+                serve(create_app(config), None)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    banner()
+    click.echo(f"  workers: {workers} processes, each a replica (lease {config.lease_seconds:g} s)")
+    for child in children:
+        os.waitpid(child, 0)
 
 
 def _option(text: str) -> tuple[str, Any]:

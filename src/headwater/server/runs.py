@@ -137,6 +137,7 @@ class Run:
         self.finished = False
         self.backend_error: BackendError | None = None
         self.steps = 0  # backend steps received
+        self.events = 0  # events made (for /metrics)
         self.followers = 0  # streams reading this run right now (the request's own, resumes)
         # Set once a non-background stream's client left: how long the run waits for a reader each time the
         # last one leaves (``cancel_unless_followed``), and the timer of that wait.
@@ -461,6 +462,7 @@ class Run:
         """Log ``events`` (with the resource at status changes and at the end), then publish them. Raises the
         store's error once the store has failed; the events are published all the same."""
         entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
+        self.events += len(entries)
         if self._store is None:
             await self._publish(entries)
             return
@@ -559,6 +561,7 @@ class Runs:
         self._private = self.live if isinstance(self.live, MemoryLiveLog) else MemoryLiveLog()
         self._live: dict[str, Run] = {}
         self._all: set[Run] = set()
+        self._events_of_finished = 0
 
     def start(
         self,
@@ -607,6 +610,15 @@ class Runs:
         """The live run of a stored response. It stays here until its terminal event is in the store."""
         return self._live.get(response_id)
 
+    def figures(self) -> dict[str, int]:
+        """Runs generating now, those still queued, and the events all runs of this process have made."""
+        runs = list(self._all)
+        return {
+            "live": len(runs),
+            "queued": sum(1 for run in runs if run.writer.response.status == "queued"),
+            "events": self._events_of_finished + sum(run.events for run in runs),
+        }
+
     def running(self) -> set[str]:
         """The ids of the stored responses this process is generating now."""
         return set(self._live)
@@ -618,6 +630,7 @@ class Runs:
             run.cancel()
 
     def _finished(self, run: Run) -> None:
+        self._events_of_finished += run.events
         self._all.discard(run)
         self._live.pop(run.id, None)
 

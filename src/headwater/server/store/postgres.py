@@ -168,6 +168,7 @@ class PostgresStore(Store):
         # fenced with it. Removed when the response reaches a terminal status.
         self._tokens: dict[str, int] = {}
         self.latency: Callable[[str, float], None] | None = None  # metrics hook: (operation, seconds)
+        self.errors = 0  # times PostgreSQL could not be reached (for /metrics)
 
     def describe(self) -> str:
         where = _redacted(self._dsn)
@@ -245,6 +246,7 @@ class PostgresStore(Store):
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield conn
         except _UNAVAILABLE as exc:
+            self.errors += 1
             raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from exc
 
     async def _run(self, name: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -253,6 +255,7 @@ class PostgresStore(Store):
             try:
                 return await fn(conn)
             except _UNAVAILABLE as exc:
+                self.errors += 1
                 raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from exc
             finally:
                 if self.latency is not None:
