@@ -82,16 +82,18 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-_MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
+_MAX_BATCH_ROWS = 5000
+IDLE_IN_TRANSACTION_MS = 3000  # events per group commit; more wait for the next one
 
 # What "PostgreSQL cannot be reached" looks like through asyncpg: the server answers 503 for these.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, query cancelled
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
 
@@ -177,7 +179,11 @@ class PostgresStore(Store):
     # --- life cycle -------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        settings = {"search_path": self.schema} if self.schema else None
+        # A replica frozen inside a transaction (a pause, SIGSTOP) would hold its rows' locks and block their
+        # takeover: PostgreSQL ends such a session after IDLE_IN_TRANSACTION_MS (ours last milliseconds).
+        settings = {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)}
+        if self.schema:
+            settings["search_path"] = self.schema
         try:
             if self.schema:  # before the pool: its connections put the schema on their search_path
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
@@ -335,10 +341,12 @@ class PostgresStore(Store):
                         except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
                             problems[id(job)] = exc
         except Exception as exc:
-            if isinstance(exc, _UNAVAILABLE):
-                exc = StoreUnavailable(f"PostgreSQL cannot be reached: {exc}")
-            log.error("PostgreSQL group commit of %d append(s) failed", len(jobs), exc_info=exc)
-            problems = {id(job): exc for job in jobs}
+            # Whatever stopped the commit (the server away, our session ended), these appends did not land as
+            # far as we know: StoreUnavailable, so that no run publishes what may not be stored.
+            log.error("PostgreSQL group commit of %d append(s) failed: %s", len(jobs), exc)
+            self.errors += 1
+            failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"PostgreSQL commit failed: {exc}")
+            problems = {id(job): failure for job in jobs}
         if self.latency is not None:
             self.latency("commit", time.perf_counter() - start)
         for job in jobs:
