@@ -44,7 +44,7 @@ def follow_up(url: str, words: int, *, interleave: bool) -> tuple[float, int, in
     first_turn = {"model": "local", "input": notes, "max_output_tokens": 16, "temperature": 0}
     _, previous = post(url, first_turn)
     if interleave:  # another conversation takes the slot (and, with one slot, overwrites its KV cache)
-        post(url, {"model": "local", "input": "Tell me about the sea. " * 40, "max_output_tokens": 2})
+        post(url, {"model": "local", "input": "Tell me about the sea. " * 40, "max_output_tokens": 16})
     seconds, final = post(url, {"model": "local", "input": "And what else?", "previous_response_id": previous["id"],
                                 "max_output_tokens": 16, "temperature": 0})
     usage = final["usage"]

@@ -27,7 +27,9 @@ from headwater.server.backends.local import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     INSTALL_HINT,
     MODEL_NAME,
+    PROMPT_BATCH,
     LocalBackend,
+    _common_prefix,
     _PromptCache,
     _StopMatcher,
     default_slots,
@@ -327,11 +329,27 @@ async def test_every_token_comes_with_the_usage_so_far(backend: LocalBackend) ->
     async for step in stream:
         if isinstance(step, UsageStep):
             usages.append(step)
-        if len(usages) == 3:
+        if len(usages) == 4:
             break
     await stream.aclose()  # type: ignore[attr-defined]
-    assert [u.output_tokens for u in usages] == [1, 2, 3]
-    assert usages[0].input_tokens == usages[2].input_tokens > 10
+    assert [u.output_tokens for u in usages] == [0, 1, 2, 3]  # the prompt's evaluation, then each token
+    assert usages[0].input_tokens == usages[3].input_tokens > 10
+
+
+async def test_a_cancel_stops_a_long_prompt_between_batches(backend: LocalBackend) -> None:
+    request = ask("Summarise these notes. " + "The bakery opens at six and the bread is out by seven. " * 300)
+    prompt = backend.tokenize(backend.render_prompt(request))
+    assert len(prompt) > 10 * PROMPT_BATCH
+    stream = backend.generate(request)
+    first = asyncio.create_task(anext(stream))  # type: ignore[arg-type]
+    await wait_until(lambda: backend.busy, 60)  # a slot took it: the prompt is being read
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert backend.active_workers == 0 and not backend.busy
+    # The slot stopped reading the prompt part way (within a batch of the cancel): no slot holds all of it.
+    assert max(_common_prefix(slot.tokens(), prompt) for slot in backend._slots) < len(prompt) - 1
 
 
 async def test_a_follow_up_turn_reuses_the_prefix_even_after_its_slot_ran_something_else(

@@ -62,6 +62,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 512
 PROMPT_CACHE_BYTES = 256 * 1024 * 1024
 MIN_CACHED_TOKENS = 64
 
+# Prompt tokens evaluated between two checks for a cancel (a few seconds of work on one thread at most).
+PROMPT_BATCH = 256
 # How often a request waiting for a slot checks whether its client has gone.
 _WAIT_POLL_SECONDS = 0.05
 
@@ -309,8 +311,8 @@ class LocalBackend:
       (what its ``create_chat_completion`` uses), then ``Llama.generate`` token by token. Driving the token loop
       ourselves gives one ``TextDelta`` per token, exact counts (``input_tokens`` = prompt tokens, ``output_tokens``
       = tokens sampled, EOS excluded, as llama-cpp-python counts ``completion_tokens``) and a cancel check
-      between tokens. A ``UsageStep`` follows every token, so a cancelled or failed response reports what it
-      consumed. ``developer`` turns become ``system``; tool results become ``user`` turns.
+      between tokens. A ``UsageStep`` follows the prompt's evaluation and every token, so a cancelled or failed
+      response reports what it consumed. ``developer`` turns become ``system``; tool results become ``user`` turns.
     - Tools: SmolLM2's template has no tool syntax and a 135M model cannot call tools reliably, so function tools
       are listed in a system message (or passed to the template when it knows ``tools``) and the model's answer
       is always text: tool calls are never produced nor invented. ``tool_choice`` "required" or a named function
@@ -325,7 +327,7 @@ class LocalBackend:
       ``default_max_output_tokens``, 512) and the end of the context stop with ``Finish("length")``; EOS and
       ``stop`` sequences with ``Finish("stop")``. Text cut inside a UTF-8 character holds the partial bytes back.
     - Stopping: closing the stream (``aclose()``, a cancelled task) sets a flag the worker checks after every
-      token: at most one more token is computed. The prompt itself is evaluated in one go.
+      token (at most one more token is computed) and between batches of ``PROMPT_BATCH`` prompt tokens.
     """
 
     name = "local"
@@ -658,6 +660,9 @@ class LocalBackend:
             return UsageStep(input_tokens=len(prompt_tokens), output_tokens=generated, cached_tokens=cached)
 
         if limit > 0:
+            if not _evaluate(llama, prompt_tokens, cached, job.cancel):
+                return  # cancelled while the prompt was being read
+            job.send(usage())  # the prompt is consumed, whatever happens next
             tokens = llama.generate(
                 prompt_tokens,
                 top_k=TOP_K,
@@ -717,6 +722,19 @@ class LocalBackend:
         messages = _chat_messages(request.messages, notes)
         tools = [{"type": "function", "function": t} for t in request.tools] if template_knows_tools else None
         return self._formatter(messages=messages, tools=tools).prompt  # type: ignore[arg-type]
+
+
+def _evaluate(llama: Llama, prompt: list[int], cached: int, cancel: threading.Event) -> bool:
+    """Evaluate the prompt but its last token (``llama.generate`` evaluates that one and samples), after the
+    ``cached`` tokens the slot already holds, a batch at a time: a cancel stops it between batches. False if
+    it was cancelled."""
+    llama.n_tokens = cached  # the KV cache past the shared prefix is dropped by the next eval
+    end = len(prompt) - 1
+    for start in range(cached, end, PROMPT_BATCH):
+        if cancel.is_set():
+            return False
+        llama.eval(prompt[start : min(start + PROMPT_BATCH, end)])
+    return not cancel.is_set()
 
 
 def _trained_context(vocab: LlamaModel) -> int:
