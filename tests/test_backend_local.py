@@ -383,3 +383,15 @@ def test_the_prompt_cache_keeps_within_its_bytes_and_drops_the_least_recently_us
     assert cache.size <= 100 and cache.best([7, 8]) is None and cache.best([9]) is not None
     cache.put([5], b"e" * 200)  # larger than the whole cache: not kept
     assert cache.best([5]) is None and cache.covers([1, 2, 3, 4])
+
+
+async def test_a_seed_makes_each_request_reproducible_whatever_runs_beside_it(backend: LocalBackend) -> None:
+    request = ask("Write a short poem about rain.", temperature=0.9, max_output_tokens=20)
+    backend.seed = 11
+    try:
+        alone = text_of(await collect(backend, request))
+        beside = ask("Write a short poem about the sun.", temperature=0.9, max_output_tokens=20)
+        runs = await asyncio.gather(collect(backend, beside), collect(backend, request), collect(backend, beside))
+        assert text_of(runs[1]) == alone and text_of(runs[0]) == text_of(runs[2]) != alone
+    finally:
+        backend.seed = None

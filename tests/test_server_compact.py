@@ -185,8 +185,9 @@ def test_an_empty_summary_falls_back_to_the_transcript(start: Callable[..., Serv
     result = compact(server, model=MODEL, input=CONVERSATION)
     summary = compaction_summary(result["output"][-1]["encrypted_content"])
     assert summary is not None
-    assert "Assistant: Try Earl Grey." in summary and "Tool result (call_1): Earl Grey is popular." in summary
-    assert "User:" not in summary  # the user's messages are kept as they are
+    assert summary == ('Nice to meet you, Ada.\ncalled lookup({"q": "tea"})\n'
+                       "Tool result (call_1): Earl Grey is popular.\nTry Earl Grey.")
+    assert "My name is Ada" not in summary  # the user's messages are kept as they are
 
 
 # --- going on from the compacted items ----------------------------------------------------------------------
@@ -315,7 +316,7 @@ def test_a_summary_that_does_not_comply_is_replaced_by_an_extractive_one(start: 
         assert request.max_output_tokens == budget // 4  # the model's output is capped to the budget
         summary = compaction_summary(result["output"][-1]["encrypted_content"])
         assert summary is not None and 0 < len(summary) <= budget < len(replaced)
-        assert summary.startswith("Assistant: Tom is a lovely name") and "User:" not in summary
+        assert summary.startswith("Tom is a lovely name") and "What should I feed" not in summary
         # Deterministic: the same conversation compacts to the same summary.
         again = compaction_summary(compact(start(list(reply)), model=MODEL, input=LONG_CONVERSATION)["output"][-1][
             "encrypted_content"])

@@ -157,15 +157,19 @@ def usable_summary(text: str, *, complete: bool, budget: int) -> bool:
 
 
 def extractive_summary(replaced: list[ChatMessage], budget: int) -> str:
-    """The deterministic stand-in for a summary: the replaced turns' lines (an earlier summary without its
-    heading), whole if they fit in ``budget`` characters, else newest first, each clipped to its share."""
+    """The deterministic stand-in for a summary: the replaced turns' lines (what the assistant said without a
+    label, its calls, tool results, an earlier summary without its heading), whole if they fit in ``budget``
+    characters, else newest first, each clipped to its share."""
     lines = []
     for message in replaced:
-        content = message.content
-        if message.role == "developer" and content.startswith(CONTEXT_HEADING):
-            content = "Earlier: " + content[len(CONTEXT_HEADING):].strip()
-            message = ChatMessage(role="summary", content=content)
-        lines += [" ".join(line.split()) for line in _turn_lines(message)]
+        if message.role == "assistant":
+            found = [message.content] if message.content else []
+            found += [f"called {c.get('name', '')}({c.get('arguments', '')})" for c in message.tool_calls]
+        elif message.role == "developer" and message.content.startswith(CONTEXT_HEADING):
+            found = [message.content[len(CONTEXT_HEADING):]]
+        else:
+            found = _turn_lines(message)
+        lines += [" ".join(line.split()) for line in found]
     lines = [line for line in lines if line]
     text = "\n".join(lines)
     if len(text) <= budget:

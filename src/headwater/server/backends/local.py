@@ -6,6 +6,7 @@ A tiny model: short answers, no tool calls, no reasoning.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import codecs
 import ctypes
@@ -15,6 +16,7 @@ import os
 import random
 import threading
 import time
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -326,6 +328,8 @@ class LocalBackend:
       these); ``temperature`` 0 is greedy and deterministic. ``max_output_tokens`` (unset:
       ``default_max_output_tokens``, 512) and the end of the context stop with ``Finish("length")``; EOS and
       ``stop`` sequences with ``Finish("stop")``. Text cut inside a UTF-8 character holds the partial bytes back.
+      Seeds are random per request; ``seed=N`` makes each request's sampling depend on N and its prompt only
+      (reproducible whatever order concurrent requests run in).
     - Stopping: closing the stream (``aclose()``, a cancelled task) sets a flag the worker checks after every
       token (at most one more token is computed) and between batches of ``PROMPT_BATCH`` prompt tokens.
     """
@@ -365,7 +369,8 @@ class LocalBackend:
         self.tokens_generated_total = 0  # tokens sampled (EOS excluded), across all requests
         self.generations_total = 0  # generations that reached the model
         self.cached_tokens_total = 0  # prompt tokens reused instead of evaluated
-        self._rng = random.Random(seed)
+        self.seed = seed
+        self._rng = random.Random()
         self._vocab: LlamaModel | None = None  # the model's vocabulary only: tokenizer, template, metadata
         self._formatter: Jinja2ChatFormatter | None = None
         self._load_lock = threading.Lock()
@@ -641,8 +646,7 @@ class LocalBackend:
         temperature = DEFAULT_TEMPERATURE if request.temperature is None else max(request.temperature, 0.0)
         top_p = DEFAULT_TOP_P if request.top_p is None else request.top_p
         if temperature > 0:
-            with self._state_lock:
-                llama.set_seed(self._rng.getrandbits(32))
+            llama.set_seed(self._sampling_seed(prompt_tokens))
 
         with self._state_lock:
             self.generations_total += 1
@@ -707,6 +711,14 @@ class LocalBackend:
             if tail:
                 job.send(TextDelta(tail))
         job.send(usage(), Finish(reason))
+
+    def _sampling_seed(self, prompt: list[int]) -> int:
+        """A fresh random seed per request; with ``seed=`` set, one that depends on that seed and the prompt
+        only, so that each request samples reproducibly whatever order concurrent requests run in."""
+        if self.seed is None:
+            with self._state_lock:
+                return self._rng.getrandbits(32)
+        return zlib.crc32(array.array("i", prompt).tobytes(), self.seed & 0xFFFFFFFF)
 
     # -- the prompt -----------------------------------------------------------------------------------------
 
