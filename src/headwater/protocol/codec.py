@@ -9,6 +9,7 @@ in lenient mode, an ``UnknownEvent`` carrying the problem). camelCase reading (T
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -209,9 +210,18 @@ def encode_event(event: Event) -> bytes:
     wire = event.__dict__.get("_wire")
     if wire is not None:
         return _encoder.encode(wire)
-    if any(has_wire(getattr(event, name, None)) for name in _NESTED):
+    nested = _nested_of(type(event))
+    if nested and any(has_wire(getattr(event, name)) for name in nested):
         return _encoder.encode(to_builtins(event))
     return _encoder.encode(event)
+
+
+@cache
+def _nested_of(cls: type) -> tuple[str, ...]:
+    """Which of ``_NESTED`` an event class has: none for a delta, so the hot path of ``encode_event`` (every
+    event the writer makes) skips the walk for remembered wires without a look at the event."""
+    fields = getattr(cls, "__struct_fields__", ())
+    return tuple(name for name in _NESTED if name in fields)
 
 
 def event_to_builtins(event: Event) -> dict[str, Any]:
