@@ -31,8 +31,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import httpx
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -158,6 +160,41 @@ def one_stream(client: httpx.Client, url: str) -> int:
     return count
 
 
+TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
+
+
+class _Type(msgspec.Struct):
+    type: str
+
+
+_type_of = msgspec.json.Decoder(_Type)
+
+
+def one_ws_stream(ws: Any) -> int:
+    """One response over WebSocket mode: ``response.create``, then messages up to the terminal event."""
+    ws.send(msgspec.json.encode({"type": "response.create", "model": "bench", "input": "go"}).decode())
+    count = 0
+    while True:
+        count += 1
+        if _type_of.decode(ws.recv()).type in TERMINAL:
+            return count
+
+
+def best_ws_rate(url: str, repeats: int) -> tuple[float, int]:
+    from websockets.sync.client import connect
+
+    best = 0.0
+    events = 0
+    with connect(url.replace("http://", "ws://") + "/v1/responses", max_size=None) as ws:
+        one_ws_stream(ws)  # warm-up
+        for _ in range(repeats):
+            gc.collect()
+            start = time.perf_counter()
+            events = one_ws_stream(ws)
+            best = max(best, events / (time.perf_counter() - start))
+    return best, events
+
+
 def best_rate(url: str, repeats: int) -> tuple[float, int]:
     best = 0.0
     events = 0
@@ -180,12 +217,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("-n", type=int, default=None, help="text deltas per stream")
     parser.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated, of {', '.join(STACKS)}")
+    parser.add_argument("--no-websocket", dest="websocket", action="store_false",
+                        help="skip WebSocket mode (measured on the uvicorn stacks)")
     args = parser.parse_args()
     n = args.n or (1000 if args.quick else 5000)
     repeats = 3 if args.quick else 5
     print(f"load average {os.getloadavg()[0]:.2f} at start")
 
     blocks = pre_encoded(n)
+    ws_results: dict[str, tuple[float, int]] = {}
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         for stack in args.stacks.split(","):
             uvicorn_options = STACKS[stack]
@@ -220,6 +260,18 @@ def main() -> None:
                                 results[name] = measure(server.url)
                 where = {True: "the same process", False: "a child process", None: "another process"}
                 report(results, n, repeats, f"{stack}; the client in {where[same_process]}")
+            if uvicorn_options is not None and args.websocket:
+                with tempfile.TemporaryDirectory() as data_dir:
+                    config = ServerConfig(store="memory", data_dir=Path(data_dir), backend="scripted")
+                    app = create_app(config, backend=ScriptedBackend(steps(n), models=["bench"]))
+                    with LiveServer(app, loop=loop, http=http) as server:
+                        ws_results[stack] = pool.submit(best_ws_rate, server.url, repeats).result()
+    if ws_results:
+        print(f"WebSocket mode, one response of {n} deltas per turn, memory store, the client (websockets, sync) "
+              f"in a child process; load {os.getloadavg()[0]:.2f}")
+        first = next(iter(ws_results.values()))[0]
+        for stack, (rate, events) in ws_results.items():
+            print(f"  {stack:<20} {events:>7} events {rate:>10,.0f} events/s {rate / first:>6.2f}x")
 
 
 def report(results: dict[str, tuple[float, int]], n: int, repeats: int, where: str) -> None:
