@@ -4,11 +4,13 @@ streams answer at once with ``response.created`` + ``response.queued``, and 429 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from headwater.protocol.conformance import check
 from headwater.protocol.stream import iter_events
@@ -140,3 +142,20 @@ def test_shutdown_ends_queued_responses_as_failed_too() -> None:
         record = asyncio.run(store.get(response_id))
         assert record is not None and record.status == "failed"
         assert b"server_shutdown" in record.data
+
+
+def test_over_websocket_a_queued_response_says_so_and_beyond_the_queue_is_a_429_error(serve: Serve) -> None:
+    client = serve(max_running=1, max_queued=1)
+    running = background(client)
+    url = str(client.base_url).replace("http://", "ws://") + "/v1/responses"
+    with connect(url) as first, connect(url) as second:
+        first.send(json.dumps({"type": "response.create", "input": "hi"}))
+        created, queued = json.loads(first.recv(timeout=10)), json.loads(first.recv(timeout=10))
+        assert (created["type"], queued["type"]) == ("response.created", "response.queued")
+        second.send(json.dumps({"type": "response.create", "input": "hi"}))
+        refused = json.loads(second.recv(timeout=10))
+        assert refused["type"] == "error" and refused["status"] == 429
+        assert refused["error"]["code"] == "rate_limit_exceeded"
+        cancel(client, running["id"])
+        assert json.loads(first.recv(timeout=10))["type"] == "response.in_progress"
+        cancel(client, created["response"]["id"])
