@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from headwater.protocol.conformance import check
 from headwater.protocol.stream import iter_events
@@ -180,3 +182,23 @@ def test_disconnect_grace_starts_again_each_time_the_last_reader_leaves(wait_unt
         wait_until(ended, timeout=15)  # well before the 20 s the whole script takes
         assert client.get(f"/v1/responses/{response_id}").json()["status"] == "cancelled"
         assert backend.closed_early
+
+
+def test_shutdown_ends_a_live_websocket_response_with_server_shutdown() -> None:
+    backend = ScriptedBackend([TextDelta(f"w{i} ") for i in range(400)], delay=0.05)
+    live = LiveServer(create_app(ServerConfig(store="memory"), backend=backend, store=MemoryStore())).start()
+    received: list[dict[str, object]] = []
+    with connect(live.url.replace("http://", "ws://") + "/v1/responses") as ws:
+        ws.send(json.dumps({"type": "response.create", "input": "hi"}))
+        while not any(m["type"] == "response.output_text.delta" for m in received):
+            received.append(json.loads(ws.recv(timeout=10)))
+        stopper = threading.Thread(target=live.stop)
+        stopper.start()
+        try:
+            while received[-1]["type"] != "response.failed":
+                received.append(json.loads(ws.recv(timeout=10)))
+        except ConnectionClosed:
+            pass
+        stopper.join(30)
+    assert [m["type"] for m in received[-2:]] == ["error", "response.failed"]
+    assert received[-1]["response"]["error"]["code"] == "server_shutdown"  # type: ignore[index]
