@@ -228,6 +228,11 @@ class Violation:
     def __str__(self) -> str:
         return f"{self.index}: {self.rule_id} {self.message}"
 
+    def check_line(self, path: str, offset: int = 0) -> str:
+        """The line ``headwater check`` prints: ``PATH:INDEX: RULE-ID [severity] message``, INDEX counted from
+        the start of the file (``offset``: where this response's events begin in it)."""
+        return f"{path}:{offset + self.index}: {self.rule_id} [{self.severity}] {self.message}"
+
 
 # --- what each event does to the output it addresses ------------------------------------------------------
 
