@@ -15,3 +15,5 @@ export UV_PYTHON_DOWNLOADS=never
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" uv sync --frozen --python "$PY" --all-extras --quiet
 # Node packages for the interop tests (the Vercel AI SDK), from tests/interop/node/package-lock.json.
 bash scripts/install-node.sh
+# The inspector's browser tests drive the system Chromium (installed with apt-get when missing, as root).
+bash scripts/install-browser.sh

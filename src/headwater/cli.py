@@ -1,6 +1,6 @@
 """``headwater``: the command line. ``serve`` runs the server; ``chat`` talks to any Open Responses endpoint;
 ``check`` audits recorded streams against the conformance rules; ``replay`` renders a recorded stream as it would
-stream, through the accumulator.
+stream, through the accumulator; ``inspect`` opens recorded streams in the inspector's web page.
 
 Exit codes of ``check`` and ``replay``: 0 all well (warnings allowed), 1 errors found (or, for replay, a response
 with no terminal event), 2 input unreadable.
@@ -261,6 +261,48 @@ def _add_serve() -> None:
 
 
 _add_serve()
+
+
+@main.command(name="inspect")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port to listen on [default: any free port].")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
+def inspect_command(paths: tuple[str, ...], host: str, port: int, open_browser: bool) -> None:
+    """Open recorded streams (SSE or JSONL) in the stream inspector, a web page on a local port: no model is
+    loaded, more recordings can be dropped on the page. Its URL carries a key made for this run."""
+    import secrets
+    import socket
+    import webbrowser
+
+    try:
+        import uvicorn
+
+        from headwater.inspect.app import create_inspector_app
+        from headwater.server.errors import APIError
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the inspector needs the server extra ({exc}): pip install 'headwater[server]'"
+        ) from None
+    key = secrets.token_urlsafe(18)
+    try:
+        app = create_inspector_app(paths, key)
+    except (OSError, APIError) as exc:
+        click.echo(f"unreadable: {exc}", err=True)
+        sys.exit(2)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)  # connections wait in the backlog from the moment the URL is printed
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/inspect/#key={key}"
+    click.echo(f"headwater inspect: {url}")
+    click.echo(f"  {len(paths)} recording(s) loaded; Ctrl-C stops")
+    sys.stdout.flush()
+    if open_browser:
+        webbrowser.open(url)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server.run(sockets=[sock])
 
 
 def _add_chat() -> None:

@@ -15,6 +15,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from headwater.inspect.routes import mount as inspector_mount
+
 from .admission import admission_limits
 from .backends.base import Backend
 from .config import ServerConfig
@@ -80,7 +82,7 @@ def create_app(
 
     handlers = {**exception_handlers, StoreUnavailable: _store_unavailable}
     extra = [metrics.route()] if metrics is not None else []
-    app = Starlette(routes=[*routes, *extra], exception_handlers=handlers,
+    app = Starlette(routes=[*routes, *extra, inspector_mount("/inspect")], exception_handlers=handlers,
                     lifespan=lifespan)
     app.state.headwater = state
     return app

@@ -13,7 +13,7 @@ from ..config import key_digest
 from ..errors import APIError
 from ..service import Service
 
-__all__ = ["authenticate", "read_body", "service_of"]
+__all__ = ["authenticate", "key_owner", "read_body", "service_of"]
 
 log = logging.getLogger("headwater.server")
 
@@ -26,7 +26,12 @@ def service_of(request: HTTPConnection) -> Service:
 
 def authenticate(request: HTTPConnection) -> str | None:
     """The owner of what this request creates or reads: the digest of its API key (None without keys)."""
-    digests = service_of(request).config.api_key_digests
+    return key_owner(request, service_of(request).config.api_key_digests)
+
+
+def key_owner(request: HTTPConnection, digests: frozenset[str]) -> str | None:
+    """The digest of the request's bearer key when it is one of ``digests`` (None when ``digests`` is empty);
+    401 ``missing_api_key`` / ``invalid_api_key`` otherwise."""
     if not digests:
         return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
