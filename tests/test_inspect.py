@@ -6,6 +6,7 @@ Rows, findings and snapshots must be exactly what the protocol core says: the ch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -261,3 +262,26 @@ def test_headwater_inspect_refuses_an_unreadable_file(tmp_path: Path) -> None:
     bad.write_bytes(b"data: {oops\n\n")
     result = CliRunner().invoke(cli_main, ["inspect", str(bad)])
     assert result.exit_code == 2 and "unreadable" in result.stderr
+
+
+def test_live_request_to_the_relayed_upstream(serve: Callable[[Any], Any]) -> None:
+    from headwater.server.backends.responses import ResponsesBackend
+
+    upstream_backend = ScriptedBackend(HELLO, models=["scripted"])
+    upstream = serve(create_app(ServerConfig.with_keys(["sk-up"], store="memory"), backend=upstream_backend,
+                                store=MemoryStore()))
+    relay = ResponsesBackend(upstream.url, api_key="sk-up")
+    front = serve(create_app(ServerConfig.with_keys([KEY], store="memory"), backend=relay, store=MemoryStore()))
+    with client(front.url) as http:
+        assert http.get("info").json()["upstream"] == upstream.url + "/v1/responses"
+        lines = ndjson(http.post("live", json={"target": "upstream",
+                                               "request": {"model": "scripted", "input": "hi", "store": True}}))
+    rows = [item["row"] for m in lines if m["kind"] == "rows" for item in m["rows"]]
+    response_id = lines[-1]["responses"][0]["id"]
+    # The stream came from the upstream itself (stored there under its key), not through the front server.
+    served = httpx.get(f"{upstream.url}/v1/responses/{response_id}", params={"stream": "true"},
+                       headers={"authorization": "Bearer sk-up"})
+    assert [r["type"] for r in rows] == [rec.event.type for rec in analyse_bytes(served.content).responses[0].events]
+    assert httpx.get(f"{front.url}/v1/responses/{response_id}",
+                     headers={"authorization": f"Bearer {KEY}"}).status_code == 404
+    asyncio.run(relay.aclose())

@@ -105,7 +105,9 @@ def events_count(page: Page) -> str:
 
 
 def wait_snapshot(page: Page, index: int) -> None:
-    page.wait_for_selector(f"#response[data-index='{index}']")
+    """Until the response pane shows the snapshot at ``index`` of the stream now open."""
+    session = page.evaluate("document.body.dataset.session")
+    page.wait_for_selector(f"#response[data-index='{index}'][data-session='{session}']")
 
 
 def rendered(page: Page, selector: str) -> str:

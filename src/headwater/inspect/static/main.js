@@ -15,7 +15,7 @@ const state = {
   current: -1,     // the event shown (index in the response's rows)
   follow: true,    // during a live stream, keep showing the newest event
   live: null,      // AbortController of the live stream being read
-  snap: { wanted: null, busy: false, shown: null },
+  snap: { wanted: null, busy: false },
 };
 
 class ApiError extends Error {
@@ -162,34 +162,35 @@ function showFindings(resp) {
   $("findings").replaceChildren(...list);
 }
 
-// Snapshots: one request at a time, always for the newest wanted index (so scrubbing a 10,000-event stream sends
-// a handful of requests, and the last one shown is the one asked for).
+// Snapshots: one request at a time, always for the newest wanted event (so scrubbing a 10,000-event stream sends
+// a handful of requests, and the last one shown is the one asked for last).
 function wantSnapshot(index) {
-  state.snap.wanted = index;
+  state.snap.wanted = { id: state.session.id, r: state.r, index };
   if (!state.snap.busy) fetchSnapshot();
 }
 
 async function fetchSnapshot() {
   const s = state.snap;
-  const session = state.session, r = state.r;
-  if (!session || s.wanted === null) return;
-  const index = s.wanted;
+  const want = s.wanted;
+  if (!want) return;
   s.busy = true;
   try {
-    const res = await api(`sessions/${session.id}/snapshot?response=${r}&index=${index}`);
+    const res = await api(`sessions/${want.id}/snapshot?response=${want.r}&index=${want.index}`);
     const body = await res.json();
-    if (state.session === session && state.r === r && s.wanted === index) {
+    if (s.wanted === want) {  // nothing newer was asked for meanwhile
+      s.wanted = null;
       const target = $("response");
       renderResponse(target, body.response);
       target.dataset.index = String(body.index);
-      target.dataset.session = session.id;
+      target.dataset.session = want.id;
       $("event-json").textContent = JSON.stringify(body.event, null, 2);
     }
   } catch (err) {
+    if (s.wanted === want) s.wanted = null;
     failed(err);
   } finally {
     s.busy = false;
-    if (s.wanted !== index && state.session) fetchSnapshot();
+    if (s.wanted) fetchSnapshot();
   }
 }
 
