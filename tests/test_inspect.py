@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from headwater.cli import main as cli_main
 from headwater.cli import read_events
-from headwater.inspect.analysis import analyse_bytes
+from headwater.inspect.analysis import analyse_recording
 from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.conformance import check, split_responses
 from headwater.protocol.resources import to_builtins
@@ -39,9 +39,11 @@ HELLO = [TextDelta("Hello"), TextDelta(", inspector"), TextDelta("!"), UsageStep
 
 
 def check_output(path: Path) -> list[str]:
-    """What ``headwater check --split PATH`` prints (findings on stdout, the summary on stderr)."""
-    result = CliRunner().invoke(cli_main, ["check", "--split", str(path)])
-    return [*result.stdout.splitlines(), *result.stderr.splitlines()]
+    """What ``headwater check PATH`` prints: read problems (stderr), findings (stdout), the summary (stderr).
+    Its note that a file holds several responses is left out: the inspector shows them as tabs instead."""
+    result = CliRunner().invoke(cli_main, ["check", str(path)])
+    err = [line for line in result.stderr.splitlines() if "responses back to back" not in line]
+    return [*err[:-1], *result.stdout.splitlines(), err[-1]]
 
 
 def fold(events: list[Any]) -> Accumulator:
@@ -55,11 +57,15 @@ def fold(events: list[Any]) -> Accumulator:
 
 
 @pytest.mark.parametrize("path", [PHASE, TWO, UPSTREAM / "vllm-shared-output-index.sse",
-                                  CAPTURES / "github-copilot-id-rotation.1.jsonl"], ids=lambda p: p.name)
+                                  CAPTURES / "github-copilot-id-rotation.1.jsonl",
+                                  CAPTURES / "issue-19067-parallel-tool-call-wrapper.jsonl",
+                                  Path(__file__).parent / "fixtures" / "sloppy" / "cut-mid-message.sse"],
+                         ids=lambda p: p.name)
 def test_analysis_is_the_checker_and_the_accumulator(path: Path) -> None:
     events = read_events(str(path))
-    analysis = analyse_bytes(path.read_bytes())
-    groups = split_responses(events)
+    analysis = analyse_recording(path.read_bytes())
+    several = sum(e.type == "response.created" for e in events) > 1
+    groups = split_responses(events) if several else [events]
     assert [len(r.rows) for r in analysis.responses] == [len(g) for g in groups]
     for stream, group in zip(analysis.responses, groups, strict=True):
         assert [row["type"] for row in stream.rows] == [e.type for e in group]
@@ -72,8 +78,18 @@ def test_analysis_is_the_checker_and_the_accumulator(path: Path) -> None:
     assert list(analysis.check_lines(str(path))) == check_output(path)
 
 
+def test_a_recording_cut_mid_event_keeps_the_events_around_the_cut(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.jsonl"
+    lines = PHASE.read_bytes().splitlines(keepends=True)
+    cut.write_bytes(b"".join(lines[:5]) + lines[5][:40] + b"\n" + b"".join(lines[6:]))
+    analysis = analyse_recording(cut.read_bytes())
+    assert analysis.count == len(lines) - 1
+    assert [p["line"] for p in analysis.problems] == [6] and analysis.problems[0]["severity"] == "error"
+    assert list(analysis.check_lines(str(cut))) == check_output(cut)
+
+
 def test_rows_name_their_item_part_and_size() -> None:
-    analysis = analyse_bytes(PHASE.read_bytes())
+    analysis = analyse_recording(PHASE.read_bytes())
     rows = analysis.responses[0].rows
     lines = PHASE.read_bytes().splitlines()
     assert [row["size"] for row in rows] == [len(line) for line in lines if line.strip()]
@@ -86,10 +102,10 @@ def test_rows_name_their_item_part_and_size() -> None:
 
 def test_sse_names_that_differ_are_kept_and_exported() -> None:
     path = Path(__file__).parent / "fixtures" / "sloppy" / "mismatched-event-names.sse"
-    analysis = analyse_bytes(path.read_bytes())
+    analysis = analyse_recording(path.read_bytes())
     named = [row for row in analysis.responses[0].rows if "sse" in row]
     assert named and all(row["sse"] != row["type"] for row in named)
-    again = analyse_bytes(analysis.export("sse"))
+    again = analyse_recording(analysis.export("sse"))
     assert [f["rule"] for f in again.responses[0].findings] == [f["rule"] for f in analysis.responses[0].findings]
     assert "SSE-NAME" in {f["rule"] for f in again.responses[0].findings}
 
@@ -142,10 +158,11 @@ def test_upload_snapshot_and_exports(server: tuple[str, ScriptedBackend]) -> Non
         assert [e.type for e in read_events_bytes(sse.content)] == [e.type for e in events]
         found = http.get(f"sessions/{session['id']}/export", params={"format": "check"})
         assert found.text.splitlines() == [line.replace(str(PHASE), PHASE.name) for line in check_output(PHASE)]
+        assert found.headers["content-disposition"] == 'attachment; filename="openai-phase.1.check.txt"'
 
 
 def read_events_bytes(data: bytes) -> list[Any]:
-    return [e for r in analyse_bytes(data).responses for e in (rec.event for rec in r.events)]
+    return [e for r in analyse_recording(data).responses for e in (rec.event for rec in r.events)]
 
 
 def test_several_responses_are_shown_separately(server: tuple[str, ScriptedBackend]) -> None:
@@ -187,6 +204,7 @@ def test_bad_input_gets_typed_errors(server: tuple[str, ScriptedBackend]) -> Non
     with client(url) as http:
         bad = http.post("sessions", params={"name": "x.sse"}, content=b"data: {not json\n\n")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "unreadable_recording"
+        assert "no readable events" in bad.json()["error"]["message"]
         empty = http.post("sessions", content=b"\n\n")
         assert empty.status_code == 400 and "no events" in empty.json()["error"]["message"]
         session = upload(http, PHASE)
@@ -209,7 +227,7 @@ def test_live_request_streams_rows_then_reopens_by_id(server: tuple[str, Scripte
         assert backend.runs[-1].request.messages  # the request really reached the backend
         served = httpx.get(url + "/v1/responses/" + lines[-1]["responses"][0]["id"],
                            params={"stream": "true"}, headers={"authorization": f"Bearer {KEY}"})
-        stored_events = [rec.event for rec in analyse_bytes(served.content).responses[0].events]
+        stored_events = [rec.event for rec in analyse_recording(served.content).responses[0].events]
         assert [r["type"] for r in rows] == [e.type for e in stored_events]
         assert all(r["dt"] is not None for r in rows[1:])  # a live stream has times
         session = http.get(f"sessions/{lines[0]['id']}").json()
@@ -281,7 +299,7 @@ def test_live_request_to_the_relayed_upstream(serve: Callable[[Any], Any]) -> No
     # The stream came from the upstream itself (stored there under its key), not through the front server.
     served = httpx.get(f"{upstream.url}/v1/responses/{response_id}", params={"stream": "true"},
                        headers={"authorization": "Bearer sk-up"})
-    assert [r["type"] for r in rows] == [rec.event.type for rec in analyse_bytes(served.content).responses[0].events]
+    assert [r["type"] for r in rows] == [rec.event.type for rec in analyse_recording(served.content).responses[0].events]
     assert httpx.get(f"{front.url}/v1/responses/{response_id}",
                      headers={"authorization": f"Bearer {KEY}"}).status_code == 404
     asyncio.run(relay.aclose())

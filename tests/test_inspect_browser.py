@@ -155,16 +155,16 @@ def test_a_capture_rows_findings_text_and_scrubber(page: Page, server: str, tmp_
     assert rendered(page, "#response .part-output_text") == partial
     assert "selected" in (page.get_attribute(f"#row-{middle}", "class") or "")
     assert json.loads(page.inner_text("#event-json"))["sequence_number"] == events[middle].sequence_number
-    # The findings export is what `headwater check --split` prints.
+    # The findings export is what `headwater check` prints.
     with page.expect_download() as download:
         page.click("#export-check")
     text = Path(download.value.path()).read_text()
-    assert text.splitlines()[0] == first.check_line(PHASE.name)
+    assert text.splitlines()[0] == f"{PHASE.name}:6: SEQ-STEP [error] {first.message}"
     assert text.splitlines()[-1] == f"1 file(s): {sum(v.severity == 'error' for v in found)} error(s), 0 warning(s)"
     page.screenshot(path=str(tmp_path / "inspector.png"))
 
 
-def test_reasoning_capture_and_several_responses(page: Page, server: str) -> None:
+def test_reasoning_capture_several_responses_and_a_cut(page: Page, server: str, tmp_path: Path) -> None:
     events = read_events(str(REASONING))
     open_page(page, server)
     load(page, REASONING)
@@ -183,6 +183,13 @@ def test_reasoning_capture_and_several_responses(page: Page, server: str) -> Non
     page.wait_for_function(f"document.querySelector('#row-count').textContent === '{len(groups[1])} events'")
     wait_snapshot(page, len(groups[1]) - 1)
     assert page.locator("#response .item").count() == len(fold(groups[1]).response.output)
+    # A recording cut mid-event: the cut is shown where it stands, the events around it are kept.
+    cut = tmp_path / "cut.jsonl"
+    lines = PHASE.read_bytes().splitlines(keepends=True)
+    cut.write_bytes(b"".join(lines[:5]) + lines[5][:40] + b"\n" + b"".join(lines[6:]))
+    load(page, cut)
+    assert events_count(page) == f"{len(lines) - 1} events"
+    assert "line 6" in page.inner_text("#findings li.problem")
 
 
 def ten_thousand(tmp_path: Path) -> Path:

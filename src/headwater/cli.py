@@ -8,7 +8,6 @@ with no terminal event), 2 input unreadable.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import msgspec
 
 from headwater.protocol import events as ev
 from headwater.protocol.accumulate import Accumulator
-from headwater.protocol.conformance import check, split_responses
+from headwater.protocol.conformance import Violation, check, report_lines, split_responses
 from headwater.protocol.events import Event
 from headwater.protocol.recording import Recording, read_recording
 from headwater.protocol.resources import to_builtins
@@ -83,11 +82,6 @@ _SPLIT_HELP = (
 )
 
 
-def _shape(message: str) -> str:
-    """A finding's message with its numbers masked: findings that differ only in numbers are one kind."""
-    return re.sub(r"\d+", "#", message)
-
-
 @main.command(name="check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--split/--no-split", default=None, help=_SPLIT_HELP)
@@ -121,7 +115,7 @@ def check_command(
         errors += sum(problem.severity == "error" for problem in recording.problems)
         warnings += sum(problem.severity != "error" for problem in recording.problems)
         offset = 0
-        groups: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
+        found: list[tuple[int, Violation]] = []
         for number, stream in enumerate(_streams(path, recording, split)):
             after = starting_after if number == 0 else None
             for violation in check(stream, starting_after=after):
@@ -129,18 +123,12 @@ def check_command(
                     errors += 1
                 else:
                     warnings += 1
-                key = (violation.rule_id, violation.severity, _shape(violation.message))
-                groups.setdefault(key, []).append((offset + violation.index, violation.message))
+                found.append((offset + violation.index, violation))
             offset += len(stream)
         if quiet:
             continue
-        for (rule_id, severity, _), found in groups.items():
-            shown = found if show_all else found[:1]
-            for index, message in shown:
-                click.echo(f"{path}:{index}: {rule_id} [{severity}] {message}")
-            if len(found) > len(shown):
-                more = ", ".join(str(index) for index, _ in found[1:9]) + (", ..." if len(found) > 9 else "")
-                click.echo(f"{path}:{found[0][0]}: {rule_id}: {len(found) - 1} more like it, at events {more}")
+        for line in report_lines(path, found, show_all=show_all):
+            click.echo(line)
     click.echo(f"{len(paths)} file(s): {errors} error(s), {warnings} warning(s)", err=True)
     if unreadable:
         sys.exit(2)

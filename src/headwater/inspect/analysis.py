@@ -3,7 +3,7 @@ the rows they concern, and the response as the Accumulator had it at any event.
 
 Sans-I/O like the core: feed it frames (a recording's bytes, or a live stream's as they come) and read rows,
 findings and snapshots. A recording of several responses is cut at each ``response.created`` (as
-``headwater check --split`` does), and each response is checked and folded on its own.
+``headwater check`` does), and each response is checked and folded on its own.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.protocol.accumulate import Accumulator
-from headwater.protocol.codec import decode_event
-from headwater.protocol.conformance import RULES_BY_ID, Checker, Violation
+from headwater.protocol.codec import decode_event, encode_event
+from headwater.protocol.conformance import RULES_BY_ID, Checker, Violation, report_lines
+from headwater.protocol.errors import DecodeError
 from headwater.protocol.events import Event, UnknownEvent
+from headwater.protocol.recording import read_recording
 from headwater.protocol.resources import to_builtins
 from headwater.protocol.sse import DONE, SSEDecoder
 
-__all__ = ["Recorded", "ResponseStream", "StreamAnalysis", "analyse_bytes"]
+__all__ = ["Recorded", "ResponseStream", "StreamAnalysis", "analyse_recording"]
 
 # The field naming a part of an item, and how the timeline shows it.
 _PART_FIELDS = (("content_index", "c"), ("summary_index", "s"), ("command_index", "cmd"))
@@ -168,17 +170,20 @@ class ResponseStream:
 
 
 class StreamAnalysis:
-    """A whole stream or recording, cut into responses at each ``response.created``.
+    """A whole stream or recording, as one response or cut into responses at each ``response.created``.
 
-    ``feed``/``close`` take raw bytes (SSE or JSONL, detected as ``headwater check`` does); ``add`` takes one
-    decoded event. A payload that is not JSON raises ``ProtocolError``, as it makes ``headwater check`` call
-    the input unreadable.
+    ``feed``/``close`` take a live stream's bytes as they come (SSE or JSONL, detected from the first bytes);
+    ``add`` takes one event; ``analyse_recording`` reads a whole recording as ``headwater check`` does. Bytes
+    that give no event (a payload that is not JSON, a recording cut mid-event) are ``problems``, with the events
+    around them kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, split: bool = True) -> None:
         self.responses: list[ResponseStream] = []
-        self._frames = SSEDecoder()
+        self.problems: list[dict[str, Any]] = []  # read problems: line, offset (None when live), severity, message
+        self.split = split
         self.count = 0
+        self._frames = SSEDecoder()
 
     def feed(self, chunk: bytes, at: float | None = None) -> list[tuple[int, dict[str, Any]]]:
         """Decode and add what ``chunk`` completes; (response number, row) for each event added."""
@@ -187,23 +192,33 @@ class StreamAnalysis:
     def close(self, at: float | None = None) -> list[tuple[int, dict[str, Any]]]:
         """End of input: add what the decoder still held, then finish every response."""
         out = self._add_frames(self._frames.close(), at)
+        self.finish()
+        return out
+
+    def finish(self) -> None:
         for response in self.responses:
             response.finish()
-        return out
 
     def _add_frames(self, frames: Iterable[Any], at: float | None) -> list[tuple[int, dict[str, Any]]]:
         out = []
         for frame in frames:
             if frame.data == DONE:
                 continue
-            event = decode_event(frame.data, lenient=True)
+            try:
+                event = decode_event(frame.data, lenient=True)
+            except DecodeError as exc:
+                self.problems.append({"line": None, "offset": None, "severity": "error",
+                                      "message": f"event {self.count}: {exc.detail}"})
+                continue
             if frame.event is not None and frame.event != event.type:
                 event.__dict__["_sse_event"] = frame.event  # as EventDecoder does, so SSE-NAME sees it
             out.append(self.add(Recorded(event, frame.data, frame.event, at)))
         return out
 
     def add(self, rec: Recorded) -> tuple[int, dict[str, Any]]:
-        if not self.responses or (rec.event.type == "response.created" and self.responses[-1].events):
+        if not self.responses or (
+            self.split and rec.event.type == "response.created" and self.responses[-1].events
+        ):
             if self.responses:
                 self.responses[-1].finish()
             self.responses.append(ResponseStream(offset=self.count))
@@ -211,15 +226,17 @@ class StreamAnalysis:
         return len(self.responses) - 1, self.responses[-1].add(rec)
 
     def check_lines(self, path: str) -> Iterator[str]:
-        """The findings as ``headwater check --split PATH`` prints them, then its summary line."""
-        errors = warnings = 0
-        for response in self.responses:
-            for violation in response.violations:
-                if violation.severity == "error":
-                    errors += 1
-                else:
-                    warnings += 1
-                yield violation.check_line(path, response.offset)
+        """What ``headwater check PATH`` prints of this stream: its read problems, its findings (a recurring one
+        once, with where else it stands), then the summary line."""
+        errors = sum(p["severity"] == "error" for p in self.problems)
+        warnings = len(self.problems) - errors
+        for problem in self.problems:
+            where = f"line {problem['line']} (byte {problem['offset']}): " if problem["line"] is not None else ""
+            yield f"{path}: {where}{problem['message']}"
+        found = [(r.offset + v.index, v) for r in self.responses for v in r.violations]
+        errors += sum(v.severity == "error" for _, v in found)
+        warnings += sum(v.severity != "error" for _, v in found)
+        yield from report_lines(path, found)
         yield f"1 file(s): {errors} error(s), {warnings} warning(s)"
 
     def export(self, kind: str, response: int | None = None) -> bytes:
@@ -238,9 +255,18 @@ class StreamAnalysis:
         return bytes(out)
 
 
-def analyse_bytes(data: bytes) -> StreamAnalysis:
-    """A whole recording, analysed."""
-    analysis = StreamAnalysis()
-    analysis.feed(data)
-    analysis.close()
+def analyse_recording(data: bytes) -> StreamAnalysis:
+    """A whole recording, read as ``headwater check`` reads it (``read_recording``), cut into responses when it
+    holds several ``response.created``, each checked and folded."""
+    recording = read_recording(data)
+    analysis = StreamAnalysis(split=recording.responses > 1)
+    analysis.problems = [
+        {"line": p.line, "offset": p.offset, "severity": p.severity, "message": p.message}
+        for p in recording.problems
+    ]
+    for event in recording.events:
+        raw = event.__dict__.get("_raw")
+        analysis.add(Recorded(event, raw if isinstance(raw, bytes) else encode_event(event),
+                              event.__dict__.get("_sse_event"), None))
+    analysis.finish()
     return analysis

@@ -30,7 +30,7 @@ from headwater.protocol.errors import ProtocolError
 from headwater.server.errors import APIError
 from headwater.server.http.auth import key_owner
 
-from .analysis import ResponseStream, StreamAnalysis, analyse_bytes
+from .analysis import ResponseStream, StreamAnalysis, analyse_recording
 
 __all__ = ["Inspector", "Session", "mount", "read_recording"]
 
@@ -163,17 +163,17 @@ async def upload(request: Request) -> Response:
 
 
 def read_recording(data: bytes, name: str) -> StreamAnalysis:
-    try:
-        analysis = analyse_bytes(data)
-    except ProtocolError as exc:
-        raise APIError.invalid(f"{name}: unreadable: {exc}", code="unreadable_recording") from None
+    """A recording's analysis; 400 ``unreadable_recording`` when it gives no event (as ``headwater check``
+    calls such a file unreadable)."""
+    analysis = analyse_recording(data)
     if not analysis.count:
-        raise APIError.invalid(f"{name}: unreadable: no events found", code="unreadable_recording")
+        what = "no readable events" if analysis.problems else "no events found (not an SSE or JSONL stream?)"
+        raise APIError.invalid(f"{name}: unreadable: {what}", code="unreadable_recording")
     return analysis
 
 
 def _session_json(session: Session) -> dict[str, Any]:
-    return {**session.describe(), "status": session.status,
+    return {**session.describe(), "status": session.status, "problems": session.analysis.problems,
             "responses": [_response_json(r) for r in session.analysis.responses]}
 
 
@@ -216,8 +216,8 @@ _EXPORTS = {
 
 
 async def export(request: Request) -> Response:
-    """The stream as SSE or JSONL (``?response=`` for one response of it), or its findings as ``headwater check
-    --split`` prints them (``format=check``)."""
+    """The stream as SSE or JSONL (``?response=`` for one response of it), or its findings as ``headwater check``
+    prints them (``format=check``)."""
     inspector, owner = _authenticate(request)
     session = inspector.get(owner, request.path_params["session_id"])
     kind = request.query_params.get("format", "sse")

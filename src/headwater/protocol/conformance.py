@@ -7,7 +7,8 @@ recordings holding several), runs in linear time, and never raises, whatever ord
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -76,7 +77,17 @@ from .events import (
 )
 from .resources import UnknownItem
 
-__all__ = ["RULES", "RULES_BY_ID", "Checker", "Rule", "Severity", "Violation", "check", "split_responses"]
+__all__ = [
+    "RULES",
+    "RULES_BY_ID",
+    "Checker",
+    "Rule",
+    "Severity",
+    "Violation",
+    "check",
+    "report_lines",
+    "split_responses",
+]
 
 Severity = Literal["error", "warning"]
 
@@ -228,10 +239,6 @@ class Violation:
     def __str__(self) -> str:
         return f"{self.index}: {self.rule_id} {self.message}"
 
-    def check_line(self, path: str, offset: int = 0) -> str:
-        """The line ``headwater check`` prints: ``PATH:INDEX: RULE-ID [severity] message``, INDEX counted from
-        the start of the file (``offset``: where this response's events begin in it)."""
-        return f"{path}:{offset + self.index}: {self.rule_id} [{self.severity}] {self.message}"
 
 
 # --- what each event does to the output it addresses ------------------------------------------------------
@@ -1090,6 +1097,29 @@ def check(events: Iterable[Any], *, starting_after: int | None = None) -> list[V
         found.extend(checker.feed(event))
     found.extend(checker.finish())
     return found
+
+
+def _shape(message: str) -> str:
+    """A finding's message with its numbers masked: findings that differ only in numbers are one kind."""
+    return re.sub(r"\d+", "#", message)
+
+
+def report_lines(path: str, found: Iterable[tuple[int, Violation]], *, show_all: bool = False) -> Iterator[str]:
+    """The lines ``headwater check`` prints for one file's findings: ``PATH:INDEX: RULE-ID [severity] message``,
+    ``found`` giving each violation with its INDEX in the file (counted from the file's first event). A finding
+    that recurs (same rule, same message but for its numbers) is printed once, then where else it stands;
+    ``show_all`` prints each."""
+    groups: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
+    for index, violation in found:
+        key = (violation.rule_id, violation.severity, _shape(violation.message))
+        groups.setdefault(key, []).append((index, violation.message))
+    for (rule_id, severity, _), seen in groups.items():
+        shown = seen if show_all else seen[:1]
+        for index, message in shown:
+            yield f"{path}:{index}: {rule_id} [{severity}] {message}"
+        if len(seen) > len(shown):
+            more = ", ".join(str(index) for index, _ in seen[1:9]) + (", ..." if len(seen) > 9 else "")
+            yield f"{path}:{seen[0][0]}: {rule_id}: {len(seen) - 1} more like it, at events {more}"
 
 
 def split_responses(events: Iterable[Any]) -> list[list[Any]]:

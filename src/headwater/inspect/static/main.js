@@ -143,17 +143,32 @@ function showEvent(resp, index) {
 
 const LIST_LIMIT = 500;
 
+function problemItem(p) {
+  const li = document.createElement("li");
+  li.className = `${p.severity} problem`;
+  const rule = document.createElement("span");
+  rule.className = "rule";
+  rule.textContent = "READ";
+  const src = document.createElement("span");
+  src.className = "src";
+  src.textContent = `${p.severity} · bytes that gave no event: the events around them are shown`;
+  li.append(rule, `${p.line !== null ? `line ${p.line} (byte ${p.offset}): ` : ""}${p.message}`, src);
+  return li;
+}
+
 function showFindings(resp) {
-  const list = resp.findings.slice(0, LIST_LIMIT).map((f) => findingItem(f, true));
+  const problems = (state.session.problems || []).map(problemItem);
+  const list = [...problems, ...resp.findings.slice(0, LIST_LIMIT).map((f) => findingItem(f, true))];
   const errors = resp.findings.filter((f) => f.severity === "error").length;
-  $("findings-title").textContent = `Findings: ${errors} error(s), ${resp.findings.length - errors} warning(s)`;
+  const read = problems.length ? ` · ${problems.length} read problem(s)` : "";
+  $("findings-title").textContent = `Findings: ${errors} error(s), ${resp.findings.length - errors} warning(s)${read}`;
   if (resp.findings.length > LIST_LIMIT) {
     const li = document.createElement("li");
     li.className = "warning";
     li.textContent = `… and ${resp.findings.length - LIST_LIMIT} more: step through them with n / N`;
     list.push(li);
   }
-  if (!resp.findings.length) {
+  if (!resp.findings.length && !problems.length) {
     const li = document.createElement("li");
     li.className = "none";
     li.textContent = "none: this stream breaks no conformance rule";
