@@ -262,8 +262,8 @@ async function openSession(id, { r = 0, at = null } = {}) {
   for (const resp of session.responses) indexFindings(resp);
   state.session = session;
   listSession(session);
-  showResponse(Math.min(r, session.responses.length - 1), { at });
   document.body.dataset.session = session.id;
+  if (session.responses.length) showResponse(Math.min(r, session.responses.length - 1), { at });
 }
 
 async function upload(file) {
@@ -302,7 +302,7 @@ async function readLive(path, options) {
   } finally {
     if (state.live === controller) { state.live = null; $("live-stop").disabled = true; }
   }
-  if (session && state.session?.id === session.id) {
+  if (session && state.session?.id === session.id && session.responses.length) {
     // The stream is over: take the server's full analysis (end-of-stream findings included).
     await openSession(session.id, { r: state.r, at: state.follow ? null : state.current }).catch(failed);
   }
