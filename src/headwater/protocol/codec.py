@@ -18,6 +18,7 @@ from msgspec.structs import replace as _struct_replace
 from .errors import DecodeError
 from .events import EVENT_CLASSES, Event, KnownEvent, UnknownEvent
 from .resources import (
+    Response,
     UnknownAnnotation,
     UnknownItem,
     UnknownPart,
@@ -31,7 +32,9 @@ from .resources import (
 __all__ = [
     "decode_event",
     "decode_event_obj",
+    "decode_response",
     "encode_event",
+    "encode_response",
     "event_to_builtins",
     "fast_decoder",
     "keep_wires",
@@ -222,6 +225,31 @@ def _nested_of(cls: type) -> tuple[str, ...]:
     event the writer makes) skips the walk for remembered wires without a look at the event."""
     fields = getattr(cls, "__struct_fields__", ())
     return tuple(name for name in _NESTED if name in fields)
+
+
+def _response_hook(obj: object) -> object:
+    to_builtins = getattr(obj, "to_builtins", None)
+    if to_builtins is None:
+        raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+    return to_builtins()
+
+
+_response_encoder = msgspec.json.Encoder(enc_hook=_response_hook)
+_response_decoder = msgspec.json.Decoder(Response)
+
+
+def encode_response(response: Response) -> bytes:
+    """A ``ResponseResource`` as JSON: every spec-required field, nulls included; what a relayed upstream sent
+    in its items, parts, annotations and usage as it sent it (``resources.to_builtins``)."""
+    if has_wire(response):
+        return _response_encoder.encode(to_builtins(response))
+    return _response_encoder.encode(response)
+
+
+def decode_response(data: bytes) -> Response:
+    """A stored ``ResponseResource`` (JSON) as the typed resource. Raises ``msgspec.DecodeError`` /
+    ``msgspec.ValidationError`` for bytes that are not one."""
+    return _response_decoder.decode(data)
 
 
 def event_to_builtins(event: Event) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from headwater.protocol.codec import decode_response
 from headwater.protocol.resources import Response
 
 from . import offload
@@ -36,10 +37,6 @@ from .store.base import UNFINISHED_STATUSES
 
 __all__ = ["build_messages", "conversation_items", "resolve_references", "to_chat_messages"]
 
-_response_decoder = msgspec.json.Decoder(Response)
-
-
-_output_decoder = msgspec.json.Decoder(Response)
 
 
 async def resolve_references(store: Store, owner: str | None, request: ValidatedRequest) -> ValidatedRequest:
@@ -58,7 +55,7 @@ async def resolve_references(store: Store, owner: str | None, request: Validated
                 "response this key can see", f"input[{index}]", code="item_not_found")
         if found.output:
             try:
-                output = _output_decoder.decode(b'{"output": [' + found.data + b"]}").output
+                output = decode_response(b'{"output": [' + found.data + b"]}").output
             except msgspec.ValidationError:  # a type this server does not know: no meaning as input here
                 output = []
             resolved.append(item_from_output(output[0]) if output else None)
@@ -106,7 +103,7 @@ async def conversation_items(
                 "previous_response_id",
                 code="previous_response_in_progress",
             )
-        response = await offload.call(len(record.data) > offload.OFF_LOOP_BYTES, _response_decoder.decode,
+        response = await offload.call(len(record.data) > offload.OFF_LOOP_BYTES, decode_response,
                                       record.data)
         earlier.append((record.id, response))
         if len(earlier) > max_chain_length:

@@ -25,76 +25,35 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import msgspec
-from msgspec import UNSET
-from msgspec.structs import replace
-
-from headwater.protocol.accumulate import Accumulator
-from headwater.protocol.codec import decode_event, encode_event
-from headwater.protocol.events import TERMINAL_EVENT_TYPES, ErrorEvent, ErrorPayload, Event, ResponseFailed
+from headwater.protocol.codec import encode_event, encode_response
+from headwater.protocol.events import TERMINAL_EVENT_TYPES, Event
 from headwater.protocol.resources import (
-    InputTokensDetails,
-    OutputTokensDetails,
     Response,
-    ResponseError,
     Usage,
-    has_wire,
-    keep_wire,
-    to_builtins,
 )
 from headwater.protocol.writer import (
-    FunctionCallWriter,
-    MessageWriter,
-    ReasoningTextWriter,
-    ReasoningWriter,
     ResponseWriter,
-    TextWriter,
 )
 
-from .admission import Admission, Limits, Ticket, default_limits
-from .backends.base import (
+from ..admission import Ticket
+from ..backends.base import (
     Backend,
     BackendError,
-    Finish,
     GenerationRequest,
-    ReasoningDelta,
-    Step,
-    TextDelta,
-    ToolCallDelta,
-    UsageStep,
     is_passthrough,
 )
-from .errors import APIError
-from .live import LiveLog
-from .live.memory import MemoryLiveLog
-from .store import Entry, Fenced, Store, StoredResponse, StoreUnavailable
+from ..live import LiveLog
+from ..live.memory import MemoryLiveLog
+from ..store import Entry, Fenced, Store, StoreUnavailable
+from .steps import StepWriter
 
-__all__ = ["Run", "Runs", "close_orphan", "close_orphans", "encode_response"]
+__all__ = ["Run"]
 
 log = logging.getLogger("headwater.server")
 
 # How long the live log of a finished run waits for a follower that was promised but has not come (its
 # creator's stream, when the client went before the stream began); a follower's leaving ends it at once.
 LIVE_LINGER_SECONDS = 30.0
-
-
-def _unknown_hook(obj: object) -> object:
-    to_builtins = getattr(obj, "to_builtins", None)
-    if to_builtins is None:
-        raise NotImplementedError(f"cannot encode {type(obj).__name__}")
-    return to_builtins()
-
-
-_response_encoder = msgspec.json.Encoder(enc_hook=_unknown_hook)
-_response_decoder = msgspec.json.Decoder(Response)
-
-
-def encode_response(response: Response) -> bytes:
-    """A ``ResponseResource`` as JSON: every spec-required field, nulls included; what a relayed upstream sent
-    in its items, parts, annotations and usage as it sent it (``resources.to_builtins``)."""
-    if has_wire(response):
-        return _response_encoder.encode(to_builtins(response))
-    return _response_encoder.encode(response)
 
 
 class _Stop(enum.Enum):
@@ -155,7 +114,6 @@ class Run:
         self._logger: asyncio.Task[None] | None = None
         self._log_error: Exception | None = None
         self._silenced: Exception | None = None  # fenced or the shared store away: publish nothing more
-        self._max_tool_calls = max_tool_calls
         self._on_finish = on_finish
         self._first_step = asyncio.Event()
         self._stop: _Stop | None = None
@@ -165,15 +123,8 @@ class Run:
         self._ended = False  # the terminal entry is in the live log
         self._awaiting_follower = followed  # the creator will follow, and has not yet
         self._expiry: asyncio.Task[None] | None = None
-        # What is open in the writer while steps arrive.
-        self._message: MessageWriter | None = None
-        self._text: TextWriter | None = None
-        self._reasoning: ReasoningWriter | None = None
-        self._reasoning_text: ReasoningTextWriter | None = None
-        self._calls: dict[int, FunctionCallWriter] = {}
-        self._ignored_calls: set[int] = set()
-        self._usage: Usage | None = None
-        self._finish: str | None = None
+        # Steps to events (for a backend that yields steps; a passthrough one's events go through the relay).
+        self._steps = None if self._relay is not None else StepWriter(self.writer, max_tool_calls=max_tool_calls)
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -360,15 +311,24 @@ class Run:
                     self._in_backend = False
                 self.steps += 1
                 self._first_step.set()
-                events = relay.feed(step) if relay is not None else self._translate(step)
+                events = relay.feed(step) if relay is not None else self._steps_writer().feed(step)
                 if events:
                     await self._emit(events)
             if self._stop is None:
-                await self._emit(relay.close() if relay is not None else self._finish_events())
+                await self._emit(relay.close() if relay is not None else self._steps_writer().close())
         finally:
             aclose = getattr(steps, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    @property
+    def _usage(self) -> Usage | None:
+        """The usage the backend reported so far (for the events a stop or failure ends the run with)."""
+        return self._steps.usage if self._steps is not None else None
+
+    def _steps_writer(self) -> StepWriter:
+        assert self._steps is not None
+        return self._steps
 
     def _stop_events(self) -> list[Event]:
         if self._stop is _Stop.SHUTDOWN:
@@ -378,79 +338,6 @@ class Run:
                 "server_shutdown", "the server shut down before this response finished", usage=self._usage
             )
         return self.writer.cancelled(self._usage)
-
-    # --- steps to events ----------------------------------------------------------------------------------
-
-    def _translate(self, step: Step) -> list[Event]:
-        out: list[Event] = []
-        if self._finish is not None and not isinstance(step, UsageStep):
-            log.warning(
-                "response %s: the backend sent %s after its finish; ignored", self.id, type(step).__name__
-            )
-        elif isinstance(step, TextDelta):
-            if step.text:
-                self._close_reasoning(out)
-                out.extend(self._text_part(out).delta(step.text))
-        elif isinstance(step, ReasoningDelta):
-            if step.text:
-                self._close_message(out)
-                out.extend(self._reasoning_part(out).delta(step.text))
-        elif isinstance(step, ToolCallDelta):
-            call = self._calls.get(step.index)
-            if call is None:
-                if step.index in self._ignored_calls or (
-                    self._max_tool_calls is not None and len(self._calls) >= self._max_tool_calls
-                ):
-                    self._ignored_calls.add(step.index)  # max_tool_calls: later calls are not made
-                    return out
-                self._close_message(out)
-                self._close_reasoning(out)
-                call = self._calls[step.index] = self.writer.function_call(step.name or "", step.call_id)
-                out.extend(call.events)
-            if step.arguments:
-                out.extend(call.delta(step.arguments))
-        elif isinstance(step, UsageStep):
-            self._usage = _usage(step)
-        elif isinstance(step, Finish):
-            # The terminal event waits for the end of the iterator: usage may come after the finish (as in
-            # Chat Completions streams).
-            self._finish = step.reason
-        return out
-
-    def _finish_events(self) -> list[Event]:
-        if self._finish == "length":
-            return self.writer.incomplete("max_output_tokens", self._usage)
-        if self._finish == "content_filter":
-            return self.writer.incomplete("content_filter", self._usage)
-        return self.writer.complete(self._usage)
-
-    def _text_part(self, out: list[Event]) -> TextWriter:
-        if self._text is None:
-            if self._message is None:
-                self._message = self.writer.message()
-                out.extend(self._message.events)
-            self._text = self._message.text()
-            out.extend(self._text.events)
-        return self._text
-
-    def _reasoning_part(self, out: list[Event]) -> ReasoningTextWriter:
-        if self._reasoning_text is None:
-            if self._reasoning is None:
-                self._reasoning = self.writer.reasoning()
-                out.extend(self._reasoning.events)
-            self._reasoning_text = self._reasoning.text()
-            out.extend(self._reasoning_text.events)
-        return self._reasoning_text
-
-    def _close_message(self, out: list[Event]) -> None:
-        if self._message is not None:
-            out.extend(self._message.done())
-            self._message = self._text = None
-
-    def _close_reasoning(self, out: list[Event]) -> None:
-        if self._reasoning is not None:
-            out.extend(self._reasoning.done())
-            self._reasoning = self._reasoning_text = None
 
     # --- log and fan-out ----------------------------------------------------------------------------------
     # Generation never waits for the disk: ``_emit`` queues each batch for ``_log``, which appends all that is
@@ -515,229 +402,3 @@ class Run:
             return
         self._ended = entries[-1].type in TERMINAL_EVENT_TYPES
         await self.live.append(self.id, entries, ended=self._ended)
-
-
-def _usage(step: UsageStep) -> Usage:
-    """A backend's usage as the response's: its counts, and what else its upstream said (``step.extra``, kept
-    as sent through ``keep_wire``)."""
-    usage = Usage(
-        input_tokens=step.input_tokens,
-        output_tokens=step.output_tokens,
-        total_tokens=step.input_tokens + step.output_tokens,
-        input_tokens_details=InputTokensDetails(cached_tokens=step.cached_tokens),
-        output_tokens_details=OutputTokensDetails(reasoning_tokens=step.reasoning_tokens),
-        cost=UNSET if step.cost is None else step.cost,  # e.g. OpenRouter's, passed on as reported
-    )
-    if not step.extra:
-        return usage
-    wire = to_builtins(usage)
-    for key, value in step.extra.items():
-        if isinstance(value, dict) and isinstance(wire.get(key), dict):
-            wire[key] = {**wire[key], **value}  # the upstream's (the mapped counts are never among them)
-        elif key not in wire:
-            wire[key] = value
-    try:
-        kept = msgspec.convert(wire, Usage)
-    except msgspec.ValidationError as exc:  # an extra that clashes with a field Headwater declares
-        log.warning("usage extras %s do not fit Responses usage (%s); the counts are kept without them",
-                    sorted(step.extra), exc)
-        return usage
-    keep_wire(kept, wire)
-    return kept
-
-
-class Runs:
-    """The runs of one server: started here, found by id while live (stored runs only), stopped at shutdown."""
-
-    def __init__(
-        self, store: Store, backend: Backend, live: LiveLog | None = None, limits: Limits | None = None
-    ) -> None:
-        self.store = store
-        self.backend = backend
-        self.admission = Admission(limits or default_limits(getattr(backend, "slots", None)))
-        self.closing = False  # shutting down: no new runs
-        self.live: LiveLog = live if live is not None else MemoryLiveLog()
-        # A response that is not stored can be read only by the request that made it, in this process.
-        self._private = self.live if isinstance(self.live, MemoryLiveLog) else MemoryLiveLog()
-        self._live: dict[str, Run] = {}
-        self._all: set[Run] = set()
-        self._events_of_finished = 0
-
-    def start(
-        self,
-        *,
-        writer: ResponseWriter,
-        request: GenerationRequest,
-        owner: str | None,
-        stored: bool,
-        background: bool,
-        max_tool_calls: int | None,
-        followed: bool = True,
-        ticket: Ticket | None = None,
-    ) -> Run:
-        """Start a run. ``ticket``: its place from ``admit`` (taken here when not given; ``admit``'s 429 then
-        comes from here)."""
-        if ticket is None:
-            ticket = self.admit(owner)
-        run = Run(
-            writer=writer,
-            backend=self.backend,
-            request=request,
-            store=self.store if stored else None,
-            owner=owner,
-            background=background,
-            max_tool_calls=max_tool_calls,
-            on_finish=self._finished,
-            live=self.live if stored else self._private,
-            followed=followed,
-            ticket=ticket,
-        )
-        self._all.add(run)
-        if stored:
-            self._live[run.id] = run
-        run.start()
-        return run
-
-    def admit(self, owner: str | None) -> Ticket:
-        """A place for a run of ``owner``: granted now or queued; ``APIError`` 429 with ``Retry-After`` beyond
-        the queue, 503 once the server is shutting down. Take it before storing the response (``with``: it is
-        released if the block raises before ``start``)."""
-        if self.closing:
-            raise APIError(503, "the server is shutting down", code="server_shutting_down")
-        return self.admission.admit(owner)
-
-    def get(self, response_id: str) -> Run | None:
-        """The live run of a stored response. It stays here until its terminal event is in the store."""
-        return self._live.get(response_id)
-
-    def figures(self) -> dict[str, int]:
-        """Runs generating now, those still queued, and the events all runs of this process have made."""
-        runs = list(self._all)
-        return {
-            "live": len(runs),
-            "queued": sum(1 for run in runs if run.writer.response.status == "queued"),
-            "events": self._events_of_finished + sum(run.events for run in runs),
-        }
-
-    def running(self) -> set[str]:
-        """The ids of the stored responses this process is generating now."""
-        return set(self._live)
-
-    def cancel(self, response_id: str) -> None:
-        """Cancel the run of ``response_id`` if this process runs it (a cancel signal from another replica)."""
-        run = self._live.get(response_id)
-        if run is not None:
-            run.cancel()
-
-    def _finished(self, run: Run) -> None:
-        self._events_of_finished += run.events
-        self._all.discard(run)
-        self._live.pop(run.id, None)
-
-    async def shut_down(self) -> None:
-        """Stop every run (each ends with ``error`` + ``response.failed``, ``server_shutdown``, and logs one
-        line) and wait until their terminal events are logged and published. New runs are refused (503)."""
-        self.closing = True
-        runs = list(self._all)
-        for run in runs:
-            run.shut_down()
-        await asyncio.gather(*(run.wait() for run in runs), return_exceptions=True)
-
-
-ORPHAN_MESSAGE = (
-    "the server stopped before this response finished; it was closed as failed when the server restarted"
-)
-
-
-UNREADABLE_MESSAGE = (
-    "the server stopped before this response finished, and its stored record could not be read when the server "
-    "restarted; it was closed as failed"
-)
-
-
-async def close_orphans(store: Store) -> list[str]:
-    """Close every response a crash left ``queued``/``in_progress``: append ``error`` + ``response.failed`` to
-    its log and store it as failed. Returns their ids. One that cannot be closed (the store fails) is logged
-    and left as it is: the start goes on regardless."""
-    closed = []
-    for record in await store.unfinished():
-        try:
-            await close_orphan(store, record)
-        except Exception as exc:
-            log.error("response %s: could not be closed as failed; it stays %s", record.id, record.status,
-                      exc_info=exc)
-            continue
-        log.warning(
-            "response %s was left %s by an earlier run of the server; closed as failed",
-            record.id,
-            record.status,
-        )
-        closed.append(record.id)
-    return closed
-
-
-async def close_orphan(
-    store: Store, record: StoredResponse, code: str = "server_restarted", message: str = ORPHAN_MESSAGE
-) -> list[Entry]:
-    """End one response nobody generates any more with ``error`` + ``response.failed`` (``code``, ``message``)
-    in its log and the store; returns the entries appended (a replica that took the response over also puts
-    them in the live log).
-
-    The writer that was making these events died with its process. When the log is empty a fresh writer
-    writes the whole stream; otherwise the two closing events are made here from the log's accumulated
-    snapshot (the one place the server makes events without a writer), numbered on from the log. A record
-    whose resource or log cannot be decoded (say, nested too deeply) is replaced by a readable one
-    (``_close_unreadable``), with the reason logged.
-    """
-    stored = await store.events(record.id)
-    try:
-        entries, final = _closing_entries(record, stored, code, message)
-    except Exception as exc:  # RecursionError, DecodeError, ...: whatever decoding this record raises
-        log.warning("response %s: its stored record cannot be read (%s: %s); closing it as failed with a bare "
-                    "resource", record.id, type(exc).__name__, exc)
-        return await _close_unreadable(store, record, code)
-    await store.append(record.id, entries, status="failed", data=final)
-    return entries
-
-
-def _closing_entries(
-    record: StoredResponse, stored: list[Entry], code: str, message: str
-) -> tuple[list[Entry], bytes]:
-    """The entries that close ``record`` (whose log is ``stored``), and its final resource."""
-    logged = [decode_event(entry.payload) for entry in stored]
-    if not logged:
-        writer = ResponseWriter(_response_decoder.decode(record.data))
-        events = writer.start() + writer.fail(code, message)
-        final = writer.response
-    else:
-        accumulator = Accumulator()
-        for event in logged:
-            accumulator.feed(event)
-        seq = (logged[-1].sequence_number or len(logged) - 1) + 1
-        final = replace(
-            accumulator.response,
-            status="failed",
-            completed_at=None,
-            error=ResponseError(code=code, message=message),
-        )
-        payload = ErrorPayload(type="server_error", code=code, message=message, param=None)
-        events = [
-            ErrorEvent(sequence_number=seq, code=code, message=message, param=None, error=payload),
-            ResponseFailed(sequence_number=seq + 1, response=final),
-        ]
-    return [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events], encode_response(final)
-
-
-async def _close_unreadable(store: Store, record: StoredResponse, code: str) -> list[Entry]:
-    """Replace an unreadable record by a readable failed one: the same id, owner, creation time and input
-    items (their bytes, not decoded), a bare resource, and a log that a fresh writer makes."""
-    items = (await store.input_items(record.id)).items
-    bare = Response(id=record.id, created_at=record.created_at, status="in_progress")
-    writer = ResponseWriter(bare)
-    events = writer.start() + writer.fail(code, UNREADABLE_MESSAGE)
-    await store.delete(record.id)
-    await store.create(StoredResponse(record.id, record.owner, "in_progress", record.created_at,
-                                      encode_response(bare)), items)
-    entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
-    await store.append(record.id, entries, status="failed", data=encode_response(writer.response))
-    return entries
