@@ -62,7 +62,7 @@ def served() -> Iterator[Served]:
     counter = CutProxy(("127.0.0.1", live.port), lambda n: None)
     try:
         with httpx.Client(timeout=20) as plain:
-            raw = plain.post(counter.url + "/v1/responses", json={"model": "scripted-1", "stream": True})
+            raw = plain.post(counter.url + "/v1/responses", json={"model": "scripted-1", "input": "go", "stream": True})
             assert raw.status_code == 200
             answer_bytes = counter.bytes_down  # status line and headers included
         yield Served(live.url, backend, http, answer_bytes)
@@ -228,7 +228,7 @@ def served_with_grace() -> Iterator[Served]:
     counter = CutProxy(("127.0.0.1", live.port), lambda n: None)
     try:
         with httpx.Client(timeout=20) as plain:
-            raw = plain.post(counter.url + "/v1/responses", json={"model": "scripted-1", "stream": True})
+            raw = plain.post(counter.url + "/v1/responses", json={"model": "scripted-1", "input": "go", "stream": True})
             assert raw.status_code == 200
             answer_bytes = counter.bytes_down
         yield Served(live.url, backend, http, answer_bytes)

@@ -363,9 +363,9 @@ def test_the_port_covers_the_suite_but_tools_and_images() -> None:
     assert len(CHECKS) == 17 - 2 and "tool-calling" not in CHECKS and "image-input" not in CHECKS
 
 
-# The robust-input work (an orphan function_call_output is a 400 that evicts the WebSocket's cached response)
-# makes this one pass; until it lands, the continuation is answered instead of failing.
-PENDING = {"websocket-failed-continuation-evicts-cache"}
+# Checks expected to fail for now (none: an orphan function_call_output is a 400 that evicts the WebSocket's
+# cached response).
+PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,7 @@ def test_start_up_closes_an_unreadable_record_as_failed_and_starts(tmp_path: Pat
         items = client.get("/v1/responses/resp_deep/input_items")  # kept as stored (too deep for json here)
         assert items.status_code == 200 and b'"first_id":"msg_1"' in items.content
         assert client.get(f"/v1/responses/{kept['id']}").json()["status"] in ("completed", "failed")
-    assert "resp_deep" in server.stderr and "cannot be read (RecursionError" in server.stderr
+    assert "resp_deep" in server.stderr and "cannot be read (" in server.stderr
     assert "Traceback" not in server.stderr
 
 

@@ -102,7 +102,8 @@ def test_bad_json_and_non_objects_are_400_without_param() -> None:
 
 
 def test_tools_the_backend_cannot_run_are_dropped_and_reported() -> None:
-    body = {"tools": [{"type": "web_search"}, {"type": "function", "name": "f"}, {"type": "mcp", "server_label": "x"}]}
+    body = {"input": "hi",
+            "tools": [{"type": "web_search"}, {"type": "function", "name": "f"}, {"type": "mcp", "server_label": "x"}]}
     request = parse_request(json.dumps(body).encode())
     assert [t.name for t in request.tools] == ["f"]
     assert request.dropped_tools == ["web_search", "mcp"]

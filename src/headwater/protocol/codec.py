@@ -3,7 +3,8 @@
 The fast path decodes a payload straight into its event class and keeps the payload bytes on the event. Only a
 payload that the fast path rejects takes the slow path: unknown event types become ``UnknownEvent``, unknown
 nested item/part/annotation types become ``Unknown*`` objects, and a wrong field type is a ``DecodeError`` (or,
-in lenient mode, an ``UnknownEvent`` carrying the problem). camelCase reading (TypeScript SDK dumps) is slow-path.
+in lenient mode, an ``UnknownEvent`` carrying the problem). camelCase reading (TypeScript SDK dumps) is slow-path. A payload nested deeper than the interpreter lets
+msgspec follow is a ``DecodeError`` too, never a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def decode_event(data: bytes, *, lenient: bool = False, camel: bool = False) -> 
     ``lenient``: a known type whose fields do not fit the schema gives an ``UnknownEvent`` with ``problem`` set
     instead of raising ``DecodeError``. ``camel``: read camelCase keys (as the TypeScript SDK prints them).
     """
+    try:
+        return _decode_event(data, lenient, camel)
+    except RecursionError:
+        raise DecodeError("payload is nested too deeply to decode", payload=data) from None
+
+
+def _decode_event(data: bytes, lenient: bool, camel: bool) -> Event:
     event: Event
     if not camel:
         try:
@@ -77,7 +85,7 @@ def decode_event(data: bytes, *, lenient: bool = False, camel: bool = False) -> 
         if type(event) is not UnknownEvent:
             event.__dict__["_wire"] = obj  # re-encodes as what was read, in snake_case
         return event
-    event = decode_event_obj(obj, lenient=lenient)
+    event = _decode_event_obj(obj, lenient)
     event.__dict__["_raw"] = data
     return event
 
@@ -98,6 +106,13 @@ _PATH_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
 
 def decode_event_obj(obj: Any, *, lenient: bool = False) -> Event:
     """A decoded JSON object (dict) to its typed event; the slow path behind ``decode_event``."""
+    try:
+        return _decode_event_obj(obj, lenient)
+    except RecursionError:
+        raise DecodeError("payload is nested too deeply to decode") from None
+
+
+def _decode_event_obj(obj: Any, lenient: bool) -> Event:
     if not isinstance(obj, dict):
         raise DecodeError(f"event payload must be a JSON object, got {type(obj).__name__}")
     etype = obj.get("type")
@@ -248,8 +263,12 @@ def encode_response(response: Response) -> bytes:
 
 def decode_response(data: bytes) -> Response:
     """A stored ``ResponseResource`` (JSON) as the typed resource. Raises ``msgspec.DecodeError`` /
-    ``msgspec.ValidationError`` for bytes that are not one."""
-    return _response_decoder.decode(data)
+    ``msgspec.ValidationError`` for bytes that are not one; one nested too deeply to decode is a
+    ``msgspec.DecodeError`` too, never a ``RecursionError``."""
+    try:
+        return _response_decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("the response is nested too deeply to decode") from None
 
 
 def event_to_builtins(event: Event) -> dict[str, Any]:

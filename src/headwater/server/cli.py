@@ -23,6 +23,7 @@ from .app import create_app
 from .backends import UPSTREAM_BACKENDS
 from .backends.base import BackendError
 from .config import ServerConfig, default_data_dir
+from .input_limits import InputLimits
 from .live import create_live_log
 from .serving import HeadwaterServer, bind, server_config
 from .store import create_store
@@ -85,6 +86,9 @@ EXIT_CANNOT_LISTEN = 4
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on the one port (each a replica of its own); more than 1 needs a shared "
                    "store and live log (--store postgresql://... --events redis://...).")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=N",
+              help="Change an input limit (repeatable), e.g. input_items=50000; names and defaults in "
+                   "docs/limits.md: " + ", ".join(InputLimits.names()) + ".")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_command(
@@ -110,6 +114,7 @@ def serve_command(
     max_queued: int | None,
     max_queued_per_key: int | None,
     workers: int,
+    limits: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the Open Responses server (POST /v1/responses and its companions)."""
@@ -144,6 +149,7 @@ def serve_command(
         max_running_per_key=max_running_per_key,
         max_queued=max_queued,
         max_queued_per_key=max_queued_per_key,
+        input_limits=_limits(limits),
     )
     try:
         create_store(config.store_url)  # a bad URL is a usage error, said before the backend loads a model
@@ -231,6 +237,18 @@ def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) 
     click.echo(f"  workers: {workers} processes, each a replica (lease {config.lease_seconds:g} s)")
     for child in children:
         os.waitpid(child, 0)
+def _limits(texts: tuple[str, ...]) -> InputLimits:
+    """``--limit NAME=N`` options over the default ``InputLimits``: a positive integer for a known name."""
+    values: dict[str, int] = {}
+    for text in texts:
+        name, equals, value = text.partition("=")
+        if name not in InputLimits.names() or not equals:
+            raise click.BadParameter(f"expected NAME=N with NAME one of {', '.join(InputLimits.names())}, got "
+                                     f"{text!r}", param_hint="--limit")
+        if not value.isascii() or not value.isdigit() or int(value) < 1:
+            raise click.BadParameter(f"{name} must be a positive integer, got {value!r}", param_hint="--limit")
+        values[name] = int(value)
+    return InputLimits(**values)
 
 
 def _option(text: str) -> tuple[str, Any]:

@@ -88,7 +88,7 @@ def compaction_summary(encrypted_content: str) -> str | None:
     encrypted blob, garbage)."""
     try:
         payload = _payload_decoder.decode(base64.b64decode(encrypted_content, validate=True))
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+    except (binascii.Error, ValueError, msgspec.DecodeError, RecursionError):
         return None
     return payload.summary if payload.format == COMPACTION_FORMAT else None
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .input_limits import InputLimits
+
 __all__ = ["ServerConfig", "default_data_dir", "key_digest"]
 
 
@@ -70,6 +72,8 @@ class ServerConfig:
     max_queued_per_key: int | None = None
     # How many earlier responses a previous_response_id chain may reach back through.
     max_chain_length: int = 1000
+    # Nesting, item counts and field sizes of one request (docs/limits.md).
+    input_limits: InputLimits = field(default_factory=InputLimits)
 
     @classmethod
     def with_keys(cls, keys: Iterable[str], **settings: Any) -> ServerConfig:

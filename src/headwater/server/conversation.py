@@ -3,12 +3,15 @@
 
 Instructions are not inherited from earlier responses (as in OpenAI's API). Reasoning items are left out: a
 chat backend cannot take them back. The chain is walked through the store, so only stored responses of the
-same owner can be continued.
+same owner can be continued. A ``function_call_output`` must answer a ``function_call`` made earlier in the
+conversation (as OpenAI requires); a stored record that cannot be read any more is a 400 naming
+``previous_response_id``, never a crash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 
@@ -19,6 +22,7 @@ from . import offload
 from .backends.base import ChatMessage
 from .compaction import compaction_context
 from .errors import APIError
+from .input_limits import shown
 from .requests import (
     TEXT_PARTS,
     CompactionItem,
@@ -35,8 +39,10 @@ from .requests import (
 from .store import Store
 from .store.base import UNFINISHED_STATUSES
 
-__all__ = ["build_messages", "conversation_items", "resolve_references", "to_chat_messages"]
+__all__ = ["build_messages", "check_call_outputs", "conversation_items", "resolve_references", "to_chat_messages"]
 
+A = TypeVar("A")
+T = TypeVar("T")
 
 
 async def resolve_references(store: Store, owner: str | None, request: ValidatedRequest) -> ValidatedRequest:
@@ -53,14 +59,19 @@ async def resolve_references(store: Store, owner: str | None, request: Validated
             raise APIError.invalid(
                 f"input[{index}] references item '{item_id}', which is not an output or input item of any stored "
                 "response this key can see", f"input[{index}]", code="item_not_found")
-        if found.output:
-            try:
-                output = decode_response(b'{"output": [' + found.data + b"]}").output
-            except msgspec.ValidationError:  # a type this server does not know: no meaning as input here
-                output = []
-            resolved.append(item_from_output(output[0]) if output else None)
-        else:
-            resolved.append(decode_input_items([found.data])[0])
+        try:
+            if found.output:
+                try:
+                    output = decode_response(b'{"output": [' + found.data + b"]}").output
+                except msgspec.ValidationError:  # a type this server does not know: no meaning as input here
+                    output = []
+                resolved.append(item_from_output(output[0]) if output else None)
+            else:
+                resolved.append(decode_input_items([found.data])[0])
+        except (RecursionError, msgspec.DecodeError):  # stored before the nesting limit existed, or damaged
+            raise APIError.invalid(f"input[{index}] references item '{item_id}', which cannot be read back (it is "
+                                   "nested too deeply or damaged)", f"input[{index}]",
+                                   code="item_unreadable") from None
     return with_references(request, resolved)
 
 
@@ -103,8 +114,8 @@ async def conversation_items(
                 "previous_response_id",
                 code="previous_response_in_progress",
             )
-        response = await offload.call(len(record.data) > offload.OFF_LOOP_BYTES, decode_response,
-                                      record.data)
+        response = await _read(len(record.data) > offload.OFF_LOOP_BYTES, decode_response, record.data,
+                               record.id)
         earlier.append((record.id, response))
         if len(earlier) > max_chain_length:
             raise APIError.invalid(
@@ -117,10 +128,48 @@ async def conversation_items(
     for response_id, response in reversed(earlier):
         page = await store.input_items(response_id)
         stored = [item.data for item in page.items]
-        items.extend(await offload.call(sum(map(len, stored)) > offload.OFF_LOOP_BYTES, decode_input_items, stored))
+        items.extend(await _read(sum(map(len, stored)) > offload.OFF_LOOP_BYTES, decode_input_items, stored,
+                                 response_id))
         items.extend(item for item in map(item_from_output, response.output) if item is not None)
+    check_call_outputs(items, request.items)
     items.extend(request.items)
     return items
+
+
+async def _read(heavy: bool, decode: Callable[[A], T], data: A, response_id: str) -> T:
+    """A stored record decoded (off the loop when ``heavy``), or a 400 naming ``previous_response_id`` when it
+    cannot be: nested deeper than any decoder can follow (stored before the nesting limit existed) or damaged."""
+    try:
+        return await offload.call(heavy, decode, data)
+    except (RecursionError, msgspec.DecodeError):
+        raise APIError.invalid(
+            f"earlier response '{response_id}' of this conversation cannot be read back (it is nested too deeply "
+            "or damaged); start a new conversation without it", "previous_response_id",
+            code="previous_response_unreadable") from None
+
+
+def check_call_outputs(history: Iterable[StoredItem], new: list[StoredItem]) -> None:
+    """Refuse (400, naming the item) a ``function_call_output`` in ``new`` that answers no ``function_call`` of
+    ``history`` or of ``new`` before it. After a compaction item, calls may have been folded into its summary, so
+    outputs that follow one are not checked."""
+    if not any(isinstance(item, FunctionCallOutputItem) for item in new):
+        return
+    calls: set[str] = set()
+    compacted = False
+    for item in history:
+        if isinstance(item, FunctionCallItem):
+            calls.add(item.call_id)
+        elif isinstance(item, CompactionItem):
+            compacted = True
+    for i, item in enumerate(new):
+        if isinstance(item, FunctionCallItem):
+            calls.add(item.call_id)
+        elif isinstance(item, CompactionItem):
+            compacted = True
+        elif isinstance(item, FunctionCallOutputItem) and item.call_id not in calls and not compacted:
+            raise APIError.invalid(
+                f"no tool call found for function call output with call_id {shown(item.call_id)}",
+                f"input[{i}].call_id", code="invalid_value")
 
 
 def to_chat_messages(items: Iterable[StoredItem]) -> list[ChatMessage]:

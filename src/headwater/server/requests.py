@@ -4,7 +4,8 @@ for what a request may ask of this server.
 ``parse_request`` turns bytes into a ``ValidatedRequest`` or raises ``APIError`` (400) naming the offending
 ``param`` (``input[2].content[0].type``). Unknown top-level fields are accepted and ignored; tools the backend
 cannot run are dropped and reported (or refused under ``strict_tools``); spec fields a text-only chat backend
-cannot honour (logprobs, penalties, truncation ``auto``, images) are refused, never silently ignored.
+cannot honour (logprobs, penalties, truncation ``auto``, images) are refused, never silently ignored. Nesting,
+item counts and sizes are held to ``InputLimits`` before anything is converted or stored.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from headwater.protocol.writer import new_id
 from .backends.base import ChatMessage, GenerationRequest
 from .compaction import compaction_summary
 from .errors import APIError
+from .input_limits import DEFAULT_LIMITS, InputLimits, check_nesting, decode_object, shown
 
 __all__ = [
     "CompactionItem",
@@ -43,6 +45,8 @@ __all__ = [
 
 ToolName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
 CallId = Annotated[str, Meta(min_length=1, max_length=64)]
+# Ids, model names and other short strings the server keeps and sends back.
+ShortText = Annotated[str, Meta(max_length=256)]
 
 # --- content parts ------------------------------------------------------------------------------------------
 
@@ -95,8 +99,8 @@ class ReasoningTextPart(Struct, tag="reasoning_text", tag_field="type", kw_only=
 class MessageItem(Struct, tag="message", tag_field="type", kw_only=True, omit_defaults=True):
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[ContentPart]
-    id: str | None = None
-    status: str | None = None
+    id: ShortText | None = None
+    status: ShortText | None = None
     phase: Literal["commentary", "final_answer"] | None = None
 
 
@@ -104,14 +108,14 @@ class FunctionCallItem(Struct, tag="function_call", tag_field="type", kw_only=Tr
     call_id: CallId
     name: ToolName
     arguments: str
-    id: str | None = None
+    id: ShortText | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
 class FunctionCallOutputItem(Struct, tag="function_call_output", tag_field="type", kw_only=True, omit_defaults=True):
     call_id: CallId
     output: str | list[ContentPart]
-    id: str | None = None
+    id: ShortText | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
@@ -119,17 +123,17 @@ class ReasoningInputItem(Struct, tag="reasoning", tag_field="type", kw_only=True
     summary: list[SummaryTextPart] = []
     content: list[ReasoningTextPart] | None = None
     encrypted_content: str | None = None
-    id: str | None = None
-    status: str | None = None
+    id: ShortText | None = None
+    status: ShortText | None = None
 
 
 class ItemReference(Struct, tag="item_reference", tag_field="type", kw_only=True):
-    id: str
+    id: ShortText
 
 
 class CompactionItem(Struct, tag="compaction", tag_field="type", kw_only=True):
     encrypted_content: str
-    id: str | None = None
+    id: ShortText | None = None
 
 
 InputItem = (
@@ -167,6 +171,10 @@ class TextParam(Struct, kw_only=True):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+class StreamOptions(Struct, kw_only=True):
+    include_obfuscation: bool | None = None
+
+
 class ReasoningParam(Struct, kw_only=True):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
@@ -180,13 +188,13 @@ Metadata = Annotated[
 class CreateResponseBody(Struct, kw_only=True):
     """The spec's ``CreateResponseBody``. Fields not declared here are accepted and ignored."""
 
-    model: str | None = None
-    input: Annotated[str, Meta(max_length=10 * 1024 * 1024)] | list[InputItem] | None = None
+    model: ShortText | None = None
+    input: str | list[InputItem] | None = None
     instructions: str | None = None
-    previous_response_id: str | None = None
+    previous_response_id: ShortText | None = None
     store: bool = True
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     background: bool = False
     max_output_tokens: Annotated[int, Meta(ge=16)] | None = None
     max_tool_calls: Annotated[int, Meta(ge=1)] | None = None
@@ -202,7 +210,7 @@ class CreateResponseBody(Struct, kw_only=True):
     text: TextParam | None = None
     reasoning: ReasoningParam | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    include: list[str] | None = None
+    include: Annotated[list[ShortText], Meta(max_length=64)] | None = None
     safety_identifier: Annotated[str, Meta(max_length=64)] | None = None
     prompt_cache_key: Annotated[str, Meta(max_length=64)] | None = None
     service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
@@ -213,7 +221,6 @@ class CreateResponseBody(Struct, kw_only=True):
 
 # --- parsing ------------------------------------------------------------------------------------------------
 
-_json = msgspec.json.Decoder()
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
 
@@ -309,14 +316,10 @@ class ValidatedRequest:
         )
 
 
-def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedRequest:
+def parse_request(data: bytes, *, strict_tools: bool = False, limits: InputLimits = DEFAULT_LIMITS) -> ValidatedRequest:
     """Validate a request body; raise ``APIError`` (400, with ``param``) on the first problem found."""
-    try:
-        obj = _json.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
-        raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(obj, dict):
-        raise APIError.invalid("the request body must be a JSON object", code="invalid_json")
+    obj = decode_object(data, "the request body", limits=limits)
+    _check_limits(obj, limits)
     items = obj.get("input")
     if isinstance(items, list):
         for item in items:
@@ -333,7 +336,13 @@ def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedReques
         raise _validation_error(str(exc)) from None
     _refuse(body)
     tools, dropped = _split_tools(body.tools or [], strict_tools)
-    _check_tool_choice(body.tool_choice, {t.name for t in tools}, dropped)
+    choice = _check_tool_choice(body.tool_choice, {t.name for t in tools}, dropped)
+    if choice is not body.tool_choice:
+        body = msgspec.structs.replace(body, tool_choice=choice)
+    if body.previous_response_id is None and not body.input:
+        # Without it the model would answer nothing at all, inventing a conversation.
+        raise APIError.invalid("missing required parameter 'input': send the conversation's input (or a "
+                               "'previous_response_id' to continue one)", "input", code="missing_required_parameter")
     items, references = _normalize_input(body.input)
     return ValidatedRequest(body=body, items=items, tools=tools, dropped_tools=dropped, references=references)
 
@@ -342,28 +351,105 @@ def parse_request(data: bytes, *, strict_tools: bool = False) -> ValidatedReques
 _COMPACT_FIELDS = ("model", "input", "previous_response_id", "instructions", "prompt_cache_key")
 
 
-def parse_compact_request(data: bytes, *, strict_tools: bool = False) -> tuple[ValidatedRequest, str]:
+def parse_compact_request(
+    data: bytes, *, strict_tools: bool = False, limits: InputLimits = DEFAULT_LIMITS
+) -> tuple[ValidatedRequest, str]:
     """A ``POST /v1/responses/compact`` body: the same validation as create on the fields compact shares with
     it (input items, compaction items, sizes), and its ``model`` (required: a 400 naming it when missing)."""
-    try:
-        obj = _json.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
-        raise APIError.invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(obj, dict):
-        raise APIError.invalid("the request body must be a JSON object", code="invalid_json")
+    obj = decode_object(data, "the request body", limits=limits)
     model = obj.get("model")
     if model is None:
         raise APIError.invalid("missing required parameter 'model'", "model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise APIError.invalid("'model' must be a non-empty string", "model", code="invalid_value")
     fields = {name: obj[name] for name in _COMPACT_FIELDS if name in obj}
-    return parse_request(msgspec.json.encode({**fields, "store": False}), strict_tools=strict_tools), model
+    for name, value in fields.items():  # before they are encoded again for parse_request
+        check_nesting(value, limits.nesting_depth, path=name, level=2)
+    validated = parse_request(msgspec.json.encode({**fields, "store": False}), strict_tools=strict_tools,
+                              limits=limits)
+    return validated, model
+
+
+# Top-level fields whose values the server keeps as free-form JSON (tools, tool_choice) or could hold any
+# nesting before conversion; ``input`` is checked item by item. Fields the server ignores are not looked at.
+_CHECKED_FIELDS = tuple(name for name in CreateResponseBody.__struct_fields__ if name != "input")
+
+
+def _check_limits(obj: dict[str, Any], limits: InputLimits) -> None:
+    """Nesting, counts and sizes (``InputLimits``), on the decoded body before it is converted."""
+    depth = limits.nesting_depth
+    for name in _CHECKED_FIELDS:
+        if name in obj:
+            check_nesting(obj[name], depth, path=name, level=2)
+    instructions = obj.get("instructions")
+    if isinstance(instructions, str) and len(instructions) > limits.instructions_chars:
+        raise _too_long("instructions", limits.instructions_chars, len(instructions))
+    tools = obj.get("tools")
+    if isinstance(tools, list):
+        if len(tools) > limits.tools:
+            raise _too_many("tools", limits.tools, len(tools))
+        size = len(msgspec.json.encode(tools))
+        if size > limits.tools_bytes:
+            raise APIError.invalid(f"'tools' is {size} bytes as JSON; at most {limits.tools_bytes} are accepted",
+                                   "tools", code="tools_too_large")
+    text = obj.get("text")
+    if isinstance(text, dict) and len(msgspec.json.encode(text)) > limits.tools_bytes:
+        raise APIError.invalid(f"'text' (its JSON schema) is larger than {limits.tools_bytes} bytes as JSON",
+                               "text.format", code="schema_too_large")
+    _check_input(obj.get("input"), limits)
+
+
+def _check_input(value: Any, limits: InputLimits) -> None:
+    if isinstance(value, str):
+        if len(value) > limits.text_chars:
+            raise _too_long("input", limits.text_chars, len(value))
+        return
+    if not isinstance(value, list):
+        return
+    if len(value) > limits.input_items:
+        raise _too_many("input", limits.input_items, len(value))
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            continue  # conversion names it
+        for key, field_value in item.items():
+            where = f"input[{i}].{shown(key, 40, quote=False)}"
+            if isinstance(field_value, str):
+                if len(field_value) > limits.text_chars:
+                    raise _too_long(where, limits.text_chars, len(field_value))
+            elif isinstance(field_value, list):
+                if len(field_value) > limits.content_parts:
+                    raise _too_many(where, limits.content_parts, len(field_value))
+                for j, part in enumerate(field_value):
+                    if isinstance(part, dict):
+                        _check_part(part, f"{where}[{j}]", limits)
+            elif isinstance(field_value, dict):
+                check_nesting(field_value, limits.nesting_depth, path=where, level=4)
+
+
+def _check_part(part: dict[str, Any], where: str, limits: InputLimits) -> None:
+    for key, value in part.items():
+        if isinstance(value, str):
+            if len(value) > limits.text_chars:
+                raise _too_long(f"{where}.{shown(key, 40, quote=False)}", limits.text_chars, len(value))
+        else:  # annotations and any other container: levels body, input, item, list, part, value
+            check_nesting(value, limits.nesting_depth, path=f"{where}.{shown(key, 40, quote=False)}", level=6)
+
+
+def _too_long(param: str, limit: int, size: int) -> APIError:
+    return APIError.invalid(f"'{param}' is {size} characters long; at most {limit} are accepted", param,
+                            code="string_above_max_length")
+
+
+def _too_many(param: str, limit: int, count: int) -> APIError:
+    return APIError.invalid(f"'{param}' has {count} entries; at most {limit} are accepted", param,
+                            code="array_above_max_length")
 
 
 def _validation_error(message: str, prefix: str = "") -> APIError:
     """msgspec's message (``... - at `$.input[0].content```) as a 400 naming ``input[0].content``."""
     match = _AT_PATH.search(message)
     text = message[: match.start()] if match else message
+    text = shown(text, 300, quote=False)  # msgspec quotes the bad value, which may be 100 kB long
     # A dict's values show as `[...]` in the path: name the dict itself.
     param = (prefix + (match.group("path") if match else "")).replace("[...]", "").lstrip(".") or None
     missing = _MISSING.match(text)
@@ -429,8 +515,9 @@ def _split_tools(tools: list[dict[str, Any]], strict: bool) -> tuple[list[Functi
                                    code="missing_required_parameter")
         if kind != "function":
             if strict:
-                raise APIError.invalid(f"tools of type '{kind}' cannot run on this server (it runs function tools "
-                                       "only; started with --strict-tools)", f"tools[{i}]", code="unsupported_tool")
+                raise APIError.invalid(f"tools of type {shown(kind)} cannot run on this server (it runs function "
+                                       "tools only; started with --strict-tools)", f"tools[{i}]",
+                                       code="unsupported_tool")
             dropped.append(kind)
             continue
         try:
@@ -444,38 +531,58 @@ def _split_tools(tools: list[dict[str, Any]], strict: bool) -> tuple[list[Functi
     return functions, dropped
 
 
-def _check_tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str]) -> None:
+def _check_tool_choice(
+    choice: str | dict[str, Any] | None, names: set[str], dropped: list[str]
+) -> str | dict[str, Any] | None:
+    """The tool choice checked field by field, as the response echoes it: an object keeps only its spec fields
+    (a client's extra keys are not sent back three times a stream)."""
     if choice is None:
-        return
+        return None
     if isinstance(choice, str):
         if choice not in ("none", "auto", "required"):
-            raise APIError.invalid(f"tool_choice must be 'none', 'auto', 'required' or an object, not '{choice}'",
-                                   "tool_choice", code="invalid_value")
+            raise APIError.invalid(f"tool_choice must be 'none', 'auto', 'required' or an object, not "
+                                   f"{shown(choice)}", "tool_choice", code="invalid_value")
         if choice == "required" and not names:
             raise APIError.invalid("tool_choice 'required' needs at least one function tool the model can call",
                                    "tool_choice", code="invalid_value")
-        return
+        return choice
     kind = choice.get("type")
+    if kind is None:
+        raise APIError.invalid("missing required parameter 'tool_choice.type'", "tool_choice.type",
+                               code="missing_required_parameter")
+    if not isinstance(kind, str):
+        raise APIError.invalid("tool_choice.type must be a string", "tool_choice.type", code="invalid_type")
     if kind == "function":
         name = choice.get("name")
+        if not isinstance(name, str):
+            raise APIError.invalid("tool_choice.name must be the name (a string) of a function tool",
+                                   "tool_choice.name", code="invalid_type")
         if name not in names:
-            raise APIError.invalid(f"tool_choice names function '{name}', which is not among the tools",
+            raise APIError.invalid(f"tool_choice names function {shown(name)}, which is not among the tools",
                                    "tool_choice", code="invalid_value")
-    elif kind == "allowed_tools":
+        return {"type": "function", "name": name}
+    if kind == "allowed_tools":
+        mode = choice.get("mode", "auto")
+        if mode not in ("none", "auto", "required"):
+            raise APIError.invalid("allowed_tools mode must be 'none', 'auto' or 'required'", "tool_choice.mode",
+                                   code="invalid_value")
         allowed = choice.get("tools")
         if not isinstance(allowed, list) or not allowed:
-            raise APIError.invalid("allowed_tools needs a non-empty 'tools' list", "tool_choice.tools")
+            raise APIError.invalid("allowed_tools needs a non-empty 'tools' list", "tool_choice.tools",
+                                   code="invalid_value")
+        kept: list[dict[str, Any]] = []
         for i, entry in enumerate(allowed):
-            if not isinstance(entry, dict) or entry.get("type") != "function" or entry.get("name") not in names:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or entry.get("type") != "function" or not isinstance(name, str) \
+                    or name not in names:
                 raise APIError.invalid("allowed_tools may list only function tools given in 'tools'",
                                        f"tool_choice.tools[{i}]", code="invalid_value")
-        if choice.get("mode", "auto") not in ("none", "auto", "required"):
-            raise APIError.invalid("allowed_tools mode must be 'none', 'auto' or 'required'", "tool_choice.mode")
-    elif isinstance(kind, str) and kind in dropped:
-        raise APIError.invalid(f"tool_choice forces a '{kind}' tool, which cannot run on this server",
+            kept.append({"type": "function", "name": name})
+        return {"type": "allowed_tools", "mode": mode, "tools": kept}
+    if kind in dropped:
+        raise APIError.invalid(f"tool_choice forces a {shown(kind)} tool, which cannot run on this server",
                                "tool_choice", code="unsupported_tool")
-    else:
-        raise APIError.invalid(f"unsupported tool_choice type '{kind}'", "tool_choice.type", code="invalid_value")
+    raise APIError.invalid(f"unsupported tool_choice type {shown(kind)}", "tool_choice.type", code="invalid_value")
 
 
 # --- normalized input items ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .config import ServerConfig
 from .conversation import conversation_items, resolve_references, to_chat_messages
 from .entries import Entry
 from .errors import APIError
+from .input_limits import shown
 from .replicas import Replica
 from .requests import CompactionItem, MessageItem, StoredItem, ValidatedRequest, encode_input_item
 from .runs import Run, Runs, encode_response
@@ -144,7 +145,8 @@ class Service:
         should see, when the caller already has them (WebSocket mode's connection memory)."""
         body = request.body
         if request.dropped_tools:
-            log.info("dropped tools the backend cannot run: %s", ", ".join(dict.fromkeys(request.dropped_tools)))
+            log.info("dropped tools the backend cannot run: %s",
+                     ", ".join(shown(t) for t in dict.fromkeys(request.dropped_tools[:100])))
         model = served_model(self.backend, body.model)
         if conversation is None:
             conversation = await self.conversation(owner, request)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import re
 
 import msgspec
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from .. import offload
 from ..errors import APIError
+from ..input_limits import shown
 from ..requests import parse_compact_request
 from ..runs import Run, encode_response
 from ..service import Found, Service
@@ -30,6 +32,18 @@ __all__ = ["routes"]
 log = logging.getLogger("headwater.server")
 
 DROPPED_TOOLS_HEADER = "x-headwater-dropped-tools"
+# What of a dropped tool's type may go into that header: a plain token, a few of them (the rest are counted).
+_HEADER_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_HEADER_TYPES = 16
+
+
+def dropped_tools_header(types: list[str]) -> str:
+    """The dropped tool types as an ASCII header value of bounded size: each distinct type that is a plain token
+    (``web_search``), at most 16 of them; any other (non-ASCII, control characters, 100 kB) is only counted."""
+    distinct = list(dict.fromkeys(types))
+    plain = [t for t in distinct if _HEADER_TOKEN.fullmatch(t)][:_HEADER_TYPES]
+    others = len(distinct) - len(plain)
+    return ", ".join([*plain, *([f"{others} other type(s)"] if others else [])])
 
 
 def _json(data: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -44,12 +58,13 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     service = service_of(request)
     owner = authenticate(request)
     raw = await read_body(request, service.config.max_body_bytes)
-    validated = await offload.parse_request(raw, strict_tools=service.config.strict_tools)  # (big: off-loop)
+    validated = await offload.parse_request(raw, strict_tools=service.config.strict_tools,
+                                              limits=service.config.input_limits)  # (big: off-loop)
     validated = await service.resolve(owner, validated)
     body = validated.body
     headers: dict[str, str] = {}
     if validated.dropped_tools:
-        headers[DROPPED_TOOLS_HEADER] = ", ".join(dict.fromkeys(validated.dropped_tools))
+        headers[DROPPED_TOOLS_HEADER] = dropped_tools_header(validated.dropped_tools)
     try:
         run = await service.create(owner, validated, streamed=body.stream)
     except APIError as error:
@@ -107,9 +122,9 @@ async def _find(request: Request) -> tuple[Service, Found]:
 
 async def get_response(request: Request) -> Response | EventStreamResponse:
     service, found = await _find(request)
-    if request.query_params.get("stream", "").lower() not in ("true", "1"):
+    if not _bool_param(request, "stream", default=False):
         return _json(found.data)
-    after = _int_param(request, "starting_after", default=-1, minimum=-1)
+    after = _int_param(request, "starting_after", default=-1, minimum=-1, maximum=_MAX_SEQUENCE)
     return EventStreamResponse(frames(service.events(found, after)))
 
 
@@ -128,7 +143,7 @@ async def list_input_items(request: Request) -> Response:
     limit = _int_param(request, "limit", default=20, minimum=1, maximum=100)
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise APIError.invalid("order must be 'asc' or 'desc'", "order", code="invalid_value")
+        raise APIError.invalid(f"order must be 'asc' or 'desc', not {shown(order)}", "order", code="invalid_value")
     after = request.query_params.get("after") or None
     return _json(await service.input_items(found, limit=limit, after=after, order="asc" if order == "asc" else "desc"))
 
@@ -141,7 +156,8 @@ async def count_input_tokens(request: Request) -> Response:
     service = service_of(request)
     owner = authenticate(request)
     raw = await read_body(request, service.config.max_body_bytes)
-    validated = await offload.parse_request(raw, strict_tools=service.config.strict_tools)  # (big: off-loop)
+    validated = await offload.parse_request(raw, strict_tools=service.config.strict_tools,
+                                              limits=service.config.input_limits)  # (big: off-loop)
     count = await service.count_input_tokens(owner, await service.resolve(owner, validated))
     return _json(msgspec.json.encode({"object": "response.input_tokens", "input_tokens": count}))
 
@@ -150,7 +166,8 @@ async def compact_response(request: Request) -> Response:
     service = service_of(request)
     owner = authenticate(request)
     validated, model = parse_compact_request(await read_body(request, service.config.max_body_bytes),
-                                             strict_tools=service.config.strict_tools)
+                                             strict_tools=service.config.strict_tools,
+                                             limits=service.config.input_limits)
     validated = await service.resolve(owner, validated)
     compaction = await service.compact(owner, validated, model)
     if not await _wait_unless_disconnected(request, compaction.run):
@@ -160,18 +177,29 @@ async def compact_response(request: Request) -> Response:
     return _json(compaction.result())
 
 
-def _int_param(request: Request, name: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
+# Query integers: plain ASCII decimals (Python's int() also takes '٣', '1_0', '+3' and ' 5'); sequence numbers
+# stay within a signed 64-bit integer, as the stores keep them.
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+_MAX_SEQUENCE = 2**63 - 1
+
+
+def _int_param(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise APIError.invalid(f"'{name}' must be an integer, not {raw!r}", name, code="invalid_value") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise APIError.invalid(f"'{name}' must be {bounds}", name, code="invalid_value")
-    return value
+    if not _DECIMAL.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise APIError.invalid(f"'{name}' must be an integer between {minimum} and {maximum}, not {shown(raw)}",
+                               name, code="invalid_value")
+    return int(raw)
+
+
+def _bool_param(request: Request, name: str, *, default: bool) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise APIError.invalid(f"'{name}' must be 'true' or 'false', not {shown(raw)}", name, code="invalid_value")
+    return raw == "true"
 
 
 # --- the rest -----------------------------------------------------------------------------------------------

@@ -41,14 +41,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from headwater.protocol.events import TERMINAL_EVENT_TYPES
 
 from .. import offload
+from ..conversation import check_call_outputs
 from ..errors import APIError
+from ..input_limits import decode_object, shown
 from ..requests import StoredItem, ValidatedRequest, item_from_output
 from ..runs import Run
 from ..service import Service
@@ -64,7 +65,6 @@ CREATE = "response.create"
 # HTTP transport fields a response.create message may carry only with the value the mode implies.
 MODE_VALUES = {"stream": True, "background": False}
 
-_json = msgspec.json.Decoder()
 
 
 @dataclass(slots=True)
@@ -118,12 +118,9 @@ class _Connection:
             await self._error(APIError(413, f"the message is larger than {limit} bytes", code="request_too_large"))
             return
         try:
-            obj = _json.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is bad JSON too
-            await self._error(APIError.invalid(f"the message is not valid JSON: {exc}", code="invalid_json"))
-            return
-        if not isinstance(obj, dict):
-            await self._error(APIError.invalid("a message must be a JSON object", code="invalid_json"))
+            obj = decode_object(data, "the message", limits=self.state.config.input_limits)
+        except APIError as bad:
+            await self._error(bad)
             return
         kind = obj.get("type")
         if kind != CREATE:
@@ -131,7 +128,7 @@ class _Connection:
                 error = APIError.invalid("missing required parameter 'type'", "type",
                                          code="missing_required_parameter")
             else:
-                error = APIError.invalid(f"unsupported message type {kind!r}: a client sends '{CREATE}' messages",
+                error = APIError.invalid(f"unsupported message type {shown(kind)}: a client sends '{CREATE}' messages",
                                          "type", code="invalid_value")
             await self._error(error)
             return
@@ -187,13 +184,14 @@ class _Connection:
         state = self.state
         for name, implied in MODE_VALUES.items():
             if name in obj and obj[name] is not None and obj[name] != implied:
-                raise APIError.invalid(f"'{name}': {msgspec.json.encode(obj[name]).decode()} contradicts WebSocket "
+                raise APIError.invalid(f"'{name}': {shown(obj[name], quote=False)} contradicts WebSocket "
                                        f"mode, where every response is streamed on the connection in the "
                                        f"foreground; leave '{name}' out", name, code="unsupported_parameter")
         if obj.get("generate") is False:
             raise APIError.invalid("warm-up requests ('generate': false) are not supported by this server",
                                    "generate", code="unsupported_parameter")
-        validated = await offload.parse_request(data, strict_tools=state.config.strict_tools)  # (big: off-loop)
+        validated = await offload.parse_request(data, strict_tools=state.config.strict_tools,
+                                                limits=state.config.input_limits)  # (big: off-loop)
         validated = await state.resolve(self.owner, validated)
         items = await self._conversation(validated)
         run = self.run = await state.create(self.owner, validated, streamed=True, conversation=items)
@@ -205,6 +203,7 @@ class _Connection:
         if previous is None:
             return list(validated.items)
         if self.latest is not None and self.latest.response_id == previous:
+            check_call_outputs(self.latest.items, validated.items)
             return [*self.latest.items, *validated.items]
         try:
             return await self.state.conversation(self.owner, validated)
