@@ -131,7 +131,7 @@ async def conversation_items(
         items.extend(await _read(sum(map(len, stored)) > offload.OFF_LOOP_BYTES, decode_input_items, stored,
                                  response_id))
         items.extend(item for item in map(item_from_output, response.output) if item is not None)
-    check_call_outputs(items, request.items)
+    check_call_outputs(items, request.items, request.referenced)
     items.extend(request.items)
     return items
 
@@ -148,10 +148,13 @@ async def _read(heavy: bool, decode: Callable[[A], T], data: A, response_id: str
             code="previous_response_unreadable") from None
 
 
-def check_call_outputs(history: Iterable[StoredItem], new: list[StoredItem]) -> None:
+def check_call_outputs(
+    history: Iterable[StoredItem], new: list[StoredItem], referenced: set[str] | frozenset[str] = frozenset()
+) -> None:
     """Refuse (400, naming the item) a ``function_call_output`` in ``new`` that answers no ``function_call`` of
     ``history`` or of ``new`` before it. After a compaction item, calls may have been folded into its summary, so
-    outputs that follow one are not checked."""
+    outputs that follow one are not checked; nor are items given by reference (``referenced`` ids: checked when
+    they were first sent)."""
     if not any(isinstance(item, FunctionCallOutputItem) for item in new):
         return
     calls: set[str] = set()
@@ -166,7 +169,8 @@ def check_call_outputs(history: Iterable[StoredItem], new: list[StoredItem]) -> 
             calls.add(item.call_id)
         elif isinstance(item, CompactionItem):
             compacted = True
-        elif isinstance(item, FunctionCallOutputItem) and item.call_id not in calls and not compacted:
+        elif isinstance(item, FunctionCallOutputItem) and item.call_id not in calls and not compacted \
+                and item.id not in referenced:
             raise APIError.invalid(
                 f"no tool call found for function call output with call_id {shown(item.call_id)}",
                 f"input[{i}].call_id", code="invalid_value")

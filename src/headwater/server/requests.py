@@ -236,6 +236,8 @@ class ValidatedRequest:
     # item_reference entries not resolved yet: (where in ``items`` the item goes, its input index, its id);
     # ``conversation.resolve_references`` puts the items there.
     references: list[tuple[int, int, str]] = field(default_factory=list)
+    # Ids of the items that came from references (already stored once, so not checked again as new input).
+    referenced: set[str] = field(default_factory=set)
 
     def tool_choice(self) -> str | dict[str, Any]:
         choice = self.body.tool_choice
@@ -628,15 +630,18 @@ def with_references(request: ValidatedRequest, resolved: list[StoredItem | None]
     """``request`` with its references replaced by the items found (``resolved``, one per reference, in order;
     None: an item with no meaning as input, left out). Ids stay unique per response, as for repeated items."""
     items = list(request.items)
+    inserted: set[int] = set()
     for (position, _, _), item in reversed(list(zip(request.references, resolved, strict=True))):
         if item is not None:
             items.insert(position, item)
+            inserted = {i + 1 if i >= position else i for i in inserted} | {position}
     seen: set[str] = set()
     for i, item in enumerate(items):
         if item.id in seen:
             items[i] = item = msgspec.structs.replace(item, id=new_id(_ID_PREFIX[type(item)]))
         seen.add(item.id or "")
-    return ValidatedRequest(body=request.body, items=items, tools=request.tools, dropped_tools=request.dropped_tools)
+    return ValidatedRequest(body=request.body, items=items, tools=request.tools, dropped_tools=request.dropped_tools,
+                            referenced={items[i].id or "" for i in inserted})
 
 
 _item_encoder = msgspec.json.Encoder()

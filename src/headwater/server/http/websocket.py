@@ -203,7 +203,7 @@ class _Connection:
         if previous is None:
             return list(validated.items)
         if self.latest is not None and self.latest.response_id == previous:
-            check_call_outputs(self.latest.items, validated.items)
+            check_call_outputs(self.latest.items, validated.items, validated.referenced)
             return [*self.latest.items, *validated.items]
         try:
             return await self.state.conversation(self.owner, validated)
