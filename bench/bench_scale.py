@@ -10,8 +10,8 @@ inter-event gap p99, aggregate events/s, peak memory (RSS) per server process, R
     python bench/bench_scale.py --streams 200 --only sqlite
     python bench/bench_scale.py --only kill           # two replicas, one killed mid-run: lost streams
 
-Set-ups: `sqlite` (one process, SQLite, in-process live log: the embedded default), `pg-redis` (two replicas
-sharing PostgreSQL and Redis), `kill` (the same, and one replica is killed with SIGKILL halfway: every stream
+Set-ups: `sqlite` (one process, SQLite, in-process live log: the embedded default), `pg-redis` (`--workers 2`:
+two worker processes on one port, each a replica, sharing PostgreSQL and Redis), `kill` (the same, and one replica is killed with SIGKILL halfway: every stream
 whose connection died is resumed on the other replica with starting_after; a stream is lost if it never gets
 its terminal event). Needs the PostgreSQL and Redis of tests/services.py for the last two.
 """
@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,15 @@ def _events(body: bytes) -> list[dict[str, Any]]:
 
 
 async def _one(targets: list[tuple[str, int]], n: int, out: dict[str, Any]) -> None:
-    host, port = targets[n % len(targets)]
     body = json.dumps({"input": f"stream {n}", "stream": True, "store": True}).encode()
-    events = _events(await _stream(host, port, "/v1/responses", body, out))
+    events: list[dict[str, Any]] = []
+    for attempt in range(len(targets)):  # a create that got no event (its replica died first) is sent again
+        host, port = targets[(n + attempt) % len(targets)]
+        events = _events(await _stream(host, port, "/v1/responses", body, out))
+        if events:
+            break
+        out["recreated"] = attempt + 1
+        out.pop("error", None)
     # A stream whose replica died is resumed on another one, after the last event it got.
     tries = 0
     while (not events or events[-1]["type"] not in ("response.completed", "response.failed")) and tries < 20:
@@ -142,6 +149,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _workers(pid: int) -> list[int]:
+    """The processes that serve: the worker children of a ``--workers`` parent, else the process itself."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    return children or [pid]
+
+
 def _redis_commands(prefix_url: str) -> int:
     import redis
 
@@ -164,13 +180,16 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> di
     script = workdir / f"script-{setup}.json"
     script.write_text(json.dumps([{"text": f"w{n} "} for n in range(steps)] + [{"finish": "stop"}]))
     common = ["--backend", "scripted", "--backend-option", f"script={script}", "--backend-option",
-              f"delay={delay}", "--keepalive", "5"]
+              f"delay={delay}", "--keepalive", "5", "--max-running", str(max(streams, 1))]
     schema = f"hw_bench_{os.getpid()}_{setup.replace('-', '_')}"
     prefix = f"hw_bench_{os.getpid()}_{setup}"
     if setup == "sqlite":
         servers = [ServeProcess(*common, "--store", f"sqlite://{workdir / 'bench.sqlite3'}",
                                 log_path=str(workdir / f"{setup}.log"))]
-    else:
+    elif setup == "pg-redis":  # one port, two worker processes (each a replica)
+        servers = [ServeProcess(*common, "--store", f"{POSTGRES}?schema={schema}", "--events",
+                                f"{REDIS}?prefix={prefix}", "--workers", "2", log_path=str(workdir / f"{setup}.log"))]
+    else:  # two replicas on two ports; one is killed halfway
         store = f"{POSTGRES}?schema={schema}"
         events = f"{REDIS}?prefix={prefix}"
         servers = [ServeProcess(*common, "--store", store, "--events", events, "--lease", "3",
@@ -186,7 +205,8 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> di
             servers[0].kill()
         results = pending.get(timeout=600)
     commands = (_redis_commands(REDIS) - commands_before) if setup != "sqlite" else 0
-    memory = [round(_rss_mb(s.process.pid), 1) for s in servers if s.process and s.process.poll() is None]
+    memory = [round(_rss_mb(pid), 1) for s in servers if s.process and s.process.poll() is None
+              for pid in _workers(s.process.pid)]
     for server in servers:
         server.stop()
     if setup != "sqlite":
@@ -200,8 +220,10 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> di
         "setup": setup,
         "streams": streams,
         "errors": len(results) - len(ok),
+        "error_kinds": dict(Counter(str(r.get("error")) for r in results if r.get("error"))),
         "lost": sum(1 for r in results if r.get("terminal") not in ("response.completed", "response.failed")),
         "resumed": sum(1 for r in results if r.get("resumed")),
+        "recreated": sum(1 for r in results if r.get("recreated")),
         "ttfe_p50_ms": round(_pct([r["first"] for r in results if "first" in r], 0.5) * 1000, 1),
         "ttfe_p99_ms": round(_pct([r["first"] for r in results if "first" in r], 0.99) * 1000, 1),
         "gap_p99_ms": round(_pct(gaps, 0.99) * 1000, 1),

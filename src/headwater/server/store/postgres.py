@@ -115,6 +115,8 @@ class _Append:
     data: bytes | None
     token: int | None
     future: asyncio.Future[None] = field(repr=False)
+    # A create instead of an append: the new response and its input items (they share the group commit).
+    new: tuple[StoredResponse, Sequence[StoredItem]] | None = None
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -152,7 +154,7 @@ class PostgresStore(Store):
         *,
         replica: str | None = None,
         min_connections: int = 2,
-        max_connections: int = 10,
+        max_connections: int = 20,
         timeout: float = 5.0,
     ) -> None:
         self.url = url
@@ -270,25 +272,8 @@ class PostgresStore(Store):
     # --- writes -----------------------------------------------------------------------------------------
 
     async def create(self, response: StoredResponse, items: Sequence[StoredItem]) -> None:
-        async def create(conn: asyncpg.Connection) -> None:
-            async with conn.transaction():
-                await conn.execute(
-                    "INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, 1)",
-                    response.id, response.owner, response.status, response.created_at, response.data,
-                    self.replica if response.status in UNFINISHED_STATUSES else None,
-                )
-                if items:
-                    await conn.execute(
-                        "INSERT INTO input_items (response_id, position, item_id, data) "
-                        "SELECT $1, * FROM unnest($2::int[], $3::text[], $4::bytea[])",
-                        response.id, list(range(len(items))), [i.id for i in items], [i.data for i in items],
-                    )
-
-        try:
-            await self._run("create", create)
-        except asyncpg.exceptions.UniqueViolationError:
-            raise KeyError(f"response {response.id} already exists") from None
+        """Queued for the writer like an append: creates and appends of many requests share a commit."""
+        await self._queued(_Append(response.id, [], None, None, None, self._future(), (response, list(items))))
         if response.status in UNFINISHED_STATUSES:
             self._tokens[response.id] = 1
 
@@ -300,14 +285,21 @@ class PostgresStore(Store):
         status: str | None = None,
         data: bytes | None = None,
     ) -> None:
-        if self._writer is None or self._closing:
-            raise RuntimeError("the PostgreSQL store is not open")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(response_id, list(entries), status, data, self._tokens.get(response_id), future))
-        self._wake.set()
-        await future
+        await self._queued(
+            _Append(response_id, list(entries), status, data, self._tokens.get(response_id), self._future())
+        )
         if status is not None and status not in UNFINISHED_STATUSES:
             self._tokens.pop(response_id, None)
+
+    def _future(self) -> asyncio.Future[None]:
+        if self._writer is None or self._closing:
+            raise RuntimeError("the PostgreSQL store is not open")
+        return asyncio.get_running_loop().create_future()
+
+    async def _queued(self, job: _Append) -> None:
+        self._queue.append(job)
+        self._wake.set()
+        await job.future
 
     async def _write_loop(self) -> None:
         while True:
@@ -361,7 +353,29 @@ class PostgresStore(Store):
     async def _apply(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
         """The statements of one group commit: check each response (exists, still ours), update the resources
         that change, insert every event. A job that cannot land raises ``_Problem`` (rolls the batch back)."""
-        jobs = _merged(jobs)
+        created = [job.new for job in jobs if job.new is not None]
+        if created:
+            try:
+                await conn.execute(
+                    "INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
+                    "SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], "
+                    "$6::text[])",
+                    [r.id for r, _ in created], [r.owner for r, _ in created], [r.status for r, _ in created],
+                    [r.created_at for r, _ in created], [r.data for r, _ in created],
+                    [self.replica if r.status in UNFINISHED_STATUSES else None for r, _ in created],
+                )
+            except asyncpg.exceptions.UniqueViolationError:
+                raise _Problem(KeyError("a response with this id already exists")) from None
+            items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
+            if items:
+                await conn.execute(
+                    "INSERT INTO input_items (response_id, position, item_id, data) "
+                    "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])",
+                    [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items],
+                )
+        jobs = _merged([job for job in jobs if job.new is None])
+        if not jobs:
+            return {}
         ids = [job.response_id for job in jobs]
         tokens = [job.token for job in jobs]
         rows = await conn.fetch(
