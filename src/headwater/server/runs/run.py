@@ -47,7 +47,7 @@ from ..live.memory import MemoryLiveLog
 from ..store import Entry, Fenced, Store, StoreUnavailable
 from .steps import StepWriter
 
-__all__ = ["Run"]
+__all__ = ["INTERRUPTIBLE", "TRANSITIONS", "Run", "State"]
 
 log = logging.getLogger("headwater.server")
 
@@ -59,6 +59,31 @@ LIVE_LINGER_SECONDS = 30.0
 class _Stop(enum.Enum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
+
+
+class State(enum.Enum):
+    """Where a run is. ``QUEUED`` and ``WAITING`` are the waits a stop interrupts at once; in any other state a
+    stop is seen before the run waits again, so a store write is never interrupted halfway."""
+
+    STARTING = "starting"  # opening its live log, writing response.created
+    QUEUED = "queued"  # waiting for an admission slot
+    WAITING = "waiting"  # waiting for the backend's next step
+    WRITING = "writing"  # turning a step into events and logging them
+    ENDING = "ending"  # writing its terminal events
+    FINISHED = "finished"  # its terminal event is logged and published (or it failed trying)
+
+
+# The run's lifecycle: each state and the states it may go to next (FINISHED is reachable from anywhere: an
+# unexpected error ends any run). ``Run._enter`` refuses any other move.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset({State.QUEUED, State.WAITING, State.WRITING, State.ENDING}),
+    State.QUEUED: frozenset({State.WRITING, State.ENDING}),
+    State.WAITING: frozenset({State.WRITING, State.ENDING}),
+    State.WRITING: frozenset({State.WAITING, State.ENDING}),
+    State.ENDING: frozenset(),
+    State.FINISHED: frozenset(),
+}
+INTERRUPTIBLE = frozenset({State.QUEUED, State.WAITING})
 
 
 class Run:
@@ -93,7 +118,7 @@ class Run:
         # The resource as it was created, before any event (what a background request is answered with).
         self.template: Response = writer.response
         self.live: LiveLog = live if live is not None else MemoryLiveLog()
-        self.finished = False
+        self.state = State.STARTING
         self.backend_error: BackendError | None = None
         self.steps = 0  # backend steps received
         self.events = 0  # events made (for /metrics)
@@ -117,7 +142,6 @@ class Run:
         self._on_finish = on_finish
         self._first_step = asyncio.Event()
         self._stop: _Stop | None = None
-        self._in_backend = False
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()  # the live log exists: followers may read it
         self._ended = False  # the terminal entry is in the live log
@@ -172,7 +196,7 @@ class Run:
         self._stop = stop
         # Interrupt a wait for the next token at once. Anywhere else the loop sees ``_stop`` before it waits
         # again, so a store write is never interrupted halfway.
-        if self._in_backend and self._task is not None:
+        if self.state in INTERRUPTIBLE and self._task is not None:
             self._task.cancel()
 
     async def wait(self) -> None:
@@ -249,8 +273,10 @@ class Run:
                 )
                 self.backend_error = exc
                 if not self.writer.finished:
+                    self._enter(State.ENDING)
                     await self._emit(self.writer.fail(exc.code, exc.message, exc.param, usage=self._usage))
             if not self.writer.finished:
+                self._enter(State.ENDING)
                 await self._emit(self._stop_events())
         except Exception as exc:
             log.error("response %s: generation failed", self.id, exc_info=exc)
@@ -263,7 +289,7 @@ class Run:
         finally:
             if self._ticket is not None:
                 self._ticket.release()  # the next queued run may start
-            self.finished = True
+            self._enter(State.FINISHED)
             self._opened.set()  # (a follower of a run that could not even open its log finds none, and ends)
             self._first_step.set()
             if not self._ended:
@@ -276,7 +302,7 @@ class Run:
 
     async def _wait_turn(self, ticket: Ticket) -> None:
         """Until ``ticket`` is granted, or the run is stopped (cancelled, shut down) while it waits."""
-        self._in_backend = True  # (a stop interrupts this wait as it does a wait for the next token)
+        self._enter(State.QUEUED)  # (a stop interrupts this wait as it does a wait for the next token)
         try:
             await ticket.wait()
         except asyncio.CancelledError:
@@ -285,7 +311,7 @@ class Run:
                 raise
             task.uncancel()
         finally:
-            self._in_backend = False
+            self._enter(State.WRITING)
 
     async def _generate(self) -> None:
         relay = self._relay
@@ -296,7 +322,7 @@ class Run:
         )
         try:
             while self._stop is None:
-                self._in_backend = True
+                self._enter(State.WAITING)
                 try:
                     step = await anext(steps)
                 except StopAsyncIteration:
@@ -308,18 +334,32 @@ class Run:
                     task.uncancel()  # our own cancel(): the run goes on to write its terminal event
                     break
                 finally:
-                    self._in_backend = False
+                    self._enter(State.WRITING)
                 self.steps += 1
                 self._first_step.set()
                 events = relay.feed(step) if relay is not None else self._steps_writer().feed(step)
                 if events:
                     await self._emit(events)
             if self._stop is None:
+                self._enter(State.ENDING)
                 await self._emit(relay.close() if relay is not None else self._steps_writer().close())
         finally:
             aclose = getattr(steps, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    @property
+    def finished(self) -> bool:
+        """The terminal event is logged and published (or the run failed trying): nothing more will come."""
+        return self.state is State.FINISHED
+
+    def _enter(self, state: State) -> None:
+        """Move to ``state`` along ``TRANSITIONS`` (staying put is no move)."""
+        if state is self.state:
+            return
+        if state is not State.FINISHED and state not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"run {self.id}: no move from {self.state.value} to {state.value}")
+        self.state = state
 
     @property
     def _usage(self) -> Usage | None:
