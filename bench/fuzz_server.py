@@ -14,21 +14,18 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headwater.server.fuzz import MODEL, Fuzzer, bodies, mutate, openapi_cases, queries, ws_messages
+from headwater.server.testing import ServeProcess
 
 # Generated examples per kind at --scale 1. Each generated body (create, compact) is also sent as MUTATIONS
 # cheap variants (``fuzz.mutate``): hypothesis' generation costs far more than a request. About 100,000 requests.
@@ -47,33 +44,12 @@ SCRIPT = [{"text": "Hel"}, {"text": "lo"}, {"tool_call": {"call_id": "call_1", "
           {"usage": {"input_tokens": 3, "output_tokens": 2}}, {"finish": "stop"}]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(workdir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(workdir: Path, log: Path) -> ServeProcess:
     script = workdir / "script.json"
     script.write_text(json.dumps(SCRIPT))
-    port = free_port()
-    command = [sys.executable, "-m", "headwater", "serve", "--backend", "scripted",
-               "--backend-option", f"script={script}", "--backend-option", f'models=["{MODEL}"]',
-               "--store", "sqlite", "--data-dir", str(workdir / "data"), "--port", str(port),
-               "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}; see {log}")
-        time.sleep(0.2)
-    raise SystemExit("the server did not start in 60 s")
+    return ServeProcess("--backend", "scripted", "--backend-option", f"script={script}",
+                        "--backend-option", f'models=["{MODEL}"]', "--store", "sqlite",
+                        "--data-dir", str(workdir / "data"), log_path=str(log)).start()
 
 
 def run_kind(name: str, count: int, strategy: st.SearchStrategy[Any], send: Callable[[Any], None],
@@ -108,8 +84,8 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="headwater-fuzz-"))
     log = workdir / "server.log"
-    process, url = start_server(workdir, log)
-    fuzzer = Fuzzer(url, strict=False)
+    server = start_server(workdir, log)
+    fuzzer = Fuzzer(server.url, strict=False)
     rng = random.Random(args.seed)
     started = time.monotonic()
     try:
@@ -127,12 +103,8 @@ def main() -> int:
         healthy = fuzzer.healthy()
     finally:
         fuzzer.close()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    text = log.read_text(errors="replace")
+        server.stop(30)
+    text = server.stdout + server.stderr
     tracebacks = text.count("Traceback (most recent call last)")
     error_lines = [line for line in text.splitlines() if " ERROR " in line or line.startswith("ERROR")]
     counts = dict(sorted(fuzzer.counts.items()))
@@ -140,7 +112,7 @@ def main() -> int:
                       "error_codes": dict(fuzzer.codes.most_common()),
                       "problems": len(fuzzer.problems), "server_still_answered": healthy,
                       "tracebacks_in_server_log": tracebacks, "error_lines_in_server_log": len(error_lines),
-                      "server_exit_code": process.returncode}, indent=2))
+                      "server_exit_code": server.process.returncode if server.process else None}, indent=2))
     for problem in fuzzer.problems[:20]:
         print("problem:", problem)
     for line in error_lines[:20]:

@@ -7,11 +7,9 @@ wrong type, tool types echoed into a header, query strings, empty requests, tool
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from headwater.server.backends.scripted import ScriptedBackend
 from headwater.server.config import ServerConfig
 from headwater.server.input_limits import InputLimits
 from headwater.server.store import MemoryStore
+from headwater.server.testing import ServeProcess
 
 MODEL = "scripted-1"
 HELLO: list[Step] = [TextDelta("Hello"), UsageStep(3, 1), Finish("stop")]
@@ -439,33 +438,15 @@ def test_a_large_real_client_request_fits_the_default_limits(start: Callable[...
 # --- configuring the limits ---------------------------------------------------------------------------------
 
 
-def test_serve_limit_options_change_the_limits(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [sys.executable, "-m", "headwater", "serve", "--port", str(port), "--backend", "scripted",
-            "--backend-option", f"script={json.dumps([{'text': 'hi'}, {'finish': 'stop'}])}",
-            "--store", "memory", "--limit", "instructions_chars=10", "--limit", "input_items=2",
-            "--log-level", "warning"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
-            assert error_of(client.post("/v1/responses", json={"input": "hi", "instructions": "x" * 11}))[
-                "param"] == "instructions"
-            assert error_of(client.post("/v1/responses", json={"input": ["a", "b", "c"]}))["param"] == "input"
-            assert client.post("/v1/responses", json={"input": "hi", "instructions": "x" * 10}).status_code == 200
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+def test_serve_limit_options_change_the_limits() -> None:
+    script = json.dumps([{"text": "hi"}, {"finish": "stop"}])
+    with ServeProcess("--backend", "scripted", "--backend-option", f"script={script}", "--store", "memory",
+                      "--limit", "instructions_chars=10", "--limit", "input_items=2") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        assert error_of(client.post("/v1/responses", json={"input": "hi", "instructions": "x" * 11}))[
+            "param"] == "instructions"
+        assert error_of(client.post("/v1/responses", json={"input": ["a", "b", "c"]}))["param"] == "input"
+        assert client.post("/v1/responses", json={"input": "hi", "instructions": "x" * 10}).status_code == 200
     refused = subprocess.run([sys.executable, "-m", "headwater", "serve", "--limit", "depth=3"],
                              capture_output=True, timeout=60)
     assert refused.returncode == 2 and b"nesting_depth" in refused.stderr
