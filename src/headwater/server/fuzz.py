@@ -299,7 +299,7 @@ def error_problem(obj: Any, status: int) -> str | None:
         return f"{status}: the error's message or code is not a string"
     if not (error["param"] is None or isinstance(error["param"], str)):
         return f"{status}: the error's param is neither a string nor null"
-    if "Traceback" in error["message"]:
+    if "Traceback (most recent call last)" in error["message"]:  # (a client's own word may be echoed)
         return f"{status}: a traceback in the message"
     return None
 
