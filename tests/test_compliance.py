@@ -365,13 +365,6 @@ def test_the_port_covers_the_suite_but_tools_and_images() -> None:
 
 # Checks expected to fail for now (none: an orphan function_call_output is a 400 that evicts the WebSocket's
 # cached response).
-PENDING: set[str] = set()
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(name, marks=pytest.mark.xfail(reason="an orphan function_call_output is answered, not refused"))
-     if name in PENDING else name for name in CHECKS],
-)
+@pytest.mark.parametrize("name", CHECKS)
 def test_compliance(results: dict[str, list[str]], name: str) -> None:
     assert results[name] == []

@@ -77,9 +77,13 @@ async def test_followers_of_one_process_share_one_reader_connection(
         return [e async for batch in other.follow(rid, keepalive=30) for e in batch]
 
     followers = [asyncio.create_task(follow(f"r{n % 3}")) for n in range(9)]
-    await asyncio.sleep(0.2)
     client = aioredis.Redis.from_url(redis_url.partition("?")[0])
     try:
+        # Wait (a guard, not a timing claim) until all nine followers have started reading.
+        for _ in range(200):
+            if other.readers == 3:
+                break
+            await asyncio.sleep(0.05)
         clients = await client.client_list()
         readers = [c for c in clients if c.get("name") == f"{other.prefix}:reader"]
         assert len(readers) == 1

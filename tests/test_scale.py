@@ -164,4 +164,10 @@ def test_two_workers_on_one_port_are_two_replicas(replicas: Replicas, postgres_u
         finally:
             await conn.close()
 
-    assert asyncio.run(count()) == 2
+    seen = 0
+    for _ in range(150):  # each worker registers its replica row when it starts: wait for both (a guard)
+        seen = asyncio.run(count())
+        if seen == 2:
+            break
+        time.sleep(0.1)
+    assert seen == 2
