@@ -6,8 +6,7 @@ Every live log implements ``LiveLog`` from ``base``; ``tests/test_live.py`` hold
 
 from __future__ import annotations
 
-import importlib
-
+from ..schemes import class_for_url
 from .base import Entry, LiveLog, LiveRead
 
 __all__ = ["LIVE_SCHEMES", "Entry", "LiveLog", "LiveRead", "create_live_log"]
@@ -22,15 +21,6 @@ LIVE_SCHEMES: dict[str, tuple[str, str]] = {
 
 def create_live_log(url: str) -> LiveLog:
     """The live log a URL names: ``memory://`` or ``redis://host:port/db``."""
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme not in LIVE_SCHEMES:
-        known = ", ".join(f"{s}://" for s in LIVE_SCHEMES)
-        raise ValueError(f"unknown live log URL {url!r}: it must start with one of {known}")
-    module_name, class_name = LIVE_SCHEMES[scheme]
-    try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
-    except ImportError as exc:
-        raise ValueError(f"the {scheme}:// live log is not available: {exc}") from None
-    cls = getattr(module, class_name)
+    scheme, cls = class_for_url(url, __name__, LIVE_SCHEMES, "live log")
     live: LiveLog = cls() if scheme == "memory" else cls(url)
     return live

@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..schemes import class_for_url
 from .base import Entry, Fenced, FoundItem, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -45,16 +46,8 @@ _LAZY = {"MemoryStore": "memory", "SQLiteStore": "sqlite"}
 def create_store(url: str) -> Store:
     """The store a URL names. ``sqlite:///abs/path.sqlite3`` (three slashes and an absolute path) or
     ``sqlite://relative/path``; ``memory://``; ``postgresql://user:password@host:port/db``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in STORE_SCHEMES:
-        known = ", ".join(f"{s}://" for s in STORE_SCHEMES)
-        raise ValueError(f"unknown store URL {url!r}: it must start with one of {known}")
-    module_name, class_name = STORE_SCHEMES[scheme]
-    try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
-    except ImportError as exc:
-        raise ValueError(f"the {scheme}:// store is not available: {exc}") from None
-    cls = getattr(module, class_name)
+    scheme, cls = class_for_url(url, __name__, STORE_SCHEMES, "store")
+    rest = url.partition("://")[2]
     if scheme == "memory":
         store: Store = cls()
     elif scheme == "sqlite":

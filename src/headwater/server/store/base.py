@@ -77,6 +77,13 @@ class ItemPage:
     items: list[StoredItem]
     has_more: bool
 
+    @classmethod
+    def cut(cls, items: list[StoredItem], limit: int | None) -> ItemPage:
+        """The first ``limit`` of ``items`` (fetched as ``limit + 1``, so that one more says there are more)."""
+        if limit is None or len(items) <= limit:
+            return cls(items, False)
+        return cls(items[:limit], True)
+
 
 def output_item(data: bytes, item_id: str) -> bytes | None:
     """The JSON of the output item ``item_id`` in a stored resource ``data``, or None (for stores that keep the

@@ -85,9 +85,7 @@ class MemoryStore(Store):
         if after is not None:
             position = next((i for i, item in enumerate(items) if item.id == after), None)
             items = [] if position is None else items[position + 1 :]
-        if limit is None:
-            return ItemPage(items, False)
-        return ItemPage(items[:limit], len(items) > limit)
+        return ItemPage.cut(items, limit)
 
     async def find_item(self, item_id: str, owner: str | None) -> FoundItem | None:
         mine = [r for r in self._responses.values() if r.owner == owner]

@@ -457,9 +457,7 @@ class PostgresStore(Store):
                 sql += f" LIMIT ${len(params) + 1}"
                 params.append(limit + 1)
             items = [StoredItem(row[0], bytes(row[1])) for row in await conn.fetch(sql, *params)]
-            if limit is not None and len(items) > limit:
-                return ItemPage(items[:limit], True)
-            return ItemPage(items, False)
+            return ItemPage.cut(items, limit)
 
         return await self._run("input_items", page)
 

@@ -300,9 +300,7 @@ class SQLiteStore(Store):
                 sql += " LIMIT ?"
                 params.append(limit + 1)
             items = [StoredItem(row[0], bytes(row[1])) for row in conn.execute(sql, params)]
-            if limit is not None and len(items) > limit:
-                return ItemPage(items[:limit], True)
-            return ItemPage(items, False)
+            return ItemPage.cut(items, limit)
 
         return await self._read(page)
 
