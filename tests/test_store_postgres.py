@@ -129,3 +129,30 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await store.open()
     await store.close()
+
+
+async def test_a_dead_replicas_row_goes_once_its_responses_are_taken_over_and_a_closed_ones_at_once(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    await store.create(record("r1"), [])
+    async with store._connection() as conn:  # the first replica stopped renewing an hour ago
+        await conn.execute("UPDATE replicas SET heartbeat = now() - interval '1 hour' WHERE id = 'first'")
+    other = PostgresStore(postgres_url, replica="second")
+    await other.open()
+    try:
+        assert await other.forget_dead_replicas(60) == []  # it still holds r1's lease
+        assert await replica_rows(store) == {"first", "second"}
+        assert [t.record.id for t in await other.take_over_expired(lease_seconds=60)] == ["r1"]
+        assert await other.forget_dead_replicas(7200) == []  # not dead for that long
+        assert await other.forget_dead_replicas(60) == ["first"]
+        assert await replica_rows(store) == {"second"}
+        await store.heartbeat()  # the first comes back after all: registered again
+        assert await replica_rows(store) == {"first", "second"}
+    finally:
+        await other.close()
+    assert await replica_rows(store) == {"first"}  # a clean close removes its own row
+
+
+async def replica_rows(store: PostgresStore) -> set[str]:
+    async with store._connection() as conn:
+        return {row["id"] for row in await conn.fetch("SELECT id FROM replicas")}

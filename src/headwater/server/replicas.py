@@ -5,6 +5,8 @@
 - Takeover: every ``renew`` seconds it takes the unfinished responses of replicas that have not renewed for
   ``lease`` seconds and ends each with ``error`` + ``response.failed`` (store and live log), so their
   followers on every replica get the terminal events; the dead owner, if it comes back, is fenced.
+- Forgetting the dead: the row of a replica that has not renewed for ``2 * lease`` seconds and holds no
+  unfinished response any more is removed (its own row goes at a clean shutdown, ``PostgresStore.close``).
 - Followers of another replica's run: the stored log, then the live log, then the store again (the truth)
   whenever the live log is gone, has a gap, or says nothing; bounded waits, so a dead owner never hangs them.
 - Cancel: a run owned elsewhere is cancelled by a signal its owner listens to (Redis pub/sub), and by a flag
@@ -124,6 +126,9 @@ class Replica:
         self.live = live
         self.renew = renew
         self.lease = lease
+        # A dead replica's row is removed once its lease has been expired for as long again (and it holds
+        # no unfinished response: all were taken over), by whichever replica scans first.
+        self.forget_after = 2 * lease
         self.takeovers = 0  # responses this replica took over from dead ones
         self._running = running
         self._cancel = cancel
@@ -179,6 +184,9 @@ class Replica:
                     await self._end(takeover.record)
                     self.takeovers += 1
                 await self._close_own_orphans(store)
+                for gone in await store.forget_dead_replicas(self.forget_after):
+                    log.info("replica %s: dead for %gs with nothing left to take over; its row is removed",
+                             gone, self.forget_after)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

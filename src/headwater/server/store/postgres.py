@@ -171,6 +171,7 @@ class PostgresStore(Store):
         # The lease token of every response this process owns (created here or taken over): its appends are
         # fenced with it. Removed when the response reaches a terminal status.
         self._tokens: dict[str, int] = {}
+        self._registered = False  # this replica's row was written once (a later insert: it was removed)
         self.latency: Callable[[str, float], None] | None = None  # metrics hook: (operation, seconds)
         self.errors = 0  # times PostgreSQL could not be reached (for /metrics)
 
@@ -510,13 +511,34 @@ class PostgresStore(Store):
     async def heartbeat(self) -> None:
         """Renew this replica's lease: every unfinished response it owns stays its own for the lease time."""
 
-        async def beat(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat = now()",
+        async def beat(conn: asyncpg.Connection) -> bool:
+            inserted: bool = await conn.fetchval(
+                "INSERT INTO replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat = now() "
+                "RETURNING xmax = 0",
                 self.replica,
             )
+            return inserted
 
-        await self._run("heartbeat", beat)
+        inserted = await self._run("heartbeat", beat)
+        if inserted and self._registered:
+            log.warning("replica %s: its row was gone (it was taken for dead: its unfinished responses were taken "
+                        "over); registered again", self.replica)
+        self._registered = True
+
+    async def forget_dead_replicas(self, after_seconds: float) -> list[str]:
+        """Remove the rows of replicas that have not renewed their lease for ``after_seconds`` and hold the
+        lease of no unfinished response any more (all taken over): nothing refers to them now. Their ids."""
+
+        async def forget(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                "DELETE FROM replicas p WHERE p.heartbeat < now() - make_interval(secs => $1) AND p.id <> $2 "
+                "AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.lease_replica = p.id "
+                "AND r.status = ANY($3::text[])) RETURNING p.id",
+                after_seconds, self.replica, list(UNFINISHED_STATUSES),
+            )
+            return [row["id"] for row in rows]
+
+        return await self._run("forget_replicas", forget)
 
     async def take_over_expired(self, lease_seconds: float, limit: int = 100) -> list[Takeover]:
         """Take every unfinished response whose owner has not renewed its lease for ``lease_seconds`` (or has no
