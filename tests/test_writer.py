@@ -683,3 +683,60 @@ def test_item_done_payload_is_what_was_built() -> None:
         t.delta(piece)
     (done,) = [e for e in m.done() if isinstance(e, ResponseOutputItemDone)]
     assert done.item.content[0].text == "abc"
+
+
+# --- resume: a writer that goes on after a stream's beginning ---------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), reasoning_events=st.sampled_from(["spec", "seed"]))
+def test_a_stream_cut_anywhere_and_resumed_ends_conformant(data: st.DataObject, reasoning_events: str) -> None:
+    _, events = run_program(data, reasoning_events)
+    cut = data.draw(st.integers(1, len(events) - 1), label="cut")  # anywhere before the terminal event
+    logged = [decode_event(encode_event(e)) for e in events[:cut]]  # as a store gives them back
+    w = ResponseWriter.resume(logged)
+    assert w.sequence_number == cut
+    ending = data.draw(st.sampled_from(["complete", "fail", "cancelled"]), label="resumed ending")
+    if any(e.type == "error" for e in logged):  # cut between error and response.failed: it can only fail
+        with pytest.raises(WriterError, match="only fail"):
+            w.complete()
+        ending = "fail"
+    rest = w.fail("server_lost", "gone") if ending == "fail" else w.complete() if ending == "complete" else w.cancelled()
+    stream = logged + rest
+    assert check(stream) == []
+    assert [e.sequence_number for e in stream] == list(range(len(stream)))
+    assert accumulate(stream).response == w.response == rest[-1].response
+    assert w.response.id == events[0].response.id
+    if ending == "fail":
+        assert [e.type for e in stream].count("error") == 1
+        assert w.response.status == "failed" and w.response.error.code == "server_lost"
+
+
+def test_resume_refuses_what_is_not_an_unfinished_beginning() -> None:
+    w, events = started()
+    m = w.message()
+    events += m.events + m.text().events + w.complete()
+    with pytest.raises(WriterError, match="finished"):
+        ResponseWriter.resume(events)
+    with pytest.raises(WriterError, match="begins with"):
+        ResponseWriter.resume(events[1:3])
+    with pytest.raises(WriterError, match="numbered"):
+        ResponseWriter.resume([events[0], events[2]])
+    with pytest.raises(WriterError, match="begins"):
+        ResponseWriter.resume([])
+
+
+def test_a_resumed_writer_closes_what_was_open_as_the_first_writer_would() -> None:
+    w, events = started()
+    m = w.message()
+    t = m.text()
+    events += m.events + t.events + t.delta("half ")
+    rest = ResponseWriter.resume(events).fail("server_lost", "gone")
+    assert [e.type for e in rest] == [
+        "response.output_text.done", "response.content_part.done", "response.output_item.done", "error",
+        "response.failed",
+    ]
+    assert rest[0].sequence_number == len(events)
+    assert rest[-1].response.output[0].content[0].text == "half "
+    assert rest[-1].response.output[0].status == "incomplete"
+    assert check(events + rest) == []

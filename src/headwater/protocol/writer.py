@@ -152,8 +152,78 @@ class ResponseWriter:
         self._started = False
         self._begun = False  # response.in_progress emitted
         self._finished = False
+        self._errored = False  # an error event was emitted (a resumed stream that was failing): fail() ends it
         self._open: dict[int, ItemWriter] = {}
         self._next_index = 0
+
+    @classmethod
+    def resume(
+        cls,
+        events: Iterable[Event],
+        *,
+        reasoning_events: Literal["spec", "seed"] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> ResponseWriter:
+        """A writer that goes on after ``events``: the beginning of a stream some writer made and could not
+        finish (it died with its process). Its next event is numbered after the last one, its open items and
+        parts are open again (``fail``, ``complete``, ... close them as a writer would), and what it writes
+        makes, with ``events``, one conformant stream. ``reasoning_events``: as the stream named them when it
+        says (by default: seed names if any reasoning-text event has one). Raises ``WriterError`` for what is
+        not the unfinished beginning of a stream (numbered from 0 without gaps, ``response.created`` first,
+        no terminal event, nothing the accumulator finds wrong)."""
+        logged = list(events)
+        if not logged or not isinstance(logged[0], ResponseCreated):
+            raise WriterError("a stream to resume begins with response.created")
+        if reasoning_events is None:
+            seed = any(isinstance(e, (ResponseReasoningTextDelta, ResponseReasoningTextDone)) for e in logged)
+            reasoning_events = "seed" if seed else "spec"
+        writer = cls(logged[0].response, reasoning_events=reasoning_events, clock=clock)
+        writer._started = True
+        for n, event in enumerate(logged):
+            if event.sequence_number != n:
+                raise WriterError(f"event {n} of the stream to resume is numbered {event.sequence_number}")
+            if isinstance(event, (ResponseCompleted, ResponseIncomplete, ResponseFailed)):
+                raise WriterError(f"the stream to resume is finished ({event.type} at {n})")
+            writer._acc.feed(event)
+            writer._replay(event)
+        if writer._acc.problems:
+            problem = writer._acc.problems[0]
+            raise WriterError(f"the stream to resume is not conformant: {problem.code}: {problem.message}")
+        writer._seq = len(logged)
+        return writer
+
+    def _replay(self, event: Event) -> None:
+        """Bring the writer's own state (open items and parts, what each has closed) up to ``event``."""
+        if isinstance(event, ResponseInProgress):
+            self._begun = True
+        elif isinstance(event, ErrorEvent):
+            self._errored = True
+        elif isinstance(event, ResponseOutputItemAdded):
+            index = event.output_index
+            self._next_index = max(self._next_index, index + 1)
+            kind = _RESUMED_ITEMS.get(type(event.item), ItemWriter)
+            self._open[index] = kind._resumed(self, index, event.item)
+        elif isinstance(event, ResponseOutputItemDone):
+            item = self._open.pop(event.output_index, None)
+            if item is not None:
+                item.closed = True
+        elif isinstance(event, (ResponseContentPartAdded, ResponseReasoningSummaryPartAdded)):
+            item = self._open.get(event.output_index)
+            if item is not None:
+                item._resume_part(event)
+        elif isinstance(event, (FunctionCallArgumentsDone, CustomToolCallInputDone)):
+            item = self._open.get(event.output_index)
+            if item is not None:
+                item._input_done = True
+        elif isinstance(event, _PART_TEXT_DONE + _PART_DONE):
+            item = self._open.get(event.output_index)
+            where = "summary" if isinstance(event, _SUMMARY_EVENTS) else "content"
+            part = item._parts.get(where) if item is not None else None
+            if part is not None:
+                if isinstance(event, _PART_DONE):
+                    part.closed = True
+                else:
+                    part._text_closed = True
 
     # --- state ----------------------------------------------------------------------------------------------
 
@@ -211,6 +281,7 @@ class ResponseWriter:
     def complete(self, usage: Usage | None = None) -> list[Event]:
         """Close whatever is open (as completed), then ``response.completed``."""
         self._check_open()
+        self._check_not_failing()
         out = self._close_all("completed")
         final = replace(
             self._acc.response,
@@ -226,6 +297,7 @@ class ResponseWriter:
     def incomplete(self, reason: str, usage: Usage | None = None) -> list[Event]:
         """Close whatever is open (as incomplete), then ``response.incomplete`` with ``reason``."""
         self._check_open()
+        self._check_not_failing()
         out = self._close_all("incomplete")
         final = replace(
             self._acc.response,
@@ -243,6 +315,7 @@ class ResponseWriter:
         ``status: "cancelled"`` with no ``incomplete_details``: the spec has no cancelled event, and OpenAI's
         types allow only ``max_output_tokens`` / ``content_filter`` as an incomplete reason."""
         self._check_open()
+        self._check_not_failing()
         out = self._close_all("incomplete")
         final = replace(
             self._acc.response,
@@ -272,8 +345,10 @@ class ResponseWriter:
         """
         self._check_open()
         out = self._close_all("incomplete")
-        payload = ErrorPayload(type=error_type, code=code, message=message, param=param)
-        self._emit(out, ErrorEvent, code=code, message=message, param=param, error=payload)
+        if not self._errored:
+            payload = ErrorPayload(type=error_type, code=code, message=message, param=param)
+            self._emit(out, ErrorEvent, code=code, message=message, param=param, error=payload)
+            self._errored = True
         final = replace(
             self._acc.response,
             status="failed",
@@ -348,6 +423,10 @@ class ResponseWriter:
         if self._finished:
             raise WriterError("the response is finished: nothing can be written after its terminal event")
 
+    def _check_not_failing(self) -> None:
+        if self._errored:
+            raise WriterError("an error event was emitted: the response can only fail() now")
+
     def _emit(self, out: list[Event], cls: Any, **fields: Any) -> Any:
         event = cls(sequence_number=self._seq, **fields)
         self._seq += 1
@@ -399,8 +478,38 @@ class ItemWriter:
         self.closed = False
         self._parts: dict[str, PartWriter | None] = {}
         self.events: list[Event] = []
+        self._input_done = False  # (calls) their arguments' or input's done event was emitted
         writer._emit(self.events, ResponseOutputItemAdded, output_index=self.output_index, item=item)
         writer._open[self.output_index] = self
+
+    @classmethod
+    def _resumed(cls, writer: ResponseWriter, output_index: int, item: Any) -> ItemWriter:
+        """The writer of an item that a resumed stream opened (``ResponseWriter.resume``): nothing is emitted."""
+        self = cls.__new__(cls)
+        self._writer = writer
+        self.output_index = output_index
+        self.id = item.data.get("id", "") if isinstance(item, UnknownItem) else item.id
+        self.closed = False
+        self._parts = {}
+        self.events = []
+        self._input_done = False
+        self._resumed_fields(item)
+        return self
+
+    def _resumed_fields(self, item: Any) -> None:
+        """What a subclass keeps of its item beyond the common fields (``_resumed``)."""
+
+    def _resume_part(self, event: Any) -> None:
+        """A part that a resumed stream opened on this item (``ResponseWriter.resume``)."""
+        kind: type[PartWriter]
+        if isinstance(event, ResponseReasoningSummaryPartAdded):
+            where, kind, index = "summary", SummaryWriter, event.summary_index
+        elif isinstance(self, ReasoningWriter):
+            where, kind, index = "content", ReasoningTextWriter, event.content_index
+        else:
+            where, index = "content", event.content_index
+            kind = RefusalWriter if isinstance(event.part, Refusal) else TextWriter
+        self._parts[where] = kind._resumed(self, index)
 
     def _check_open(self) -> None:
         self._writer._check_open()
@@ -475,8 +584,21 @@ class PartWriter:
         self._writer = item._writer
         self.index = index
         self.closed = False
+        self._text_closed = False  # its text's done event was emitted (the part's own done not yet)
         self.events: list[Event] = []
         self._writer._emit(self.events, self._added_class(), **self._address(), part=part)
+
+    @classmethod
+    def _resumed(cls, item: ItemWriter, index: int) -> PartWriter:
+        """The writer of a part that a resumed stream opened: nothing is emitted."""
+        self = cls.__new__(cls)
+        self._item = item
+        self._writer = item._writer
+        self.index = index
+        self.closed = False
+        self._text_closed = False
+        self.events = []
+        return self
 
     def _added_class(self) -> Any:
         return ResponseContentPartAdded
@@ -506,7 +628,9 @@ class PartWriter:
 
     def _close(self) -> list[Event]:
         out: list[Event] = []
-        self._text_done(out)
+        if not self._text_closed:
+            self._text_done(out)
+            self._text_closed = True
         self._writer._emit(out, self._done_class(), **self._address(), part=self._built())
         self.closed = True
         return out
@@ -582,6 +706,10 @@ class FunctionCallWriter(ItemWriter):
         self.name = item.name
         self.call_id = item.call_id
 
+    def _resumed_fields(self, item: Any) -> None:
+        self.name = item.name
+        self.call_id = item.call_id
+
     def delta(self, arguments: str) -> list[Event]:
         self._check_open()
         _text(arguments, "an arguments delta")
@@ -595,15 +723,17 @@ class FunctionCallWriter(ItemWriter):
 
     def _done_events(self, status: str, **changes: Any) -> list[Event]:
         out: list[Event] = []
-        arguments = self._writer._item(self.output_index).arguments
-        self._writer._emit(
-            out,
-            FunctionCallArgumentsDone,
-            item_id=self.id,
-            output_index=self.output_index,
-            arguments=arguments,
-            name=self.name,
-        )
+        if not self._input_done:
+            arguments = self._writer._item(self.output_index).arguments
+            self._writer._emit(
+                out,
+                FunctionCallArgumentsDone,
+                item_id=self.id,
+                output_index=self.output_index,
+                arguments=arguments,
+                name=self.name,
+            )
+            self._input_done = True
         out.extend(super()._done_events(status, **changes))
         return out
 
@@ -613,6 +743,10 @@ class CustomToolCallWriter(ItemWriter):
 
     def __init__(self, writer: ResponseWriter, item: CustomToolCall) -> None:
         super().__init__(writer, item)
+        self.name = item.name
+        self.call_id = item.call_id
+
+    def _resumed_fields(self, item: Any) -> None:
         self.name = item.name
         self.call_id = item.call_id
 
@@ -626,10 +760,12 @@ class CustomToolCallWriter(ItemWriter):
 
     def _done_events(self, status: str, **changes: Any) -> list[Event]:
         out: list[Event] = []
-        text = self._writer._item(self.output_index).input
-        self._writer._emit(
-            out, CustomToolCallInputDone, item_id=self.id, output_index=self.output_index, input=text
-        )
+        if not self._input_done:
+            text = self._writer._item(self.output_index).input
+            self._writer._emit(
+                out, CustomToolCallInputDone, item_id=self.id, output_index=self.output_index, input=text
+            )
+            self._input_done = True
         out.extend(super()._done_events(status, **changes))
         return out
 
@@ -714,3 +850,21 @@ class ReasoningTextWriter(PartWriter):
     def _text_done(self, out: list[Event]) -> None:
         cls = ResponseReasoningTextDone if self._writer._seed_reasoning else ResponseReasoningDone
         self._writer._emit(out, cls, **self._address(), text=self._built().text)
+
+
+# What ``ResponseWriter.resume`` needs to know of the events and items a writer makes.
+_RESUMED_ITEMS: dict[type, type[ItemWriter]] = {
+    Message: MessageWriter,
+    FunctionCall: FunctionCallWriter,
+    ReasoningItem: ReasoningWriter,
+    CustomToolCall: CustomToolCallWriter,
+}
+_PART_TEXT_DONE = (
+    ResponseOutputTextDone,
+    ResponseRefusalDone,
+    ResponseReasoningDone,
+    ResponseReasoningTextDone,
+    ResponseReasoningSummaryTextDone,
+)
+_PART_DONE = (ResponseContentPartDone, ResponseReasoningSummaryPartDone)
+_SUMMARY_EVENTS = (ResponseReasoningSummaryTextDone, ResponseReasoningSummaryPartDone)

@@ -6,18 +6,9 @@ from __future__ import annotations
 
 import logging
 
-from msgspec.structs import replace
-
-from headwater.protocol.accumulate import Accumulator
 from headwater.protocol.codec import decode_event, decode_response, encode_event, encode_response
-from headwater.protocol.events import ErrorEvent, ErrorPayload, ResponseFailed
-from headwater.protocol.resources import (
-    Response,
-    ResponseError,
-)
-from headwater.protocol.writer import (
-    ResponseWriter,
-)
+from headwater.protocol.resources import Response
+from headwater.protocol.writer import ResponseWriter
 
 from ..store import Entry, Store, StoredResponse
 
@@ -65,16 +56,17 @@ async def close_orphan(
     in its log and the store; returns the entries appended (a replica that took the response over also puts
     them in the live log).
 
-    The writer that was making these events died with its process. When the log is empty a fresh writer
-    writes the whole stream; otherwise the two closing events are made here from the log's accumulated
-    snapshot (the one place the server makes events without a writer), numbered on from the log. A record
-    whose resource or log cannot be decoded (say, nested too deeply) is replaced by a readable one
-    (``_close_unreadable``), with the reason logged.
+    The writer that was making these events died with its process; a writer resumed from the stored log
+    (``ResponseWriter.resume``) goes on where it stopped: it closes what was open (items and parts, as
+    incomplete), then fails, numbered on from the log, so the closed log is a conformant stream by
+    construction. An empty log gets a fresh writer's whole stream. A record whose resource or log cannot be
+    decoded (say, nested too deeply) or resumed is replaced by a readable one (``_close_unreadable``), with the
+    reason logged.
     """
     stored = await store.events(record.id)
     try:
         entries, final = _closing_entries(record, stored, code, message)
-    except Exception as exc:  # RecursionError, DecodeError, ...: whatever decoding this record raises
+    except Exception as exc:  # RecursionError, DecodeError, WriterError, ...: whatever this record raises
         log.warning("response %s: its stored record cannot be read (%s: %s); closing it as failed with a bare "
                     "resource", record.id, type(exc).__name__, exc)
         return await _close_unreadable(store, record, code)
@@ -86,28 +78,13 @@ def _closing_entries(
     record: StoredResponse, stored: list[Entry], code: str, message: str
 ) -> tuple[list[Entry], bytes]:
     """The entries that close ``record`` (whose log is ``stored``), and its final resource."""
-    logged = [decode_event(entry.payload) for entry in stored]
-    if not logged:
+    if stored:
+        writer = ResponseWriter.resume(decode_event(entry.payload) for entry in stored)
+        events = writer.fail(code, message)
+    else:
         writer = ResponseWriter(decode_response(record.data))
         events = writer.start() + writer.fail(code, message)
-        final = writer.response
-    else:
-        accumulator = Accumulator()
-        for event in logged:
-            accumulator.feed(event)
-        seq = (logged[-1].sequence_number or len(logged) - 1) + 1
-        final = replace(
-            accumulator.response,
-            status="failed",
-            completed_at=None,
-            error=ResponseError(code=code, message=message),
-        )
-        payload = ErrorPayload(type="server_error", code=code, message=message, param=None)
-        events = [
-            ErrorEvent(sequence_number=seq, code=code, message=message, param=None, error=payload),
-            ResponseFailed(sequence_number=seq + 1, response=final),
-        ]
-    return [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events], encode_response(final)
+    return [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events], encode_response(writer.response)
 
 
 async def _close_unreadable(store: Store, record: StoredResponse, code: str) -> list[Entry]:
