@@ -223,6 +223,9 @@ class ResponseRelay(ResponseWriter):
         self._by_index: dict[Any, _Item] = {}  # upstream output_index -> latest item there
         self._ids: set[str] = set()
         self._error: ErrorEvent | None = None  # an upstream error awaiting its response.failed
+        # The route of the last delta relayed: (its class, upstream item id, upstream part index, item, part,
+        # stream). The next delta of the same stream (most of a stream's events) skips the routing.
+        self._hot: tuple[Any, Any, Any, _Item, _Part | None, _Stream] | None = None
 
     @classmethod
     def from_writer(cls, writer: ResponseWriter, **options: Any) -> ResponseRelay:
@@ -238,6 +241,11 @@ class ResponseRelay(ResponseWriter):
 
     def feed(self, event: Event) -> list[Event]:
         """This response's events for one upstream event (none, the event renumbered, or with repairs)."""
+        hot = self._hot
+        if hot is not None and type(event) is hot[0]:
+            relayed = self._hot_delta(event, hot)
+            if relayed is not None:
+                return relayed
         self.received += 1
         out: list[Event] = [] if self._started else self.start()
         keep_wires(event)  # what the upstream sent in items and usage survives into the snapshot
@@ -281,6 +289,40 @@ class ResponseRelay(ResponseWriter):
                 self._repair(f"{event.type}: not relayed")
             else:
                 self._item_event(event, on, out)
+        return out
+
+    def _hot_delta(self, event: Any, hot: tuple[Any, Any, Any, _Item, _Part | None, _Stream]) -> list[Event] | None:
+        """The next delta of the stream the last delta was relayed to, relayed without routing it again (what
+        the routing would decide: the same item, part and stream, none of them done, no error pending); None
+        when it is not (the full path decides)."""
+        _, item_id, upstream_part, item, part, stream = hot
+        if (
+            event.item_id != item_id
+            or self._finished
+            or self._error is not None
+            or item.done
+            or stream.done
+            or self._by_id.get(item_id) is not item
+        ):
+            return None
+        if part is not None:
+            if part.done or getattr(event, part.family) != upstream_part:
+                return None
+            if (
+                event.sequence_number == self._seq
+                and event.output_index == item.index
+                and item.id == item_id
+                and upstream_part == part.index
+            ):  # nothing to change: the event goes as it came, its bytes kept
+                self.received += 1
+                return self._push(event)
+            self.received += 1
+            out: list[Event] = []
+            self._pass(out, event, output_index=item.index, item_id=item.id, **{part.family: part.index})
+            return out
+        self.received += 1
+        out = []
+        self._pass(out, event, output_index=item.index, item_id=item.id)
         return out
 
     def close(self) -> list[Event]:
@@ -591,6 +633,7 @@ class ResponseRelay(ResponseWriter):
             ):
                 return
             self._pass(out, event, **changes)
+            self._remember(event, on, item, None, item.streams)
             return
         upstream_part = getattr(event, on.part, None)
         if on.role == "part.added":
@@ -640,6 +683,19 @@ class ResponseRelay(ResponseWriter):
             if on.closes_part and on.role == "done":
                 part.done = True
         self._pass(out, event, **changes)
+        if on.stream is not None:
+            self._remember(event, on, item, part, part.streams)
+
+    def _remember(self, event: Any, on: Any, item: _Item, part: _Part | None, streams: dict[str, _Stream]) -> None:
+        """After a delta was routed: its route, for the stream's next deltas (``_hot_delta``)."""
+        kind = type(event)
+        if on.role != "delta" or kind not in _DONE_OF:
+            return
+        item_id = getattr(event, "item_id", None)
+        stream = streams.get(on.stream)
+        if isinstance(item_id, str) and item_id and stream is not None:
+            self._hot = (kind, item_id, getattr(event, part.family) if part is not None else None, item, part,
+                         stream)
 
     def _stream_event(
         self,
