@@ -10,7 +10,7 @@ import time
 import asyncpg
 import httpx
 
-from services import Replicas, wait_status
+from services import Frames, Replicas, payload, wait_status
 
 
 def replica_rows(postgres_url: str) -> set[str]:
@@ -49,3 +49,19 @@ def test_a_dead_replicas_row_is_removed_after_its_takeover_and_a_stopped_ones_at
     assert len(left) == 1 and left < both  # the dead one's row went, the living one's stays
     other.stop()
     assert replica_rows(postgres_url) == set()  # a clean shutdown removes its own row
+
+
+def test_a_get_of_a_live_response_answers_on_every_replica_what_its_stream_has_shown(replicas: Replicas) -> None:
+    owner, other = replicas(2, steps=3000, delay=0.01)
+    rid = httpx.post(f"{owner.url}/v1/responses", json={"input": "long", "background": True}, timeout=30).json()["id"]
+    with httpx.stream("GET", f"{other.url}/v1/responses/{rid}", params={"stream": "true"}, timeout=60) as r:
+        seen = [payload(frame) for frame in Frames(r).take(40)]
+    text = "".join(event["delta"] for event in seen if event["type"] == "response.output_text.delta")
+    assert text
+    for url in (other.url, owner.url):  # the replica that does not run it, and the one that does
+        body = httpx.get(f"{url}/v1/responses/{rid}", timeout=10).json()
+        assert body["status"] == "in_progress"
+        assert body["output"][0]["content"][0]["text"].startswith(text), url
+    assert httpx.post(f"{other.url}/v1/responses/{rid}/cancel", timeout=30).json()["status"] == "cancelled"
+    final = [httpx.get(f"{url}/v1/responses/{rid}", timeout=10).json() for url in (owner.url, other.url)]
+    assert final[0] == final[1] and final[0]["output"][0]["content"][0]["text"].startswith(text)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from headwater.protocol.accumulate import Accumulator
+from headwater.protocol.codec import decode_event
 from headwater.protocol.writer import ResponseWriter, new_id
 
 from . import offload
@@ -51,6 +53,14 @@ log = logging.getLogger("headwater.server")
 
 def _stored_rows(request: ValidatedRequest) -> list[StoredRow]:
     return [StoredRow(item.id or "", encode_input_item(item)) for item in request.items]
+
+
+def _folded(log: list[Entry]) -> bytes:
+    """The resource that a stored log's events describe, as JSON."""
+    accumulator = Accumulator()
+    for entry in log:
+        accumulator.feed(decode_event(entry.payload))
+    return encode_response(accumulator.response)
 
 
 @dataclass(slots=True)
@@ -250,6 +260,18 @@ class Service:
             if record is not None and record.owner == owner:
                 return Found(response_id, None, record)
         raise APIError.not_found(f"response '{response_id}' not found")
+
+    async def resource(self, found: Found) -> bytes:
+        """The response resource as it stands (``GET`` without ``stream``), the same on every replica: its run's
+        snapshot when it runs here; when it runs on another replica, the stored log folded through the
+        protocol's ``Accumulator`` (the store has every event a client may have seen: events are stored
+        before they are sent), not the resource as last stored (that one changes only with the status)."""
+        if found.run is not None or self.replica is None or found.status not in UNFINISHED_STATUSES:
+            return found.data
+        stored = await self.store.events(found.id)
+        if not stored:  # queued, or not begun: the stored resource is all there is
+            return found.data
+        return await offload.call(len(stored) > offload.OFF_LOOP_ITEMS, _folded, stored)
 
     async def events(self, found: Found, starting_after: int = -1) -> AsyncIterator[list[Entry]]:
         """The response's events after ``starting_after``: the stored ones, then, while it runs, the live ones

@@ -123,7 +123,7 @@ async def _find(request: Request) -> tuple[Service, Found]:
 async def get_response(request: Request) -> Response | EventStreamResponse:
     service, found = await _find(request)
     if not _bool_param(request, "stream", default=False):
-        return _json(found.data)
+        return _json(await service.resource(found))
     after = _int_param(request, "starting_after", default=-1, minimum=-1, maximum=_MAX_SEQUENCE)
     return EventStreamResponse(frames(service.events(found, after)))
 
