@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import services
-from headwater.server.store import Entry, Store, StoredItem, StoredResponse, create_store
+from headwater.server.store import Append, Entry, Store, StoredItem, StoredResponse, create_store
 from headwater.server.store.sqlite import SCHEMA_VERSION
 
 
@@ -181,6 +181,31 @@ async def test_store_lists_unfinished_and_deletes_everything(store: Store) -> No
     assert await store.get("r1") is None
     assert await store.events("r1") == [] and (await store.input_items("r1")).items == []
     assert await store.get("r2") is not None  # the others are untouched
+
+
+async def test_store_appends_many_responses_at_once_and_a_bad_batch_fails_only_itself(store: Store) -> None:
+    for rid in ("r1", "r2", "r3"):
+        await store.create(record(rid), [])
+    await store.append("r3", [entry(0, b"x")])
+    outcomes = await store.append_many([
+        Append("r1", [entry(0, b"a", "response.created"), entry(1, b"b")]),
+        Append("r3", [entry(1, b"y"), entry(0, b"again")], status="completed", data=b"{}"),  # a repeated number
+        Append("r2", [entry(0, b"c"), entry(1, b"d", "response.completed")], status="completed", data=b"{2}"),
+        Append("nope", [entry(0, b"e")], status="completed", data=b"{}"),  # no such response
+    ])
+    assert [o is None for o in outcomes] == [True, False, True, False]
+    assert await store.events("r1") == [Entry(0, "response.created", b"a"), entry(1, b"b")]
+    assert await store.events("r2") == [entry(0, b"c"), Entry(1, "response.completed", b"d")]
+    assert await store.events("r3") == [entry(0, b"x")]  # the failing batch changed nothing
+    r2, r3 = await store.get("r2"), await store.get("r3")
+    assert r2 is not None and (r2.status, r2.data) == ("completed", b"{2}")
+    assert r3 is not None and r3.status == "in_progress"
+    assert await store.get("nope") is None
+    # And the next appends of the same responses go on from there.
+    assert await store.append_many([Append("r1", [entry(2, b"f")]), Append("r3", [entry(1, b"z")])]) == [None, None]
+    assert [e.payload for e in await store.events("r1")] == [b"a", b"b", b"f"]
+    assert [e.payload for e in await store.events("r3")] == [b"x", b"z"]
+    assert await store.append_many([]) == []
 
 
 async def test_store_reads_see_every_acknowledged_write(store: Store) -> None:

@@ -1,7 +1,8 @@
 """Runs: responses being generated, each in a task of its own, detached from the request that started it.
 
 ``Runs`` (here) starts them, finds the live ones and stops them at shutdown; ``run.Run`` is one run's
-lifecycle; ``steps.StepWriter`` turns steps into events; ``orphans`` closes what a crash left unfinished.
+lifecycle; ``steps.StepWriter`` turns steps into events; ``log.EventLog`` is the group commit that logs every
+run's events (one store call for all) and publishes them; ``orphans`` closes what a crash left unfinished.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import APIError
 from ..live import LiveLog
 from ..live.memory import MemoryLiveLog
 from ..store import Store
+from .log import EventLog
 from .orphans import ORPHAN_MESSAGE, close_orphan, close_orphans
 from .run import Run
 
@@ -37,6 +39,7 @@ class Runs:
         self.admission = Admission(limits or default_limits(getattr(backend, "slots", None)))
         self.closing = False  # shutting down: no new runs
         self.live: LiveLog = live if live is not None else MemoryLiveLog()
+        self.log = EventLog(store)  # the group commit of every stored run's events
         # A response that is not stored can be read only by the request that made it, in this process.
         self._private = self.live if isinstance(self.live, MemoryLiveLog) else MemoryLiveLog()
         self._live: dict[str, Run] = {}
@@ -71,6 +74,7 @@ class Runs:
             live=self.live if stored else self._private,
             followed=followed,
             ticket=ticket,
+            event_log=self.log,
         )
         self._all.add(run)
         if stored:

@@ -1,8 +1,9 @@
 """Runs: one response being generated, in a task of its own, detached from the request that started it.
 
-A run turns the backend's steps into events with a ``ResponseWriter``, appends each batch to the store's event
-log (durable before anyone sees it), then to the live log (``live``), which every follower reads (the live
-stream, resumed streams). Each event is encoded once, as an ``Entry``; transports frame entries.
+A run turns the backend's steps into events with a ``ResponseWriter`` and hands each batch to the process's
+group-commit event log (``log.EventLog``), which appends the batches of all runs to the store in one call and
+only then (durable before anyone sees it) publishes each run's to the live log (``live``), which every follower
+reads (the live stream, resumed streams). Each event is encoded once, as an ``Entry``; transports frame entries.
 ``cancel()`` ends generation at once (the backend iterator is closed: no more tokens are computed).
 
 How a stopped run ends its stream. The spec's terminal events are completed/incomplete/failed; there is no
@@ -44,7 +45,8 @@ from ..backends.base import (
 )
 from ..live import LiveLog
 from ..live.memory import MemoryLiveLog
-from ..store import Entry, Fenced, Store, StoreUnavailable
+from ..store import Entry, Store
+from .log import EventLog, RunLog
 from .steps import StepWriter
 
 __all__ = ["INTERRUPTIBLE", "TRANSITIONS", "Run", "State"]
@@ -105,6 +107,7 @@ class Run:
         live: LiveLog | None = None,
         followed: bool = True,
         ticket: Ticket | None = None,
+        event_log: EventLog | None = None,
     ) -> None:
         # A passthrough backend (a Responses upstream) hands over protocol events, not steps: they go through
         # its relay, a ResponseWriter that renumbers and repairs them, so the stream stays ours and conformant.
@@ -133,18 +136,17 @@ class Run:
         # The run's place in admission control: it generates once the ticket is granted, and releases it at
         # its end. None: no admission control (the run starts at once).
         self._ticket = ticket
-        # Batches waiting for the store: (events, payloads, status, resource JSON).
-        self._backlog: list[tuple[list[Entry], str | None, bytes | None]] = []
-        self._wake = asyncio.Event()
-        self._logger: asyncio.Task[None] | None = None
-        self._log_error: Exception | None = None
-        self._silenced: Exception | None = None  # fenced or the shared store away: publish nothing more
+        # Where its batches go: the process's group commit (``log``; a run made alone gets one of its own), or,
+        # for a run that is not stored, straight to the live log.
+        if store is not None and event_log is None:
+            event_log = EventLog(store)
+        self._log: RunLog = (event_log.open(self.id, self.live) if store is not None and event_log is not None
+                             else RunLog(self.id, self.live, None))
         self._on_finish = on_finish
         self._first_step = asyncio.Event()
         self._stop: _Stop | None = None
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()  # the live log exists: followers may read it
-        self._ended = False  # the terminal entry is in the live log
         self._awaiting_follower = followed  # the creator will follow, and has not yet
         self._expiry: asyncio.Task[None] | None = None
         # Steps to events (for a backend that yields steps; a passthrough one's events go through the relay).
@@ -244,7 +246,7 @@ class Run:
         creator's stream is still to come). Later readers of a stored run read the store."""
         if not self.finished or self.followers:
             return
-        after = LIVE_LINGER_SECONDS if self._awaiting_follower and self._ended else 0.0
+        after = LIVE_LINGER_SECONDS if self._awaiting_follower and self._log.ended else 0.0
         self._expiry = asyncio.get_running_loop().create_task(self.live.expire(self.id, after))
 
     # --- the task -----------------------------------------------------------------------------------------
@@ -292,9 +294,9 @@ class Run:
             self._enter(State.FINISHED)
             self._opened.set()  # (a follower of a run that could not even open its log finds none, and ends)
             self._first_step.set()
-            if not self._ended:
+            if not self._log.ended:
                 self._awaiting_follower = False  # no terminal entry to wait for: followers go to the store
-            if self._silenced is not None:  # this process's followers go on from the store, at once
+            if self._log.silenced is not None:  # this process's followers go on from the store, at once
                 self._expiry = asyncio.get_running_loop().create_task(self.live.expire(self.id, 0.0))
             self._release()
             if self._on_finish is not None:
@@ -380,10 +382,10 @@ class Run:
         return self.writer.cancelled(self._usage)
 
     # --- log and fan-out ----------------------------------------------------------------------------------
-    # Generation never waits for the disk: ``_emit`` queues each batch for ``_log``, which appends all that is
-    # queued in one store call and only then publishes it. Followers see nothing that is not durable, a slow
-    # fsync delays followers rather than the model, and a fast model's events share fsyncs. The terminal batch
-    # is the exception: ``_emit`` returns once it is logged and published.
+    # Generation never waits for the disk: ``_emit`` hands each batch to the process's event log (``log``),
+    # which appends all that every run has queued in one store call and only then publishes it. Followers see
+    # nothing that is not durable, a slow fsync delays followers rather than the model, and the events of many
+    # runs share fsyncs. The terminal batch is the exception: ``_emit`` returns once it is logged and published.
 
     async def _emit(self, events: list[Event], *, status: str | None = None) -> None:
         """Log ``events`` (with the resource at status changes and at the end), then publish them. Raises the
@@ -391,54 +393,14 @@ class Run:
         entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
         self.events += len(entries)
         if self._store is None:
-            await self._publish(entries)
+            await self._log.publish(entries)
             return
         data = None
         if status is not None or self.writer.finished:
             response = self.response
             status, data = response.status, encode_response(response)
-        self._backlog.append((entries, status, data))
-        if self._logger is None:
-            self._logger = asyncio.get_running_loop().create_task(self._log(self._store))
-        self._wake.set()
+        self._log.write(entries, status, data)  # (once the store failed this run, it is only published)
         if self.writer.finished:
-            await self._logger
-        if self._log_error is not None:
-            raise self._log_error
-
-    async def _log(self, store: Store) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batches, self._backlog = self._backlog, []
-            if self._log_error is None:
-                rows = [entry for entries, _, _ in batches for entry in entries]
-                status = next((b[1] for b in reversed(batches) if b[1] is not None), None)
-                data = next((b[2] for b in reversed(batches) if b[2] is not None), None)
-                try:
-                    await store.append(self.id, rows, status=status, data=data)
-                except (Fenced, StoreUnavailable) as exc:
-                    # Another replica owns the response now, or the shared store is away: nothing more is
-                    # published from here (followers must only see what is stored). Local followers find the
-                    # live log gone and read the store; the response is closed by its new owner, or by this
-                    # replica once the store is back (``replicas``).
-                    log.error("response %s: %s; this replica stops writing it", self.id, exc)
-                    self._log_error = self._silenced = exc
-                except Exception as exc:
-                    # Followers still get a consistent stream: the run's next _emit raises, so a run still
-                    # generating ends with error + response.failed. The store keeps its prefix in_progress and
-                    # the next start closes it as failed (close_orphans).
-                    log.error("response %s: the store failed; its log stops here", self.id, exc_info=exc)
-                    self._log_error = exc
-            try:
-                await self._publish([entry for entries, _, _ in batches for entry in entries])
-            except Exception as exc:  # followers' bounded reads notice; the store has every entry
-                log.error("response %s: the live log failed", self.id, exc_info=exc)
-            if self.writer.finished and not self._backlog:
-                return
-
-    async def _publish(self, entries: list[Entry]) -> None:
-        if not entries or self._ended or self._silenced is not None:
-            return
-        self._ended = entries[-1].type in TERMINAL_EVENT_TYPES
-        await self.live.append(self.id, entries, ended=self._ended)
+            await self._log.flushed()
+        if self._log.error is not None:
+            raise self._log.error

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..schemes import class_for_url
-from .base import Entry, Fenced, FoundItem, ItemPage, Store, StoredItem, StoredResponse, StoreUnavailable
+from .base import (
+    Append,
+    Entry,
+    Fenced,
+    FoundItem,
+    ItemPage,
+    Store,
+    StoredItem,
+    StoredResponse,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -20,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STORE_SCHEMES",
+    "Append",
     "Entry",
     "Fenced",
     "FoundItem",

@@ -3,7 +3,8 @@
 A store never interprets events: it keeps each response's log as ``Entry`` rows in ``sequence_number`` order
 and hands them back as they came.
 Every write is durable when its coroutine returns, so the server acknowledges nothing a crash could lose. The
-interface is small and coarse (one call per batch of events) so that PostgreSQL or Redis can follow.
+interface is small and coarse (one call per batch of events; ``append_many``: one call for the batches of many
+responses, the process's group commit) so that PostgreSQL or Redis can follow.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..entries import Entry
 
 __all__ = [
     "UNFINISHED_STATUSES",
+    "Append",
     "Entry",
     "Fenced",
     "FoundItem",
@@ -52,6 +54,16 @@ class StoredResponse:
     status: str
     created_at: int
     data: bytes
+
+
+@dataclass(slots=True)
+class Append:
+    """One response's part of a group commit (``Store.append_many``): what one ``append`` call would write."""
+
+    response_id: str
+    entries: Sequence[Entry]
+    status: str | None = None
+    data: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +143,21 @@ class Store(abc.ABC):
         """Append entries (in ``sequence_number`` order) to a response's log and, in the same transaction,
         replace its ``status`` and ``data`` when given (a terminal event and the final resource land together).
         A ``sequence_number`` already in the log is an error and the whole call changes nothing."""
+
+    async def append_many(self, batches: Sequence[Append]) -> list[BaseException | None]:
+        """Several responses' appends at once (at most one batch per response), each with ``append``'s meaning
+        and atomicity; a store makes them durable together where it can (one transaction, one fsync). Returns,
+        batch by batch, None (it is durable) or the error that batch failed with: a failing batch changes
+        nothing and fails no other batch. (This default calls ``append`` once per batch.)"""
+        outcomes: list[BaseException | None] = []
+        for batch in batches:
+            try:
+                await self.append(batch.response_id, batch.entries, status=batch.status, data=batch.data)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     @abc.abstractmethod
     async def get(self, response_id: str) -> StoredResponse | None: ...

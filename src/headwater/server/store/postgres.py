@@ -25,6 +25,7 @@ import asyncpg
 
 from .base import (
     UNFINISHED_STATUSES,
+    Append,
     Entry,
     Fenced,
     FoundItem,
@@ -82,8 +83,8 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-_MAX_BATCH_ROWS = 5000
-IDLE_IN_TRANSACTION_MS = 3000  # events per group commit; more wait for the next one
+_MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
+IDLE_IN_TRANSACTION_MS = 3000
 
 # What "PostgreSQL cannot be reached" looks like through asyncpg: the server answers 503 for these.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -292,6 +293,24 @@ class PostgresStore(Store):
         if status is not None and status not in UNFINISHED_STATUSES:
             self._tokens.pop(response_id, None)
 
+    async def append_many(self, batches: Sequence[Append]) -> list[BaseException | None]:
+        """Every batch queued for the writer at once: they land in the same group commit (each fenced with its
+        own lease token; one that cannot land fails only itself, as ``_commit`` does it)."""
+        jobs = [_Append(b.response_id, list(b.entries), b.status, b.data, self._tokens.get(b.response_id),
+                        self._future()) for b in batches]
+        self._queue.extend(jobs)
+        self._wake.set()
+        results = await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
+        outcomes: list[BaseException | None] = []
+        for batch, result in zip(batches, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes.append(result)
+                continue
+            outcomes.append(None)
+            if batch.status is not None and batch.status not in UNFINISHED_STATUSES:
+                self._tokens.pop(batch.response_id, None)
+        return outcomes
+
     def _future(self) -> asyncio.Future[None]:
         if self._writer is None or self._closing:
             raise RuntimeError("the PostgreSQL store is not open")
@@ -307,12 +326,13 @@ class PostgresStore(Store):
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                jobs: list[_Append] = []
-                size = 0
-                while self._queue and (not jobs or size + len(self._queue[0].rows) <= _MAX_BATCH_ROWS):
-                    job = self._queue.pop(0)
-                    jobs.append(job)
+                taken = size = 0
+                for job in self._queue:
+                    if taken and size + len(job.rows) > _MAX_BATCH_ROWS:
+                        break
+                    taken += 1
                     size += len(job.rows)
+                jobs, self._queue = self._queue[:taken], self._queue[taken:]
                 await self._commit(jobs)
             if self._closing:
                 return

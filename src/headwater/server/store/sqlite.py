@@ -2,7 +2,8 @@
 
 All writes go through one writer thread that commits whatever has queued up in one transaction (group commit):
 a write's coroutine returns only after its COMMIT, so every acknowledged write is on disk, and under load many
-runs share one fsync. Reads use a second connection on their own thread; WAL lets them run beside the writer.
+runs share one fsync. ``append_many`` (the server's event log: every run's events of one commit) is one job
+with one executemany for all of them. Reads use a second connection on their own thread; WAL lets them run beside the writer.
 The schema is versioned (``PRAGMA user_version``); opening a file of an older version upgrades it in place.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .base import UNFINISHED_STATUSES, Entry, FoundItem, ItemPage, Store, StoredItem, StoredResponse
+from .base import UNFINISHED_STATUSES, Append, Entry, FoundItem, ItemPage, Store, StoredItem, StoredResponse
 
 __all__ = ["SQLiteStore"]
 
@@ -66,8 +67,10 @@ _STOP = None
 
 
 class _Worker:
-    """A thread owning one connection. ``batch=True``: jobs that queue up together share one transaction, each
-    inside its own SAVEPOINT so one failing job does not undo the others."""
+    """A thread owning one connection. ``batch=True``: jobs that queue up together share one transaction (group
+    commit); should one of them fail, the batch is done again with each job inside its own SAVEPOINT, so that
+    one failing job does not undo the others. The futures of one commit are settled with one call into the
+    event loop."""
 
     def __init__(self, path: Path, *, batch: bool, name: str) -> None:
         self._path = path
@@ -117,19 +120,36 @@ class _Worker:
                             stop = True
                             break
                         jobs.append(more)
-                    self._commit(conn, jobs)
+                    _settle(jobs, self._commit(conn, jobs))
                     if stop:
                         return
                 else:
-                    fn, future = job
+                    fn, _ = job
                     try:
-                        _resolve(future, fn(conn), None)
+                        outcome: tuple[Any, BaseException | None] = (fn(conn), None)
                     except Exception as exc:
-                        _resolve(future, None, exc)
+                        outcome = (None, exc)
+                    _settle(jobs, [outcome])
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[Any, BaseException | None]]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes: list[tuple[Any, BaseException | None]] = [(fn(conn), None) for fn, _ in jobs]
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return self._commit_one_by_one(conn, jobs)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            return self._failed(conn, exc, len(jobs))
+        return outcomes
+
+    def _commit_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]
+                           ) -> list[tuple[Any, BaseException | None]]:
+        """The jobs again in one transaction, each in a SAVEPOINT of its own: a failing one undoes only itself."""
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -144,25 +164,47 @@ class _Worker:
                     outcomes.append((None, exc))
             conn.execute("COMMIT")
         except Exception as exc:
-            log.error("SQLite commit failed", exc_info=exc)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            outcomes = [(None, exc)] * len(jobs)
-        for (_, future), (result, error) in zip(jobs, outcomes, strict=True):
-            _resolve(future, result, error)
+            return self._failed(conn, exc, len(jobs))
+        return outcomes
+
+    @staticmethod
+    def _failed(conn: sqlite3.Connection, exc: Exception, jobs: int) -> list[tuple[Any, BaseException | None]]:
+        log.error("SQLite commit failed", exc_info=exc)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [(None, exc)] * jobs
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(jobs: list[_Job], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+    """Give each job's future its outcome, in one call into the loop (one wake-up per commit, not per job)."""
+
     def settle() -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        for (_, future), (result, error) in zip(jobs, outcomes, strict=True):
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        future.get_loop().call_soon_threadsafe(settle)
+        jobs[0][1].get_loop().call_soon_threadsafe(settle)
+
+
+def _write_batches(conn: sqlite3.Connection, batches: Sequence[Append]) -> None:
+    """The statements of appends: each resource that changes (its response must exist), then every event."""
+    for batch in batches:
+        if batch.status is not None or batch.data is not None:
+            cursor = conn.execute(
+                "UPDATE responses SET status = coalesce(?, status), data = coalesce(?, data) WHERE id = ?",
+                (batch.status, batch.data, batch.response_id),
+            )
+            if cursor.rowcount == 0:
+                raise KeyError(f"no response {batch.response_id}")
+    conn.executemany(
+        "INSERT INTO events (response_id, seq, type, data) VALUES (?, ?, ?, ?)",
+        [(batch.response_id, seq, kind, payload) for batch in batches for seq, kind, payload in batch.entries],
+    )
 
 
 class SQLiteStore(Store):
@@ -241,19 +283,43 @@ class SQLiteStore(Store):
         status: str | None = None,
         data: bytes | None = None,
     ) -> None:
-        rows = [(response_id, seq, kind, payload) for seq, kind, payload in entries]
+        batch = Append(response_id, entries, status, data)
 
         def append(conn: sqlite3.Connection) -> None:
-            if status is not None or data is not None:
-                cursor = conn.execute(
-                    "UPDATE responses SET status = coalesce(?, status), data = coalesce(?, data) WHERE id = ?",
-                    (status, data, response_id),
-                )
-                if cursor.rowcount == 0:
-                    raise KeyError(f"no response {response_id}")
-            conn.executemany("INSERT INTO events (response_id, seq, type, data) VALUES (?, ?, ?, ?)", rows)
+            _write_batches(conn, [batch])
 
         await self._write(append)
+
+    async def append_many(self, batches: Sequence[Append]) -> list[BaseException | None]:
+        """One job of the writer for every batch: one executemany for all their events (so a group commit costs a
+        few statements, not a few per response); when that fails, each batch again in its own SAVEPOINT."""
+        if not batches:
+            return []
+
+        def append_many(conn: sqlite3.Connection) -> list[BaseException | None]:
+            conn.execute("SAVEPOINT batches")
+            try:
+                _write_batches(conn, batches)
+            except Exception:
+                conn.execute("ROLLBACK TO batches")
+            else:
+                conn.execute("RELEASE batches")
+                return [None] * len(batches)
+            conn.execute("RELEASE batches")
+            outcomes: list[BaseException | None] = []
+            for batch in batches:
+                conn.execute("SAVEPOINT batch")
+                try:
+                    _write_batches(conn, [batch])
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO batch")
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+                conn.execute("RELEASE batch")
+            return outcomes
+
+        return await self._write(append_many)
 
     async def get(self, response_id: str) -> StoredResponse | None:
         def get(conn: sqlite3.Connection) -> StoredResponse | None:

@@ -1,0 +1,204 @@
+"""The group-commit event log of one process: every run's batches of entries -> one store call -> the live log.
+
+A run never writes to the store itself. ``RunLog.write`` queues a batch and returns at once (generation never
+waits for the disk); the ``EventLog``'s one task takes everything that every run has queued, makes ONE
+``Store.append_many`` call for all of it (one transaction and one fsync for all runs), and only then publishes
+each run's entries to its live log. While that commit is in flight the next batches queue up, so the busier
+the server, the more runs share a commit. What it keeps:
+
+- **Durable before visible**: a run's entries reach its live log (and so any follower) only once the store call
+  that holds them has returned.
+- **Per-run order**: a run's batches are committed and published in the order it wrote them (one commit is in
+  flight at a time; a run's batches queued together are merged, in order, into one).
+- **The terminal batch is awaited**: ``RunLog.flushed`` returns once everything the run wrote is logged and
+  published (``Run._emit`` awaits it for the terminal batch).
+- **A failure fails only its run.** ``Fenced`` or ``StoreUnavailable`` *silence* the run: nothing more of it is
+  published from here (its followers must only see what is stored; they find the live log gone and read the
+  store). Any other store error is the run's ``error``: nothing more of it is stored, its entries are still
+  published (so that a run still generating ends its followers' stream with ``error`` + ``response.failed``,
+  which ``Run._emit`` makes when it sees the error). Other runs of the same commit are not touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from headwater.protocol.events import TERMINAL_EVENT_TYPES
+
+from ..entries import Entry
+from ..live import LiveLog
+from ..live.memory import MemoryLiveLog
+from ..store import Append, Fenced, Store, StoreUnavailable
+
+__all__ = ["EventLog", "RunLog"]
+
+log = logging.getLogger("headwater.server")
+
+
+class RunLog:
+    """One run's place in the event log: it queues the run's batches and knows what became of them."""
+
+    __slots__ = ("_log", "_pending", "_waiter", "ended", "error", "id", "live", "silenced")
+
+    def __init__(self, response_id: str, live: LiveLog, log: EventLog | None) -> None:
+        self.id = response_id
+        self.live = live
+        self._log = log  # None: the run is not stored, its entries are published at once
+        self.error: Exception | None = None  # the store failed this run: nothing more of it is stored
+        self.silenced: Exception | None = None  # fenced or the shared store away: nothing more is published
+        self.ended = False  # the terminal entry is in the live log
+        self._pending = 0  # batches written, not yet logged and published
+        self._waiter: asyncio.Future[None] | None = None
+
+    def write(self, entries: list[Entry], status: str | None = None, data: bytes | None = None) -> None:
+        """Queue a batch for the store (with the resource's ``status`` and ``data`` when they change); it is
+        published once it is durable."""
+        assert self._log is not None, "a run that is not stored publishes its entries itself"
+        self._pending += 1
+        self._log.queue(self, entries, status, data)
+
+    async def flushed(self) -> None:
+        """Until every batch written so far is logged and published (or failed trying)."""
+        if self._pending == 0:
+            return
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)
+
+    async def publish(self, entries: list[Entry]) -> None:
+        """Hand ``entries`` to the live log (the not-stored path, and the EventLog's for other live logs)."""
+        ended = self._publishable(entries)
+        if ended is not None:
+            await self.live.append(self.id, entries, ended=ended)
+
+    def _publishable(self, entries: list[Entry]) -> bool | None:
+        """Whether ``entries`` end the log, or None when they are not to be published at all."""
+        if not entries or self.ended or self.silenced is not None:
+            return None
+        self.ended = entries[-1].type in TERMINAL_EVENT_TYPES
+        return self.ended
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, (Fenced, StoreUnavailable)):
+            # Another replica owns the response now, or the shared store is away: nothing more is published
+            # from here (followers must only see what is stored). Local followers find the live log gone and
+            # read the store; the response is closed by its new owner, or by this replica once the store is
+            # back (``replicas``).
+            log.error("response %s: %s; this replica stops writing it", self.id, exc)
+            self.error = self.silenced = exc
+        elif isinstance(exc, Exception):
+            # Followers still get a consistent stream: the run's next _emit raises, so a run still generating
+            # ends with error + response.failed. The store keeps its prefix in_progress and the next start
+            # closes it as failed (close_orphans).
+            log.error("response %s: the store failed; its log stops here", self.id, exc_info=exc)
+            self.error = exc
+        else:
+            self.error = RuntimeError(f"the event log stopped: {exc!r}")
+
+    def _done(self, batches: int) -> None:
+        self._pending -= batches
+        if self._pending == 0 and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Pending:
+    """One run's batches of one commit, merged in order (the last status and resource win)."""
+
+    __slots__ = ("batches", "data", "entries", "status")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.status: str | None = None
+        self.data: bytes | None = None
+        self.batches = 0
+
+
+class EventLog:
+    """The process's group commit over ``store``: ``open`` gives each run its ``RunLog``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[tuple[RunLog, list[Entry], str | None, bytes | None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0  # store calls made (tests, figures)
+
+    def open(self, response_id: str, live: LiveLog) -> RunLog:
+        return RunLog(response_id, live, self)
+
+    def queue(self, run: RunLog, entries: list[Entry], status: str | None, data: bytes | None) -> None:
+        self._queue.append((run, entries, status, data))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="headwater event log")
+
+    async def _drain(self) -> None:
+        """Commit and publish whatever is queued, until nothing is (a new task starts with the next write)."""
+        try:
+            while self._queue:
+                queued, self._queue = self._queue, []
+                await self._commit(queued)
+        finally:
+            self._task = None
+            if self._queue:  # (the task was cancelled: the loop is going away; fail the rest, do not hang)
+                leftovers, self._queue = self._queue, []
+                for run, *_ in leftovers:
+                    run._failed(asyncio.CancelledError())
+                    run._done(1)
+
+    async def _commit(self, queued: list[tuple[RunLog, list[Entry], str | None, bytes | None]]) -> None:
+        merged: dict[RunLog, _Pending] = {}
+        for run, entries, status, data in queued:
+            pending = merged.get(run)
+            if pending is None:
+                pending = merged[run] = _Pending()
+            pending.entries.extend(entries)
+            pending.batches += 1
+            if status is not None:
+                pending.status = status
+            if data is not None:
+                pending.data = data
+        try:
+            stored = [run for run in merged if run.error is None]
+            if stored:
+                appends = [Append(run.id, merged[run].entries, merged[run].status, merged[run].data) for run in stored]
+                self.commits += 1
+                try:
+                    outcomes = await self.store.append_many(appends)
+                except Exception as exc:  # (a store that raises instead of answering batch by batch)
+                    outcomes = [exc] * len(stored)
+                for run, outcome in zip(stored, outcomes, strict=True):
+                    if outcome is not None:
+                        run._failed(outcome)
+            await self._publish([(run, pending.entries) for run, pending in merged.items()])
+        except BaseException as exc:  # cancelled (the loop is going away): these runs learn it, and end
+            for run in merged:
+                if run.error is None:
+                    run._failed(exc)
+            raise
+        finally:
+            for run, pending in merged.items():
+                run._done(pending.batches)
+
+    async def _publish(self, committed: list[tuple[RunLog, list[Entry]]]) -> None:
+        """Each run's entries to its live log, in order. The in-process log takes them without a coroutine;
+        any other gets all of this commit's appends at once (it may coalesce them into one round trip)."""
+        later: list[Awaitable[None]] = []
+        later_runs: list[RunLog] = []
+        for run, entries in committed:
+            if isinstance(run.live, MemoryLiveLog):
+                ended = run._publishable(entries)
+                if ended is None:
+                    continue
+                try:
+                    run.live.append_now(run.id, entries, ended=ended)
+                except Exception as exc:  # followers' bounded reads notice; the store has every entry
+                    log.error("response %s: the live log failed", run.id, exc_info=exc)
+            else:
+                later.append(run.publish(entries))
+                later_runs.append(run)
+        if later:
+            results = await asyncio.gather(*later, return_exceptions=True)
+            for run, result in zip(later_runs, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("response %s: the live log failed", run.id, exc_info=result)

@@ -1,0 +1,197 @@
+"""The process's group-commit event log (``runs.log.EventLog``): the batches of many runs share one store call;
+each run's entries are committed and published in order; a failing run fails nobody else; a follower never sees
+an entry the store does not have; the terminal batch is awaited until it is logged and published. Real stores
+(memory, SQLite) and the in-process live log; a gate holds a commit open where a test needs one in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from headwater.protocol.resources import Response
+from headwater.protocol.writer import ResponseWriter
+from headwater.server.backends.base import ChatMessage, Finish, GenerationRequest, Step, TextDelta
+from headwater.server.backends.scripted import ScriptedBackend
+from headwater.server.live.memory import MemoryLiveLog
+from headwater.server.runs import Runs
+from headwater.server.runs.log import EventLog
+from headwater.server.store import Append, Entry, Fenced, MemoryStore, SQLiteStore, Store, StoredResponse
+
+
+def entry(seq: int, kind: str = "response.output_text.delta") -> Entry:
+    return Entry(seq, kind, b'{"n": %d}' % seq)
+
+
+class GatedStore(MemoryStore):
+    """A memory store that records each ``append_many`` call and, while ``gate`` is closed, holds it open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[Append]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+        self.refuse: dict[str, Exception] = {}  # response id -> the error its batches fail with
+
+    async def append_many(self, batches: Sequence[Append]) -> list[BaseException | None]:
+        self.calls.append(list(batches))
+        self.entered.set()
+        await self.gate.wait()
+        outcomes = await super().append_many([b for b in batches if b.response_id not in self.refuse])
+        by_id = dict(zip([b.response_id for b in batches if b.response_id not in self.refuse], outcomes, strict=True))
+        return [self.refuse.get(b.response_id) or by_id[b.response_id] for b in batches]
+
+
+class CheckingLive(MemoryLiveLog):
+    """The in-process live log, noting every entry it is handed that its store did not have at that moment."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self.store = store
+        self.not_durable: list[tuple[str, int]] = []
+
+    def append_now(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
+        stored = {e.sequence_number for e in self.store._events.get(response_id, [])}
+        self.not_durable += [(response_id, e.sequence_number) for e in entries if e.sequence_number not in stored]
+        super().append_now(response_id, entries, ended=ended)
+
+
+async def created(store: Store, *ids: str) -> None:
+    for rid in ids:
+        await store.create(StoredResponse(rid, None, "in_progress", 0, b"{}"), [])
+
+
+async def live_entries(live: MemoryLiveLog, rid: str) -> list[int]:
+    return [e.sequence_number for e in (await live.read(rid)).entries]
+
+
+async def test_the_batches_of_several_runs_share_one_store_call() -> None:
+    store, live = GatedStore(), MemoryLiveLog()
+    await created(store, "a", "b", "c")
+    log = EventLog(store)
+    runs = [log.open(rid, live) for rid in ("a", "b", "c")]
+    for run in runs:  # (what three runs woken in one loop iteration do)
+        run.write([entry(0), entry(1)])
+    await asyncio.gather(*(run.flushed() for run in runs))
+    assert len(store.calls) == 1 and [b.response_id for b in store.calls[0]] == ["a", "b", "c"]
+    for rid in ("a", "b", "c"):
+        assert [e.sequence_number for e in await store.events(rid)] == [0, 1]
+        assert await live_entries(live, rid) == [0, 1]
+
+
+async def test_batches_written_during_a_commit_go_together_into_the_next_in_order() -> None:
+    store, live = GatedStore(), MemoryLiveLog()
+    await created(store, "a", "b")
+    log = EventLog(store)
+    a, b = log.open("a", live), log.open("b", live)
+    store.gate.clear()
+    a.write([entry(0)], status="in_progress", data=b'{"v": 0}')
+    await store.entered.wait()  # the first commit is in flight: what follows queues up behind it
+    for seq in range(1, 6):
+        a.write([entry(seq)], data=b'{"v": %d}' % seq)
+        b.write([entry(seq - 1)])
+    store.gate.set()
+    await asyncio.gather(a.flushed(), b.flushed())
+    assert [[x.response_id for x in call] for call in store.calls] == [["a"], ["a", "b"]]
+    merged = store.calls[1][0]
+    assert [e.sequence_number for e in merged.entries] == [1, 2, 3, 4, 5] and merged.data == b'{"v": 5}'
+    assert await live_entries(live, "a") == [0, 1, 2, 3, 4, 5]
+    assert await live_entries(live, "b") == [0, 1, 2, 3, 4]
+    assert [e.sequence_number for e in await store.events("a")] == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_run_whose_batch_fails_fails_alone() -> None:
+    store, live = GatedStore(), MemoryLiveLog()
+    await created(store, "ok", "broken", "fenced")
+    store.refuse = {"broken": OSError("disk full"), "fenced": Fenced("another replica owns it")}
+    log = EventLog(store)
+    ok, broken, fenced = (log.open(rid, live) for rid in ("ok", "broken", "fenced"))
+    for run in (ok, broken, fenced):
+        run.write([entry(0)])
+    await asyncio.gather(ok.flushed(), broken.flushed(), fenced.flushed())
+    assert ok.error is None and ok.silenced is None
+    assert isinstance(broken.error, OSError) and broken.silenced is None
+    assert isinstance(fenced.error, Fenced) and fenced.silenced is fenced.error
+    assert [e.sequence_number for e in await store.events("ok")] == [0]
+    assert await store.events("broken") == [] and await store.events("fenced") == []
+    # A failed run is no longer stored; what it says is still published (it ends its followers' stream),
+    # unless it is fenced: then nothing more of it is published from here.
+    for run in (ok, broken, fenced):
+        run.write([entry(1, "response.failed")])
+    await asyncio.gather(ok.flushed(), broken.flushed(), fenced.flushed())
+    assert [b.response_id for b in store.calls[-1]] == ["ok"]
+    assert await live_entries(live, "ok") == [0, 1] and await live_entries(live, "broken") == [0, 1]
+    assert (await live.read("fenced")).found is False
+    assert ok.ended and broken.ended and not fenced.ended
+
+
+async def test_a_follower_never_sees_an_entry_the_store_does_not_have() -> None:
+    store = GatedStore()
+    live = CheckingLive(store)
+    await created(store, "a")
+    log = EventLog(store)
+    run = log.open("a", live)
+    await live.append("a", [])
+    store.gate.clear()
+    run.write([entry(0), entry(1)])
+    await store.entered.wait()
+    assert (await live.read("a", wait=0.05)).entries == []  # the commit is in flight: nothing to see yet
+    store.gate.set()
+    for seq in range(2, 20):
+        run.write([entry(seq)])
+        await asyncio.sleep(0)
+    await run.flushed()
+    assert await live_entries(live, "a") == list(range(20))
+    assert live.not_durable == []
+
+
+async def test_the_terminal_batch_is_awaited_until_logged_and_published() -> None:
+    store, live = GatedStore(), MemoryLiveLog()
+    await created(store, "a")
+    run = EventLog(store).open("a", live)
+    store.gate.clear()
+    run.write([entry(0), entry(1, "response.completed")], status="completed", data=b'{"done": true}')
+    waiting = asyncio.create_task(run.flushed())
+    await store.entered.wait()
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    store.gate.set()
+    await waiting
+    got = await live.read("a")
+    assert [e.sequence_number for e in got.entries] == [0, 1] and got.ended
+    record = await store.get("a")
+    assert record is not None and record.status == "completed"
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_many_runs_of_one_server_share_the_commits_of_one_event_log(sqlite: SQLiteStore) -> None:
+    """Real runs on SQLite: every run's stream is whole and stored, with fewer store calls than batches."""
+    script: list[Step] = [*(TextDelta(f"w{n} ") for n in range(5)), Finish("stop")]
+    runs = Runs(sqlite, ScriptedBackend(script, models=["m"]))
+    started = []
+    for _ in range(20):
+        writer = ResponseWriter(Response(model="m"))
+        await sqlite.create(StoredResponse(writer.id, None, "queued", 0, b"{}"), [])
+        request = GenerationRequest(model="m", messages=[ChatMessage("user", "hi")])
+        started.append(runs.start(writer=writer, request=request, owner=None, stored=True, background=False,
+                                  max_tool_calls=None, followed=False))
+    await asyncio.gather(*(run.wait() for run in started))
+    batches = 0
+    for run in started:
+        stored = await sqlite.events(run.id)
+        assert [e.sequence_number for e in stored] == list(range(len(stored))) and stored[-1].type == "response.completed"
+        batches += 1 + 5 + 1  # created/in_progress, one per delta, the end (at least: the writer may split more)
+        record = await sqlite.get(run.id)
+        assert record is not None and record.status == "completed"
+    assert 0 < runs.log.commits < batches
