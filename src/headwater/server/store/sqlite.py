@@ -1,9 +1,11 @@
-"""The default store: one SQLite file in the data directory, WAL mode, ``synchronous=FULL``.
+"""The default store: one SQLite file in the data directory, WAL mode, ``synchronous=NORMAL`` (or ``FULL`` with
+``HEADWATER_SQLITE_SYNCHRONOUS=FULL``; what each survives: docs/limits.md, "Durability").
 
 All writes go through one writer thread that commits whatever has queued up in one transaction (group commit):
-a write's coroutine returns only after its COMMIT, so every acknowledged write is on disk, and under load many
-runs share one fsync. ``append_many`` (the server's event log: every run's events of one commit) is one job
-with one executemany for all of them. Reads use a second connection on their own thread; WAL lets them run beside the writer.
+a write's coroutine returns only after its COMMIT (with ``FULL``, after its fsync), and under load many runs
+share one commit. ``append_many`` (the server's event log: every run's events of one commit) is one job with one
+executemany for all of them. Reads use a second connection on their own thread; WAL lets them run beside the
+writer.
 The schema is versioned (``PRAGMA user_version``); opening a file of an older version upgrades it in place.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -62,6 +65,20 @@ UPDATE events SET type = coalesce(json_extract(CAST(data AS TEXT), '$.type'), ''
     2: "CREATE INDEX IF NOT EXISTS input_items_by_id ON input_items (item_id);",  # item references
 }
 
+# In WAL mode, NORMAL writes each commit to the WAL file (the OS has it: a crash of the process loses nothing
+# committed) and fsyncs at checkpoints; FULL also fsyncs every commit (a crash of the machine loses nothing
+# committed either), which costs a few ms per commit on this kind of disk (docs/limits.md, "Durability").
+_SYNCHRONOUS = ("NORMAL", "FULL")
+
+
+def synchronous() -> str:
+    """The ``PRAGMA synchronous`` the store's connections use: ``$HEADWATER_SQLITE_SYNCHRONOUS``, else NORMAL."""
+    value = os.environ.get("HEADWATER_SQLITE_SYNCHRONOUS", "NORMAL").strip().upper()
+    if value not in _SYNCHRONOUS:
+        raise ValueError(f"HEADWATER_SQLITE_SYNCHRONOUS must be one of {', '.join(_SYNCHRONOUS)}, not {value!r}")
+    return value
+
+
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 _STOP = None
 
@@ -96,7 +113,7 @@ class _Worker:
     def _main(self) -> None:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={synchronous()}")
             conn.execute("PRAGMA busy_timeout=5000")
         except BaseException as exc:
             self._error = exc
@@ -217,6 +234,7 @@ class SQLiteStore(Store):
         return f"sqlite {self.path}"
 
     async def open(self) -> None:
+        synchronous()  # a wrong $HEADWATER_SQLITE_SYNCHRONOUS is said here, before anything is opened
         await asyncio.to_thread(self._create_schema)
         self._writer = _Worker(self.path, batch=True, name="headwater-sqlite-writer")
         self._reader = _Worker(self.path, batch=False, name="headwater-sqlite-reader")
