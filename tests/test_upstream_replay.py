@@ -109,6 +109,7 @@ class ReplayUpstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self.url = ""
         self.disconnects = 0  # connections the client closed while a reply was being sent
+        self.connections = 0  # connections the client opened
 
     def queue(self, *replies: Reply) -> None:
         self._replies.extend(replies)
@@ -133,6 +134,7 @@ class ReplayUpstream:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
         try:
             while True:
                 request = await self._read_request(reader)

@@ -4,6 +4,9 @@ POST that opens a stream, and SSE frames out of it (through ``headwater.protocol
 aiohttp, not httpx, by measurement (bench/bench_gateway.py, "upstream HTTP clients"): reading the same paced
 streams, httpx/httpcore spends several times aiohttp's CPU per chunk, and it is the biggest part of what a relayed
 event costs. The session's pool has no caps (every open stream holds its connection; idle ones are kept alive).
+A stream whose consumer stopped at its end (the terminal event, ``[DONE]``) gives its connection back to the
+pool once the body's last bytes have come (the chunked body's end often comes in a packet of its own); a stream
+left in the middle is closed, so that the upstream sees the disconnect and stops generating.
 
 Every transport trouble becomes a ``BackendError`` naming the upstream: an error status (with the upstream's
 own message), a refused connection, a time-out (504), a connection dropped mid-stream (502). No retries: a
@@ -42,6 +45,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 # Between two reads of the stream (not the whole response): a long prompt can take a while to its first token.
 DEFAULT_READ_TIMEOUT = 300.0
 _ERROR_BODY_LIMIT = 64 * 1024
+# What a stream whose consumer has seen its end may still send before the connection goes back to the pool (the
+# chunked body's last chunk, a trailing ``[DONE]``); beyond either bound the connection is closed instead.
+_DRAIN_BYTES = 64 * 1024
+_DRAIN_SECONDS = 2.0
 _USER_AGENT = "headwater"
 
 # Upstream statuses that say the *request* was wrong (and so are the client's to see as they are), when the
@@ -161,6 +168,7 @@ class Upstream:
         self.client = client
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the own session
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._draining: set[asyncio.Task[None]] = set()
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -175,6 +183,8 @@ class Upstream:
         return self.client
 
     async def aclose(self) -> None:
+        for task in list(self._draining):
+            task.cancel()
         if not self._owns_client or self.client is None:
             return
         if self._loop is asyncio.get_running_loop():
@@ -218,15 +228,22 @@ class Upstream:
                 status=502,
             ) from None
         stream = UpstreamStream(self, response)
+        ended = False
         try:
             if response.status >= 400:
                 raise error_from_status(url or self.url, response.status, await self._error_body(stream))
             yield stream
+            ended = True
         finally:
-            # A body read to its end gives its connection back to the pool; one left unread (the consumer
-            # stopped, the client left) closes it, so that the upstream sees the disconnect and stops.
+            # A body read to its end gives its connection back to the pool; one whose consumer stopped at the
+            # stream's end is read to its end first, in the background; one left in the middle (an error, the
+            # client left, a cancel) is closed, so that the upstream sees the disconnect and stops.
             if response.content.at_eof():
                 response.release()
+            elif ended:
+                task = asyncio.get_running_loop().create_task(_drain(response))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
             else:
                 response.close()
 
@@ -273,9 +290,17 @@ class UpstreamStream:
 
     async def frames(self) -> AsyncIterator[Frame]:
         decoder = SSEDecoder(mode="sse")
+        feed = decoder.feed
+        read = self.response.content.readany  # whatever has arrived, in one piece (no re-chunking)
         try:
-            async for chunk in self._chunks():
-                for frame in decoder.feed(chunk):
+            while True:
+                try:
+                    chunk = await read()
+                except Exception as exc:
+                    raise self._transport_error(exc) from None
+                if not chunk:
+                    break
+                for frame in feed(chunk):
                     self.frames_seen += 1
                     yield frame
             for frame in decoder.close():
@@ -299,23 +324,53 @@ class UpstreamStream:
         )
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        try:
-            # iter_any: whatever has arrived, in one piece (no re-chunking to a fixed size).
-            async for chunk in self.response.content.iter_any():
-                yield chunk
-        except TimeoutError:
-            raise BackendError(
+        read = self.response.content.readany
+        while True:
+            try:
+                chunk = await read()
+            except Exception as exc:
+                raise self._transport_error(exc) from None
+            if not chunk:
+                return
+            yield chunk
+
+    def _transport_error(self, exc: Exception) -> Exception:
+        """The ``BackendError`` for trouble reading the body (a time-out, a dropped connection); anything else
+        as it is."""
+        if isinstance(exc, TimeoutError):
+            return BackendError(
                 f"upstream {self.url} sent nothing for {self.upstream.read_timeout:g} s after "
                 f"{self.frames_seen} chunks (read timeout)",
                 code="upstream_timeout",
                 status=504,
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise BackendError(
+            )
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            return BackendError(
                 f"upstream {self.url} closed the connection mid-stream after {self.frames_seen} chunks "
                 f"({_describe(exc)})",
                 code="upstream_disconnected",
-            ) from None
+            )
+        return exc
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read what is left of a finished stream's body (at most ``_DRAIN_BYTES``, ``_DRAIN_SECONDS``), then give
+    the connection back to the pool; close it if the body does not end within those bounds."""
+    try:
+        size = 0
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while size <= _DRAIN_BYTES and not response.content.at_eof():
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    finally:
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
 
 
 def _describe(exc: BaseException) -> str:
