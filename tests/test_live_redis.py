@@ -1,17 +1,26 @@
 """The Redis live log against the machine's real Redis (a key prefix per test): ids from sequence numbers,
 idempotent appends, range reads, TTL and length cap, one reader per process shared by its followers, and
-cancel signals between processes (two ``RedisLiveLog`` instances stand for two replicas)."""
+cancel signals between processes (two ``RedisLiveLog`` instances stand for two replicas). Coalesced appends
+(one script call for all the batches queued together) keep each of those properties, and a private
+``redis-server`` that a test stops and starts shows what a restart costs."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from headwater.server.entries import Entry
 from headwater.server.live.redis import RedisLiveLog
+from headwater.server.testing import free_port
 
 
 def delta(seq: int) -> Entry:
@@ -135,3 +144,164 @@ async def test_a_cancel_published_by_one_process_reaches_another(live: RedisLive
             break
         await asyncio.sleep(0.05)
     assert await asyncio.wait_for(heard.get(), 5) == "r1"
+
+
+# --- coalesced appends: one writer per process, one script call for every batch queued meanwhile -------------
+
+
+Rows = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def _rows(raw: aioredis.Redis, key: str) -> Rows:
+    """The stream as Redis holds it."""
+    rows: Rows = await raw.xrange(key)  # type: ignore[assignment]
+    return rows
+
+
+def _ids(rows: Rows) -> list[int]:
+    return [int(stream_id.split(b"-")[0]) - 1 for stream_id, _ in rows]
+
+
+@pytest.fixture
+async def redis_only(redis_url: str) -> AsyncIterator[RedisLiveLog]:
+    """A live log with no copy of its own: what it holds is what Redis holds."""
+    instance = RedisLiveLog(redis_url + "&local=0")
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url.partition("?")[0])
+    yield client
+    await client.aclose()
+
+
+async def test_appends_of_many_responses_at_once_go_in_one_call_each_to_its_own_stream(
+    redis_only: RedisLiveLog, raw: aioredis.Redis
+) -> None:
+    await redis_only.append("warm", [])  # (the script is loaded)
+    writes = redis_only.writes
+    await asyncio.gather(*(redis_only.append(f"r{n}", [delta(0), delta(1), delta(2)][: n % 3 + 1])
+                           for n in range(30)))
+    assert redis_only.writes == writes + 1
+    for n in range(30):
+        assert _ids(await _rows(raw, f"{redis_only.prefix}:events:r{n}")) == list(range(n % 3 + 1))
+
+
+async def test_batches_of_one_response_keep_their_order_within_a_call_and_across_calls(
+    redis_only: RedisLiveLog, raw: aioredis.Redis
+) -> None:
+    await redis_only.append("r1", [delta(0)])
+    writes = redis_only.writes
+    # Three batches of r1 (and one of r2 between them) queued together: one call, in order.
+    await asyncio.gather(redis_only.append("r1", [delta(1), delta(2)]), redis_only.append("r2", [delta(0)]),
+                         redis_only.append("r1", [delta(3)]), redis_only.append("r1", [delta(4), delta(5)]))
+    assert redis_only.writes == writes + 1
+    # A batch queued while a call is in flight goes into the next call, after it.
+    first = asyncio.ensure_future(redis_only.append("r1", [delta(6)]))
+    await asyncio.sleep(0)  # (the writer has sent the call and waits for its reply)
+    second = asyncio.ensure_future(redis_only.append("r1", [delta(7), delta(8)]))
+    await asyncio.gather(first, second)
+    assert redis_only.writes == writes + 3
+    assert _ids(await _rows(raw, f"{redis_only.prefix}:events:r1")) == list(range(9))
+
+
+async def test_a_retried_batch_in_the_same_call_adds_nothing_twice(
+    redis_only: RedisLiveLog, raw: aioredis.Redis
+) -> None:
+    await asyncio.gather(redis_only.append("r1", [delta(0), delta(1)]),
+                         redis_only.append("r1", [delta(0), delta(1), delta(2)]),  # a retry after a lost reply
+                         redis_only.append("r2", [delta(0)]))
+    await redis_only.append("r1", [delta(1), delta(2), delta(3)])
+    assert _ids(await _rows(raw, f"{redis_only.prefix}:events:r1")) == [0, 1, 2, 3]
+    assert (await redis_only.read("r1", 1)).entries == [delta(2), delta(3)]
+
+
+async def test_the_terminal_batch_marks_its_last_entry_and_nothing_follows_it(
+    redis_only: RedisLiveLog, raw: aioredis.Redis
+) -> None:
+    end = Entry(2, "response.completed", b"{}")
+    await asyncio.gather(redis_only.append("r1", [delta(0), delta(1), end], ended=True),
+                         redis_only.append("r2", [delta(0)]))
+    rows = await _rows(raw, f"{redis_only.prefix}:events:r1")
+    assert _ids(rows) == [0, 1, 2] and b"e" in rows[-1][1] and not any(b"e" in f for _, f in rows[:-1])
+    await asyncio.gather(redis_only.append("r1", [delta(3), delta(4)]),  # after the end: taken by nobody
+                         redis_only.append("r2", [delta(1)]))
+    assert _ids(await _rows(raw, f"{redis_only.prefix}:events:r1")) == [0, 1, 2]
+    assert _ids(await _rows(raw, f"{redis_only.prefix}:events:r2")) == [0, 1]
+    got = await redis_only.read("r1", 1)
+    assert got.ended and got.entries == [end]
+
+
+async def test_every_stream_of_a_shared_call_gets_its_ttl_and_length_cap(redis_url: str, raw: aioredis.Redis) -> None:
+    live = RedisLiveLog(redis_url + "&ttl=30&final_ttl=5&maxlen=100&local=0")
+    await live.open()
+    try:
+        await asyncio.gather(live.append("new", []),
+                             live.append("long", [delta(n) for n in range(1000)]),
+                             live.append("ended", [delta(0), Entry(1, "response.completed", b"{}")], ended=True))
+        for name, low, high in (("new", 5_000, 30_000), ("long", 5_000, 30_000), ("ended", 0, 5_000)):
+            assert low < await raw.pttl(f"{live.prefix}:events:{name}") <= high, name
+        assert await raw.xlen(f"{live.prefix}:events:long") < 1000  # trimmed (MAXLEN ~ trims whole nodes)
+        assert await raw.xlen(f"{live.prefix}:events:new") == 0 and (await live.read("new")).found
+    finally:
+        await live.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A redis-server of this test's own (no persistence): its URL and ``control("stop" | "start")``."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI needs redis-server on PATH", pytrace=False)
+        pytest.skip("redis-server not on PATH: install Redis")
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path)]
+    state: dict[str, subprocess.Popen[bytes]] = {}
+
+    def control(action: str) -> None:
+        if action == "stop":
+            state["process"].send_signal(signal.SIGKILL)  # everything it held is gone
+            state["process"].wait(10)
+            return
+        state["process"] = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    control("start")
+    try:
+        yield f"redis://127.0.0.1:{port}/0?prefix=t", control
+    finally:
+        state["process"].kill()
+        state["process"].wait(10)
+
+
+async def test_a_redis_restart_costs_the_appends_meanwhile_only_and_raises_none(
+    private_redis: tuple[str, Callable[[str], None]]
+) -> None:
+    url, control = private_redis
+    live = RedisLiveLog(url + "&local=0")
+    await live.open()
+    raw = aioredis.Redis.from_url(url.partition("?")[0])
+    try:
+        await asyncio.gather(live.append("r1", [delta(0)]), live.append("r2", [delta(0)]))
+        control("stop")
+        errors = live.errors
+        await asyncio.gather(live.append("r1", [delta(1)]), live.append("r2", [delta(1)]))  # returns, raises none
+        assert live.errors >= errors + 2  # counted: one per batch that did not reach Redis
+        control("start")  # empty: no stream, no script
+        await asyncio.gather(live.append("r1", [delta(2)]),
+                             live.append("r2", [delta(2), Entry(3, "response.completed", b"{}")], ended=True))
+        # The streams start again from the next batch (a follower sees the gap and reads the store).
+        assert _ids(await _rows(raw, "t:events:r1")) == [2]
+        rows = await _rows(raw, "t:events:r2")
+        assert _ids(rows) == [2, 3] and b"e" in rows[-1][1]
+        assert 0 < await raw.pttl("t:events:r2") <= live.final_ttl_ms
+    finally:
+        await raw.aclose()
+        await live.close()

@@ -1,12 +1,16 @@
 """The live log of several replicas (``redis://``): one Redis stream per running response, and cancel signals.
 
-An entry's stream id is ``{sequence_number + 1}-0``: a retried append cannot duplicate (the append script skips
-ids at or below the top) and "after N" is the range read ``(N+1-0 .. +``. Every key has a TTL (refreshed by each
-append, shortened to ``final_ttl`` by the terminal batch) and a length cap (``MAXLEN ~``). The runs of this
-process also keep their log in memory (a ``MemoryLiveLog``): their own followers never wait on Redis. Followers
-of another replica's run share one reader task per process, on one connection: a blocking ``XREAD`` over every
-stream they wait on, woken by ``CLIENT UNBLOCK`` when one is added. Redis being away costs no event: the store
-has every entry first, and a follower whose log is gone reads the store (``live.base``).
+An entry's stream id is ``{sequence_number + 1}-0``: a retried append cannot duplicate (``XADD`` refuses an id
+at or below the top) and "after N" is the range read ``(N+1-0 .. +``. The terminal entry is marked and moves the
+stream's last id to the maximum, so nothing follows it. Every key has a TTL (refreshed by each append, shortened
+to ``final_ttl`` by the terminal batch) and a length cap (``MAXLEN ~``). Appends are coalesced: one writer task
+per process sends every batch queued by any run while its previous call was in flight (or in the same loop
+iteration) as one script call over all their streams, so a busy process sends one call per round trip, not one
+per batch. The runs of this process also keep their log in memory (a ``MemoryLiveLog``): their own followers
+never wait on Redis. Followers of another replica's run share one reader task per process, on one connection: a
+blocking ``XREAD`` over every stream they wait on, woken by ``CLIENT UNBLOCK`` when one is added. Redis being
+away costs no event: the store has every entry first, and a follower whose log is gone reads the store
+(``live.base``).
 """
 
 from __future__ import annotations
@@ -30,33 +34,48 @@ __all__ = ["RedisLiveLog"]
 
 log = logging.getLogger("headwater.server.live")
 
-# KEYS[1]: the stream. ARGV: ttl_ms, maxlen, ended (0/1), then (id, type, payload) per entry. Ids at or below
-# the top are a retried append: skipped. A stream whose top entry ended it takes nothing more. An empty append
-# creates the (empty) stream. Returns how many entries were added.
+# One call appends the batches of many responses (everything queued while the previous call was in flight).
+# KEYS: one stream per batch (a key may come twice: its batches in order). ARGV: ttl_ms, final_ttl_ms, maxlen,
+# then per batch: ended (0/1), n, and n x (id, type, payload). XADD with an explicit id refuses one at or below
+# the stream's top, so a retried append adds nothing twice; the terminal batch marks its last entry ('e') and
+# moves the stream's last id to the maximum (XSETID), so that no id whatsoever is taken after the end -- no read
+# of the top per append. An empty batch creates the (empty) stream. Each stream that took an entry (or was
+# created) gets its TTL: ttl_ms, final_ttl_ms once ended. Returns how many entries were added in all.
 _APPEND = """
-local key = KEYS[1]
-local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-if top[1] then
-  local fields = top[1][2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'e' then return 0 end
-  end
-elseif redis.call('EXISTS', key) == 0 then
-  redis.call('XGROUP', 'CREATE', key, 'headwater', '$', 'MKSTREAM')
-  redis.call('XGROUP', 'DESTROY', key, 'headwater')
-end
+local maxlen = ARGV[3]
+local at = 4
 local added = 0
-local last = #ARGV - 2
-for i = 4, last, 3 do
-  local ok
-  if i == last and ARGV[3] == '1' then
-    ok = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[2], ARGV[i], 't', ARGV[i + 1], 'd', ARGV[i + 2], 'e', '1')
-  else
-    ok = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[2], ARGV[i], 't', ARGV[i + 1], 'd', ARGV[i + 2])
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local ended = ARGV[at] == '1'
+  local n = tonumber(ARGV[at + 1])
+  at = at + 2
+  local took = 0
+  if n == 0 and redis.call('EXISTS', key) == 0 then
+    redis.call('XGROUP', 'CREATE', key, 'headwater', '$', 'MKSTREAM')
+    redis.call('XGROUP', 'DESTROY', key, 'headwater')
+    took = 1
   end
-  if type(ok) ~= 'table' or not ok.err then added = added + 1 end
+  for i = 1, n do
+    local ok
+    if ended and i == n then
+      ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2], 'e', '1')
+    else
+      ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2])
+    end
+    if type(ok) ~= 'table' or not ok.err then took = took + 1 end
+    at = at + 3
+  end
+  if took > 0 then
+    if ended then
+      redis.pcall('XSETID', key, '18446744073709551615-18446744073709551615')
+      redis.call('PEXPIRE', key, ARGV[2])
+    else
+      redis.call('PEXPIRE', key, ARGV[1])
+    end
+    added = added + took
+  end
 end
-redis.call('PEXPIRE', key, ARGV[1])
 return added
 """
 
@@ -70,6 +89,7 @@ if left < 0 or ms < left then return redis.call('PEXPIRE', KEYS[1], ms) end
 return 0
 """
 
+_CALL_ENTRIES = 5000  # at most about this many entries in one append call (Redis runs a script alone)
 _BLOCK_MS = 1000  # the shared reader's blocking read returns at least this often
 _POLL = 1.0  # a follower whose stream is quiet checks this often that it still exists
 
@@ -96,6 +116,16 @@ def _decode(rows: Any) -> tuple[list[Entry], bool]:
     """Stream rows as entries, and whether the last one ended the log."""
     entries = [_entry(stream_id, fields) for stream_id, fields in rows]
     return entries, bool(rows) and b"e" in rows[-1][1]
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """One ``append`` waiting for the writer: resolved once its call is answered (or failed)."""
+
+    key: str
+    entries: Sequence[Entry]
+    ended: bool
+    written: asyncio.Future[None]
 
 
 @dataclass(eq=False)
@@ -149,6 +179,10 @@ class RedisLiveLog(LiveLog):
         self._reader_blocked = False
         self._cancels: asyncio.Task[None] | None = None
         self._closing = False
+        self._queue: list[_Batch] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0  # append calls sent (each carries the batches queued meanwhile): for the bench
+        self.batches = 0  # batches they carried
         self.commands = 0  # Redis commands this process sent (appends, reads, signals): for the bench
         self.errors = 0  # Redis errors seen (the live log went on without Redis)
         self.latency: Callable[[str, float], None] | None = None  # metrics hook: (operation, seconds)
@@ -175,13 +209,16 @@ class RedisLiveLog(LiveLog):
             await self._redis.ping()
 
     async def close(self) -> None:
+        if self._writer is not None:  # what is queued still goes (bounded by the client's timeouts)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._writer), 10)
         self._closing = True
-        for task in (self._reader, self._cancels):
+        for task in (self._writer, self._reader, self._cancels):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        self._reader = self._cancels = None
+        self._writer = self._reader = self._cancels = None
         for tail in self._tails.values():
             tail.notify()
         if self._local is not None:
@@ -209,21 +246,60 @@ class RedisLiveLog(LiveLog):
     # --- writing ----------------------------------------------------------------------------------------
 
     async def append(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
-        """This process's followers get the entries at once; then one script call adds them to the stream.
-        When Redis cannot be reached the entries are only counted as lost here: the store has them."""
+        """This process's followers get the entries at once; then the process's writer adds them to the stream,
+        together with every other append queued meanwhile, and this returns. When Redis cannot be reached the
+        entries are only counted as lost here (never raised): the store has them."""
         if self._local is not None:
             self._local.append_now(response_id, entries, ended=ended)
-        args: list[Any] = [self.final_ttl_ms if ended else self.ttl_ms, self.maxlen, 1 if ended else 0]
-        for entry in entries:
-            args += [_stream_id(entry.sequence_number), entry.type, entry.payload]
-        start = time.perf_counter()
-        self.commands += 1
+        written = asyncio.get_running_loop().create_future()
+        self._queue.append(_Batch(self._key(response_id), entries, ended, written))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write(), name="headwater-redis-writer")
+        await written
+
+    async def _write(self) -> None:
+        """The process's one writer: one script call for every batch queued, until none is. A batch queued
+        while a call is in flight goes into the next one (so a busy process sends fewer, bigger calls)."""
         try:
-            await self._append(keys=[self._key(response_id)], args=args, client=self._client)
-        except (RedisError, OSError) as exc:
-            self._failed(f"append to {response_id}", exc)
-        finally:
-            self._timed("append", start)
+            while self._queue:
+                batches = self._take()
+                args: list[Any] = [self.ttl_ms, self.final_ttl_ms, self.maxlen]
+                for batch in batches:
+                    args += (1 if batch.ended else 0, len(batch.entries))
+                    for entry in batch.entries:
+                        args += (b"%d-0" % (entry.sequence_number + 1), entry.type, entry.payload)
+                start = time.perf_counter()
+                self.commands += 1
+                self.writes += 1
+                self.batches += len(batches)
+                try:
+                    await self._append(keys=[batch.key for batch in batches], args=args, client=self._client)
+                except Exception as exc:  # (Redis away, or closed): the store has every entry
+                    self.errors += len(batches) - 1  # (one more in _failed)
+                    self._failed(f"append of {len(batches)} batch(es)", exc)
+                finally:
+                    self._timed("append", start)
+                    for batch in batches:
+                        if not batch.written.done():
+                            batch.written.set_result(None)
+        finally:  # (normally nothing is left; when cancelled by close, what was queued is not waited for)
+            self._writer = None
+            for batch in self._queue:
+                if not batch.written.done():
+                    batch.written.set_result(None)
+            self._queue = []
+
+    def _take(self) -> list[_Batch]:
+        """The queued batches up to about ``_CALL_ENTRIES`` entries (at least one batch)."""
+        queue = self._queue
+        count = 0
+        for index, batch in enumerate(queue):
+            count += len(batch.entries) + 1
+            if count > _CALL_ENTRIES and index > 0:
+                taken, self._queue = queue[:index], queue[index:]
+                return taken
+        self._queue = []
+        return queue
 
     async def expire(self, response_id: str, after: float = 0.0) -> None:
         """Forget the local copy and the stream ``after`` seconds from now (sooner only). A reader of another
