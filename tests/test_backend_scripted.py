@@ -76,6 +76,20 @@ async def test_pauses_and_delay_take_time() -> None:
     assert loop.time() - start >= 0.06
 
 
+async def test_a_paced_stream_keeps_its_deadlines_when_its_consumer_is_late() -> None:
+    backend = ScriptedBackend([TextDelta(str(i)) for i in range(100)], delay=0.01)
+    stream = backend.generate(request())
+    assert await anext(stream) == TextDelta("0")
+    await asyncio.sleep(0.2)  # the consumer is late: about twenty more steps are due by now
+    for i in range(1, 6):  # steps already due come at once: the pace is not restarted after each step
+        step = stream.__anext__()
+        assert step.send(None) is None  # a bare yield to the loop (a wait for the pace would yield a timer)
+        with pytest.raises(StopIteration) as got:
+            step.send(None)
+        assert got.value.value == TextDelta(str(i))
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
 async def test_aclose_after_two_steps_is_recorded_as_closed_early() -> None:
     backend = ScriptedBackend([TextDelta(str(i)) for i in range(10)])
     stream = backend.generate(request())

@@ -75,7 +75,15 @@ class ScriptRun:
 
 class ScriptedBackend:
     """Plays ``script`` on every ``generate`` call: a list of steps (with ``Pause`` and ``Fail`` items), or a
-    function ``request -> list`` so a test can echo what the backend saw. ``delay`` waits before every step.
+    function ``request -> list`` so a test can echo what the backend saw.
+
+    ``delay`` paces the steps: step n (from 1) is due ``n * delay`` seconds after the stream began, plus the
+    ``Pause`` items before it, on absolute deadlines. So a paced stream offers one step every ``delay`` seconds
+    whatever its consumer does meanwhile: time the server spends between two steps is not added to the pace
+    (a late consumer gets the steps that are due at once, after only a yield to the event loop; never more
+    than are due), and a stream of N steps
+    takes N x delay (+ pauses) when its consumer keeps up. A ``Pause`` is a wait of its own, from when it is
+    reached; the pace resumes from its end.
 
     Any model name is accepted unless ``strict_models`` is set; then names outside ``models`` are a
     ``BackendError(400, "model_not_found")``. ``runs`` holds one ``ScriptRun`` per call; ``requests``,
@@ -153,16 +161,22 @@ class ScriptedBackend:
             )
             raise run.failed
         items = self.script(request) if callable(self.script) else self.script
+        loop = asyncio.get_running_loop()
+        due = loop.time()  # when the next step is due (with delay): deadlines from the start, not from the last step
         try:
             for item in items:
                 if isinstance(item, Pause):
                     await asyncio.sleep(item.seconds)
+                    due = max(due, loop.time())  # (a pause is a wait of its own: the pace resumes after it)
                 elif isinstance(item, Fail):
                     run.failed = item.error
                     raise item.error
                 else:
                     if self.delay:
-                        await asyncio.sleep(self.delay)
+                        due += self.delay
+                        # A step already due still lets the loop run others first (as a socket read would):
+                        # a late stream catching up must not hold the loop for all its overdue steps.
+                        await asyncio.sleep(max(0.0, due - loop.time()))
                     run.steps_yielded += 1
                     yield item
             run.completed = True
