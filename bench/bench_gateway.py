@@ -20,6 +20,10 @@ HTTP clients a relay could use, reading the same mock in one process: CPU per ev
     python bench/bench_gateway.py --quick                # shorter runs, 1 and 64 streams
     python bench/bench_gateway.py --streams 512 --targets direct,hw-responses-memory
     python bench/bench_gateway.py --clients-only         # just the upstream-client comparison
+    python bench/bench_gateway.py --baseline /tmp/base/src --targets hw-responses-memory@base,hw-responses-memory
+                                                          # A/B: the same target from another source tree
+
+`hw-*-pg-x2` runs `headwater serve --workers 2` (two forked replicas accepting on one port; PostgreSQL + Redis).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ TARGETS = (
     "litellm",
 )
 # Also measurable (--targets): PostgreSQL store + Redis live log (`BENCH_PG_URL`, `BENCH_REDIS_URL`), one
-# process, or one replica per core with the load generator spreading its streams over them.
+# process, or `--workers 2` (one replica per core, accepting on one port).
 EXTRA_TARGETS = ("hw-responses-pg", "hw-responses-pg-x2", "hw-chat-pg-x2")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -456,11 +460,17 @@ def _drop_schema(schema: str) -> None:
     asyncio.run(drop())
 
 
-def start_target(name: str, mock_port: int) -> Target:
+def start_target(name: str, mock_port: int, baseline: str | None = None) -> Target:
+    """``name@base``: the same Headwater target, run from the source tree ``baseline`` (an A/B in one run)."""
+    name, at, _ = name.partition("@")
+    if at and not baseline:
+        raise SystemExit(f"{name}@base needs --baseline SRC (a source tree to run the baseline from)")
     if name == "direct":
         return Target(name, "responses", [mock_port])
     tmp = tempfile.TemporaryDirectory(prefix="hw-gateway-")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if at:
+        env["PYTHONPATH"] = str(baseline)  # imported before the installed (editable) headwater
     schema = None
     if name == "litellm":
         config = Path(tmp.name) / "litellm.yaml"
@@ -478,25 +488,24 @@ def start_target(name: str, mock_port: int) -> Target:
         ports, kind = [port], "chat"
     else:
         _, backend, store, *copies = name.split("-")
-        replicas = int(copies[0][1:]) if copies else 1
+        workers = int(copies[0][1:]) if copies else 1
         options = ["--store", store, "--data-dir", tmp.name]
         if store == "pg":
             schema = f"hwbench_{secrets.token_hex(4)}"
             options = ["--store", f"{PG_URL}?schema={schema}", "--events", f"{REDIS_URL}?prefix={schema}"]
-        ports = [free_port() for _ in range(replicas)]
+        if workers > 1:  # one port, `--workers N` processes (each a replica) accepting on it
+            options += ["--workers", str(workers)]
+        port = free_port()
         commands = [
             [sys.executable, "-m", "headwater", "serve", "--backend", backend,
              "--upstream", f"http://127.0.0.1:{mock_port}/v1", *options, "--port", str(port),
              "--log-level", "warning"]
-            for port in ports
         ]
-        kind = "responses"
+        ports, kind = [port], "responses"
     target = Target(name, kind, ports, tmp=tmp, schema=schema)
     for i, cmd in enumerate(commands):
         log = open(Path(tmp.name) / f"server{i}.log", "wb")  # noqa: SIM115 - closed with the process
         target.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp.name))
-        if i == 0 and len(commands) > 1:
-            time.sleep(2)  # the first replica makes the schema; the others find it made
     try:
         for port, proc in zip(ports, target.procs, strict=True):
             _wait_port(port, proc, timeout=120)
@@ -508,15 +517,27 @@ def start_target(name: str, mock_port: int) -> Target:
     return target
 
 
+def _pids(target: Target) -> list[int]:
+    """The target's processes and their children (``--workers``' forked workers do the serving)."""
+    pids = []
+    for proc in target.procs:
+        pids.append(proc.pid)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        if children.exists():
+            pids.extend(int(pid) for pid in children.read_text().split())
+    return pids
+
+
 def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(prefix="hw-load-", suffix=".json")[1])
-    cpu0 = sum(_cpu_seconds(p.pid) for p in target.procs)
+    pids = _pids(target)
+    cpu0 = sum(_cpu_seconds(pid) for pid in pids)
     load = subprocess.run(
         [sys.executable, __file__, "--role", "load", "--ports", ",".join(map(str, target.ports)),
          "--kind", target.kind, "--streams", str(streams), "--seconds", str(seconds), "--out", str(out)],
         check=False, env={**os.environ, "BENCH_LITELLM_KEY": MASTER_KEY},
     )
-    cpu = (sum(_cpu_seconds(p.pid) for p in target.procs) - cpu0) if target.procs else None
+    cpu = (sum(_cpu_seconds(pid) for pid in pids) - cpu0) if target.procs else None
     if load.returncode != 0:
         raise RuntimeError(f"the load generator failed against {target.name}")
     result: dict[str, Any] = json.loads(out.read_text())
@@ -602,23 +623,23 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> None:
     for streams, by_target in results.items():
         direct = by_target.get("direct")
         print(f"\n{streams} stream(s), closed loop; {DELTAS} deltas {INTERVAL * 1000:.0f} ms apart per stream")
-        print(f"{'target':<22} {'first p50/p99 ms':>17} {'later p50/p99 ms':>17} {'events/s':>9} {'vs direct':>9} "
+        print(f"{'target':<26} {'first p50/p99 ms':>17} {'later p50/p99 ms':>17} {'events/s':>9} {'vs direct':>9} "
               f"{'stalled':>9} {'streams':>8} {'err':>4} {'cpu us/ev':>9} {'load':>5}")
         for name, r in by_target.items():
             ratio = f"{r['events_per_s'] / direct['events_per_s']:.2f}x" if direct else "-"
             cpu = "-" if r.get("cpu_us_per_event") is None else f"{r['cpu_us_per_event']:.0f}"
-            print(f"{name:<22} {_ms(r['first_p50']):>8}/{_ms(r['first_p99']):<8} "
+            print(f"{name:<26} {_ms(r['first_p50']):>8}/{_ms(r['first_p99']):<8} "
                   f"{_ms(r['later_p50']):>8}/{_ms(r['later_p99']):<8} {r['events_per_s']:>9,.0f} {ratio:>9} "
                   f"{r['stalled']:>4}/{r['streams_done']:<4} {r['streams_ok']:>8} {r['errors']:>4} {cpu:>9} "
                   f"{r['load_avg']:>5.2f}")
             if r["error_sample"]:
-                print(f"{'':<22} errors, e.g.: {r['error_sample'][0]}")
+                print(f"{'':<26} errors, e.g.: {r['error_sample'][0]}")
         if direct:
             print("added over direct (ms):")
             for name, r in by_target.items():
                 if name == "direct" or r["first_p99"] is None or r["later_p99"] is None:
                     continue
-                print(f"  {name:<20} first p50 +{r['first_p50'] - direct['first_p50']:.2f} "
+                print(f"  {name:<26} first p50 +{r['first_p50'] - direct['first_p50']:.2f} "
                       f"p99 +{r['first_p99'] - direct['first_p99']:.2f}; each later p50 "
                       f"+{r['later_p50'] - direct['later_p50']:.2f} p99 +{r['later_p99'] - direct['later_p99']:.2f}")
 
@@ -641,6 +662,8 @@ def main() -> None:
                                                            "('' to skip)")
     parser.add_argument("--clients-only", action="store_true")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--baseline", help="a headwater source tree (its src/ directory) that targets named "
+                                           "NAME@base run from, e.g. `git worktree add /tmp/base <commit>`")
     args = parser.parse_args()
     if args.role == "mock":
         run_mock(args.port)
@@ -664,7 +687,7 @@ def main() -> None:
         results: dict[int, dict[str, dict[str, Any]]] = {}
         if not args.clients_only:
             for name in args.targets.split(","):
-                target = start_target(name, mock_port)
+                target = start_target(name, mock_port, args.baseline)
                 try:
                     for streams in map(int, args.streams.split(",")):
                         # 1 stream: at least 8 streams' worth of time, so that p99 means something.
