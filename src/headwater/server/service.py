@@ -170,24 +170,35 @@ class Service:
             # The response reports the sampling the backend really uses when the request leaves it unset.
             **sampling_defaults(self.backend),
         )
+        generation = request.generation_request(model, messages)
         with self.runs.admit(owner) as ticket:  # a place to run, or in the queue; 429 beyond it
-            if body.store:
-                rows = await offload.call(len(request.items) > offload.OFF_LOOP_ITEMS, _stored_rows, request)
-                await self.store.create(
-                    StoredResponse(template.id, owner, template.status, int(template.created_at),
-                                   encode_response(template)),
-                    rows,
+            # An upstream backend is asked now, when the run can start at once: its time to the first event
+            # overlaps storing the response and starting the run (the run reads that answer).
+            ahead: Any = self.backend if ticket.granted and hasattr(self.backend, "send_ahead") else None
+            if ahead is not None:
+                ahead.send_ahead(generation)
+            try:
+                if body.store:
+                    rows = await offload.call(len(request.items) > offload.OFF_LOOP_ITEMS, _stored_rows, request)
+                    await self.store.create(
+                        StoredResponse(template.id, owner, template.status, int(template.created_at),
+                                       encode_response(template)),
+                        rows,
+                    )
+                run = self.runs.start(
+                    writer=ResponseWriter(template),
+                    request=generation,
+                    owner=owner,
+                    stored=body.store,
+                    background=body.background,
+                    max_tool_calls=body.max_tool_calls,
+                    followed=streamed,
+                    ticket=ticket,
                 )
-            run = self.runs.start(
-                writer=ResponseWriter(template),
-                request=request.generation_request(model, messages),
-                owner=owner,
-                stored=body.store,
-                background=body.background,
-                max_tool_calls=body.max_tool_calls,
-                followed=streamed,
-                ticket=ticket,
-            )
+            except BaseException:
+                if ahead is not None:
+                    ahead.forget_ahead(generation)
+                raise
         run.template = template
         if streamed and not body.background:
             # (a queued run answers at once: headers, response.created, response.queued)

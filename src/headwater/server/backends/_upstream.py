@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,9 +28,10 @@ import msgspec
 from headwater.protocol.errors import SSEError
 from headwater.protocol.sse import Frame, SSEDecoder
 
-from .base import BackendError
+from .base import BackendError, GenerationRequest
 
 __all__ = [
+    "AHEAD_SECONDS",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MODEL",
     "DEFAULT_READ_TIMEOUT",
@@ -201,12 +202,46 @@ class Upstream:
             asyncio.run_coroutine_threadsafe(session.close(), loop)
 
     @asynccontextmanager
-    async def stream(self, body: Mapping[str, Any], *, url: str | None = None) -> AsyncIterator[UpstreamStream]:
+    async def stream(
+        self,
+        body: Mapping[str, Any] | None,
+        *,
+        url: str | None = None,
+        sent: Awaitable[aiohttp.ClientResponse] | None = None,
+    ) -> AsyncIterator[UpstreamStream]:
         """POST ``body`` (to the endpoint, or to ``url``) and hold the answer open: an ``UpstreamStream`` when
         the status is 2xx; a ``BackendError`` otherwise (or when the upstream cannot be reached or does not
-        answer in time)."""
+        answer in time). ``sent``: the answer of a ``post`` made earlier, instead of posting ``body``."""
+        if sent is not None:
+            response = await sent
+        else:
+            assert body is not None
+            response = await self.post(body, url=url)
+        stream = UpstreamStream(self, response)
+        ended = False
         try:
-            response = await self._session().post(
+            if response.status >= 400:
+                raise error_from_status(url or self.url, response.status, await self._error_body(stream))
+            yield stream
+            ended = True
+        finally:
+            # A body read to its end gives its connection back to the pool; one whose consumer stopped at the
+            # stream's end is read to its end first, in the background; one left in the middle (an error, the
+            # client left, a cancel) is closed, so that the upstream sees the disconnect and stops.
+            if response.content.at_eof():
+                response.release()
+            elif ended:
+                task = asyncio.get_running_loop().create_task(_drain(response))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
+            else:
+                response.close()
+
+    async def post(self, body: Mapping[str, Any], *, url: str | None = None) -> aiohttp.ClientResponse:
+        """POST ``body`` (to the endpoint, or to ``url``): the answer once its status and headers have come
+        (its body unread); a ``BackendError`` when the upstream cannot be reached or does not answer in time."""
+        try:
+            return await self._session().post(
                 url or self.url, data=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
             )
         except aiohttp.ConnectionTimeoutError:
@@ -227,25 +262,6 @@ class Upstream:
                 code="upstream_unreachable",
                 status=502,
             ) from None
-        stream = UpstreamStream(self, response)
-        ended = False
-        try:
-            if response.status >= 400:
-                raise error_from_status(url or self.url, response.status, await self._error_body(stream))
-            yield stream
-            ended = True
-        finally:
-            # A body read to its end gives its connection back to the pool; one whose consumer stopped at the
-            # stream's end is read to its end first, in the background; one left in the middle (an error, the
-            # client left, a cancel) is closed, so that the upstream sees the disconnect and stops.
-            if response.content.at_eof():
-                response.release()
-            elif ended:
-                task = asyncio.get_running_loop().create_task(_drain(response))
-                self._draining.add(task)
-                task.add_done_callback(self._draining.discard)
-            else:
-                response.close()
 
     async def _error_body(self, stream: UpstreamStream) -> bytes:
         body = bytearray()
@@ -411,9 +427,66 @@ class UpstreamBackend:
         self.model = model
         self._models = list(dict.fromkeys([*([model] if model else []), *models])) or [DEFAULT_MODEL]
         self.extra_body = dict(extra_body or {})
+        # Requests sent ahead (``send_ahead``), by the id of the GenerationRequest they were sent for: that
+        # request (held, so that its id stays its own), the POST, the timer that closes it if nobody reads it.
+        self._ahead: dict[int, tuple[GenerationRequest, asyncio.Task[aiohttp.ClientResponse], asyncio.TimerHandle]]
+        self._ahead = {}
 
     def models(self) -> list[str]:
         return list(self._models)
 
+    def request_body(self, request: GenerationRequest) -> dict[str, Any]:
+        """The JSON body POSTed upstream for ``request``."""
+        raise NotImplementedError
+
+    def send_ahead(self, request: GenerationRequest) -> None:
+        """POST ``request`` upstream now, before the response is stored and its run has started: the run's read
+        of this same request (``generate``/``events``) takes that answer, so the upstream's time to its first
+        event overlaps the rest of the create path. An answer nobody takes within ``AHEAD_SECONDS`` (the run
+        was stopped before it generated) is closed; ``forget_ahead`` closes it at once."""
+        loop = asyncio.get_running_loop()
+        self.forget_ahead(request)
+        task = loop.create_task(self.upstream.post(self.request_body(request)))
+        timer = loop.call_later(AHEAD_SECONDS, self._drop_ahead, id(request))
+        self._ahead[id(request)] = (request, task, timer)
+
+    def forget_ahead(self, request: GenerationRequest) -> None:
+        """Nobody will read what ``send_ahead(request)`` sent (the create failed): close it."""
+        entry = self._ahead.get(id(request))
+        if entry is not None and entry[0] is request:
+            self._drop_ahead(id(request))
+
+    def _sent_ahead(self, request: GenerationRequest) -> asyncio.Task[aiohttp.ClientResponse] | None:
+        """The answer ``send_ahead`` got for ``request``, taken (None: it was not sent ahead)."""
+        entry = self._ahead.get(id(request))
+        if entry is None or entry[0] is not request:
+            return None
+        del self._ahead[id(request)]
+        entry[2].cancel()
+        return entry[1]
+
+    def _drop_ahead(self, key: int) -> None:
+        entry = self._ahead.pop(key, None)
+        if entry is None:
+            return
+        _, task, timer = entry
+        timer.cancel()
+        task.add_done_callback(_close_unread)
+        task.cancel()  # (nothing, if the answer has come: the callback closes it)
+
     async def aclose(self) -> None:
+        for key in list(self._ahead):
+            self._drop_ahead(key)
         await self.upstream.aclose()
+
+
+# How long an answer sent ahead waits for the run that reads it.
+AHEAD_SECONDS = 30.0
+
+
+def _close_unread(task: asyncio.Task[aiohttp.ClientResponse]) -> None:
+    """An answer sent ahead that nobody will read: closed (the upstream sees the disconnect and stops)."""
+    if task.cancelled():
+        return
+    if task.exception() is None:  # (an error is read here, so that nobody is told it was never retrieved)
+        task.result().close()

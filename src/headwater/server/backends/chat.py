@@ -521,19 +521,25 @@ class ChatBackend(UpstreamBackend):
             "(reasoning_content / reasoning), function calls and usage; no hosted tools, no input images"
         )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+    def request_body(self, request: GenerationRequest) -> dict[str, Any]:
+        """The streamed ``/chat/completions`` body for ``request`` (``chat_request``, with this backend's model
+        and settings)."""
         model: str | None = request.model or self.model
         if model == DEFAULT_MODEL and self.model is None:
             model = None
-        body = chat_request(
+        return chat_request(
             request,
             model=model,
             include_usage=self.include_usage,
             max_tokens_field=self.max_tokens_field,
             extra_body=self.extra_body,
         )
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        sent = self._sent_ahead(request)
+        body = None if sent is not None else self.request_body(request)
         mapper = ChunkMapper()
-        async with self.upstream.stream(body) as stream:
+        async with self.upstream.stream(body, sent=sent) as stream:
             if stream.is_json:
                 for step in _completion_steps(stream, mapper, await stream.read()):
                     yield step

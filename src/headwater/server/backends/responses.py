@@ -200,11 +200,9 @@ class ResponsesBackend(UpstreamBackend):
         ``UnknownEvent`` with ``problem`` set). Ends after the terminal event. Raises ``BackendError`` for an
         error status, a connection or time-out failure, a payload that is not JSON, or a stream that ends with
         neither a terminal event nor an ``error`` event."""
-        model: str | None = request.model or self.model
-        if model == DEFAULT_MODEL and self.model is None:
-            model = None
-        body = responses_request(request, model=model, store=self.store, extra_body=self.extra_body)
-        async with self.upstream.stream(body) as stream:
+        sent = self._sent_ahead(request)
+        body = None if sent is not None else self.request_body(request)
+        async with self.upstream.stream(body, sent=sent) as stream:
             if stream.is_json:
                 data = await stream.read()
                 raise stream.malformed(data, "a JSON document instead of an event stream", what="answer")
@@ -228,14 +226,18 @@ class ResponsesBackend(UpstreamBackend):
                     code="upstream_disconnected",
                 )
 
-    async def count_tokens(self, request: GenerationRequest) -> int:
-        """The upstream's own count (``POST .../responses/input_tokens``, as OpenAI answers it) of the input
-        tokens ``request`` would take. An upstream without the endpoint answers 404/405: a ``BackendError``."""
+    def request_body(self, request: GenerationRequest) -> dict[str, Any]:
+        """The streamed ``/responses`` body for ``request`` (``responses_request``, with this backend's model,
+        ``store`` flag and ``extra_body``)."""
         model: str | None = request.model or self.model
         if model == DEFAULT_MODEL and self.model is None:
             model = None
-        body = responses_request(request, model=model, store=self.store, extra_body=self.extra_body)
-        body = {key: value for key, value in body.items() if key in _COUNT_FIELDS}
+        return responses_request(request, model=model, store=self.store, extra_body=self.extra_body)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The upstream's own count (``POST .../responses/input_tokens``, as OpenAI answers it) of the input
+        tokens ``request`` would take. An upstream without the endpoint answers 404/405: a ``BackendError``."""
+        body = {key: value for key, value in self.request_body(request).items() if key in _COUNT_FIELDS}
         url = self.upstream.url + "/input_tokens"
         async with self.upstream.stream(body, url=url) as answer:
             data = await answer.read()
