@@ -286,10 +286,14 @@ async def test_sqlite_store_upgrades_a_file_of_the_first_schema(tmp_path: Path) 
         ]
         await store.append("r1", [entry(1, b"{}", "response.completed")])
         assert [e.type for e in await store.events("r1")] == ["response.created", "response.completed"]
+        with pytest.raises(sqlite3.IntegrityError):  # the upgraded log still refuses a repeated number
+            await store.append("r1", [entry(1, b"again")])
     finally:
         await store.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    # Version 4: the events are a rowid table with a unique index on (response_id, seq).
+    assert conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_by_response'").fetchone() is not None
     conn.close()
 
 

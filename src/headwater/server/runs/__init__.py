@@ -8,7 +8,6 @@ run's events (one store call for all) and publishes them; ``orphans`` closes wha
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from headwater.protocol.codec import encode_response
 from headwater.protocol.writer import ResponseWriter
@@ -24,8 +23,6 @@ from .orphans import ORPHAN_MESSAGE, close_orphan, close_orphans
 from .run import Run
 
 __all__ = ["ORPHAN_MESSAGE", "Run", "Runs", "close_orphan", "close_orphans", "encode_response"]
-
-log = logging.getLogger("headwater.server")
 
 
 class Runs:

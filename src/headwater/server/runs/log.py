@@ -147,6 +147,7 @@ class EventLog:
                     run._done(1)
 
     async def _commit(self, queued: list[tuple[RunLog, list[Entry], str | None, bytes | None]]) -> None:
+        """One store call for every run in ``queued``, then their publishing."""
         merged: dict[RunLog, _Pending] = {}
         for run, entries, status, data in queued:
             pending = merged.get(run)

@@ -50,11 +50,14 @@ CREATE TABLE IF NOT EXISTS events (
     response_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     type TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (response_id, seq)
-) WITHOUT ROWID;
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_response ON events (response_id, seq);
 """
-SCHEMA_VERSION = 3
+# The events table is a rowid table (its rows are appended at its end, in commit order) with a unique index on
+# (response_id, seq): a group commit of many runs' events then dirties a few data pages and the index's, where
+# a table clustered on (response_id, seq) dirtied a page per run, each written to the WAL whole (version 4).
+SCHEMA_VERSION = 4
 # Upgrades from each older version (a file made before versioning reads as 0 and has version 1's tables).
 _UPGRADES = {
     0: "",  # version 1 created its tables with CREATE ... IF NOT EXISTS, as _SCHEMA does
@@ -63,6 +66,14 @@ ALTER TABLE events ADD COLUMN type TEXT NOT NULL DEFAULT '';
 UPDATE events SET type = coalesce(json_extract(CAST(data AS TEXT), '$.type'), '');
 """,
     2: "CREATE INDEX IF NOT EXISTS input_items_by_id ON input_items (item_id);",  # item references
+    3: """
+CREATE TABLE events_v4 (response_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL);
+INSERT INTO events_v4 (response_id, seq, type, data) SELECT response_id, seq, type, data FROM events
+    ORDER BY response_id, seq;
+DROP TABLE events;
+ALTER TABLE events_v4 RENAME TO events;
+CREATE UNIQUE INDEX events_by_response ON events (response_id, seq);
+""",
 }
 
 # In WAL mode, NORMAL writes each commit to the WAL file (the OS has it: a crash of the process loses nothing
@@ -78,6 +89,11 @@ def synchronous() -> str:
         raise ValueError(f"HEADWATER_SQLITE_SYNCHRONOUS must be one of {', '.join(_SYNCHRONOUS)}, not {value!r}")
     return value
 
+# The writer's page cache holds the pages a group commit of many runs touches (the default 2 MB holds ~500);
+# the WAL is checkpointed every 10,000 pages (40 MB) rather than 1,000, so that the pages every commit touches
+# again (the index's) are copied back once per checkpoint, not once per few commits. bench/README.md has the
+# figures (bench_pipeline, bench_scale).
+WRITER_PRAGMAS = ("cache_size=-32768", "wal_autocheckpoint=10000")
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 _STOP = None
@@ -89,9 +105,10 @@ class _Worker:
     one failing job does not undo the others. The futures of one commit are settled with one call into the
     event loop."""
 
-    def __init__(self, path: Path, *, batch: bool, name: str) -> None:
+    def __init__(self, path: Path, *, batch: bool, name: str, pragmas: Sequence[str] = ()) -> None:
         self._path = path
         self._batch = batch
+        self._pragmas = pragmas
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -115,6 +132,8 @@ class _Worker:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA synchronous={synchronous()}")
             conn.execute("PRAGMA busy_timeout=5000")
+            for pragma in self._pragmas:
+                conn.execute(f"PRAGMA {pragma}")
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -236,7 +255,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         synchronous()  # a wrong $HEADWATER_SQLITE_SYNCHRONOUS is said here, before anything is opened
         await asyncio.to_thread(self._create_schema)
-        self._writer = _Worker(self.path, batch=True, name="headwater-sqlite-writer")
+        self._writer = _Worker(self.path, batch=True, name="headwater-sqlite-writer", pragmas=WRITER_PRAGMAS)
         self._reader = _Worker(self.path, batch=False, name="headwater-sqlite-reader")
 
     def _create_schema(self) -> None:
