@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,7 +26,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Entry, LiveLog, LiveRead
 from .memory import MemoryLiveLog
@@ -104,6 +107,14 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), options
 
 
+def _pack(args: list[bytes]) -> bytes:
+    """One command in the Redis protocol (RESP): ``*N`` then ``$len``/bytes per argument."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)
+
+
 def _stream_id(sequence_number: int) -> str:
     return f"{sequence_number + 1}-0"
 
@@ -170,7 +181,8 @@ class RedisLiveLog(LiveLog):
         self._max_connections = int(options.get("max_connections", 32))
         self._local = MemoryLiveLog() if options.get("local", "1") not in ("0", "false") else None
         self._redis: aioredis.Redis | None = None
-        self._append: Any = None
+        self._append_sha = b""
+        self._types: dict[str, bytes] = {}  # event type -> its bytes
         self._expire: Any = None
         self._tails: dict[str, _Tail] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -203,7 +215,7 @@ class RedisLiveLog(LiveLog):
             self._url, max_connections=self._max_connections, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        self._append = self._redis.register_script(_APPEND)
+        self._append_sha = hashlib.sha1(_APPEND.encode()).hexdigest().encode()
         self._expire = self._redis.register_script(_EXPIRE)
         with contextlib.suppress(RedisError, OSError):  # Redis may come later: the live log degrades, see docs
             await self._redis.ping()
@@ -263,17 +275,23 @@ class RedisLiveLog(LiveLog):
         try:
             while self._queue:
                 batches = self._take()
-                args: list[Any] = [self.ttl_ms, self.final_ttl_ms, self.maxlen]
+                args: list[bytes] = [b"%d" % self.ttl_ms, b"%d" % self.final_ttl_ms, b"%d" % self.maxlen]
+                types = self._types
                 for batch in batches:
-                    args += (1 if batch.ended else 0, len(batch.entries))
+                    args += (b"1" if batch.ended else b"0", b"%d" % len(batch.entries))
                     for entry in batch.entries:
-                        args += (b"%d-0" % (entry.sequence_number + 1), entry.type, entry.payload)
+                        kind = types.get(entry.type)
+                        if kind is None:
+                            kind = entry.type.encode()
+                            if len(types) < 1024:  # (the protocol's types; a relayed upstream may have more)
+                                types[entry.type] = kind
+                        args += (b"%d-0" % (entry.sequence_number + 1), kind, entry.payload)
                 start = time.perf_counter()
                 self.commands += 1
                 self.writes += 1
                 self.batches += len(batches)
                 try:
-                    await self._append(keys=[batch.key for batch in batches], args=args, client=self._client)
+                    await self._call_append(batches, args)
                 except Exception as exc:  # (Redis away, or closed): the store has every entry
                     self.errors += len(batches) - 1  # (one more in _failed)
                     self._failed(f"append of {len(batches)} batch(es)", exc)
@@ -288,6 +306,31 @@ class RedisLiveLog(LiveLog):
                 if not batch.written.done():
                     batch.written.set_result(None)
             self._queue = []
+
+    async def _call_append(self, batches: list[_Batch], args: list[bytes]) -> None:
+        """``EVALSHA`` of the append script, packed here in one pass (redis-py's generic path costs microseconds
+        per argument, and a call has three per entry); ``EVAL`` when Redis does not know the script (it was
+        restarted). A connection that broke (Redis restarted) is replaced once: appends are idempotent."""
+        keys = [batch.key.encode() for batch in batches]
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            connection = await pool.get_connection()
+            try:
+                await connection.send_packed_command(_pack([b"EVALSHA", self._append_sha, b"%d" % len(keys), *keys,
+                                                            *args]), check_health=False)
+                try:
+                    await connection.read_response()
+                except NoScriptError:
+                    await connection.send_packed_command(_pack([b"EVAL", _APPEND.encode(), b"%d" % len(keys), *keys,
+                                                                *args]), check_health=False)
+                    await connection.read_response()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await connection.disconnect()
+                if attempt == 2:
+                    raise
+            finally:
+                await pool.release(connection)
 
     def _take(self) -> list[_Batch]:
         """The queued batches up to about ``_CALL_ENTRIES`` entries (at least one batch)."""
