@@ -36,10 +36,16 @@ log = logging.getLogger("headwater.server")
 
 
 def create_app(
-    config: ServerConfig, *, backend: Backend | None = None, store: Store | None = None, live: LiveLog | None = None
+    config: ServerConfig,
+    *,
+    backend: Backend | None = None,
+    store: Store | None = None,
+    live: LiveLog | None = None,
+    shared_metrics: str | None = None,
 ) -> Starlette:
     """The server as an ASGI app. ``backend``/``store``/``live`` replace the ones ``config`` names (tests,
-    embedding); the app opens and closes the store and the live log, and closes only a backend it created."""
+    embedding); the app opens and closes the store and the live log, and closes only a backend it created.
+    ``shared_metrics``: the metrics directory of the worker processes this app is one of (``metrics``)."""
     owns_backend = backend is None
     if backend is None:
         from .backends import create_backend
@@ -55,7 +61,7 @@ def create_app(
         replica = Replica(store, live, running=runs.running, cancel=runs.cancel, close=close_orphan,
                           lease=config.lease_seconds, renew=config.lease_seconds / 5)
     state = Service(config=config, backend=backend, store=store, runs=runs, replica=replica)
-    metrics = _metrics(state)
+    metrics = _metrics(state, shared_metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,11 +76,15 @@ def create_app(
                     log.warning("closed %d response(s) left unfinished by an earlier run as failed", len(closed))
             if replica is not None:
                 await replica.start()
+            if metrics is not None:
+                await metrics.start()
             yield
         finally:
             if replica is not None:
                 await replica.stop()
             await state.runs.shut_down()
+            if metrics is not None:
+                await metrics.stop()
             if owns_backend:
                 await state.backend.aclose()
             await state.runs.live.close()
@@ -88,8 +98,9 @@ def create_app(
     return app
 
 
-def _metrics(state: Service) -> Any:
-    """``/metrics`` over this app's runs, store and live log (none when prometheus-client is missing)."""
+def _metrics(state: Service, shared: str | None) -> Any:
+    """``/metrics`` over this app's runs, store and live log (none when prometheus-client is missing);
+    ``shared``: over every worker's, through their shared directory."""
     try:
         from .metrics import Metrics
     except ImportError:
@@ -104,7 +115,7 @@ def _metrics(state: Service) -> Any:
             "live_errors": getattr(live, "errors", 0),
         }
 
-    metrics = Metrics(sources)
+    metrics = Metrics(sources, shared=shared)
     if hasattr(store, "latency"):
         store.latency = metrics.observe_store
     if hasattr(live, "latency"):

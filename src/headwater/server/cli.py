@@ -12,8 +12,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +215,19 @@ def _url_host(host: str) -> str:
 def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) -> None:
     """``--workers N``: N forked processes accept on the one bound socket, each with an app (a replica) of its
     own; this process says where it listens once they are started, passes SIGTERM/SIGINT on and waits."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    shared = _shared_metrics(given)
     children = []
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # a worker: its own app, store pool, live log and lease
             code = 0
             try:
-                serve(create_app(config), None)
+                if shared is not None:
+                    from .metrics import share_values
+
+                    share_values()
+                serve(create_app(config, shared_metrics=shared), None)
             except BaseException:
                 code = 1
             finally:
@@ -235,8 +243,30 @@ def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) 
     signal.signal(signal.SIGINT, forward)
     banner()
     click.echo(f"  workers: {workers} processes, each a replica (lease {config.lease_seconds:g} s)")
-    for child in children:
-        os.waitpid(child, 0)
+    try:
+        for _ in children:
+            pid, _status = os.wait()
+            if shared is not None:
+                from .metrics import forget_worker
+
+                forget_worker(pid, shared)
+    finally:
+        if shared is not None and given is None:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _shared_metrics(given: str | None) -> str | None:
+    """The workers' metrics directory: ``given`` (``$PROMETHEUS_MULTIPROC_DIR``, emptied of an earlier run's
+    files) or a fresh temporary one (removed at exit); None without prometheus-client."""
+    try:
+        from .metrics import prepare_shared
+    except ImportError:
+        return None
+    directory = given or tempfile.mkdtemp(prefix="headwater-metrics-")
+    prepare_shared(directory)
+    return directory
+
+
 def _limits(texts: tuple[str, ...]) -> InputLimits:
     """``--limit NAME=N`` options over the default ``InputLimits``: a positive integer for a known name."""
     values: dict[str, int] = {}
