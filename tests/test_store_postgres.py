@@ -11,6 +11,7 @@ import pytest
 
 from headwater.server.store import Entry, StoredItem, StoredResponse, StoreUnavailable
 from headwater.server.store.postgres import SCHEMA_VERSION, Fenced, PostgresStore
+from services import postgres_schema
 
 
 def record(rid: str, status: str = "in_progress") -> StoredResponse:
@@ -156,3 +157,11 @@ async def test_a_dead_replicas_row_goes_once_its_responses_are_taken_over_and_a_
 async def replica_rows(store: PostgresStore) -> set[str]:
     async with store._connection() as conn:
         return {row["id"] for row in await conn.fetch("SELECT id FROM replicas")}
+
+
+async def test_replicas_starting_together_on_a_new_schema_all_start() -> None:
+    for _ in range(5):
+        async with postgres_schema() as url:  # a schema that does not exist yet
+            stores = [PostgresStore(url, replica=f"r{n}") for n in range(4)]
+            await asyncio.gather(*(store.open() for store in stores))  # none fails creating it
+            await asyncio.gather(*(store.close() for store in stores))

@@ -193,6 +193,8 @@ class PostgresStore(Store):
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
                 try:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                except asyncpg.exceptions.UniqueViolationError:
+                    pass  # another replica starting at the same moment made it ("IF NOT EXISTS" does not lock)
                 finally:
                     await conn.close()
             self._pool = await asyncpg.create_pool(
