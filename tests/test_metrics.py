@@ -41,24 +41,38 @@ def test_metrics_count_the_events_of_each_stream(serve: Callable[[Any], LiveServ
     assert after["headwater_errors_total{part=store}"] == 0
 
 
-def _unfinished_owners(postgres_url: str) -> dict[str, int]:
-    """Unfinished responses by the replica (worker) that holds each one's lease."""
+def _query(postgres_url: str, sql: str) -> dict[str, int]:
+    """The rows of a two-column query (a name, a count) on the test's schema."""
     import asyncio
 
     import asyncpg
 
     base, _, schema = postgres_url.partition("?schema=")
 
-    async def owners() -> dict[str, int]:
+    async def rows() -> dict[str, int]:
         conn = await asyncpg.connect(base, server_settings={"search_path": schema}, timeout=10)
         try:
-            rows = await conn.fetch("SELECT lease_replica, count(*) FROM responses "
-                                    "WHERE status IN ('queued', 'in_progress') GROUP BY lease_replica")
-            return {row[0]: row[1] for row in rows}
+            return {row[0]: row[1] for row in await conn.fetch(sql)}
         finally:
             await conn.close()
 
-    return asyncio.run(owners())
+    return asyncio.run(rows())
+
+
+def _replica_rows(postgres_url: str) -> dict[str, int]:
+    """The workers' replica rows (none before the first worker has made the schema)."""
+    import asyncpg
+
+    try:
+        return _query(postgres_url, "SELECT id, 1 FROM replicas")
+    except asyncpg.exceptions.UndefinedTableError:
+        return {}
+
+
+def _unfinished_owners(postgres_url: str) -> dict[str, int]:
+    """Unfinished responses by the replica (worker) that holds each one's lease."""
+    return _query(postgres_url, "SELECT lease_replica, count(*) FROM responses "
+                                "WHERE status IN ('queued', 'in_progress') GROUP BY lease_replica")
 
 
 def _scrapes_agree(url: str, name: str, expected: float, times: int = 8, timeout: float = 30.0) -> list[float]:
@@ -72,8 +86,11 @@ def _scrapes_agree(url: str, name: str, expected: float, times: int = 8, timeout
 
 def test_metrics_of_two_workers_count_both_workers_runs_and_events(replicas: Replicas, postgres_url: str) -> None:
     (server,) = replicas(1, steps=3000, delay=0.01, extra=("--workers", "2"))
+    deadline = time.monotonic() + 30
+    while len(_replica_rows(postgres_url)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # both workers are up (each writes its replica row as it starts)
     ids: list[str] = []
-    for _ in range(40):  # each request on a new connection: the kernel hands them to either worker
+    for _ in range(100):  # each request on a new connection: the kernel hands them to either worker
         body = {"input": "long", "background": True}
         ids.append(httpx.post(f"{server.url}/v1/responses", json=body, timeout=30).json()["id"])
         if len(_unfinished_owners(postgres_url)) == 2 and len(ids) >= 3:
