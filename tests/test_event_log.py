@@ -1,7 +1,8 @@
 """The process's group-commit event log (``runs.log.EventLog``): the batches of many runs share one store call;
-each run's entries are committed and published in order; a failing run fails nobody else; a follower never sees
-an entry the store does not have; the terminal batch is awaited until it is logged and published. Real stores
-(memory, SQLite) and the in-process live log; a gate holds a commit open where a test needs one in flight.
+each run's entries are committed and published in order (to a live log elsewhere too, while the next commit goes
+on); a failing run fails nobody else; a follower never sees an entry the store does not have; the terminal batch
+is awaited until it is logged and published. Real stores (memory, SQLite) and the in-process live log; a gate
+holds a commit (or a live log's append) open where a test needs one in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from headwater.protocol.resources import Response
 from headwater.protocol.writer import ResponseWriter
 from headwater.server.backends.base import ChatMessage, Finish, GenerationRequest, Step, TextDelta
 from headwater.server.backends.scripted import ScriptedBackend
+from headwater.server.live import LiveLog
+from headwater.server.live.base import LiveRead
 from headwater.server.live.memory import MemoryLiveLog
 from headwater.server.runs import Runs
 from headwater.server.runs.log import EventLog
@@ -195,3 +198,60 @@ async def test_many_runs_of_one_server_share_the_commits_of_one_event_log(sqlite
         record = await sqlite.get(run.id)
         assert record is not None and record.status == "completed"
     assert 0 < runs.log.commits < batches
+
+
+class GatedRemoteLive(LiveLog):
+    """A live log outside the process, as far as the event log can tell (not the in-process one): it records
+    each append, whether the store had its entries by then, and holds appends while ``gate`` is closed."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.inner = MemoryLiveLog()
+        self.store = store
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.appends: list[tuple[str, list[int]]] = []
+        self.not_durable: list[tuple[str, int]] = []
+
+    def describe(self) -> str:
+        return "gated"
+
+    async def append(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
+        stored = {e.sequence_number for e in self.store._events.get(response_id, [])}
+        self.not_durable += [(response_id, e.sequence_number) for e in entries if e.sequence_number not in stored]
+        await self.gate.wait()
+        self.appends.append((response_id, [e.sequence_number for e in entries]))
+        await self.inner.append(response_id, entries, ended=ended)
+
+    async def read(self, response_id: str, starting_after: int = -1, *, wait: float = 0.0) -> LiveRead:
+        return await self.inner.read(response_id, starting_after, wait=wait)
+
+    async def expire(self, response_id: str, after: float = 0.0) -> None:
+        await self.inner.expire(response_id, after)
+
+    def follow(self, response_id: str, starting_after: int = -1, *, keepalive: float) -> AsyncIterator[list[Entry]]:
+        return self.inner.follow(response_id, starting_after, keepalive=keepalive)
+
+
+async def test_a_live_log_elsewhere_gets_each_commit_in_order_while_the_next_commit_goes_on() -> None:
+    store = GatedStore()
+    live = GatedRemoteLive(store)
+    await created(store, "a", "b")
+    log = EventLog(store)
+    a, b = log.open("a", live), log.open("b", live)
+    live.gate.clear()
+    a.write([entry(0)])
+    b.write([entry(0)])
+    while not store.calls:
+        await asyncio.sleep(0)
+    a.write([entry(1)])  # the first commit's appends are held: the second commit does not wait for them
+    while len(store.calls) < 2:
+        await asyncio.sleep(0)
+    assert [e.sequence_number for e in await store.events("a")] == [0, 1] and live.appends == []
+    a.write([entry(2), entry(3, "response.completed")])
+    done = asyncio.create_task(a.flushed())
+    await asyncio.sleep(0.01)
+    assert not done.done()  # its entries are stored, not yet published
+    live.gate.set()
+    await asyncio.gather(done, b.flushed())
+    assert [seqs for rid, seqs in live.appends if rid == "a"] == [[0], [1], [2, 3]]
+    assert live.not_durable == [] and a.ended

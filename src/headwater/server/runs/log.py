@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 
 from headwater.protocol.events import TERMINAL_EVENT_TYPES
 
@@ -122,6 +121,7 @@ class EventLog:
         self.store = store
         self._queue: list[tuple[RunLog, list[Entry], str | None, bytes | None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._publishing: asyncio.Task[None] | None = None  # the last commit's appends to a live log elsewhere
         self.commits = 0  # store calls made (tests, figures)
 
     def open(self, response_id: str, live: LiveLog) -> RunLog:
@@ -171,35 +171,53 @@ class EventLog:
                 for run, outcome in zip(stored, outcomes, strict=True):
                     if outcome is not None:
                         run._failed(outcome)
-            await self._publish([(run, pending.entries) for run, pending in merged.items()])
         except BaseException as exc:  # cancelled (the loop is going away): these runs learn it, and end
-            for run in merged:
-                if run.error is None:
-                    run._failed(exc)
+            self._abandon(list(merged.items()), exc)
             raise
+        # Durable: publish. The in-process log takes its entries at once, without a coroutine; any other gets all
+        # of this commit's appends together (it may coalesce them into one round trip) in a task of their own, so
+        # that the next commit overlaps them. At most one such task is in flight, so a run's entries reach the
+        # live log in the order they were committed.
+        remote: list[tuple[RunLog, _Pending]] = []
+        for run, pending in merged.items():
+            if isinstance(run.live, MemoryLiveLog):
+                _publish_now(run, run.live, pending.entries)
+                run._done(pending.batches)
+            else:
+                remote.append((run, pending))
+        if not remote:
+            return
+        try:
+            if self._publishing is not None and not self._publishing.done():
+                await asyncio.wait([self._publishing])
+        except BaseException as exc:
+            self._abandon(remote, exc)
+            raise
+        self._publishing = asyncio.get_running_loop().create_task(self._publish(remote), name="headwater publish")
+
+    @staticmethod
+    def _abandon(runs: list[tuple[RunLog, _Pending]], exc: BaseException) -> None:
+        for run, pending in runs:
+            if run.error is None:
+                run._failed(exc)
+            run._done(pending.batches)
+
+    async def _publish(self, remote: list[tuple[RunLog, _Pending]]) -> None:
+        try:
+            results = await asyncio.gather(*(run.publish(p.entries) for run, p in remote), return_exceptions=True)
+            for (run, _), result in zip(remote, results, strict=True):
+                if isinstance(result, BaseException):  # followers' bounded reads notice; the store has every entry
+                    log.error("response %s: the live log failed", run.id, exc_info=result)
         finally:
-            for run, pending in merged.items():
+            for run, pending in remote:
                 run._done(pending.batches)
 
-    async def _publish(self, committed: list[tuple[RunLog, list[Entry]]]) -> None:
-        """Each run's entries to its live log, in order. The in-process log takes them without a coroutine;
-        any other gets all of this commit's appends at once (it may coalesce them into one round trip)."""
-        later: list[Awaitable[None]] = []
-        later_runs: list[RunLog] = []
-        for run, entries in committed:
-            if isinstance(run.live, MemoryLiveLog):
-                ended = run._publishable(entries)
-                if ended is None:
-                    continue
-                try:
-                    run.live.append_now(run.id, entries, ended=ended)
-                except Exception as exc:  # followers' bounded reads notice; the store has every entry
-                    log.error("response %s: the live log failed", run.id, exc_info=exc)
-            else:
-                later.append(run.publish(entries))
-                later_runs.append(run)
-        if later:
-            results = await asyncio.gather(*later, return_exceptions=True)
-            for run, result in zip(later_runs, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("response %s: the live log failed", run.id, exc_info=result)
+
+def _publish_now(run: RunLog, live: MemoryLiveLog, entries: list[Entry]) -> None:
+    ended = run._publishable(entries)
+    if ended is None:
+        return
+    try:
+        live.append_now(run.id, entries, ended=ended)
+    except Exception as exc:  # followers' bounded reads notice; the store has every entry
+        log.error("response %s: the live log failed", run.id, exc_info=exc)
