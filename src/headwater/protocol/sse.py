@@ -6,6 +6,8 @@ line, auto-detected). No sockets, no event loop, no reconnection logic (`last_ev
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import itemgetter
 from typing import Final
 
 import msgspec
@@ -23,6 +25,10 @@ _WHITESPACE: Final = b" \t\r\n"
 _LINE_SLACK: Final = 64
 _NAME_CACHE_SIZE: Final = 256
 _PENDING_MAX: Final = 64 * 1024
+_EVENT: Final = b"event: "
+_DATA: Final = b"data: "
+_payload = itemgetter(slice(6, None))  # b"data: Y" -> b"Y"
+_starts = bytes.startswith
 
 
 class Frame(msgspec.Struct, gc=False):
@@ -92,17 +98,48 @@ class SSEDecoder:
         self._retry: int | None = None
         self._event_start = 0
         self._names: dict[bytes, str | None] = {}  # b"event: X" -> "X", for the fast path
+        # What the current feed() call completes, as columns: the event names, the data, and (index, id, retry)
+        # for the rare frame whose block set an id or retry field.
+        self._out_names: list[str | None] = []
+        self._out_data: list[bytes] = []
+        self._out_meta: list[tuple[int, str | None, int | None]] = []
 
     # -- public API ---------------------------------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Take the next bytes of the stream; return the frames they complete (possibly none)."""
+        return self._frames(*self.feed_columns(chunk))
+
+    def feed_columns(self, chunk: bytes) -> tuple[list[str | None], list[bytes]]:
+        """``feed``, but the frames it completes as two columns, their events (names) and their data, with no
+        ``Frame`` built: what ``stream.EventDecoder`` reads, and cheaper. A frame's ``id`` and ``retry`` are not
+        in the columns (``last_event_id`` and ``retry`` still follow them)."""
+        names: list[str | None] = []
+        data: list[bytes] = []
+        self._out_names = names
+        self._out_data = data
+        if self._out_meta:
+            self._out_meta.clear()
         if chunk.__class__ is not bytes:
             chunk = bytes(chunk)  # a bytearray or memoryview: frames must hold immutable bytes
-        if not self._ready:
-            return self._feed_slow(chunk)
+        if self._ready:
+            self._feed(chunk)
+        else:
+            self._feed_slow(chunk)
+        return names, data
+
+    def _frames(self, names: list[str | None], data: list[bytes]) -> list[Frame]:
+        frames = list(map(Frame, names, data))
+        meta = self._out_meta
+        if meta:
+            for index, event_id, retry in meta:
+                frames[index] = Frame(names[index], data[index], event_id, retry)
+            meta.clear()
+        return frames
+
+    def _feed(self, chunk: bytes) -> None:
         if not chunk:
-            return []
+            return
         base = self._pos
         self._pos = base + len(chunk)
         if self._skip_lf:
@@ -111,15 +148,16 @@ class SSEDecoder:
                 chunk = chunk[1:]
                 base += 1
                 if not chunk:
-                    return []
+                    return
         if self._pending:
             # The start of an event (LF line ends, no field applied yet) was kept whole. If this chunk ends it,
             # frame it in one piece on the fast path; if not, apply its lines now (each byte is re-read once).
             pending = self._pending
             self._pending = b""
             if 13 not in chunk and (chunk.find(b"\n\n") >= 0 or (chunk[0] == 10 and pending[-1] == 10)):
-                return self._feed_sse(pending + chunk, self._pending_off)
-            self._general(pending, self._pending_off, [])  # no blank line in it: nothing to dispatch
+                self._feed_sse(pending + chunk, self._pending_off)
+                return
+            self._general(pending, self._pending_off)  # no blank line in it: nothing to dispatch
         buf = self._buf
         if buf:
             if 10 not in chunk and 13 not in chunk:
@@ -127,7 +165,7 @@ class SSEDecoder:
                 buf += chunk
                 if len(buf) > self._line_max:
                     self._line_too_long(len(buf))
-                return []
+                return
             if 13 not in chunk:
                 # The long line ends in this chunk: finish it on its own, so that its bytes are copied once
                 # more here and not again by the slicing and line splitting of the general path.
@@ -137,15 +175,14 @@ class SSEDecoder:
                     self._line_too_long(len(buf))
                 line = bytes(buf)
                 buf.clear()
-                out: list[Frame] = []
-                self._process([line], self._buf_off, out, 1)
+                self._process([line], self._buf_off, 1)
                 if end + 1 < len(chunk):
-                    out += self._feed_sse(chunk[end + 1 :], base + end + 1)
-                return out
+                    self._feed_sse(chunk[end + 1 :], base + end + 1)
+                return
             chunk = bytes(buf) + chunk  # each pending byte is copied once, when its line completes
             base = self._buf_off
             buf.clear()
-        return self._feed_sse(chunk, base)
+        self._feed_sse(chunk, base)
 
     def close(self) -> list[Frame]:
         """Signal the end of the stream; return what it completes.
@@ -155,9 +192,13 @@ class SSEDecoder:
         """
         if self._closed:
             return []
-        out: list[Frame] = []
+        names: list[str | None] = []
+        data: list[bytes] = []
+        self._out_names = names
+        self._out_data = data
+        self._out_meta.clear()
         if self._bom_head:  # not a BOM after all: content
-            out = self._start(b"", final=True)
+            self._start(b"", final=True)
         if self.mode == "jsonl" and self._buf:
             line = bytes(self._buf)
             if line[-1] == 13:
@@ -165,31 +206,33 @@ class SSEDecoder:
             if len(line) > self._max:
                 self._jsonl_too_long(len(line), self._buf_off)
             if line and not line.isspace():
-                out.append(Frame(None, line, None, None))
+                names.append(None)
+                data.append(line)
         self._buf.clear()
         self._pending = b""
         self._data = []
         self._closed = True
         self._ready = False
-        return out
+        return self._frames(names, data)
 
     # -- start of stream: BOM, mode detection, JSONL --------------------------------------------------------------
 
-    def _feed_slow(self, chunk: bytes) -> list[Frame]:
+    def _feed_slow(self, chunk: bytes) -> None:
         if self._closed:
             raise ValueError("SSEDecoder.feed() called after close()")
         if not chunk:
-            return []
+            return
         if not self._bom_done or self.mode is None:
-            return self._start(chunk, final=False)
-        return self._feed_jsonl(chunk)
+            self._start(chunk, final=False)
+        else:
+            self._feed_jsonl(chunk)
 
-    def _start(self, chunk: bytes, *, final: bool) -> list[Frame]:
+    def _start(self, chunk: bytes, *, final: bool) -> None:
         if not self._bom_done:
             head = self._bom_head + chunk
             if not final and len(head) < 3 and _BOM.startswith(head):
                 self._bom_head = head  # maybe a BOM split over chunks: wait for its other bytes
-                return []
+                return
             self._bom_done = True
             self._bom_head = b""
             if head.startswith(_BOM):
@@ -213,7 +256,7 @@ class SSEDecoder:
                     ws.clear()
                 ws += chunk[cut:] if cut else chunk
                 if final or len(ws) <= self._max + _LINE_SLACK:
-                    return []
+                    return
                 # Whitespace without a LF for longer than a line may be: as the first line of JSONL that is too
                 # long, so take it as SSE (where CRs make blank lines) rather than buffer it without bound.
                 self.mode = "sse"
@@ -223,12 +266,13 @@ class SSEDecoder:
             self._line_max = self._max + 1
         self._ready = self.mode == "sse"
         if not chunk:
-            return []
+            return
         if self.mode == "jsonl":
-            return self._feed_jsonl(chunk)
-        return self.feed(chunk)
+            self._feed_jsonl(chunk)
+        else:
+            self._feed(chunk)
 
-    def _feed_jsonl(self, chunk: bytes) -> list[Frame]:
+    def _feed_jsonl(self, chunk: bytes) -> None:
         base = self._pos
         self._pos = base + len(chunk)
         buf = self._buf
@@ -239,7 +283,7 @@ class SSEDecoder:
             buf += chunk
             if len(buf) > self._line_max:
                 self._jsonl_too_long(len(buf), self._buf_off)
-            return []
+            return
         if buf:
             buf += chunk[:end]
             region = bytes(buf)
@@ -262,9 +306,9 @@ class SSEDecoder:
                 off += len(line) + 1
         if b"\r" in region:
             lines = [line[:-1] if line[-1:] == b"\r" else line for line in lines]
-        return [
-            Frame(None, line, None, None) for line in lines if line and (line[0] == 123 or not line.isspace())
-        ]
+        kept = [line for line in lines if line and (line[0] == 123 or not line.isspace())]
+        self._out_names += repeat(None, len(kept))
+        self._out_data += kept
 
     def _jsonl_too_long(self, size: int, offset: int) -> None:
         raise SSEError(
@@ -275,9 +319,8 @@ class SSEDecoder:
 
     # -- SSE ------------------------------------------------------------------------------------------------------
 
-    def _feed_sse(self, data: bytes, base: int) -> list[Frame]:
+    def _feed_sse(self, data: bytes, base: int) -> None:
         """Frame `data`, which starts at a line start at stream offset `base`."""
-        out: list[Frame] = []
         crlf = 13 in data  # any CR: the line-end-checking variant of the fast path
         nl2 = b"\r\n\r\n" if crlf else b"\n\n"
         pos = 0
@@ -288,10 +331,10 @@ class SSEDecoder:
             else:
                 pos = data.find(nl2)
                 if pos < 0:
-                    self._general(data, base, out)
-                    return out
+                    self._general(data, base)
+                    return
                 pos += len(nl2)
-            self._general(data[:pos], base, out)
+            self._general(data[:pos], base)
         # [pos:cut] is whole events: it ends with a line end and a blank line (every CR ends a line, so "\r\n\r\n"
         # does too, whatever the mix of line ends). [cut:] is the start of the next event.
         cut = data.rfind(nl2, pos)
@@ -301,11 +344,11 @@ class SSEDecoder:
             cut += len(nl2)
             region = data[pos:cut] if pos or cut < len(data) else data
             if len(region) > self._max:
-                self._big_blocks(region, base + pos, out, nl2)
+                self._big_blocks(region, base + pos, nl2)
             elif crlf:
-                self._blocks_cr(region, out)
+                self._blocks_cr(region)
             else:
-                self._blocks(region, out)
+                self._blocks(region)
         if cut < len(data):
             rest = data[cut:] if cut else data
             # The common case: a chunk ends inside an event. Keep that event's start whole, unless it holds a CR,
@@ -319,19 +362,48 @@ class SSEDecoder:
                 self._pending = rest
                 self._pending_off = base + cut
             else:
-                self._general(rest, base + cut, out)
-        return out
+                self._general(rest, base + cut)
 
-    def _blocks(self, region: bytes, out: list[Frame]) -> None:
+    def _blocks(self, region: bytes) -> None:
         """The hot path, for LF line ends. `region` holds whole events (it ends with a blank line), no event is set
-        yet, and none can exceed the size limit. The shapes "event: X / data: Y / blank" and "data: Y / blank" are
-        recognised on split lines; anything else goes through `_process` line by line up to its blank line."""
+        yet, and none can exceed the size limit.
+
+        A region made only of "event: X / data: Y / blank" blocks (or only of "data: Y / blank" ones), the shape
+        of nearly every chunk of a Responses stream, is framed column-wise, by C-level slices and maps over its
+        lines with no Python step per event. Otherwise those two shapes are recognised event by event on the
+        split lines, and anything else goes through `_process` line by line up to its blank line."""
         lines = region.split(b"\n")
         lines.pop()  # the empty piece after the final line end
+        count = len(lines)
+        if not count % 3 and not any(lines[2::3]):
+            heads = lines[0::3]
+            body = lines[1::3]
+            if all(map(_starts, heads, repeat(_EVENT, len(heads)))) and all(
+                map(_starts, body, repeat(_DATA, len(body)))
+            ):
+                names = list(map(self._names.get, heads))
+                if None in names:  # a name not cached yet (or an empty one)
+                    for index, name in enumerate(names):
+                        if name is None:
+                            names[index] = self._event_name(heads[index])
+                self._out_names += names
+                self._out_data += map(_payload, body)
+                return
+        if not count % 2 and not any(lines[1::2]):
+            body = lines[0::2]
+            if all(map(_starts, body, repeat(_DATA, len(body)))):
+                self._out_names += repeat(None, len(body))
+                self._out_data += map(_payload, body)
+                return
+        self._blocks_each(lines)
+
+    def _blocks_each(self, lines: list[bytes]) -> None:
+        """`_blocks` event by event, for a region of mixed shapes (`lines`: its lines, split, the last one blank)."""
         # Every non-blank line is followed by at least one more line (the last one is blank): next() is safe.
         it = iter(lines)
         names = self._names
-        append = out.append
+        add_name = self._out_names.append
+        add_data = self._out_data.append
         slow: list[bytes]
         for line in it:
             if line.startswith(b"event: "):
@@ -342,7 +414,8 @@ class SSEDecoder:
                         name = names.get(line)
                         if name is None:
                             name = self._event_name(line)
-                        append(Frame(name, data[6:], None, None))
+                        add_name(name)
+                        add_data(data[6:])
                         continue
                     slow = [line, data, blank]
                 else:
@@ -350,21 +423,22 @@ class SSEDecoder:
             elif line.startswith(b"data: "):
                 blank = next(it)
                 if not blank:
-                    append(Frame(None, line[6:], None, None))
+                    add_name(None)
+                    add_data(line[6:])
                     continue
                 slow = [line, blank]
             elif not line:
                 continue  # a blank line with no event pending does nothing
             else:
                 slow = [line]
-            self._process(slow, 0, out, 1)
+            self._process(slow, 0, 1)
             if self._has_fields:  # an unusual event: take it line by line up to its blank line
                 for line in it:
-                    self._process([line], 0, out, 1)
+                    self._process([line], 0, 1)
                     if not self._has_fields:
                         break
 
-    def _blocks_cr(self, region: bytes, out: list[Frame]) -> None:
+    def _blocks_cr(self, region: bytes) -> None:
         """`_blocks` for a region holding CRs: CRLF line ends (LF ones may be mixed in) take the fast path; at the
         first lone CR or unusual event, the rest of the region goes through `_general`."""
         lines = region.split(b"\n")
@@ -372,7 +446,8 @@ class SSEDecoder:
         # The last line is b"\r" (a blank line), so next() is safe after any line that is not blank.
         it = iter(lines)
         names = self._names
-        append = out.append
+        add_name = self._out_names.append
+        add_data = self._out_data.append
         rest: list[bytes]
         for line in it:
             if line.startswith(b"event: "):
@@ -385,7 +460,8 @@ class SSEDecoder:
                             name = self._event_name(line)
                         payload = data[6:-1] if data[-1] == 13 else data[6:]
                         if name is not None and 13 not in payload:
-                            append(Frame(name, payload, None, None))
+                            add_name(name)
+                            add_data(payload)
                             continue
                     rest = [line, data, blank]
                 else:
@@ -395,7 +471,8 @@ class SSEDecoder:
                 if blank == b"\r" or not blank:
                     payload = line[6:-1] if line[-1] == 13 else line[6:]
                     if 13 not in payload:
-                        append(Frame(None, payload, None, None))
+                        add_name(None)
+                        add_data(payload)
                         continue
                 rest = [line, blank]
             elif line == b"\r" or not line:
@@ -403,10 +480,10 @@ class SSEDecoder:
             else:
                 rest = [line]
             rest.extend(it)
-            self._general(b"\n".join(rest) + b"\n", 0, out)
+            self._general(b"\n".join(rest) + b"\n", 0)
             return
 
-    def _big_blocks(self, region: bytes, off: int, out: list[Frame], nl2: bytes) -> None:
+    def _big_blocks(self, region: bytes, off: int, nl2: bytes) -> None:
         """The fast path for a region longer than max_event_size (at stream offset `off`): cut it at blank lines
         into pieces within the limit; a single event longer than that goes through `_general`, which checks it."""
         limit = self._max
@@ -418,14 +495,14 @@ class SSEDecoder:
                 end = size if end == size else end + len(nl2)
                 piece = region[start:end]
                 if nl2 == b"\n\n":
-                    self._blocks(piece, out)
+                    self._blocks(piece)
                 else:
-                    self._blocks_cr(piece, out)
+                    self._blocks_cr(piece)
             else:
                 # The next event is over the limit (or is a few blank lines overlapping the last cut).
                 end = region.find(nl2, start)
                 end = size if end < 0 else end + len(nl2)
-                self._general(region[start:end], off + start, out)
+                self._general(region[start:end], off + start)
             start = end
 
     def _event_name(self, line: bytes) -> str | None:
@@ -440,7 +517,7 @@ class SSEDecoder:
             self._names[line] = name
         return name
 
-    def _general(self, data: bytes, off: int, out: list[Frame]) -> None:
+    def _general(self, data: bytes, off: int) -> None:
         """Frame `data` (starting at a line start, stream offset `off`) line by line; keep its unfinished line.
         Any mix of CR, LF and CRLF line ends."""
         lines = data.splitlines(True)
@@ -450,14 +527,14 @@ class SSEDecoder:
             self._skip_lf = True  # the CR may be the first half of a CRLF split between chunks
         elif last != 10:
             tail = lines.pop()
-        off = self._process(lines, off, out, 0)
+        off = self._process(lines, off, 0)
         if tail:
             self._buf += tail
             self._buf_off = off
             if len(tail) > self._line_max:
                 self._line_too_long(len(tail))
 
-    def _process(self, lines: list[bytes], off: int, out: list[Frame], eol: int) -> int:
+    def _process(self, lines: list[bytes], off: int, eol: int) -> int:
         """Apply complete lines to the event being built (WHATWG "process the field"), dispatching at blank lines.
 
         `lines` start at stream offset `off`; each ends with a line end of `eol` bytes that was split off, or,
@@ -474,7 +551,10 @@ class SSEDecoder:
                 if self._has_fields:
                     if self._data:
                         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                        out.append(Frame(self._event, data, self._id, self._retry))
+                        if self._id is not None or self._retry is not None:
+                            self._out_meta.append((len(self._out_data), self._id, self._retry))
+                        self._out_names.append(self._event)
+                        self._out_data.append(data)
                     self._reset()
                 continue
             if len(line) > self._line_max:
