@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from headwater.protocol.accumulate import Accumulator, Problem, aaccumulate, accumulate
 from headwater.protocol.codec import decode_event, encode_event, replace_event
@@ -1054,3 +1056,87 @@ def test_a_negative_sequence_number_is_a_problem_but_the_event_is_folded() -> No
     acc = accumulate(events)
     assert "bad-sequence" in codes(acc) and "duplicate-event" not in codes(acc)
     assert acc.output_text == "Hello"
+
+
+# --- the hot delta path (``feed`` folds the next delta to the same place by itself) -------------------------
+
+_HOT_CORPUS = [
+    *split_responses(load("azure-gpt5-reasoning-multi-summary-no-encryption.jsonl")),
+    *split_responses(load("openai-mcp-tool.1.jsonl")),
+    *split_responses(load("openai-apply-patch-tool.1.jsonl")),
+    *split_responses(load("openai-shell-skills.1.jsonl")),
+    text_stream(["Hel", "lo", ", ", "wor", "ld"]),
+]
+
+
+def _fold(events: list[Event], reads: set[int], *, hot: bool) -> tuple[Any, ...]:
+    acc = Accumulator()
+    if not hot:
+        acc._arm = lambda *args: None  # type: ignore[method-assign]  # never armed: every delta is handled
+    seen = []
+    for index, event in enumerate(events):
+        acc.feed(event)
+        if index in reads:  # a snapshot in the middle: what the deltas built so far must show
+            seen.append((acc.output_text, [msgspec.to_builtins(item) for item in acc.response.output]))
+    acc.end()
+    return (
+        seen,
+        msgspec.json.encode(acc.response, enc_hook=repr),
+        acc.problems,
+        acc.unknown_events,
+    )
+
+
+_HOT_CHANGES = ("sequence_number", "output_index", "item_id", "content_index", "summary_index")
+
+
+@st.composite
+def _mangled(draw: st.DrawFn) -> tuple[list[Event], set[int]]:
+    """A corpus response with deltas dropped, repeated, swapped or re-addressed, and where to read snapshots."""
+    events = list(draw(st.sampled_from(_HOT_CORPUS)))
+    for _ in range(draw(st.integers(0, 12))):
+        at = draw(st.integers(0, len(events) - 1))
+        action = draw(st.sampled_from(["drop", "repeat", "swap", "change"]))
+        if action == "drop":
+            del events[at]
+        elif action == "repeat":
+            events.insert(at, events[at])
+        elif action == "swap" and at + 1 < len(events):
+            events[at], events[at + 1] = events[at + 1], events[at]
+        elif action == "change":
+            event = events[at]
+            names = [name for name in _HOT_CHANGES if hasattr(event, name)]
+            if isinstance(event, UnknownEvent) or not names:
+                continue
+            name = draw(st.sampled_from(names))
+            value: Any = draw(st.sampled_from([None, 0, 1, 2, 3, "other"])) if name == "item_id" else draw(
+                st.one_of(st.none(), st.integers(-1, 3))
+            )
+            if value is None and name != "sequence_number" and name != "item_id":
+                continue
+            events[at] = replace_event(event, **{name: value})  # type: ignore[arg-type]
+        if not events:
+            break
+    reads = set(draw(st.lists(st.integers(0, max(0, len(events) - 1)), max_size=4)))
+    return events, reads
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mangled())
+def test_property_the_hot_delta_path_folds_like_the_handlers(case: tuple[list[Event], set[int]]) -> None:
+    """Whatever the stream does (deltas dropped, repeated, out of order, sent to another item, part or number),
+    folding with the hot path gives what the handlers alone give: snapshots on the way, the final response
+    (wires included), the problems."""
+    events, reads = case
+    assert _fold(events, reads, hot=True) == _fold(events, reads, hot=False)
+
+
+def test_the_hot_delta_path_is_taken() -> None:
+    """The handlers see only the first delta of a run to one place (so the property above tests the hot path)."""
+    acc = Accumulator()
+    calls = []
+    handler = acc._handlers[type(text_stream(["x"])[4])]
+    acc._handlers[type(text_stream(["x"])[4])] = lambda event: (calls.append(event), handler(event))
+    for event in text_stream(["a", "b", "c", "d"]):
+        acc.feed(event)
+    assert len(calls) == 1 and acc.output_text == "abcd" and acc.problems == []

@@ -574,6 +574,16 @@ class Accumulator:
         self._gaps: list[list[int]] = []
         self._ended = False
         self._handlers: dict[type, Callable[[Any], None]] = self._build_handlers()
+        # The hot delta: where the last delta went (its class, output_index, item_id, and the name and value of
+        # its part index) and the slot it grew. A delta of that class to that same place, numbered right after
+        # the last event, is folded by ``feed`` itself; any other event disarms it.
+        self._hot_cls: type | None = None
+        self._hot_index: Any = None
+        self._hot_id: Any = None
+        self._hot_sub_name = "output_index"
+        self._hot_sub: Any = None
+        self._hot_slot: _Slot | None = None
+        self._hot_state: _Item | None = None
 
     def _build_handlers(self) -> dict[type, Callable[[Any], None]]:
         handlers: dict[type, Callable[[Any], None]] = {
@@ -621,7 +631,33 @@ class Accumulator:
     def feed(self, event: Event) -> None:
         """Fold one event in. Never raises for a malformed stream: see ``problems``."""
         self._count += 1
-        handler = self._handlers.get(type(event))
+        cls = type(event)
+        if cls is self._hot_cls:
+            # The hot path: the next delta of the text (or arguments) the last event grew. What the handler
+            # would check of it was checked when it armed, and nothing else has happened since.
+            delta: Any = event
+            seq = delta.sequence_number
+            if (
+                seq == self._last_seq + 1
+                and delta.item_id == self._hot_id
+                and delta.output_index == self._hot_index
+                and getattr(delta, self._hot_sub_name) == self._hot_sub
+            ):
+                self._last_seq = seq
+                slot: Any = self._hot_slot
+                slot.chunks.append(delta.delta)
+                if cls is ResponseOutputTextDelta:
+                    logprobs = delta.logprobs
+                    if logprobs:
+                        if slot.logprobs is None:
+                            slot.logprobs = []
+                        slot.logprobs.extend(logprobs)
+                self._hot_state.snap = None  # type: ignore[union-attr]
+                self._snap = None
+                return
+        self._hot_cls = None
+        problems = len(self.problems)
+        handler = self._handlers.get(cls)
         if handler is None:
             if isinstance(event, UnknownEvent):
                 self.unknown_events += 1
@@ -648,9 +684,11 @@ class Accumulator:
                 return
         if self._count == 1 and type(event) is not ResponseCreated:
             self._problem(event, "missing-created", f"the stream starts with {event.type}")
-        if type(event) in _CARRIERS:
+        if cls in _CARRIERS:
             keep_wires(event)
         handler(event)
+        if self._hot_cls is not None and len(self.problems) != problems:
+            self._hot_cls = None  # the handler said something about this delta: the next one must be checked too
 
     def _fill_gap(self, seq: int) -> bool:
         """Whether ``seq`` was skipped so far (and is now seen): an event arriving late, not a replay."""
@@ -1099,6 +1137,19 @@ class Accumulator:
             slot.logprobs.extend(logprobs)
         state.snap = None
         self._snap = None
+        self._arm(event, "content_index", index, slot, state)
+
+    def _arm(self, event: Any, sub_name: str, sub: Any, slot: _Slot, state: _Item) -> None:
+        """Make ``feed`` fold the deltas that follow ``event`` to the same place into ``slot`` by itself."""
+        if event.sequence_number is None:
+            return
+        self._hot_cls = type(event)
+        self._hot_index = event.output_index
+        self._hot_id = event.item_id
+        self._hot_sub_name = sub_name
+        self._hot_sub = sub
+        self._hot_slot = slot
+        self._hot_state = state
 
     def _late_delta(self, event: Any, state: _Item, where: str, index: int) -> None:
         self._problem(
@@ -1119,6 +1170,7 @@ class Accumulator:
             return
         slot.chunks.append(event.delta)
         self._changed(state)
+        self._arm(event, "content_index" if where == "content" else "summary_index", index, slot, state)
 
     def _text_done(
         self, event: Any, cls: type, where: str, index: int, part_cls: type, text: str
@@ -1229,6 +1281,7 @@ class Accumulator:
             return
         slot.chunks.append(event.delta)
         self._changed(state)
+        self._arm(event, "output_index", event.output_index, slot, state)
 
     def _on_stream_done(self, event: Any) -> None:
         cls, field = _STREAM_DONES[type(event)]
