@@ -618,3 +618,113 @@ def test_long_whitespace_start_is_taken_as_sse() -> None:
     assert decoder.mode == "sse"
     assert frames == []
     assert decoder.feed(b"data: x\n\n") == [Frame(None, b"x")]
+
+
+# -- the column-wise fast path (a region of one common shape framed by C-level slices and maps) --------------------
+
+PERTURBATIONS = st.sampled_from(
+    [
+        b": keep-alive\n",  # a comment between events
+        b"id: 7\n",  # fields that set state visible in the frame or the decoder
+        b"retry: 1500\n",
+        b"event:x\ndata:y\n\n",  # no space after the colon
+        b"event: \ndata: e\n\n",  # an empty event name is absent
+        b"\n",  # a blank line with nothing pending
+        b"data: c\r\n\r\n",  # a CR: the line-end-checking path
+        b"data: lone\rcr\n\n",  # a lone CR ends a line
+        b"event: e\nid: 3\ndata: f\n\n",
+        b"data: \xef\xbb\xbf{}\n\n",  # a BOM-looking payload (not at the stream start)
+    ]
+)
+# Unusual events whose lines fall on the stride of the shape around them (3 lines an event, or 2): only the
+# line-by-line reading tells them apart from that shape.
+NAMED_TRAPS = st.sampled_from(
+    [
+        b"event: a\ndata: b\nid: 1\nevent: c\ndata: d\n\n",
+        b"event: a\ndata: b\n: note\nevent: c\ndata: d\n\n",
+        b"event: x\nretry: 10\n\n",
+        b"event: x\ndata:y\n\n",
+        b"event:x\ndata: y\n\n",
+        b"event: x\ndata: a\ndata: b\ndata: c\nevent: y\n\n",
+        b"id: 5\ndata: y\n\n",
+        b": c\ndata: y\n\n",
+        b"events: a\ndata: y\n\n",
+    ]
+)
+DATA_TRAPS = st.sampled_from(
+    [b"data:y\n\n", b"data: a\ndata: b\ndata: c\n\n", b"data: a\n: note\ndata: b\n\n", b"data: a\nid: 2\n\n"]
+)
+
+
+@st.composite
+def uniform_streams(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """Runs of the two common shapes (``event: X / data: Y`` and ``data: Y``), one of them for the whole stream or
+    a mix, with at most one unusual line or event (often one that falls on the stride of the shape around it);
+    and whether the stream holds nothing but one of those shapes, with LF line ends."""
+    parts = [BOM] if draw(st.booleans()) else []
+    names = draw(st.lists(st.sampled_from([b"response.output_text.delta", b"e", b"\xc3\xa9t\xc3\xa9"]), min_size=1))
+    mixed = draw(st.booleans())
+    named = draw(st.booleans())
+    runs = draw(st.integers(1, 4))
+    odd_one = draw(st.integers(-1, runs - 1))  # after which run the unusual part comes (-1: none)
+    shapes = set()
+    for run in range(runs):
+        if mixed:
+            named = draw(st.booleans())
+        shapes.add(named)
+        for _ in range(draw(st.integers(1, 30))):
+            data = b'{"delta":"' + draw(VALUES).replace(b"\\", b"").replace(b'"', b"") + b'"}'
+            head = b"event: " + draw(st.sampled_from(names)) + b"\n" if named else b""
+            parts.append(head + b"data: " + data + b"\n\n")
+        if run == odd_one:
+            parts.append(draw(st.one_of(NAMED_TRAPS if named else DATA_TRAPS, PERTURBATIONS)))
+    if draw(st.integers(0, 3)) == 0:
+        parts.append(b"event: cut\ndata: unterminated")
+    return b"".join(parts), odd_one < 0 and len(shapes) == 1
+
+
+def _slow_decoder() -> SSEDecoder:
+    """An SSEDecoder whose LF fast path is the full WHATWG line parser (what the fast path must equal)."""
+    decoder = SSEDecoder()
+    decoder._blocks = lambda region: decoder._general(region, 0)  # type: ignore[method-assign]
+    return decoder
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), case=uniform_streams())
+def test_property_column_fast_path_equals_the_line_parser(data: st.DataObject, case: tuple[bytes, bool]) -> None:
+    stream, plain = case
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=16))
+    slow = _slow_decoder()
+    expected = feed_cuts(slow, stream, cuts)
+    assert expected == Reference(stream).frames
+    fast = SSEDecoder()
+    each = []
+    fast._blocks_each = lambda lines: (each.append(lines), SSEDecoder._blocks_each(fast, lines))  # type: ignore[method-assign]
+    assert feed_cuts(fast, stream, cuts) == expected
+    assert (fast.comments, fast.last_event_id, fast.retry) == (slow.comments, slow.last_event_id, slow.retry)
+    if plain and not cuts:
+        assert each == []  # fed whole, a stream of common shapes never leaves the column-wise path
+    columns = SSEDecoder()
+    names: list[str | None] = []
+    payloads: list[bytes] = []
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        more_names, more_data = columns.feed_columns(stream[start:cut])
+        names += more_names
+        payloads += more_data
+        start = max(start, cut)
+    tail = columns.close()
+    assert (names + [f.event for f in tail], payloads + [f.data for f in tail]) == (
+        [f.event for f in expected],
+        [f.data for f in expected],
+    )
+
+
+def test_column_fast_path_on_a_real_capture_in_4k_chunks() -> None:
+    lines = (CAPTURES / "openai-mcp-tool.1.jsonl").read_bytes().splitlines()
+    import json
+
+    stream = b"".join(encode_frame(json.loads(line)["type"], line) for line in lines if line.strip())
+    cuts = list(range(4096, len(stream), 4096))
+    assert feed_cuts(SSEDecoder(), stream, cuts) == feed_cuts(_slow_decoder(), stream, cuts) == Reference(stream).frames
