@@ -372,3 +372,77 @@ def test_a_resource_from_a_provider_encodes_as_it_was_sent() -> None:
     assert to_builtins(usage) == usage_wire  # no output_tokens_details invented either
     plain = msgspec.convert(usage_wire, Usage)
     assert not has_wire(plain) and "num_sources_used" not in to_builtins(plain)
+
+
+def _keep_wires_eagerly(event: ev.Event) -> None:
+    """``codec.keep_wires`` as it was before the wires were read lazily: decode the payload, ``keep_wire`` now."""
+    if type(event) is ev.UnknownEvent or "_wires" in event.__dict__:
+        return
+    names = [name for name in ("item", "part", "annotation", "response") if getattr(event, name, None) is not None]
+    event.__dict__["_wires"] = True
+    wire = event_to_builtins(event)
+    for name in names:
+        value = getattr(event, name)
+        if name == "response":
+            raw = wire.get("response")
+            if isinstance(raw, dict):
+                rs.keep_wire(value.output, raw.get("output"))
+                if value.usage is not None:
+                    rs.keep_wire(value.usage, raw.get("usage"))
+        else:
+            rs.keep_wire(value, wire.get(name))
+
+
+def _resources(event: ev.Event) -> list[object]:
+    """Every resource inside an event (items, parts, annotations, usage, and what they hold), depth first."""
+    out: list[object] = []
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, list):
+            for value in obj:
+                walk(value)
+        elif isinstance(obj, msgspec.Struct):
+            out.append(obj)
+            for name in obj.__struct_fields__:
+                walk(getattr(obj, name))
+
+    for name in ("item", "part", "annotation"):
+        walk(getattr(event, name, None))
+    response = getattr(event, "response", None)
+    if response is not None:
+        walk(response.output)
+        walk(response.usage)
+    return out
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.stem)
+def test_wires_read_lazily_are_the_wires_kept_eagerly(path: Path) -> None:
+    """Every resource of every captured event remembers, through ``keep_wires``, what ``keep_wire`` would have
+    made it remember, read first on a copy (``replace``, as the Accumulator takes them) or on the resource."""
+    from headwater.protocol.codec import keep_wires
+
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        lazy, eager = decode_event(line), decode_event(line)
+        keep_wires(lazy)
+        _keep_wires_eagerly(eager)
+        pairs = list(zip(_resources(lazy), _resources(eager), strict=True))
+        copies = [(rs.replace(mine), theirs) for mine, theirs in pairs[::2]]  # read through a copy first
+        for mine, theirs in copies + pairs:
+            assert rs.has_wire(mine) == rs.has_wire(theirs)
+            assert rs.to_builtins(mine) == rs.to_builtins(theirs)
+            assert json.dumps(rs.to_builtins(mine)) == json.dumps(rs.to_builtins(theirs))  # key order too
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.stem)
+def test_the_accumulated_response_is_the_same_with_lazy_wires(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.protocol import accumulate
+    from headwater.protocol.codec import encode_response
+
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    lazy = accumulate.accumulate(decode_event(line) for line in lines)
+    monkeypatch.setattr(accumulate, "keep_wires", _keep_wires_eagerly)
+    eager = accumulate.accumulate(decode_event(line) for line in lines)
+    assert encode_response(lazy.response) == encode_response(eager.response)
+    assert lazy.problems == eager.problems

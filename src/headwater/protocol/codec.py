@@ -23,10 +23,12 @@ from .resources import (
     UnknownAnnotation,
     UnknownItem,
     UnknownPart,
+    WireSource,
     _enc_hook,
     _Unknown,
     has_wire,
     keep_wire,
+    keep_wire_lazily,
     to_builtins,
 )
 
@@ -203,7 +205,21 @@ def keep_wires(event: Event) -> None:
     if not names:
         return
     event.__dict__["_wires"] = True
-    if "_raw" not in event.__dict__ and "_wire" not in event.__dict__:
+    raw: bytes | None = event.__dict__.get("_raw")
+    if raw is not None:
+        # The payload bytes cannot change: what the resources remember is decoded from them when first read.
+        payload = raw
+        source = WireSource(lambda: _json_decoder.decode(payload))
+        for name in names:
+            value = getattr(event, name)
+            if name == "response":
+                keep_wire_lazily(value.output, source, ("response", "output"))
+                if value.usage is not None:
+                    keep_wire_lazily(value.usage, source, ("response", "usage"))
+            else:
+                keep_wire_lazily(value, source, (name,))
+        return
+    if "_wire" not in event.__dict__:
         return
     wire = event_to_builtins(event)
     for name in names:

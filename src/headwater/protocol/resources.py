@@ -6,7 +6,8 @@ so a re-encoded object says what the provider said. Unknown item, part and annot
 ``UnknownItem`` / ``UnknownPart`` / ``UnknownAnnotation`` (see ``codec``), never a decode failure.
 
 Fidelity (one mechanism): an item, part, annotation or usage object taken from a provider's event remembers the
-JSON object it came from (``keep_wire``; ``replace`` keeps it). ``to_builtins`` then gives that object back as
+JSON object it came from (``keep_wire``, or ``keep_wire_lazily`` that decodes that JSON only when it is asked
+for; ``replace`` keeps it). ``to_builtins`` then gives that object back as
 the provider sent it, with its current values for the fields Headwater declares (ids and statuses the relay
 rewrote, texts the deltas built), every field it does not declare, and no declared field the provider left out
 unless its value was changed (a default like ``title: ""`` is never invented).
@@ -14,6 +15,7 @@ unless its value was changed (a default like ``title: ""`` is never invented).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union, get_args
 
@@ -74,8 +76,10 @@ __all__ = [
     "UrlCitation",
     "Usage",
     "WebSearchCall",
+    "WireSource",
     "has_wire",
     "keep_wire",
+    "keep_wire_lazily",
     "replace",
     "to_builtins",
 ]
@@ -544,6 +548,84 @@ def keep_wire(obj: Any, wire: Any) -> None:
         obj.__dict__[_WIRE] = wire
 
 
+class WireSource:
+    """The JSON an event was decoded from, as plain objects, made (by ``load``) the first time it is needed."""
+
+    __slots__ = ("_load", "_value")
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load: Callable[[], Any] | None = load
+        self._value: Any = None
+
+    def value(self) -> Any:
+        load = self._load
+        if load is not None:
+            self._value = load()
+            self._load = None
+        return self._value
+
+
+class _LazyWire:
+    """What ``keep_wire`` would have remembered on ``obj``, worked out when first asked for: the JSON object at
+    ``path`` in ``source``, if it differs from ``obj``'s declared fields, else what ``obj`` remembered before."""
+
+    __slots__ = ("obj", "path", "previous", "source", "wire")
+
+    def __init__(self, source: WireSource, path: tuple[str | int, ...], obj: Struct, previous: Any) -> None:
+        self.source: WireSource | None = source
+        self.path = path
+        self.obj: Struct | None = obj
+        self.previous = previous
+        self.wire: Any = None
+
+    def resolve(self) -> Any:
+        obj = self.obj
+        if obj is None:
+            return self.wire
+        wire = self.source.value()  # type: ignore[union-attr]
+        for step in self.path:  # as keep_wire descends: into a list by position, into an object by name
+            if type(step) is int:
+                wire = wire[step] if isinstance(wire, list) and step < len(wire) else None
+            else:
+                wire = wire[step] if isinstance(wire, dict) and step in wire else None
+            if wire is None:
+                break
+        if isinstance(wire, dict) and _differs(obj, wire, obj.__struct_fields__):
+            self.wire = wire
+        else:
+            previous = self.previous
+            self.wire = previous.resolve() if type(previous) is _LazyWire else previous
+        self.obj = self.source = self.previous = None
+        return self.wire
+
+
+def keep_wire_lazily(obj: Any, source: WireSource, path: tuple[str | int, ...]) -> None:
+    """``keep_wire(obj, <the JSON at path in source>)``, with nothing decoded until a wire is read (``has_wire``,
+    ``to_builtins``): a resource that is copied and dropped, or never encoded, costs no JSON decoding."""
+    if isinstance(obj, list):
+        for index, item in enumerate(obj):
+            keep_wire_lazily(item, source, (*path, index))
+        return
+    if not isinstance(obj, Struct):
+        return
+    for name in _nested_fields(type(obj)):
+        value = getattr(obj, name)
+        if isinstance(value, (Struct, list)):
+            keep_wire_lazily(value, source, (*path, name))
+    if hasattr(obj, "__dict__"):
+        attrs = obj.__dict__
+        attrs[_WIRE] = _LazyWire(source, path, obj, attrs.get(_WIRE))
+
+
+def _wire_of(obj: Any) -> Any:
+    """The JSON object ``obj`` remembers (None if none)."""
+    attrs = getattr(obj, "__dict__", None)
+    if not attrs:
+        return None
+    wire = attrs.get(_WIRE)
+    return wire.resolve() if type(wire) is _LazyWire else wire
+
+
 def _differs(obj: Struct, wire: dict[str, Any], fields: tuple[str, ...]) -> bool:
     """Whether encoding ``obj`` by its declared fields alone would lose or invent a field of ``wire``."""
     present = sum(1 for name in fields if getattr(obj, name) is not UNSET)
@@ -568,7 +650,7 @@ def has_wire(obj: Any) -> bool:
         return any(has_wire(value) for value in obj.values())
     if not isinstance(obj, Struct):
         return False
-    if _WIRE in getattr(obj, "__dict__", ()):
+    if _wire_of(obj) is not None:
         return True
     for name in _nested_fields(type(obj)):
         value = getattr(obj, name)
@@ -612,7 +694,7 @@ def _wire_builtins(obj: Any) -> Any:
     if not isinstance(obj, Struct):
         return msgspec.to_builtins(obj, enc_hook=_enc_hook)
     cls = type(obj)
-    wire = getattr(obj, "__dict__", {}).get(_WIRE)
+    wire = _wire_of(obj)
     out: dict[str, Any] = {}
     tag = cls.__struct_config__.tag
     if tag is not None:
