@@ -649,6 +649,10 @@ NAMED_TRAPS = st.sampled_from(
         b"id: 5\ndata: y\n\n",
         b": c\ndata: y\n\n",
         b"events: a\ndata: y\n\n",
+        # The same name as a run's (so that one prefix starts every block), and a second line end in the block.
+        b"event: e\ndata: a\ndata: b\n\n",
+        b"event: e\ndata: a\nid: 1\n\n",
+        b"event: e\ndata: a\n\n\n",
     ]
 )
 DATA_TRAPS = st.sampled_from(

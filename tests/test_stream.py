@@ -106,3 +106,36 @@ def test_camel_stream() -> None:
     data = b'data: {"type":"response.refusal.delta","outputIndex":0,"itemId":"item-1","contentIndex":0,"delta":"no","sequenceNumber":4}\n\n'
     (event,) = list(iter_events([data], camel=True))
     assert isinstance(event, ev.ResponseRefusalDelta) and event.item_id == "item-1"
+
+
+_DELTA = b'{"type":"response.output_text.delta","sequence_number":1,"item_id":"m","output_index":0,"content_index":0,"delta":"x"}'
+_DONE_TEXT = b'{"type":"response.output_text.done","sequence_number":2,"item_id":"m","output_index":0,"content_index":0,"text":"x"}'
+_ODD = b'{"type":"response.future_event","sequence_number":3,"shiny":true}'
+_SSE_NAMES = [None, "response.output_text.delta", "response.output_text.done", "response.text.delta", ""]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_SSE_NAMES), st.sampled_from([_DELTA, _DELTA, _DONE_TEXT, _ODD, b"[DONE]"]))),
+    st.lists(st.integers(1, 300), min_size=1, max_size=8),
+)
+def test_batches_decode_like_one_event_at_a_time(frames: list[tuple[str | None, bytes]], sizes: list[int]) -> None:
+    """However names and payloads mix in a batch (one name for all, names that differ from the types, events
+    without a name, unknown types, [DONE]), the batch gives what decoding each frame alone gives: the same
+    events, each keeping its payload and, where the SSE name differs from its type, that name."""
+    stream = b"".join((b"event: " + name.encode() + b"\n" if name is not None else b"") + b"data: " + payload + b"\n\n"
+                      for name, payload in frames)
+    chunks, pos, i = [], 0, 0
+    while pos < len(stream):
+        chunks.append(stream[pos : pos + sizes[i % len(sizes)]])
+        pos += sizes[i % len(sizes)]
+        i += 1
+    got = list(iter_events(chunks))
+    expected = [event for name, payload in frames for event in iter_events([b"data: " + payload + b"\n\n"])]
+    for (name, _), event in zip([f for f in frames if f[1] != b"[DONE]"], expected, strict=True):
+        if name and name != event.type:
+            event.__dict__["_sse_event"] = name
+    assert got == expected
+    assert [(e.raw_json, e.__dict__.get("_sse_event")) for e in got] == [
+        (e.raw_json, e.__dict__.get("_sse_event")) for e in expected
+    ]

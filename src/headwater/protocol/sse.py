@@ -369,9 +369,12 @@ class SSEDecoder:
         yet, and none can exceed the size limit.
 
         A region made only of "event: X / data: Y / blank" blocks (or only of "data: Y / blank" ones), the shape
-        of nearly every chunk of a Responses stream, is framed column-wise, by C-level slices and maps over its
-        lines with no Python step per event. Otherwise those two shapes are recognised event by event on the
-        split lines, and anything else goes through `_process` line by line up to its blank line."""
+        of nearly every chunk of a Responses stream, is framed column-wise, by C-level slices and maps with no
+        Python step per event: cut at its blank lines when every event has the same name (`_same_blocks`), else
+        cut into lines. Otherwise those two shapes are recognised event by event on the split lines, and
+        anything else goes through `_process` line by line up to its blank line."""
+        if self._same_blocks(region):
+            return
         lines = region.split(b"\n")
         lines.pop()  # the empty piece after the final line end
         count = len(lines)
@@ -396,6 +399,38 @@ class SSEDecoder:
                 self._out_data += map(_payload, body)
                 return
         self._blocks_each(lines)
+
+    def _same_blocks(self, region: bytes) -> bool:
+        """Frame `region` if it is a run of events of one shape and name, "event: X / data: Y / blank" (or
+        "data: Y / blank"), all cut at once at its blank lines; say whether it was."""
+        end = region.find(b"\n")
+        if region.startswith(_EVENT):
+            prefix = region[: end + 7]  # b"event: X\ndata: "
+            if not prefix.endswith(b"\ndata: "):
+                return False
+            per_event = 3
+        elif region.startswith(_DATA):
+            prefix = _DATA
+            per_event = 2
+        else:
+            return False
+        blocks = region.split(b"\n\n")
+        blocks.pop()  # what follows the last blank line: nothing (or a LF, which the count below refuses)
+        count = len(blocks)
+        # Each block starts with the prefix (whose LF, if any, is the block's one line end: the LFs add up) and
+        # holds no other line end, so each is one event with that name and one data line.
+        if region.count(b"\n") != per_event * count or not all(map(_starts, blocks, repeat(prefix, count))):
+            return False
+        if per_event == 3:
+            head = prefix[:end]
+            name = self._names.get(head)
+            if name is None:
+                name = self._event_name(head)
+            self._out_names += repeat(name, count)
+        else:
+            self._out_names += repeat(None, count)
+        self._out_data += map(itemgetter(slice(len(prefix), None)), blocks)
+        return True
 
     def _blocks_each(self, lines: list[bytes]) -> None:
         """`_blocks` event by event, for a region of mixed shapes (`lines`: its lines, split, the last one blank)."""

@@ -16,7 +16,7 @@ from operator import attrgetter, setitem
 import msgspec
 
 from .codec import decode_event, encode_event, fast_decoder
-from .events import Event
+from .events import EVENT_CLASSES, Event
 from .sse import DONE, SSEDecoder, encode_frame
 
 __all__ = ["EventDecoder", "aiter_events", "encode_sse", "iter_events"]
@@ -70,14 +70,22 @@ class EventDecoder:
         decoder mapped over the payloads, each payload kept on its event as ``_raw``, and the event names
         compared with the types as two lists. A batch holding anything that decoder refuses (``[DONE]``, an
         unknown type, a field that does not fit) or names that differ from the types goes event by event."""
-        if self._camel:
+        if self._camel or not data:
             return self._decode_each(names, data)
         try:
             events: list[Event] = list(map(_fast_decode, data))
         except msgspec.MsgspecError:
             return self._decode_each(names, data)
         deque(map(setitem, map(_dict_of, events), repeat("_raw"), data), 0)
-        if names != list(map(_type_of, events)) and names.count(None) != len(names):
+        count = len(names)
+        first = names[0]
+        # One name for the whole batch (or none), the common case: compare classes, not type strings.
+        if names.count(first) == count and (
+            first is None or list(map(type, events)).count(EVENT_CLASSES.get(first, type(None))) == count
+        ):
+            self.events_decoded += count
+            return events
+        if names != list(map(_type_of, events)) and names.count(None) != count:
             for name, event in zip(names, events, strict=True):
                 if name is not None and name != event.type:
                     event.__dict__["_sse_event"] = name
