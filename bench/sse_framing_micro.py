@@ -1,8 +1,9 @@
 """Micro-benchmark of SSE framing (`headwater.protocol.sse.SSEDecoder`): µs per event.
 
 Compares a bare `bytes.find(b"\\n\\n")` splitting loop (the floor) with SSEDecoder fed the whole stream, 4 KiB and
-64 B chunks, on ~20k realistic `response.output_text.delta` events (LF and CRLF), then shows linear scaling on
-one 2 MB event fed in 64 B vs 1 MB chunks. Run: `python bench/sse_framing_micro.py [--events N]`.
+64 B chunks (`feed`, which returns `Frame`s; and `feed_columns` in 4 KiB chunks, the names and data that
+`EventDecoder` reads), on ~20k realistic `response.output_text.delta` events (LF and CRLF), then shows linear
+scaling on one 2 MB event fed in 64 B vs 1 MB chunks. Run: `python bench/sse_framing_micro.py [--events N]`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,28 @@ def decode_chunks(stream: bytes, size: int) -> list[Frame]:
     return frames
 
 
+def columns_chunks(stream: bytes, size: int) -> list[Frame]:
+    decoder = SSEDecoder()
+    names: list[str | None] = []
+    data: list[bytes] = []
+    for i in range(0, len(stream), size):
+        more_names, more_data = decoder.feed_columns(stream[i : i + size])
+        names += more_names
+        data += more_data
+    frames = decoder.close()
+    names += [frame.event for frame in frames]
+    data += [frame.data for frame in frames]
+    return [Frame(name, payload) for name, payload in zip(names, data, strict=True)]
+
+
+def columns_only(stream: bytes, size: int) -> int:
+    decoder = SSEDecoder()
+    n = 0
+    for i in range(0, len(stream), size):
+        n += len(decoder.feed_columns(stream[i : i + size])[1])
+    return n + len(decoder.close())
+
+
 def best_times(cases: list[tuple[str, Callable[[], object]]], repeat: int) -> dict[str, float]:
     """Best wall time of each case over `repeat` rounds, the cases taking turns (fairer on a noisy machine)."""
     best = {name: float("inf") for name, _ in cases}
@@ -97,6 +120,9 @@ def main() -> None:
             if decode_chunks(stream, size) != expected:
                 raise SystemExit(f"mismatch: {label} {name}")
             cases.append((f"SSEDecoder, {name}", partial(decode_chunks, stream, size)))
+        if columns_chunks(stream, 4096) != expected:
+            raise SystemExit(f"mismatch: {label} feed_columns")
+        cases.append(("feed_columns, 4 KiB chunks", partial(columns_only, stream, 4096)))
         for name, seconds in best_times(cases, repeat).items():
             print(f"  {name:<28} {seconds / n * 1e6:7.3f} µs/event")
 
