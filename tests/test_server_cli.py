@@ -104,3 +104,15 @@ def test_captures_replayed_through_the_server_are_conformant(serve: Callable[[An
         assert check(events) == []
         replay = client.get(f"/v1/responses/{events[0].response.id}", params={"stream": "true"})  # type: ignore[union-attr]
         assert replay.content == response.content
+
+
+def test_serve_workers_say_listening_only_once_every_worker_listens_and_fail_when_one_cannot_start() -> None:
+    # The workers open the store as they start; here it cannot be reached, so none of them ever listens.
+    args = [sys.executable, "-m", "headwater", "serve", "--port", "0", "--backend", "scripted", "--backend-option",
+            f"script={CAPTURES / 'openai-issue-11239.2.jsonl'}", "--workers", "2",
+            "--store", "postgresql://postgres@127.0.0.1:1/test", "--events", "redis://127.0.0.1:1/0",
+            "--log-level", "warning"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "listening on" not in done.stdout
+    assert "a worker process exited before it listened" in done.stderr

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
@@ -214,25 +215,29 @@ def _url_host(host: str) -> str:
 
 def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) -> None:
     """``--workers N``: N forked processes accept on the one bound socket, each with an app (a replica) of its
-    own; this process says where it listens once they are started, passes SIGTERM/SIGINT on and waits."""
+    own; this process says where it listens once every worker listens (and stops them all, exit 1, when one
+    exits before), passes SIGTERM/SIGINT on and waits."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     shared = _shared_metrics(given)
+    ready_read, ready_write = os.pipe()  # each worker writes one byte once it listens
     children = []
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # a worker: its own app, store pool, live log and lease
             code = 0
+            os.close(ready_read)
             try:
                 if shared is not None:
                     from .metrics import share_values
 
                     share_values()
-                serve(create_app(config, shared_metrics=shared), None)
+                serve(create_app(config, shared_metrics=shared), lambda: os.write(ready_write, b"."))
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         children.append(pid)
+    os.close(ready_write)
 
     def forward(signum: int, frame: Any) -> None:
         for child in children:
@@ -241,18 +246,50 @@ def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) 
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    banner()
-    click.echo(f"  workers: {workers} processes, each a replica (lease {config.lease_seconds:g} s)")
-    try:
-        for _ in children:
-            pid, _status = os.wait()
-            if shared is not None:
-                from .metrics import forget_worker
+    exited: list[int] = []
+    listening = False
 
-                forget_worker(pid, shared)
+    def forget(pid: int) -> None:  # an exited worker's runs no longer count in /metrics
+        if shared is not None:
+            from .metrics import forget_worker
+
+            forget_worker(pid, shared)
+
+    try:
+        listening = _all_listening(ready_read, children, exited)
+        if listening:
+            banner()  # (only now: a caller that waits for "listening on" finds every worker accepting)
+            click.echo(f"  workers: {workers} processes, each a replica (lease {config.lease_seconds:g} s)")
+        else:
+            click.echo("headwater: a worker process exited before it listened (see its error above); stopping",
+                       err=True)
+            forward(signal.SIGTERM, None)
+        for pid in exited:
+            forget(pid)
+        while len(exited) < len(children):
+            exited.append(os.wait()[0])
+            forget(exited[-1])
     finally:
+        os.close(ready_read)
         if shared is not None and given is None:
             shutil.rmtree(shared, ignore_errors=True)
+    if not listening:
+        sys.exit(1)
+
+
+def _all_listening(ready: int, children: list[int], exited: list[int]) -> bool:
+    """Wait until every worker says it listens (one byte each on ``ready``); False as soon as one exits first
+    (its pid is added to ``exited``)."""
+    count = 0
+    while count < len(children):
+        readable, _, _ = select.select([ready], [], [], 0.2)
+        if readable:
+            count += len(os.read(ready, len(children) - count))
+        for child in children:
+            if child not in exited and os.waitpid(child, os.WNOHANG)[0] == child:
+                exited.append(child)
+                return False
+    return True
 
 
 def _shared_metrics(given: str | None) -> str | None:
