@@ -396,6 +396,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> di
         figures["redis_commands_per_event"] = round(delta["received"] / total_events, 3)
         figures["redis_commands_run_per_event"] = round(delta["run"] / total_events, 3)
         figures["redis_script_calls_per_event"] = round(delta.get("evalsha", 0.0) / total_events, 3)
+        figures["redis_xadd_per_event"] = round(delta.get("xadd", 0.0) / total_events, 3)
         figures["redis_cpu_us_per_event"] = round(delta["cpu"] * per_event, 1)
     return figures
 
