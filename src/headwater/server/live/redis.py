@@ -329,6 +329,9 @@ class RedisLiveLog(LiveLog):
                 await connection.disconnect()
                 if attempt == 2:
                     raise
+            except BaseException:  # (cancelled with the reply unread: the connection must not be reused)
+                await connection.disconnect()
+                raise
             finally:
                 await pool.release(connection)
 
