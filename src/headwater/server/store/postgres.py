@@ -399,18 +399,31 @@ class PostgresStore(Store):
         jobs = _merged([job for job in jobs if job.new is None])
         if not jobs:
             return {}
-        ids = [job.response_id for job in jobs]
-        tokens = [job.token for job in jobs]
-        rows = await conn.fetch(
-            "UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data) "
-            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) AS u(id, token, status, data) "
-            "WHERE r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token) "
-            "AND (u.status IS NOT NULL OR u.data IS NOT NULL OR u.token IS NOT NULL) RETURNING r.id",
-            ids, tokens, [job.status for job in jobs], [job.data for job in jobs],
-        )
-        updated = {row["id"] for row in rows}
+        changing = [job for job in jobs if job.status is not None or job.data is not None]
+        # An append that changes no resource (most of them: one text delta) only needs its fencing check. It
+        # reads the row under a share lock instead of updating it: a takeover (FOR UPDATE) either waits for this
+        # commit or has committed and this read sees its new token, and no new version of the response row
+        # (with its resource) is written per run per commit.
+        checked = [job for job in jobs if job.status is None and job.data is None and job.token is not None]
+        confirmed: set[str] = set()
+        if changing:
+            rows = await conn.fetch(
+                "UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data) "
+                "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) AS u(id, token, status, data) "
+                "WHERE r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token) RETURNING r.id",
+                [job.response_id for job in changing], [job.token for job in changing],
+                [job.status for job in changing], [job.data for job in changing],
+            )
+            confirmed.update(row["id"] for row in rows)
+        if checked:
+            rows = await conn.fetch(
+                "SELECT r.id FROM responses AS r JOIN unnest($1::text[], $2::bigint[]) AS u(id, token) "
+                "ON r.id = u.id AND r.lease_token = u.token FOR SHARE OF r",
+                [job.response_id for job in checked], [job.token for job in checked],
+            )
+            confirmed.update(row["id"] for row in rows)
         for job in jobs:
-            if job.response_id in updated:
+            if job.response_id in confirmed:
                 continue
             if job.token is None and job.status is None and job.data is None:
                 continue  # nothing to check: the events' foreign key says whether the response exists
