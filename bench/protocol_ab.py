@@ -2,7 +2,7 @@
 
 Run from the repository root, in the project's venv:
 
-    python bench/protocol_ab.py                      # against main: alternating runs, gc off, best of 25
+    python bench/protocol_ab.py --ref REF            # against a git ref (main by default): alternating, gc off
     python bench/protocol_ab.py --ref HEAD~3 --runs 41 --streams azure,mcp
     python bench/protocol_ab.py --instructions       # instructions per event under callgrind (slow, exact)
 

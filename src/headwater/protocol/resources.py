@@ -604,11 +604,14 @@ def keep_wire_lazily(obj: Any, source: WireSource, path: tuple[str | int, ...]) 
     ``to_builtins``): a resource that is copied and dropped, or never encoded, costs no JSON decoding."""
     if isinstance(obj, list):
         for index, item in enumerate(obj):
-            keep_wire_lazily(item, source, (*path, index))
+            if isinstance(item, (Struct, list)):
+                keep_wire_lazily(item, source, (*path, index))
         return
     if not isinstance(obj, Struct):
         return
-    for name in _nested_fields(type(obj)):
+    # Only fields whose type may hold a resource: a decoded dict or list of plain JSON (an MCP server's tool
+    # schemas, say) holds none, and keep_wire would find nothing in it to remember.
+    for name in _resource_fields(type(obj)):
         value = getattr(obj, name)
         if isinstance(value, (Struct, list)):
             keep_wire_lazily(value, source, (*path, name))
@@ -665,6 +668,18 @@ def _nested_fields(cls: type) -> tuple[str, ...]:
     plain = (str, int, float, bool, type(None), UnsetType)
     hints = msgspec.structs.fields(cls)
     return tuple(f.name for f in hints if not all(t in plain for t in (get_args(f.type) or (f.type,))))
+
+
+@cache
+def _resource_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a Struct class whose declared type includes a Struct (what decoding can put a resource in)."""
+    return tuple(f.name for f in msgspec.structs.fields(cls) if _holds_struct(f.type))
+
+
+def _holds_struct(hint: Any) -> bool:
+    if isinstance(hint, type) and issubclass(hint, Struct):
+        return True
+    return any(_holds_struct(arg) for arg in get_args(hint))
 
 
 @cache
