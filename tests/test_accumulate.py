@@ -1131,12 +1131,15 @@ def test_property_the_hot_delta_path_folds_like_the_handlers(case: tuple[list[Ev
     assert _fold(events, reads, hot=True) == _fold(events, reads, hot=False)
 
 
-def test_the_hot_delta_path_is_taken() -> None:
+def test_the_hot_delta_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """The handlers see only the first delta of a run to one place (so the property above tests the hot path)."""
+    from headwater.protocol import accumulate as module
+
     acc = Accumulator()
     calls = []
-    handler = acc._handlers[type(text_stream(["x"])[4])]
-    acc._handlers[type(text_stream(["x"])[4])] = lambda event: (calls.append(event), handler(event))
+    delta = type(text_stream(["x"])[4])
+    handler = module._HANDLERS[delta]
+    monkeypatch.setitem(module._HANDLERS, delta, lambda acc, event: (calls.append(event), handler(acc, event)))
     for event in text_stream(["a", "b", "c", "d"]):
         acc.feed(event)
     assert len(calls) == 1 and acc.output_text == "abcd" and acc.problems == []

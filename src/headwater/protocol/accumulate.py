@@ -573,7 +573,6 @@ class Accumulator:
         self._last_seq = -1
         self._gaps: list[list[int]] = []
         self._ended = False
-        self._handlers: dict[type, Callable[[Any], None]] = self._build_handlers()
         # The hot delta: where the last delta went (its class, output_index, item_id, and the name and value of
         # its part index) and the slot it grew. A delta of that class to that same place, numbered right after
         # the last event, is folded by ``feed`` itself; any other event disarms it.
@@ -584,47 +583,6 @@ class Accumulator:
         self._hot_sub: Any = None
         self._hot_slot: _Slot | None = None
         self._hot_state: _Item | None = None
-
-    def _build_handlers(self) -> dict[type, Callable[[Any], None]]:
-        handlers: dict[type, Callable[[Any], None]] = {
-            ResponseCreated: self._on_lifecycle,
-            ResponseQueued: self._on_lifecycle,
-            ResponseInProgress: self._on_lifecycle,
-            ResponseCompleted: self._on_terminal,
-            ResponseIncomplete: self._on_terminal,
-            ResponseFailed: self._on_terminal,
-            ErrorEvent: self._on_error,
-            ResponseOutputItemAdded: self._on_item_added,
-            ResponseOutputItemDone: self._on_item_done,
-            ResponseContentPartAdded: self._on_content_part_added,
-            ResponseContentPartDone: self._on_content_part_done,
-            ResponseOutputTextDelta: self._on_output_text_delta,
-            ResponseOutputTextDone: self._on_output_text_done,
-            ResponseOutputTextAnnotationAdded: self._on_annotation_added,
-            ResponseRefusalDelta: self._on_refusal_delta,
-            ResponseRefusalDone: self._on_refusal_done,
-            ResponseReasoningTextDelta: self._on_reasoning_delta,
-            ResponseReasoningDelta: self._on_reasoning_delta,
-            ResponseReasoningTextDone: self._on_reasoning_done,
-            ResponseReasoningDone: self._on_reasoning_done,
-            ResponseReasoningSummaryPartAdded: self._on_summary_part_added,
-            ResponseReasoningSummaryPartDone: self._on_summary_part_done,
-            ResponseReasoningSummaryTextDelta: self._on_summary_delta,
-            ResponseReasoningSummaryTextDone: self._on_summary_done,
-            ImageGenerationCallPartialImage: self._on_partial_image,
-            ShellCallCommandAdded: self._on_command_added,
-            ShellCallCommandDelta: self._on_command_delta,
-            ShellCallCommandDone: self._on_command_done,
-            ShellCallOutputContentDelta: self._on_shell_output_delta,
-            ShellCallOutputContentDone: self._on_shell_output_done,
-        }
-        for cls in _STREAM_DELTAS:
-            handlers[cls] = self._on_stream_delta
-        for cls in _STREAM_DONES:
-            handlers[cls] = self._on_stream_done
-        for cls in _PROGRESS:
-            handlers[cls] = self._on_progress
-        return handlers
 
     # --- public face ----------------------------------------------------------------------------------------
 
@@ -657,7 +615,7 @@ class Accumulator:
                 return
         self._hot_cls = None
         problems = len(self.problems)
-        handler = self._handlers.get(cls)
+        handler = _HANDLERS.get(cls)
         if handler is None:
             if isinstance(event, UnknownEvent):
                 self.unknown_events += 1
@@ -686,7 +644,7 @@ class Accumulator:
             self._problem(event, "missing-created", f"the stream starts with {event.type}")
         if cls in _CARRIERS:
             keep_wires(event)
-        handler(event)
+        handler(self, event)
         if self._hot_cls is not None and len(self.problems) != problems:
             self._hot_cls = None  # the handler said something about this delta: the next one must be checked too
 
@@ -1487,6 +1445,52 @@ class Accumulator:
             outputs[position] = _ShellOutput(dict(entry), done=True)
         out.done = True
         self._changed(state)
+
+
+def _build_handlers() -> dict[type, Callable[[Any, Any], None]]:
+    handlers: dict[type, Callable[[Any, Any], None]] = {
+        ResponseCreated: Accumulator._on_lifecycle,
+        ResponseQueued: Accumulator._on_lifecycle,
+        ResponseInProgress: Accumulator._on_lifecycle,
+        ResponseCompleted: Accumulator._on_terminal,
+        ResponseIncomplete: Accumulator._on_terminal,
+        ResponseFailed: Accumulator._on_terminal,
+        ErrorEvent: Accumulator._on_error,
+        ResponseOutputItemAdded: Accumulator._on_item_added,
+        ResponseOutputItemDone: Accumulator._on_item_done,
+        ResponseContentPartAdded: Accumulator._on_content_part_added,
+        ResponseContentPartDone: Accumulator._on_content_part_done,
+        ResponseOutputTextDelta: Accumulator._on_output_text_delta,
+        ResponseOutputTextDone: Accumulator._on_output_text_done,
+        ResponseOutputTextAnnotationAdded: Accumulator._on_annotation_added,
+        ResponseRefusalDelta: Accumulator._on_refusal_delta,
+        ResponseRefusalDone: Accumulator._on_refusal_done,
+        ResponseReasoningTextDelta: Accumulator._on_reasoning_delta,
+        ResponseReasoningDelta: Accumulator._on_reasoning_delta,
+        ResponseReasoningTextDone: Accumulator._on_reasoning_done,
+        ResponseReasoningDone: Accumulator._on_reasoning_done,
+        ResponseReasoningSummaryPartAdded: Accumulator._on_summary_part_added,
+        ResponseReasoningSummaryPartDone: Accumulator._on_summary_part_done,
+        ResponseReasoningSummaryTextDelta: Accumulator._on_summary_delta,
+        ResponseReasoningSummaryTextDone: Accumulator._on_summary_done,
+        ImageGenerationCallPartialImage: Accumulator._on_partial_image,
+        ShellCallCommandAdded: Accumulator._on_command_added,
+        ShellCallCommandDelta: Accumulator._on_command_delta,
+        ShellCallCommandDone: Accumulator._on_command_done,
+        ShellCallOutputContentDelta: Accumulator._on_shell_output_delta,
+        ShellCallOutputContentDone: Accumulator._on_shell_output_done,
+    }
+    for cls in _STREAM_DELTAS:
+        handlers[cls] = Accumulator._on_stream_delta
+    for cls in _STREAM_DONES:
+        handlers[cls] = Accumulator._on_stream_done
+    for cls in _PROGRESS:
+        handlers[cls] = Accumulator._on_progress
+    return handlers
+
+
+# Event class -> the Accumulator method that folds it (one table for every instance: none is built per response).
+_HANDLERS = _build_handlers()
 
 
 # --- one core, two faces ------------------------------------------------------------------------------------
