@@ -448,16 +448,9 @@ class Target:
 
 
 def _drop_schema(schema: str) -> None:
-    import asyncpg
+    from headwater.server.testing import drop_schema
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    drop_schema(PG_URL, schema)
 
 
 def start_target(name: str, mock_port: int, baseline: str | None = None) -> Target:

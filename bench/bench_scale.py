@@ -51,7 +51,7 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from headwater.server.testing import ServeProcess  # noqa: E402
+from headwater.server.testing import ServeProcess, drop_schema  # noqa: E402
 
 POSTGRES = os.environ.get("HEADWATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("HEADWATER_TEST_REDIS", "redis://127.0.0.1:6379/0")  # (--redis shared; default: private)
@@ -428,17 +428,9 @@ def private_redis(workdir: Path) -> Iterator[str]:
 
 
 def _cleanup(schema: str, prefix: str) -> None:
-    import asyncpg
     import redis
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(POSTGRES)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    drop_schema(POSTGRES, schema)
     client = redis.Redis.from_url(REDIS)
     try:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))

@@ -65,3 +65,14 @@ def replicas(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[serv
     this test's PostgreSQL schema and Redis prefix (stopped after the test)."""
     with services.replica_set(postgres_url, redis_url, tmp_path) as start:
         yield start
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[services.PrivateRedis]:
+    """A redis-server of this test's own, started; killed at the end."""
+    redis = services.PrivateRedis(tmp_path)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()

@@ -11,7 +11,10 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from headwater.server.testing import ServeProcess
+from headwater.server.testing import ServeProcess, free_port
 
 POSTGRES_URL = os.environ.get("HEADWATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HEADWATER_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -142,6 +145,42 @@ def replica_set(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[R
     finally:
         for proc in started:
             proc.stop()
+
+
+class PrivateRedis:
+    """A redis-server of one test's own (no persistence, a free port, files in ``folder``), for tests that stop
+    or restart Redis mid-run. ``stop()`` kills it (everything it held is gone), ``start()`` starts it empty,
+    ``restart(pause)`` does both with ``pause`` seconds between."""
+
+    def __init__(self, folder: Path) -> None:
+        if shutil.which("redis-server") is None:
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail("CI needs redis-server on PATH", pytrace=False)
+            pytest.skip("redis-server not on PATH: install Redis")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                      "--appendonly", "no", "--dir", str(folder)]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        ping = ["redis-cli", "-p", str(self.port), "ping"]
+        while subprocess.run(ping, capture_output=True).stdout.strip() != b"PONG":
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(10)
+            self._process = None
+
+    def restart(self, pause: float = 1.0) -> None:
+        self.stop()
+        time.sleep(pause)  # away for a while: appends and reads fail meanwhile
+        self.start()
 
 
 class Frames:

@@ -7,20 +7,14 @@ cancel signals between processes (two ``RedisLiveLog`` instances stand for two r
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from headwater.server.entries import Entry
 from headwater.server.live.redis import RedisLiveLog
-from headwater.server.testing import free_port
+from services import PrivateRedis
 
 
 def delta(seq: int) -> Entry:
@@ -250,51 +244,20 @@ async def test_every_stream_of_a_shared_call_gets_its_ttl_and_length_cap(redis_u
         await live.close()
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[[str], None]]]:
-    """A redis-server of this test's own (no persistence): its URL and ``control("stop" | "start")``."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI needs redis-server on PATH", pytrace=False)
-        pytest.skip("redis-server not on PATH: install Redis")
-    port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path)]
-    state: dict[str, subprocess.Popen[bytes]] = {}
-
-    def control(action: str) -> None:
-        if action == "stop":
-            state["process"].send_signal(signal.SIGKILL)  # everything it held is gone
-            state["process"].wait(10)
-            return
-        state["process"] = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    control("start")
-    try:
-        yield f"redis://127.0.0.1:{port}/0?prefix=t", control
-    finally:
-        state["process"].kill()
-        state["process"].wait(10)
-
-
 async def test_a_redis_restart_costs_the_appends_meanwhile_only_and_raises_none(
-    private_redis: tuple[str, Callable[[str], None]]
+    private_redis: PrivateRedis,
 ) -> None:
-    url, control = private_redis
+    url = private_redis.url + "?prefix=t"
     live = RedisLiveLog(url + "&local=0")
     await live.open()
     raw = aioredis.Redis.from_url(url.partition("?")[0])
     try:
         await asyncio.gather(live.append("r1", [delta(0)]), live.append("r2", [delta(0)]))
-        control("stop")
+        private_redis.stop()
         errors = live.errors
         await asyncio.gather(live.append("r1", [delta(1)]), live.append("r2", [delta(1)]))  # returns, raises none
         assert live.errors >= errors + 2  # counted: one per batch that did not reach Redis
-        control("start")  # empty: no stream, no script
+        private_redis.start()  # empty: no stream, no script
         await asyncio.gather(live.append("r1", [delta(2)]),
                              live.append("r2", [delta(2), Entry(3, "response.completed", b"{}")], ended=True))
         # The streams start again from the next batch (a follower sees the gap and reads the store).

@@ -15,7 +15,7 @@ from headwater.protocol.codec import decode_event_obj, encode_event
 from headwater.protocol.events import Event
 from headwater.protocol.relay import ResponseRelay
 from headwater.protocol.resources import Response
-from test_upstream_responses import _MUTABLE, _RETYPES
+from test_upstream_responses import _MUTABLE, MANGLINGS, mangled
 
 
 class _RoutedRelay(ResponseRelay):
@@ -78,31 +78,7 @@ def test_interleaved_streams_relay_the_same_either_way() -> None:
 def test_any_mangling_relays_the_same_either_way(data: st.DataObject) -> None:
     """Deltas re-addressed, renumbered, repeated after their done, of another type, cut short: the hot path
     decides as the full routing does."""
-    events = [dict(e) for e in data.draw(st.sampled_from(_MUTABLE))]
-    for _ in range(data.draw(st.integers(1, 12))):
-        if not events:
-            break
-        i = data.draw(st.integers(0, len(events) - 1))
-        op = data.draw(st.sampled_from(["drop", "dup", "swap", "cut", "index", "item_id", "part", "seq", "type"]))
-        event = events[i]
-        if op == "drop":
-            del events[i]
-        elif op == "dup":
-            events.insert(data.draw(st.integers(i, len(events))), dict(event))
-        elif op == "swap" and i + 1 < len(events):
-            events[i], events[i + 1] = events[i + 1], event
-        elif op == "cut":
-            del events[i:]
-        elif op == "index" and "output_index" in event:
-            event["output_index"] = data.draw(st.integers(0, 3))
-        elif op == "item_id" and "item_id" in event:
-            event["item_id"] = data.draw(st.sampled_from(["", "other", event["item_id"] + "x"]))
-        elif op == "part" and "content_index" in event:
-            event["content_index"] = data.draw(st.integers(0, 2))
-        elif op == "seq":
-            event["sequence_number"] = data.draw(st.integers(0, 5))
-        elif op == "type":
-            event["type"] = data.draw(st.sampled_from(_RETYPES))
+    events = mangled(data, rounds=12, manglings=set(MANGLINGS) - {"field"})
     assert _relayed(ResponseRelay, events) == _relayed(_RoutedRelay, events)
 
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from headwater.server.testing import ServeProcess, free_port
-from services import LEASE, Frames, Replicas, payload, stored_log
+from services import LEASE, Frames, PrivateRedis, Replicas, payload, stored_log
 
 
 def _as_postgres(args: list[str]) -> list[str]:
@@ -112,50 +112,17 @@ def test_postgresql_unreachable_is_503_in_the_spec_shape_with_nothing_half_writt
     assert _count(url, "SELECT count(DISTINCT response_id) FROM events") == 1
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None]]]:
-    """A redis-server of this test's own (no persistence): its URL and ``restart()``."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI needs redis-server on PATH", pytrace=False)
-        pytest.skip("redis-server not on PATH: install Redis")
-    port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path)]
-    state: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start() -> None:
-        state["process"] = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def restart() -> None:
-        state["process"].send_signal(signal.SIGKILL)  # everything it held is gone
-        state["process"].wait(10)
-        time.sleep(1.0)  # away for a while: appends and reads fail meanwhile
-        start()
-
-    start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0", restart
-    finally:
-        state["process"].kill()
-        state["process"].wait(10)
-
-
 def test_a_redis_restart_mid_run_loses_and_duplicates_no_event(
-    replicas: Replicas, private_redis: tuple[str, Callable[[], None]]
+    replicas: Replicas, private_redis: PrivateRedis
 ) -> None:
-    url, restart = private_redis
+    url = private_redis.url
     owner, other = replicas(2, steps=400, delay=0.01, events=url)
     created = httpx.post(f"{owner.url}/v1/responses", json={"input": "long", "background": True}, timeout=30).json()
     rid = created["id"]
     with httpx.stream("GET", f"{other.url}/v1/responses/{rid}", params={"stream": "true"}, timeout=60) as r:
         reader = Frames(r)
         frames = reader.take(20)
-        restart()
+        private_redis.restart()
         frames += reader.take()
     assert payload(frames[-1])["type"] == "response.completed"
     assert frames == stored_log(owner.url, rid)

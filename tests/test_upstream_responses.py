@@ -601,26 +601,25 @@ _RETYPES = [
 ]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_any_mangling_of_a_stream_relays_conformantly(data: st.DataObject) -> None:
-    """Events dropped, repeated, swapped, cut short, renumbered, re-addressed, stripped of fields or of
-    another type: the relay never raises and what it writes breaks no rule."""
+MANGLINGS = ("drop", "dup", "swap", "cut", "index", "item_id", "part", "seq", "field", "type")
+
+
+def mangled(data: st.DataObject, rounds: int, manglings: Iterable[str] = MANGLINGS) -> list[dict[str, Any]]:
+    """One of the ``_MUTABLE`` streams, mangled up to ``rounds`` times: events dropped, repeated (anywhere
+    after), swapped, cut short, re-addressed (output index, item id, content index), renumbered, stripped of
+    a field or given another type."""
+    ops = sorted(manglings)
     events = [dict(e) for e in data.draw(st.sampled_from(_MUTABLE))]
-    for _ in range(data.draw(st.integers(1, 10))):
+    for _ in range(data.draw(st.integers(1, rounds))):
         if not events:
             break
         i = data.draw(st.integers(0, len(events) - 1))
-        op = data.draw(
-            st.sampled_from(
-                ["drop", "dup", "swap", "cut", "index", "item_id", "part", "seq", "field", "type"]
-            )
-        )
+        op = data.draw(st.sampled_from(ops))
         event = events[i]
         if op == "drop":
             del events[i]
         elif op == "dup":
-            events.insert(i, dict(event))
+            events.insert(data.draw(st.integers(i, len(events))), dict(event))
         elif op == "swap" and i + 1 < len(events):
             events[i], events[i + 1] = events[i + 1], event
         elif op == "cut":
@@ -637,6 +636,15 @@ def test_any_mangling_of_a_stream_relays_conformantly(data: st.DataObject) -> No
             del event[data.draw(st.sampled_from(sorted(k for k in event if k != "type")))]
         elif op == "type":
             event["type"] = data.draw(st.sampled_from(_RETYPES))
+    return events
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_mangling_of_a_stream_relays_conformantly(data: st.DataObject) -> None:
+    """Events dropped, repeated, swapped, cut short, renumbered, re-addressed, stripped of fields or of
+    another type: the relay never raises and what it writes breaks no rule."""
+    events = mangled(data, rounds=10)
     relayed = relay_all(decode_event_obj(e, lenient=True) for e in events)
     assert check(relayed) == []
     assert accumulate(relayed).done

@@ -6,6 +6,7 @@ For tests and benchmarks: the real uvicorn server on a real socket, started and 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import threading
 import time
 from typing import IO, Any
 
-__all__ = ["LiveServer", "ServeProcess", "free_port"]
+__all__ = ["LiveServer", "ServeProcess", "drop_schema", "free_port"]
 
 
 class LiveServer:
@@ -168,3 +169,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def drop_schema(postgres_url: str, schema: str) -> None:
+    """Drop ``schema`` (and all in it) from the PostgreSQL at ``postgres_url``: what a test or bench that ran
+    servers on a schema of its own leaves behind. Needs asyncpg (the ``scale`` extra)."""
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())

@@ -298,7 +298,7 @@ class UpstreamStream:
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole body (for a JSON answer)."""
         body = bytearray()
-        async for chunk in self._chunks():
+        while chunk := await self._chunk():
             body += chunk
             if len(body) > limit:
                 raise BackendError(f"upstream {self.url} sent a JSON answer larger than {limit} bytes")
@@ -306,16 +306,9 @@ class UpstreamStream:
 
     async def frames(self) -> AsyncIterator[Frame]:
         decoder = SSEDecoder(mode="sse")
-        feed = decoder.feed
-        read = self.response.content.readany  # whatever has arrived, in one piece (no re-chunking)
+        feed, chunk_of = decoder.feed, self._chunk
         try:
-            while True:
-                try:
-                    chunk = await read()
-                except Exception as exc:
-                    raise self._transport_error(exc) from None
-                if not chunk:
-                    break
+            while chunk := await chunk_of():
                 for frame in feed(chunk):
                     self.frames_seen += 1
                     yield frame
@@ -339,16 +332,13 @@ class UpstreamStream:
             code="upstream_malformed",
         )
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        read = self.response.content.readany
-        while True:
-            try:
-                chunk = await read()
-            except Exception as exc:
-                raise self._transport_error(exc) from None
-            if not chunk:
-                return
-            yield chunk
+    async def _chunk(self) -> bytes:
+        """Whatever of the body has arrived, in one piece (no re-chunking); b"" at its end. Trouble reading is
+        a ``BackendError`` (``_transport_error``)."""
+        try:
+            return await self.response.content.readany()
+        except Exception as exc:
+            raise self._transport_error(exc) from None
 
     def _transport_error(self, exc: Exception) -> Exception:
         """The ``BackendError`` for trouble reading the body (a time-out, a dropped connection); anything else
