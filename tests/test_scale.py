@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -171,3 +173,37 @@ def test_two_workers_on_one_port_are_two_replicas(replicas: Replicas, postgres_u
             break
         time.sleep(0.1)
     assert seen == 2
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, awaiting a reaper that a container may not have, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_workers_stop_when_their_parent_is_killed_and_its_metrics_directory_is_swept(replicas: Replicas) -> None:
+    (server,) = replicas(1, steps=400, delay=0.05, extra=("--workers", "2"))
+    assert server.process is not None
+    parent = server.process.pid
+    children = [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    assert len(children) == 2
+    shared = list(Path(tempfile.gettempdir()).glob(f"headwater-metrics-{parent}-*"))
+    assert len(shared) == 1  # the workers' metrics directory, named after the parent
+    running = httpx.post(f"{server.url}/v1/responses", json={"input": "long", "background": True}, timeout=30)
+    assert running.json()["status"] in ("queued", "in_progress")
+    server.kill()  # kill -9 of the parent: it cannot forward a signal nor remove its directory
+    server.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children), "a worker outlived its parent"
+    with socket.socket() as probe:  # nobody accepts on the port any more
+        assert probe.connect_ex(("127.0.0.1", server.port)) != 0
+    assert shared[0].exists()
+    (again,) = replicas(1, steps=5, extra=("--workers", "2"))  # the next --workers server sweeps it
+    assert not shared[0].exists()
+    ended = httpx.get(f"{again.url}/v1/responses/{running.json()['id']}", timeout=10).json()
+    assert ended["status"] == "failed" and ended["error"]["code"] == "server_shutdown"

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -220,12 +221,15 @@ def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) 
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     shared = _shared_metrics(given)
     ready_read, ready_write = os.pipe()  # each worker writes one byte once it listens
+    life_read, life_write = os.pipe()  # only this process holds the write end: EOF in a worker means it died
     children = []
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # a worker: its own app, store pool, live log and lease
             code = 0
             os.close(ready_read)
+            os.close(life_write)
+            _stop_when_parent_dies(life_read)
             try:
                 if shared is not None:
                     from .metrics import share_values
@@ -238,6 +242,7 @@ def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) 
                 os._exit(code)
         children.append(pid)
     os.close(ready_write)
+    os.close(life_read)
 
     def forward(signum: int, frame: Any) -> None:
         for child in children:
@@ -277,6 +282,21 @@ def _serve_workers(workers: int, config: ServerConfig, serve: Any, banner: Any) 
         sys.exit(1)
 
 
+def _stop_when_parent_dies(lifeline: int) -> None:
+    """In a worker: a daemon thread blocks on ``lifeline``, a pipe whose only write end the parent holds. The
+    parent's death (even kill -9) closes it; the read returns, and the worker sends itself SIGTERM: the same
+    graceful shutdown as a forwarded signal, so that no worker outlives its parent, keeps the port or holds runs
+    that another replica could take over."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(lifeline, 1):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="headwater-parent-watch", daemon=True).start()
+
+
 def _all_listening(ready: int, children: list[int], exited: list[int]) -> bool:
     """Wait until every worker says it listens (one byte each on ``ready``); False as soon as one exits first
     (its pid is added to ``exited``)."""
@@ -299,9 +319,33 @@ def _shared_metrics(given: str | None) -> str | None:
         from .metrics import prepare_shared
     except ImportError:
         return None
-    directory = given or tempfile.mkdtemp(prefix="headwater-metrics-")
+    if given is None:
+        _remove_stale_metrics()
+    directory = given or tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
     prepare_shared(directory)
     return directory
+
+
+_METRICS_PREFIX = "headwater-metrics-"
+
+
+def _remove_stale_metrics() -> None:
+    """Temporary metrics directories (``headwater-metrics-PID-*``) of earlier ``--workers`` servers whose
+    process no longer runs: one killed with -9 could not remove its own."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*"):
+        pid = path.name[len(_METRICS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _limits(texts: tuple[str, ...]) -> InputLimits:
