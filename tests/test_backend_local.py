@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from headwater.server.app import create_app
 from headwater.server.backends import create_backend
 from headwater.server.backends.base import (
     BackendError,
@@ -35,6 +37,7 @@ from headwater.server.backends.local import (
     default_slots,
     packaged_model_path,
 )
+from headwater.server.config import ServerConfig
 
 # No skip when the model is missing: scripts/install.sh installs it, and a missing model must fail CI loudly.
 assert packaged_model_path(), INSTALL_HINT
@@ -395,3 +398,19 @@ async def test_a_seed_makes_each_request_reproducible_whatever_runs_beside_it(ba
         assert text_of(runs[1]) == alone and text_of(runs[0]) == text_of(runs[2]) != alone
     finally:
         backend.seed = None
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+def test_the_server_loads_every_slot_as_it_starts_when_asked(
+    at_start: bool, serve: Callable[[Any], Any], wait_until: Callable[..., None]
+) -> None:
+    # What `headwater serve` asks for: the first request then does not wait about a second for its slot.
+    local = LocalBackend(slots=2)
+    try:
+        serve(create_app(ServerConfig(store="memory", load_backend_at_start=at_start), backend=local))
+        if at_start:
+            wait_until(lambda: local.loaded_slots == 2, timeout=60)
+        else:
+            assert local.loaded_slots == 0  # loaded on first use
+    finally:
+        asyncio.run(local.aclose())

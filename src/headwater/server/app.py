@@ -6,7 +6,9 @@ shutdown live runs are stopped (their streams end with ``response.failed``) befo
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -78,8 +80,11 @@ def create_app(
                 await replica.start()
             if metrics is not None:
                 await metrics.start()
+            loading = _load_backend(state.backend) if config.load_backend_at_start else None
             yield
         finally:
+            if loading is not None:
+                loading.cancel()
             if replica is not None:
                 await replica.stop()
             await state.runs.shut_down()
@@ -128,3 +133,22 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     return error_response(APIError(503, "the response store cannot be reached; try again shortly",
                                    code="store_unavailable", headers={"retry-after": "1"}))
+
+
+def _load_backend(backend: Backend) -> asyncio.Task[None] | None:
+    """The backend's optional ``preload()`` (its model's weights) as a background task: a failure is logged here
+    and said again to the first request, which tries to load them itself."""
+    load = getattr(backend, "preload", None)
+    if load is None:
+        return None
+
+    async def run() -> None:
+        started = time.monotonic()
+        try:
+            await load()
+        except Exception as exc:  # e.g. a missing model file: each request reports it in the error shape
+            log.warning("could not load the %s backend's model at start-up: %s", backend.name, exc)
+        else:
+            log.info("%s backend loaded in %.1f s", backend.name, time.monotonic() - started)
+
+    return asyncio.get_running_loop().create_task(run(), name="headwater-backend-load")

@@ -154,6 +154,7 @@ def serve_command(
         max_queued=max_queued,
         max_queued_per_key=max_queued_per_key,
         input_limits=_limits(limits),
+        load_backend_at_start=True,
     )
     try:
         create_store(config.store_url)  # a bad URL is a usage error, said before the backend loads a model

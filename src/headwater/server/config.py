@@ -74,6 +74,9 @@ class ServerConfig:
     max_chain_length: int = 1000
     # Nesting, item counts and field sizes of one request (docs/limits.md).
     input_limits: InputLimits = field(default_factory=InputLimits)
+    # Load the backend's model (its optional ``preload()``) in the background as the app starts, so that the first
+    # request does not wait for it. ``headwater serve`` turns it on; embedded apps and tests load on first use.
+    load_backend_at_start: bool = False
 
     @classmethod
     def with_keys(cls, keys: Iterable[str], **settings: Any) -> ServerConfig:

@@ -130,7 +130,9 @@ class Backend(Protocol):
     """A source of generation steps. ``generate`` must stop promptly when its iterator is closed
     (``aclose()``): that is how a client disconnect or a cancel stops paid compute. A backend that can run only
     so many generations at once says how many in an optional ``slots`` attribute (an int): admission control
-    lets that many responses run and queues the rest (``server.admission``)."""
+    lets that many responses run and queues the rest (``server.admission``). A backend with weights to load
+    may have an optional ``async def preload()`` that loads them ahead of the first request (``headwater serve``
+    calls it once it listens; a request arriving meanwhile waits for the same load)."""
 
     name: str
 

@@ -420,6 +420,11 @@ class LocalBackend:
                 while not isinstance(await job.queue.get(), _Done):
                     pass
 
+    async def preload(self) -> None:
+        """``load()`` in a thread: what ``headwater serve`` does as it starts, so that the first request starts
+        at once instead of waiting about a second for its slot. A request meanwhile waits for the same load."""
+        await asyncio.to_thread(self.load)
+
     async def count_tokens(self, request: GenerationRequest) -> int:
         """Exactly the prompt tokens ``generate`` would evaluate for ``request`` (its usage's ``input_tokens``):
         the prompt rendered with the model's chat template, tokenized by its own vocabulary."""
@@ -464,12 +469,19 @@ class LocalBackend:
         return self._pool.waiting
 
     @property
+    def loaded_slots(self) -> int:
+        """How many slots have their context loaded (``load()`` loads them all; else each on first use)."""
+        return sum(slot.llama is not None for slot in self._slots)
+
+    @property
     def llama(self) -> Llama:
         """The first slot's ``Llama`` (loads it if needed). For benchmarks; do not use it while a request runs."""
         return self._ensure_slot(self._slots[0])
 
     def load(self) -> None:
-        """Load the model into every slot now rather than on first use (blocking: call it at start-up)."""
+        """Load the vocabulary and the model into every slot now rather than on first use (blocking); a slot
+        already loaded is left as it is."""
+        self._ensure_vocab()
         for slot in self._slots:
             self._ensure_slot(slot)
 
