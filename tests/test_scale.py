@@ -10,6 +10,8 @@ the terminal events and the stored log passes ``headwater check``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import socket
 import subprocess
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
+from headwater.server.serving import shares_ports
 from services import TAKEOVER_BOUND, Replicas, frames_of, payload, stored_log, wait_status
 from test_metrics import figures
 
@@ -141,6 +145,55 @@ def test_kill_9_of_the_owner_fails_the_response_and_every_follower_gets_the_end(
     recording.write_bytes(b"".join(stored_log(third.url, rid)))
     check = subprocess.run([sys.executable, "-m", "headwater", "check", str(recording)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _sockets_on(port: int) -> dict[int, str]:
+    """The TCP sockets on local ``port`` (IPv4 and IPv6): inode -> state ('0A' listening, '01' established)."""
+    found: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found[int(fields[9])] = fields[3]
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+@pytest.mark.skipif(not shares_ports(), reason="workers share one listening socket on this system")
+def test_workers_listen_on_sockets_of_their_own_and_connections_spread_over_them(replicas: Replicas) -> None:
+    # One shared listening socket lets whichever worker wakes first accept a whole burst of connections; with
+    # a socket per worker (SO_REUSEPORT) the kernel spreads them. The parent only holds the port.
+    (server,) = replicas(1, steps=3, extra=("--workers", "2"))
+    assert server.process is not None
+    parent = server.process.pid
+    workers = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    assert len(workers) == 2
+    listening = {inode for inode, state in _sockets_on(server.port).items() if state == "0A"}
+    assert len(listening) == 2
+    assert not listening & _socket_inodes(parent)
+    assert all(len(listening & _socket_inodes(pid)) == 1 for pid in workers)
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(64)]
+    try:
+        for conn in held:  # (a request answered: the connection has been accepted by its worker)
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        established = {inode for inode, state in _sockets_on(server.port).items() if state == "01"}
+        accepted = [len(established & _socket_inodes(pid)) for pid in workers]
+        assert sum(accepted) == 64
+        assert min(accepted) >= 8, accepted  # (binomial(64, 1/2) below 8: about 1e-10)
+    finally:
+        for conn in held:
+            conn.close()
 
 
 def test_two_workers_on_one_port_are_two_replicas(replicas: Replicas, postgres_url: str) -> None:

@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -29,7 +30,7 @@ from .backends.base import BackendError
 from .config import ServerConfig, default_data_dir
 from .input_limits import InputLimits
 from .live import create_live_log
-from .serving import HeadwaterServer, bind, server_config
+from .serving import HeadwaterServer, bind, reserve, server_config, shares_ports
 from .store import create_store
 
 __all__ = ["EXIT_CANNOT_LISTEN", "serve_command"]
@@ -168,8 +169,11 @@ def serve_command(
                             and events.startswith(("redis://", "rediss://"))):
         raise click.UsageError("--workers above 1 needs --store postgresql://... and --events redis://... (the "
                                "workers are replicas: they share what they store and stream)")
+    # --workers: each worker listens on a socket of its own on the port, which this process only holds (where
+    # the system spreads connections over such sockets; else they all accept on this one).
+    own_sockets = workers > 1 and shares_ports()
     try:
-        sock = bind(host, port)
+        sock = reserve(host, port) if own_sockets else bind(host, port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         click.echo(f"headwater: cannot listen on {host}:{port}: {reason}", err=True)
@@ -198,17 +202,25 @@ def serve_command(
         click.echo("  tools:   function tools only; others are " + (
             "refused (--strict-tools)" if strict_tools else "dropped and reported in x-headwater-dropped-tools"))
 
-    def serve(app: Any, on_started: Any) -> None:
+    def serve(app: Any, on_started: Any, listener: socket.socket) -> None:
         uvicorn_config = server_config(app, header_timeout=header_timeout, idle_timeout=idle_timeout,
                                        log_level=log_level, timeout_graceful_shutdown=5)
         server = HeadwaterServer(uvicorn_config, before_shutdown=app.state.headwater.runs.shut_down,
                                  on_started=on_started)
-        server.run(sockets=[sock])
+        server.run(sockets=[listener])
+
+    def listener() -> socket.socket:
+        """A worker's listening socket: its own on the port (``own_sockets``), else the one of this process."""
+        if not own_sockets:
+            return sock
+        own = bind(host, bound, shared=True)
+        sock.close()  # (the worker's copy of the reserving socket; this process keeps its own)
+        return own
 
     if workers > 1:
-        _serve_workers(workers, config, serve, banner)
+        _serve_workers(workers, config, lambda app, on_started: serve(app, on_started, listener()), banner)
         return
-    serve(app, banner)
+    serve(app, banner, sock)
 
 
 def _url_host(host: str) -> str:
