@@ -408,6 +408,22 @@ def test_max_event_size_not_raised_at_the_limit() -> None:
         decode(b"data: " + b"x" * (limit + 1) + b"\n\n", max_event_size=limit)
 
 
+def test_max_event_size_holds_on_the_one_call_path() -> None:
+    # A started stream, then chunks of whole common-shape events: over the limit in all (fine: each event is
+    # within it) or with one event over it (refused, at that event's offset), as when the stream is fed whole.
+    start = b"data: ok\n\n"
+    small = b"event: e\ndata: 0123456789\n\n"
+    big = b"event: e\ndata: " + b"x" * 65 + b"\n\n"
+    decoder = SSEDecoder(max_event_size=64)
+    decoder.feed(start)
+    assert decoder.feed(small * 10) == [Frame("e", b"0123456789")] * 10
+    decoder = SSEDecoder(max_event_size=64)
+    decoder.feed(start)
+    with pytest.raises(SSEError) as info:
+        decoder.feed(small * 3 + big + small)
+    assert info.value.offset == len(start) + 3 * len(small)
+
+
 def test_max_event_size_jsonl() -> None:
     line = b"{" + b"x" * 98 + b"}"
     assert decode(line + b"\r\n", max_event_size=100) == [Frame(None, line)]
@@ -688,8 +704,10 @@ def uniform_streams(draw: st.DrawFn) -> tuple[bytes, bool]:
 
 
 def _slow_decoder() -> SSEDecoder:
-    """An SSEDecoder whose LF fast path is the full WHATWG line parser (what the fast path must equal)."""
+    """An SSEDecoder whose LF fast paths (the whole-chunk one of ``feed_columns`` and ``_blocks``) are the full
+    WHATWG line parser (what the fast paths must equal)."""
     decoder = SSEDecoder()
+    decoder._columns = lambda region: None  # type: ignore[method-assign]
     decoder._blocks = lambda region: decoder._general(region, 0)  # type: ignore[method-assign]
     return decoder
 
@@ -732,3 +750,24 @@ def test_column_fast_path_on_a_real_capture_in_4k_chunks() -> None:
     stream = b"".join(encode_frame(json.loads(line)["type"], line) for line in lines if line.strip())
     cuts = list(range(4096, len(stream), 4096))
     assert feed_cuts(SSEDecoder(), stream, cuts) == feed_cuts(_slow_decoder(), stream, cuts) == Reference(stream).frames
+
+
+def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
+    # Once the stream has started, every chunk here ends at least one event of the common shapes (after the
+    # start of one kept from the chunk before): feed_columns frames each in that one call and never reaches the
+    # general machinery (``_feed``), whatever the names.
+    events = [b"event: e%d\ndata: {\"n\":%d}\n\n" % (i % 3, i) for i in range(40)]
+    events += [b"data: {\"n\":%d}\n\n" % i for i in range(40)]
+    stream = b"".join(events)
+    ends = [sum(map(len, events[: i + 1])) for i in range(len(events))]
+    decoder = SSEDecoder()
+    frames = decoder.feed(stream[: ends[0]])  # the start of the stream (BOM, mode) goes the general way
+    decoder._feed = None  # type: ignore[assignment, method-assign]
+    start = ends[0]
+    for end in ends[2::2]:
+        frames += decoder.feed(stream[start : end - 5])  # cut inside every other event
+        start = end - 5
+    frames += decoder.feed(stream[start:]) + decoder.close()
+    assert frames == Reference(stream).frames
+    assert [f.event for f in frames[:4]] == ["e0", "e1", "e2", "e0"]
+    assert frames[-1] == Frame(None, b'{"n":39}')
