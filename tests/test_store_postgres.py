@@ -51,8 +51,11 @@ async def test_start_up_creates_the_schema_at_its_version_and_a_reopen_keeps_the
 
 async def test_start_up_upgrades_a_schema_of_an_older_version_in_place(store: PostgresStore, postgres_url: str) -> None:
     await store.create(record("r1"), [StoredItem("i1", b"{}")])
+    await store.append("r1", [e(0, b"a")])
     async with store._connection() as conn:  # back to version 2, as a Headwater of that version left it
         await conn.execute("ALTER TABLE responses DROP COLUMN cancel_requested")
+        await conn.execute("ALTER TABLE events ADD CONSTRAINT events_response_id_fkey FOREIGN KEY (response_id) "
+                           "REFERENCES responses (id) ON DELETE CASCADE")
         await conn.execute("UPDATE headwater_schema SET version = 2")
     upgraded = PostgresStore(postgres_url, replica="later")
     await upgraded.open()
@@ -62,6 +65,11 @@ async def test_start_up_upgrades_a_schema_of_an_older_version_in_place(store: Po
         assert (await upgraded.get("r1")) is not None
         await upgraded.request_cancel("r1")  # the column version 3 added
         assert await store.cancel_requests() == ["r1"]
+        async with upgraded._connection() as conn:  # the foreign key version 4 removed
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'f'") == 0
+        assert await upgraded.events("r1") == [e(0, b"a")]
+        assert await upgraded.delete("r1") and await upgraded.events("r1") == []
     finally:
         await upgraded.close()
 
@@ -123,6 +131,78 @@ async def test_a_replica_whose_lease_expired_is_taken_over_and_fenced(store: Pos
         assert await other.lease_holder("r1") is None
     finally:
         await other.close()
+
+
+async def test_a_fenced_append_in_a_group_commit_writes_nothing_and_the_others_land(store: PostgresStore) -> None:
+    for rid in ("mine", "lost", "ending"):
+        await store.create(record(rid), [])
+    store._tokens["lost"] = 7  # (as if another replica had taken it over since: the row's token is 1)
+    results = await asyncio.gather(
+        store.append("mine", [e(0, b"m")]),
+        store.append("lost", [e(0, b"old owner")], status="completed", data=b"{}"),
+        store.append("ending", [e(0, b"x"), e(1, b"end")], status="completed", data=b'{"done": 1}'),
+        return_exceptions=True,
+    )
+    assert results[0] is None and isinstance(results[1], Fenced) and results[2] is None
+    assert await store.events("mine") == [e(0, b"m")]
+    lost, ending = await store.get("lost"), await store.get("ending")
+    assert await store.events("lost") == [] and lost is not None and lost.status == "in_progress"
+    assert ending is not None and (ending.status, ending.data) == ("completed", b'{"done": 1}')
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["events only", "with the terminal status"])
+async def test_an_append_racing_a_takeover_that_commits_first_is_fenced(
+    store: PostgresStore, postgres_url: str, terminal: bool
+) -> None:
+    # The takeover locks the row and bumps its token; the append (checked against the old token) must wait for
+    # it and then see the new token: Fenced, nothing written, rather than events after the new owner's.
+    await store.create(record("r1"), [])
+    base, _, schema = postgres_url.partition("?schema=")
+    takeover = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        await takeover.execute("BEGIN")
+        await takeover.execute("SELECT id FROM responses WHERE id = 'r1' FOR UPDATE")
+        status = {"status": "completed", "data": b"{}"} if terminal else {}
+        append = asyncio.ensure_future(store.append("r1", [e(0, b"old owner")], **status))  # type: ignore[arg-type]
+        while not await takeover.fetchval(  # until the append waits for the takeover's lock
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                takeover.get_server_pid()):
+            assert not append.done(), append
+            await asyncio.sleep(0.01)
+        await takeover.execute("UPDATE responses SET lease_token = lease_token + 1, lease_replica = 'second' "
+                               "WHERE id = 'r1'")
+        await takeover.execute("COMMIT")
+        with pytest.raises(Fenced):
+            await append
+    finally:
+        await takeover.close()
+    assert await store.events("r1") == []
+    stored = await store.get("r1")
+    assert stored is not None and stored.status == "in_progress"
+
+
+async def test_an_append_racing_a_delete_leaves_no_events_behind(store: PostgresStore, postgres_url: str) -> None:
+    # The delete locks the row first; the append waits for it and then finds no response: KeyError, and no
+    # event of the deleted response stays in the table (events have no foreign key to cascade through).
+    await store.create(record("r1"), [])
+    base, _, schema = postgres_url.partition("?schema=")
+    deleter = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        await deleter.execute("BEGIN")
+        await deleter.execute("DELETE FROM responses WHERE id = 'r1'")
+        append = asyncio.ensure_future(store.append("r1", [e(0, b"late")]))
+        while not await deleter.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                deleter.get_server_pid()):
+            assert not append.done(), append
+            await asyncio.sleep(0.01)
+        await deleter.execute("DELETE FROM events WHERE response_id = 'r1'")
+        await deleter.execute("COMMIT")
+        with pytest.raises(KeyError):
+            await append
+        assert await deleter.fetchval("SELECT count(*) FROM events WHERE response_id = 'r1'") == 0
+    finally:
+        await deleter.close()
 
 
 async def test_an_unreachable_server_is_store_unavailable() -> None:

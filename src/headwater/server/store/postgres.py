@@ -81,8 +81,43 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE responses ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
     """,
+    # 4: no foreign key from events to responses. Its check (a lookup per event inserted) was about a fifth of
+    # PostgreSQL's CPU per event appended (bench/bench_pg_append.py); the append statement checks each response
+    # once per group commit instead (``_APPEND``), and ``delete`` removes a response's events itself.
+    """
+    ALTER TABLE events DROP CONSTRAINT IF EXISTS events_response_id_fkey;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+# The appends of one group commit in one statement (its own transaction). $1-$4: one row per response (id, its
+# lease token or NULL, its new status and resource or NULL); $5-$8: the events (response id, seq, type, data).
+# A response passes when its row exists and (given a token) still has that token: one whose status or resource
+# changes by the UPDATE; one that only takes events by a check under a share lock, which writes no new version
+# of the row. Either way the row is locked until the commit: a takeover's FOR UPDATE (or a delete) either waits
+# for this commit, or committed first and the lock's re-check sees its token (or that the row is gone). Only
+# the events of the responses that passed are inserted; the statement returns the responses that did not pass.
+_APPEND = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) AS u(id, token, status, data)
+), changed AS (
+    UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data)
+    FROM u WHERE r.id = u.id AND (u.status IS NOT NULL OR u.data IS NOT NULL)
+    AND (u.token IS NULL OR r.lease_token = u.token)
+    RETURNING r.id
+), checked AS MATERIALIZED (
+    SELECT r.id FROM responses AS r JOIN u ON r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token)
+    WHERE u.status IS NULL AND u.data IS NULL
+    FOR SHARE OF r
+), passed AS MATERIALIZED (
+    SELECT id FROM changed UNION ALL SELECT id FROM checked
+), inserted AS (
+    INSERT INTO events (response_id, seq, type, data)
+    SELECT * FROM unnest($5::text[], $6::int[], $7::text[], $8::bytea[]) AS e(response_id, seq, type, data)
+    WHERE e.response_id IN (SELECT id FROM passed)
+)
+SELECT id FROM u WHERE id NOT IN (SELECT id FROM passed)
+"""
+
 _MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
 IDLE_IN_TRANSACTION_MS = 3000
 
@@ -340,19 +375,18 @@ class PostgresStore(Store):
                 return
 
     async def _commit(self, jobs: list[_Append]) -> None:
-        """All ``jobs`` in one transaction; when that fails, each alone, so one bad job fails only itself."""
+        """All ``jobs`` at once (one statement when none is a create); when that fails, each alone, so one bad
+        job fails only itself."""
         start = time.perf_counter()
         try:
             async with self._connection() as conn:
                 try:
-                    async with conn.transaction():
-                        problems = await self._apply(conn, jobs)
+                    problems = await self._apply(conn, jobs)
                 except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
                     problems = {}
                     for job in jobs:
                         try:
-                            async with conn.transaction():
-                                problems.update(await self._apply(conn, [job]))
+                            problems.update(await self._apply(conn, [job]))
                         except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
                             problems[id(job)] = exc
         except Exception as exc:
@@ -374,77 +408,64 @@ class PostgresStore(Store):
                 job.future.set_exception(problem.cause if isinstance(problem, _Problem) else problem)
 
     async def _apply(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
-        """The statements of one group commit: check each response (exists, still ours), update the resources
-        that change, insert every event. A job that cannot land raises ``_Problem`` (rolls the batch back)."""
-        created = [job.new for job in jobs if job.new is not None]
-        if created:
-            try:
-                await conn.execute(
-                    "INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
-                    "SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], "
-                    "$6::text[])",
-                    [r.id for r, _ in created], [r.owner for r, _ in created], [r.status for r, _ in created],
-                    [r.created_at for r, _ in created], [r.data for r, _ in created],
-                    [self.replica if r.status in UNFINISHED_STATUSES else None for r, _ in created],
-                )
-            except asyncpg.exceptions.UniqueViolationError:
-                raise _Problem(KeyError("a response with this id already exists")) from None
-            items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
-            if items:
-                await conn.execute(
-                    "INSERT INTO input_items (response_id, position, item_id, data) "
-                    "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])",
-                    [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items],
-                )
-        jobs = _merged([job for job in jobs if job.new is None])
-        if not jobs:
+        """The writes of one group commit, atomically. Without creates (the steady state: runs appending) that
+        is ONE statement, committed on its own (``_append``): one round trip per commit, where a transaction
+        around separate statements took five. With creates, a transaction: their inserts, then that statement.
+        A create that cannot land raises ``_Problem`` and an event that cannot (its sequence number is taken)
+        the integrity error: the whole is rolled back, for the caller to try job by job. An append whose
+        response is gone or no longer ours writes nothing and is returned, by job, with its error (the others
+        land)."""
+        if not any(job.new is not None for job in jobs):
+            return await self._append(conn, jobs)
+        async with conn.transaction():
+            await self._create(conn, [job.new for job in jobs if job.new is not None])
+            return await self._append(conn, [job for job in jobs if job.new is None])
+
+    async def _create(self, conn: asyncpg.Connection, created: list[tuple[StoredResponse, Sequence[StoredItem]]]
+                      ) -> None:
+        try:
+            await conn.execute(
+                "INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
+                "SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], "
+                "$6::text[])",
+                [r.id for r, _ in created], [r.owner for r, _ in created], [r.status for r, _ in created],
+                [r.created_at for r, _ in created], [r.data for r, _ in created],
+                [self.replica if r.status in UNFINISHED_STATUSES else None for r, _ in created],
+            )
+        except asyncpg.exceptions.UniqueViolationError:
+            raise _Problem(KeyError("a response with this id already exists")) from None
+        items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
+        if items:
+            await conn.execute(
+                "INSERT INTO input_items (response_id, position, item_id, data) "
+                "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])",
+                [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items],
+            )
+
+    async def _append(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
+        """``_APPEND`` for ``jobs`` (the appends of many responses); the jobs it refused, with their error."""
+        merged = _merged(jobs)
+        if not merged:
             return {}
-        changing = [job for job in jobs if job.status is not None or job.data is not None]
-        # An append that changes no resource (most of them: one text delta) only needs its fencing check. It
-        # reads the row under a share lock instead of updating it: a takeover (FOR UPDATE) either waits for this
-        # commit or has committed and this read sees its new token, and no new version of the response row
-        # (with its resource) is written per run per commit.
-        checked = [job for job in jobs if job.status is None and job.data is None and job.token is not None]
-        confirmed: set[str] = set()
-        if changing:
-            rows = await conn.fetch(
-                "UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data) "
-                "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) AS u(id, token, status, data) "
-                "WHERE r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token) RETURNING r.id",
-                [job.response_id for job in changing], [job.token for job in changing],
-                [job.status for job in changing], [job.data for job in changing],
+        flat = [(job.response_id, entry) for job in merged for entry in job.rows]
+        try:
+            refused = await conn.fetch(
+                _APPEND, [job.response_id for job in merged], [job.token for job in merged],
+                [job.status for job in merged], [job.data for job in merged],
+                [r[0] for r in flat], [r[1].sequence_number for r in flat], [r[1].type for r in flat],
+                [r[1].payload for r in flat],
             )
-            confirmed.update(row["id"] for row in rows)
-        if checked:
-            rows = await conn.fetch(
-                "SELECT r.id FROM responses AS r JOIN unnest($1::text[], $2::bigint[]) AS u(id, token) "
-                "ON r.id = u.id AND r.lease_token = u.token FOR SHARE OF r",
-                [job.response_id for job in checked], [job.token for job in checked],
-            )
-            confirmed.update(row["id"] for row in rows)
-        for job in jobs:
-            if job.response_id in confirmed:
-                continue
-            if job.token is None and job.status is None and job.data is None:
-                continue  # nothing to check: the events' foreign key says whether the response exists
-            current = await conn.fetchval("SELECT lease_token FROM responses WHERE id = $1", job.response_id)
-            if current is None:
-                raise _Problem(KeyError(f"no response {job.response_id}"))
-            raise _Problem(Fenced(f"response {job.response_id} is owned by another replica now"))
-        flat = [(job.response_id, entry) for job in jobs for entry in job.rows]
-        if flat:
-            try:
-                await conn.execute(
-                    "INSERT INTO events (response_id, seq, type, data) "
-                    "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])",
-                    [r[0] for r in flat], [r[1].sequence_number for r in flat], [r[1].type for r in flat],
-                    [r[1].payload for r in flat],
-                )
-            except asyncpg.exceptions.ForeignKeyViolationError:
-                raise _Problem(KeyError("no such response")) from None
-            except asyncpg.exceptions.UniqueViolationError as exc:
-                raise _Problem(ValueError(f"a sequence number is already logged: {exc}")) from None
-        return {}
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise _Problem(ValueError(f"a sequence number is already logged: {exc}")) from None
+        if not refused:
+            return {}
+        # Gone, or taken over by another replica (a new lease token): which one, for the caller's error.
+        ids = [row[0] for row in refused]
+        current = dict(await conn.fetch("SELECT id, lease_token FROM responses WHERE id = ANY($1::text[])", ids))
+        errors: dict[str, BaseException] = {
+            rid: Fenced(f"response {rid} is owned by another replica now") if rid in current
+            else KeyError(f"no response {rid}") for rid in ids}
+        return {id(job): errors[job.response_id] for job in jobs if job.response_id in errors}
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -521,7 +542,9 @@ class PostgresStore(Store):
 
     async def delete(self, response_id: str) -> bool:
         async def delete(conn: asyncpg.Connection) -> bool:
-            result: str = await conn.execute("DELETE FROM responses WHERE id = $1", response_id)
+            async with conn.transaction():  # (the row first: an append holding its lock is waited for)
+                result: str = await conn.execute("DELETE FROM responses WHERE id = $1", response_id)
+                await conn.execute("DELETE FROM events WHERE response_id = $1", response_id)
             return result != "DELETE 0"
 
         self._tokens.pop(response_id, None)
