@@ -74,17 +74,32 @@ class EventStreamResponse:
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        finished = False
-        writer = asyncio.ensure_future(self._write(send))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finished = writer.done() and not writer.cancelled() and writer.exception() is None
-        finally:
-            for task in (writer, watcher):
+        # The body is written by this task itself (a task of its own would cost every stream one more hop of the
+        # event loop before its first write); a watcher task reads ``receive`` and, when the client leaves,
+        # cancels this task's writing.
+        task = asyncio.current_task()
+        assert task is not None
+        writing = True
+        left = False
+
+        def client_left(watcher: asyncio.Task[None]) -> None:
+            nonlocal left
+            if writing and not watcher.cancelled() and watcher.exception() is None:
+                left = True
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watcher.add_done_callback(client_left)
+        finished = False
+        try:
+            await self._write(send)
+            finished = True
+        except asyncio.CancelledError:
+            if not left or task.uncancel() > 0:
+                raise  # (not the watcher's: the server is stopping)
+        finally:
+            writing = False
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             aclose = getattr(self.body, "aclose", None)
@@ -93,8 +108,6 @@ class EventStreamResponse:
                     await aclose()
             if self.on_close is not None:
                 self.on_close(finished)
-        if writer.done() and not writer.cancelled() and writer.exception() is not None:
-            raise writer.exception()  # type: ignore[misc]
 
     async def _write(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
