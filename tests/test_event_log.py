@@ -170,6 +170,33 @@ async def test_the_terminal_batch_is_awaited_until_logged_and_published() -> Non
     assert record is not None and record.status == "completed"
 
 
+async def test_the_in_process_store_commits_and_publishes_a_batch_in_the_write_itself() -> None:
+    """Nothing to wait for: no task, no turn of the event loop between ``write`` and the follower's entries."""
+    store, live = MemoryStore(), MemoryLiveLog()
+    await created(store, "a")
+    log = EventLog(store)
+    run = log.open("a", live)
+    run.write([entry(0), entry(1)], status="in_progress", data=b'{"v": 1}')
+    # (no await since the write:)
+    assert [e.sequence_number for e in store._events["a"]] == [0, 1] and store._responses["a"].data == b'{"v": 1}'
+    assert [e.sequence_number for e in live._logs["a"].entries] == [0, 1]
+    run.write([entry(2, "response.completed")])
+    assert log.commits == 2 and run.ended and live._logs["a"].ended
+    await run.flushed()  # (returns at once: nothing is pending)
+
+
+async def test_a_batch_the_in_process_store_refuses_fails_its_run_and_is_still_published() -> None:
+    store, live = MemoryStore(), MemoryLiveLog()
+    await created(store, "a")
+    run = EventLog(store).open("a", live)
+    run.write([entry(0)])
+    run.write([entry(0)])  # (a sequence number that is not after the last: the store refuses it)
+    assert isinstance(run.error, ValueError) and run.silenced is None
+    run.write([entry(1, "response.failed")])  # not stored any more, published all the same
+    assert [e.sequence_number for e in await store.events("a")] == [0]
+    assert await live_entries(live, "a") == [0, 1] and run.ended
+
+
 @pytest.fixture
 async def sqlite(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     store = SQLiteStore(tmp_path / "db.sqlite3")
