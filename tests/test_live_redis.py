@@ -184,6 +184,26 @@ async def test_appends_of_many_responses_at_once_go_in_one_call_each_to_its_own_
         assert _ids(await _rows(raw, f"{redis_only.prefix}:events:r{n}")) == list(range(n % 3 + 1))
 
 
+async def test_append_many_sends_one_call_serves_local_followers_and_fails_only_a_batch_after_its_end(
+    live: RedisLiveLog, raw: aioredis.Redis
+) -> None:
+    end = Entry(1, "response.completed", b"{}")
+    await live.append("done", [delta(0), end], ended=True)
+    await live.append("warm", [])  # (the script is loaded)
+    writes = live.writes
+    outcomes = await live.append_many([("a", [delta(0), delta(1)], False), ("done", [delta(2)], False),
+                                       ("b", [delta(0), end], True), ("a", [delta(2)], False)])
+    assert outcomes[0] is None and isinstance(outcomes[1], ValueError) and outcomes[2:] == [None, None]
+    assert live.writes == writes + 1
+    assert _ids(await _rows(raw, f"{live.prefix}:events:a")) == [0, 1, 2]
+    assert _ids(await _rows(raw, f"{live.prefix}:events:done")) == [0, 1]
+    rows = await _rows(raw, f"{live.prefix}:events:b")
+    assert _ids(rows) == [0, 1] and b"e" in rows[-1][1]
+    local = await live.read("a")  # (this process's copy, which its own followers read)
+    assert [e.sequence_number for e in local.entries] == [0, 1, 2] and not local.ended
+    assert (await live.read("b")).ended
+
+
 async def test_batches_of_one_response_keep_their_order_within_a_call_and_across_calls(
     redis_only: RedisLiveLog, raw: aioredis.Redis
 ) -> None:

@@ -8,6 +8,7 @@ every entry first, and a follower that finds no live log (never there, expired, 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,14 @@ class LiveLog(abc.ABC):
         """Add ``entries`` (in order) after those already in the log, creating the log on first use. An entry
         whose ``sequence_number`` is not after the log's last is skipped, so a retried append never duplicates.
         ``ended=True``: the batch ends the log (its last entry is the terminal event); nothing follows it."""
+
+    async def append_many(self, batches: Sequence[tuple[str, Sequence[Entry], bool]]) -> list[BaseException | None]:
+        """Several logs' appends at once, each ``(response_id, entries, ended)`` as ``append`` takes it (a
+        response's batches in order): what each append raised, or None. The group commit publishes all of a
+        commit's this way; a live log that can carry them in one round trip overrides it."""
+        results = await asyncio.gather(*(self.append(rid, entries, ended=ended) for rid, entries, ended in batches),
+                                       return_exceptions=True)
+        return [result if isinstance(result, BaseException) else None for result in results]
 
     @abc.abstractmethod
     async def read(self, response_id: str, starting_after: int = -1, *, wait: float = 0.0) -> LiveRead:

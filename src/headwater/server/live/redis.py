@@ -269,6 +269,28 @@ class RedisLiveLog(LiveLog):
             self._writer = asyncio.get_running_loop().create_task(self._write(), name="headwater-redis-writer")
         await written
 
+    async def append_many(self, batches: Sequence[tuple[str, Sequence[Entry], bool]]) -> list[BaseException | None]:
+        """``append`` of every batch, this process's followers served at once, with one wait for the writer for
+        all of them (no task, future and wake-up per response)."""
+        outcomes: list[BaseException | None] = []
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
+        for response_id, entries, ended in batches:
+            if self._local is not None:
+                try:
+                    self._local.append_now(response_id, entries, ended=ended)
+                except Exception as exc:  # (as ``append`` raises it, before its batch is queued)
+                    outcomes.append(exc)
+                    continue
+            outcomes.append(None)
+            self._queue.append(_Batch(self._key(response_id), entries, ended, written))
+        if not self._queue:
+            return outcomes
+        if self._writer is None:
+            self._writer = loop.create_task(self._write(), name="headwater-redis-writer")
+        await written
+        return outcomes
+
     async def _write(self) -> None:
         """The process's one writer: one script call for every batch queued, until none is. A batch queued
         while a call is in flight goes into the next one (so a busy process sends fewer, bigger calls)."""

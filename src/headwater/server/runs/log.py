@@ -230,11 +230,24 @@ class EventLog:
             run._done(pending.batches)
 
     async def _publish(self, remote: list[tuple[RunLog, _Pending]]) -> None:
+        """One ``append_many`` per live log (all runs of a process normally share one) for the whole commit."""
         try:
-            results = await asyncio.gather(*(run.publish(p.entries) for run, p in remote), return_exceptions=True)
-            for (run, _), result in zip(remote, results, strict=True):
-                if isinstance(result, BaseException):  # followers' bounded reads notice; the store has every entry
-                    log.error("response %s: the live log failed", run.id, exc_info=result)
+            by_log: dict[int, tuple[LiveLog, list[RunLog], list[tuple[str, list[Entry], bool]]]] = {}
+            for run, pending in remote:
+                ended = run._publishable(pending.entries)
+                if ended is None:
+                    continue
+                _, runs, batches = by_log.setdefault(id(run.live), (run.live, [], []))
+                runs.append(run)
+                batches.append((run.id, pending.entries, ended))
+            for live, runs, batches in by_log.values():
+                try:
+                    results = await live.append_many(batches)
+                except Exception as exc:
+                    results = [exc] * len(runs)
+                for run, result in zip(runs, results, strict=True):
+                    if result is not None:  # followers' bounded reads notice; the store has every entry
+                        log.error("response %s: the live log failed", run.id, exc_info=result)
         finally:
             for run, pending in remote:
                 run._done(pending.batches)

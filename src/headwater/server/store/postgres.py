@@ -150,9 +150,11 @@ class _Append:
     status: str | None
     data: bytes | None
     token: int | None
+    # Resolved (always with None) once the job's commit is over; several jobs of one ``append_many`` share one.
     future: asyncio.Future[None] = field(repr=False)
     # A create instead of an append: the new response and its input items (they share the group commit).
     new: tuple[StoredResponse, Sequence[StoredItem]] | None = None
+    problem: BaseException | None = None  # why the job did not land, once its commit is over
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -203,6 +205,9 @@ class PostgresStore(Store):
         self._queue: list[_Append] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # The writer's own connection, held between commits: a pooled one is reset (a round trip and a
+        # statement: RESET ALL, UNLISTEN *...) each time it goes back, which is once per group commit.
+        self._writer_conn: asyncpg.Connection | None = None
         self._closing = False
         # The lease token of every response this process owns (created here or taken over): its appends are
         # fenced with it. Removed when the response reaches a terminal status.
@@ -271,6 +276,7 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
+        await self._drop_writer_connection()
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 async with self._pool.acquire(timeout=self._timeout) as conn:
@@ -333,20 +339,19 @@ class PostgresStore(Store):
     async def append_many(self, batches: Sequence[Append]) -> list[BaseException | None]:
         """Every batch queued for the writer at once: they land in the same group commit (each fenced with its
         own lease token; one that cannot land fails only itself, as ``_commit`` does it)."""
-        jobs = [_Append(b.response_id, list(b.entries), b.status, b.data, self._tokens.get(b.response_id),
-                        self._future()) for b in batches]
+        if not batches:
+            return []
+        done = self._future()  # (one for all: no future, callback and wake-up per response)
+        tokens = self._tokens
+        jobs = [_Append(b.response_id, list(b.entries), b.status, b.data, tokens.get(b.response_id), done)
+                for b in batches]
         self._queue.extend(jobs)
         self._wake.set()
-        results = await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
-        outcomes: list[BaseException | None] = []
-        for batch, result in zip(batches, results, strict=True):
-            if isinstance(result, BaseException):
-                outcomes.append(result)
-                continue
-            outcomes.append(None)
-            if batch.status is not None and batch.status not in UNFINISHED_STATUSES:
-                self._tokens.pop(batch.response_id, None)
-        return outcomes
+        await done
+        for batch, job in zip(batches, jobs, strict=True):
+            if job.problem is None and batch.status is not None and batch.status not in UNFINISHED_STATUSES:
+                tokens.pop(batch.response_id, None)
+        return [job.problem for job in jobs]
 
     def _future(self) -> asyncio.Future[None]:
         if self._writer is None or self._closing:
@@ -357,6 +362,8 @@ class PostgresStore(Store):
         self._queue.append(job)
         self._wake.set()
         await job.future
+        if job.problem is not None:
+            raise job.problem
 
     async def _write_loop(self) -> None:
         while True:
@@ -379,33 +386,48 @@ class PostgresStore(Store):
         job fails only itself."""
         start = time.perf_counter()
         try:
-            async with self._connection() as conn:
-                try:
-                    problems = await self._apply(conn, jobs)
-                except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
-                    problems = {}
-                    for job in jobs:
-                        try:
-                            problems.update(await self._apply(conn, [job]))
-                        except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
-                            problems[id(job)] = exc
+            conn = await self._writer_connection()
+            try:
+                problems = await self._apply(conn, jobs)
+            except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
+                problems = {}
+                for job in jobs:
+                    try:
+                        problems.update(await self._apply(conn, [job]))
+                    except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
+                        problems[id(job)] = exc
         except Exception as exc:
             # Whatever stopped the commit (the server away, our session ended), these appends did not land as
-            # far as we know: StoreUnavailable, so that no run publishes what may not be stored.
+            # far as we know: StoreUnavailable, so that no run publishes what may not be stored. The connection
+            # goes (the next commit takes a fresh one).
             log.error("PostgreSQL group commit of %d append(s) failed: %s", len(jobs), exc)
+            await self._drop_writer_connection()
             self.errors += 1
             failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"PostgreSQL commit failed: {exc}")
             problems = {id(job): failure for job in jobs}
         if self.latency is not None:
             self.latency("commit", time.perf_counter() - start)
         for job in jobs:
-            if job.future.done():
-                continue
             problem = problems.get(id(job))
-            if problem is None:
+            job.problem = problem.cause if isinstance(problem, _Problem) else problem
+            if not job.future.done():  # (a waiter that was cancelled; or the future of another job of its call)
                 job.future.set_result(None)
-            else:
-                job.future.set_exception(problem.cause if isinstance(problem, _Problem) else problem)
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        if self._writer_conn is None or self._writer_conn.is_closed():
+            if self._pool is None:
+                raise RuntimeError("the PostgreSQL store is not open")
+            try:
+                self._writer_conn = await self._pool.acquire(timeout=self._timeout)
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"PostgreSQL cannot be reached: {exc}") from exc
+        return self._writer_conn
+
+    async def _drop_writer_connection(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None and self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn, timeout=self._timeout)
 
     async def _apply(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
         """The writes of one group commit, atomically. Without creates (the steady state: runs appending) that
