@@ -98,11 +98,19 @@ def test_the_queue_is_first_come_first_served(serve: Serve) -> None:
     client = serve(max_running=1)
     first, second, third = background(client), background(client), background(client)
     assert [status(client, r["id"]) for r in (first, second, third)] == ["in_progress", "queued", "queued"]
+    assert _gauge(client, "headwater_runs_queued") == 2
     cancel(client, first["id"])
     assert [status(client, r["id"]) for r in (second, third)] == ["in_progress", "queued"]
+    assert _gauge(client, "headwater_runs_queued") == 1
     cancel(client, second["id"])
     assert status(client, third["id"]) == "in_progress"
     cancel(client, third["id"])
+
+
+def _gauge(client: httpx.Client, name: str) -> float:
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(name + " ")]
+    assert len(lines) == 1, lines
+    return float(lines[0].split()[1])
 
 
 def test_a_key_at_its_own_cap_waits_while_other_keys_run(serve: Serve) -> None:

@@ -92,11 +92,13 @@ class Runs:
         return self._live.get(response_id)
 
     def figures(self) -> dict[str, int]:
-        """Runs generating now, those still queued, and the events all runs of this process have made."""
-        runs = list(self._all)
+        """Runs generating now, those still queued, and the events all runs of this process have made. (Cheap:
+        /metrics of each worker refreshes it every second with every run live; "queued" is admission's count,
+        not each run's snapshot, which costs building the response.)"""
+        runs = self._all
         return {
             "live": len(runs),
-            "queued": sum(1 for run in runs if run.writer.response.status == "queued"),
+            "queued": self.admission.queued,
             "events": self._events_of_finished + sum(run.events for run in runs),
         }
 
