@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from headwater.server.store import Entry, StoredItem, StoredResponse, StoreUnavailable
+from headwater.server.store import Append, Entry, StoredItem, StoredResponse, StoreUnavailable
 from headwater.server.store.postgres import SCHEMA_VERSION, Fenced, PostgresStore
 from services import postgres_schema
 
@@ -91,6 +91,29 @@ async def test_concurrent_appends_share_group_commits(store: PostgresStore) -> N
     await asyncio.gather(*(store.append(f"r{n}", [e(0, b"x"), e(1, b"y")]) for n in range(50)))
     assert all([await store.events(f"r{n}") == [e(0, b"x"), e(1, b"y")] for n in range(50)])
     assert len(commits) < 50
+
+
+async def test_a_group_commit_made_in_its_callers_task_and_the_writers_take_turns_on_one_connection(
+    store: PostgresStore
+) -> None:
+    # append_many commits in its caller's task when nothing waits for the writer; what comes meanwhile (a
+    # create, an append, another append_many) goes to the writer, which waits for that commit to end.
+    for n in range(4):
+        await store.create(record(f"r{n}"), [])
+    commits: list[float] = []
+    store.latency = lambda name, seconds: commits.append(seconds) if name == "commit" else None
+    inline = asyncio.ensure_future(store.append_many([Append(f"r{n}", [e(0, b"a")]) for n in range(4)]))
+    await asyncio.sleep(0)  # (its statement is on the wire)
+    queued = await asyncio.gather(
+        store.create(record("later"), [StoredItem("i1", b"{}")]),
+        store.append_many([Append(f"r{n}", [e(1, b"b")]) for n in range(2)]),
+        store.append("r3", [e(1, b"c")]),
+    )
+    assert await inline == [None] * 4 and queued == [None, [None, None], None]
+    assert len(commits) >= 2
+    assert [await store.events(f"r{n}") for n in range(4)] == [
+        [e(0, b"a"), e(1, b"b")], [e(0, b"a"), e(1, b"b")], [e(0, b"a")], [e(0, b"a"), e(1, b"c")]]
+    assert (await store.get("later")) is not None and store.errors == 0
 
 
 async def test_one_bad_append_in_a_group_commit_fails_only_itself(store: PostgresStore) -> None:

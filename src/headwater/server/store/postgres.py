@@ -208,6 +208,7 @@ class PostgresStore(Store):
         # The writer's own connection, held between commits: a pooled one is reset (a round trip and a
         # statement: RESET ALL, UNLISTEN *...) each time it goes back, which is once per group commit.
         self._writer_conn: asyncpg.Connection | None = None
+        self._commit_lock = asyncio.Lock()  # held by whoever commits: the writer task, or append_many inline
         self._closing = False
         # The lease token of every response this process owns (created here or taken over): its appends are
         # fenced with it. Removed when the response reaches a terminal status.
@@ -345,8 +346,16 @@ class PostgresStore(Store):
         tokens = self._tokens
         jobs = [_Append(b.response_id, list(b.entries), b.status, b.data, tokens.get(b.response_id), done)
                 for b in batches]
-        self._queue.extend(jobs)
-        self._wake.set()
+        if not self._queue and not self._commit_lock.locked() and sum(len(j.rows) for j in jobs) <= _MAX_BATCH_ROWS:
+            # Nothing else waits for the writer: commit in the caller's task (the event log's), two turns of
+            # the event loop sooner than through the writer task (its wake-up, then this one's).
+            async with self._commit_lock:
+                await self._commit(jobs)
+            if self._queue:
+                self._wake.set()  # (what was queued meanwhile: the writer's)
+        else:
+            self._queue.extend(jobs)
+            self._wake.set()
         await done
         for batch, job in zip(batches, jobs, strict=True):
             if job.problem is None and batch.status is not None and batch.status not in UNFINISHED_STATUSES:
@@ -370,14 +379,16 @@ class PostgresStore(Store):
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                taken = size = 0
-                for job in self._queue:
-                    if taken and size + len(job.rows) > _MAX_BATCH_ROWS:
-                        break
-                    taken += 1
-                    size += len(job.rows)
-                jobs, self._queue = self._queue[:taken], self._queue[taken:]
-                await self._commit(jobs)
+                async with self._commit_lock:  # (one commit at a time, on the writer's one connection)
+                    taken = size = 0
+                    for job in self._queue:
+                        if taken and size + len(job.rows) > _MAX_BATCH_ROWS:
+                            break
+                        taken += 1
+                        size += len(job.rows)
+                    jobs, self._queue = self._queue[:taken], self._queue[taken:]
+                    if jobs:
+                        await self._commit(jobs)
             if self._closing:
                 return
 
@@ -405,6 +416,10 @@ class PostgresStore(Store):
             self.errors += 1
             failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"PostgreSQL commit failed: {exc}")
             problems = {id(job): failure for job in jobs}
+        except BaseException:  # cancelled mid-commit (the loop is going away): the session's state is unknown
+            if self._writer_conn is not None:
+                self._writer_conn.terminate()  # (given back to the pool by the next use or by close)
+            raise
         if self.latency is not None:
             self.latency("commit", time.perf_counter() - start)
         for job in jobs:
@@ -414,7 +429,9 @@ class PostgresStore(Store):
                 job.future.set_result(None)
 
     async def _writer_connection(self) -> asyncpg.Connection:
-        if self._writer_conn is None or self._writer_conn.is_closed():
+        if self._writer_conn is not None and self._writer_conn.is_closed():
+            await self._drop_writer_connection()
+        if self._writer_conn is None:
             if self._pool is None:
                 raise RuntimeError("the PostgreSQL store is not open")
             try:
