@@ -1143,3 +1143,44 @@ def test_the_hot_delta_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     for event in text_stream(["a", "b", "c", "d"]):
         acc.feed(event)
     assert len(calls) == 1 and acc.output_text == "abcd" and acc.problems == []
+
+
+# One delta in the middle of a run sent elsewhere, for each thing the hot path compares: what it folds (and the
+# problems it reports, with their event numbers) must be what the handlers alone give.
+_RUN_BREAKERS = [
+    ("content_index", 1),
+    ("output_index", 1),
+    ("item_id", "msg_other"),
+    ("sequence_number", 99),
+    ("sequence_number", 2),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), _RUN_BREAKERS)
+def test_the_hot_path_leaves_a_run_where_the_handlers_would_object(name: str, value: Any) -> None:
+    events = text_stream(["a", "b", "c", "d", "e", "f"])
+    events[7] = replace_event(events[7], **{name: value})  # type: ignore[arg-type]
+    hot, cold = _fold(events, {7, 8}, hot=True), _fold(events, {7, 8}, hot=False)
+    assert hot == cold
+    assert cold[2]  # the change was worth a problem
+
+
+@pytest.mark.parametrize("name", ["summary_index", "output_index", "item_id"])
+def test_the_hot_path_of_summary_deltas_checks_their_place(name: str) -> None:
+    events = list(_HOT_CORPUS[0])
+    runs = [i for i in range(1, len(events) - 1) if type(events[i]) is type(events[i - 1]) is type(events[i + 1])]
+    at = next(i for i in runs if hasattr(events[i], "summary_index"))
+    events[at] = replace_event(events[at], **{name: 7 if name != "item_id" else "rs_other"})  # type: ignore[arg-type]
+    assert _fold(events, {at}, hot=True) == _fold(events, {at}, hot=False)
+
+
+def test_a_stream_cut_in_a_hot_run_counts_every_event() -> None:
+    # No terminal event: end() reports it at the number of events fed, deltas folded by the hot path included.
+    events = text_stream(["a", "b", "c", "d"], with_dones=False)
+    events = [event for event in events if not event.type.startswith("response.completed")]
+    acc = Accumulator()
+    for event in events:
+        acc.feed(event)
+    acc.end()
+    missing = [problem for problem in acc.problems if problem.code == "missing-terminal"]
+    assert [problem.event_index for problem in missing] == [len(events)]

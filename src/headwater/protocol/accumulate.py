@@ -577,6 +577,7 @@ class Accumulator:
         # its part index) and the slot it grew. A delta of that class to that same place, numbered right after
         # the last event, is folded by ``feed`` itself; any other event disarms it.
         self._hot_cls: type | None = None
+        self._hot_base = 0  # _count - _last_seq when it armed
         self._hot_index: Any = None
         self._hot_id: Any = None
         self._hot_sub_name = "output_index"
@@ -588,32 +589,38 @@ class Accumulator:
 
     def feed(self, event: Event) -> None:
         """Fold one event in. Never raises for a malformed stream: see ``problems``."""
-        self._count += 1
         cls = type(event)
         if cls is self._hot_cls:
             # The hot path: the next delta of the text (or arguments) the last event grew. What the handler
-            # would check of it was checked when it armed, and nothing else has happened since.
+            # would check of it was checked when it armed, and nothing else has happened since. Attributes are
+            # read by name, not by getattr (several times dearer); the events it folds are counted when it
+            # disarms (``_count`` follows ``_last_seq`` meanwhile).
             delta: Any = event
             seq = delta.sequence_number
-            if (
-                seq == self._last_seq + 1
-                and delta.item_id == self._hot_id
-                and delta.output_index == self._hot_index
-                and getattr(delta, self._hot_sub_name) == self._hot_sub
-            ):
-                self._last_seq = seq
-                slot: Any = self._hot_slot
-                slot.chunks.append(delta.delta)
+            if seq == self._last_seq + 1 and delta.item_id == self._hot_id and delta.output_index == self._hot_index:
                 if cls is ResponseOutputTextDelta:
-                    logprobs = delta.logprobs
-                    if logprobs:
-                        if slot.logprobs is None:
-                            slot.logprobs = []
-                        slot.logprobs.extend(logprobs)
-                self._hot_state.snap = None  # type: ignore[union-attr]
-                self._snap = None
-                return
-        self._hot_cls = None
+                    if delta.content_index == self._hot_sub:
+                        self._last_seq = seq
+                        slot: Any = self._hot_slot
+                        slot.chunks.append(delta.delta)
+                        logprobs = delta.logprobs
+                        if logprobs:
+                            if slot.logprobs is None:
+                                slot.logprobs = []
+                            slot.logprobs.extend(logprobs)
+                        self._hot_state.snap = None  # type: ignore[union-attr]
+                        self._snap = None
+                        return
+                elif getattr(delta, self._hot_sub_name) == self._hot_sub:
+                    self._last_seq = seq
+                    self._hot_slot.chunks.append(delta.delta)  # type: ignore[union-attr]
+                    self._hot_state.snap = None  # type: ignore[union-attr]
+                    self._snap = None
+                    return
+        if self._hot_cls is not None:
+            self._count = self._hot_base + self._last_seq  # with the deltas the hot path folded
+            self._hot_cls = None
+        self._count += 1
         problems = len(self.problems)
         handler = _HANDLERS.get(cls)
         if handler is None:
@@ -662,6 +669,8 @@ class Accumulator:
         if self._ended:
             return
         self._ended = True
+        if self._hot_cls is not None:
+            self._count = self._hot_base + self._last_seq
         if self._final is None and self._error is None:
             self.problems.append(
                 Problem(self._count, None, "missing-terminal", "the stream ended without a terminal event")
@@ -1102,6 +1111,7 @@ class Accumulator:
         if event.sequence_number is None:
             return
         self._hot_cls = type(event)
+        self._hot_base = self._count - self._last_seq  # each delta folded by the hot path adds 1 to both
         self._hot_index = event.output_index
         self._hot_id = event.item_id
         self._hot_sub_name = sub_name

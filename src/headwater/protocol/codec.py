@@ -201,7 +201,9 @@ def keep_wires(event: Event) -> None:
     (never a delta); an event built here, with nothing decoded, has nothing to keep. Idempotent."""
     if type(event) is UnknownEvent or "_wires" in event.__dict__:
         return
-    names = [name for name in _NESTED if getattr(event, name, None) is not None]
+    # The class's resource fields (cached), not getattr(event, name, None) for each of _NESTED: an attribute
+    # that is not there raises (and swallows) an AttributeError, far dearer than the walk itself.
+    names = [name for name in _nested_of(type(event)) if getattr(event, name) is not None]
     if not names:
         return
     event.__dict__["_wires"] = True

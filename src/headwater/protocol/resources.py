@@ -567,7 +567,11 @@ class WireSource:
 
 class _LazyWire:
     """What ``keep_wire`` would have remembered on ``obj``, worked out when first asked for: the JSON object at
-    ``path`` in ``source``, if it differs from ``obj``'s declared fields, else what ``obj`` remembered before."""
+    ``path`` in ``source``, if it differs from ``obj``'s declared fields, else what ``obj`` remembered before.
+
+    ``obj`` is a shallow copy of the object that holds this (same field values), not that object itself, which
+    would make a reference cycle (object -> its ``__dict__`` -> this -> object): every event that carries a
+    resource would then outlive its last reference until the cyclic GC ran, with all it holds."""
 
     __slots__ = ("obj", "path", "previous", "source", "wire")
 
@@ -610,14 +614,23 @@ def keep_wire_lazily(obj: Any, source: WireSource, path: tuple[str | int, ...]) 
     if not isinstance(obj, Struct):
         return
     # Only fields whose type may hold a resource: a decoded dict or list of plain JSON (an MCP server's tool
-    # schemas, say) holds none, and keep_wire would find nothing in it to remember.
-    for name in _resource_fields(type(obj)):
+    # schemas, say) holds none, and keep_wire would find nothing in it to remember. An empty list (most
+    # annotations and logprobs) has nothing to walk either.
+    cls = type(obj)
+    fields = _RESOURCE_FIELDS.get(cls)
+    if fields is None:
+        fields = _RESOURCE_FIELDS[cls] = _resource_fields(cls)
+    for name in fields:
         value = getattr(obj, name)
-        if isinstance(value, (Struct, list)):
+        if value and isinstance(value, (Struct, list)):
             keep_wire_lazily(value, source, (*path, name))
-    if hasattr(obj, "__dict__"):
-        attrs = obj.__dict__
-        attrs[_WIRE] = _LazyWire(source, path, obj, attrs.get(_WIRE))
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is not None:
+        attrs[_WIRE] = _LazyWire(source, path, msgspec.structs.replace(obj), attrs.get(_WIRE))  # no cycle
+
+
+# Struct class -> `_resource_fields(cls)`: a plain dict, cheaper to ask than functools.cache on this hot walk.
+_RESOURCE_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _wire_of(obj: Any) -> Any:
