@@ -204,6 +204,25 @@ async def test_append_many_sends_one_call_serves_local_followers_and_fails_only_
     assert (await live.read("b")).ended
 
 
+async def test_expiries_queued_together_go_in_one_call_after_the_appends_queued_with_them(
+    redis_only: RedisLiveLog, raw: aioredis.Redis
+) -> None:
+    end = Entry(1, "response.completed", b"{}")
+    await asyncio.gather(*(redis_only.append(f"r{n}", [delta(0)]) for n in range(20)))
+    await redis_only.expire("warm")  # (the script is loaded)
+    commands = redis_only.commands
+    await asyncio.gather(*(redis_only.expire(f"r{n}", 0.0 if n % 2 else 3600.0) for n in range(20)))
+    assert redis_only.commands == commands + 1
+    for n in range(20):
+        key = f"{redis_only.prefix}:events:r{n}"
+        assert await raw.exists(key) == (0 if n % 2 else 1)
+        if not n % 2:
+            assert 0 < await raw.pttl(key) <= 3600_000
+    # An end and its expiry queued together: the stream goes after its last entry, and is not made again.
+    await asyncio.gather(redis_only.append("r0", [end], ended=True), redis_only.expire("r0"))
+    assert await raw.exists(f"{redis_only.prefix}:events:r0") == 0
+
+
 async def test_batches_of_one_response_keep_their_order_within_a_call_and_across_calls(
     redis_only: RedisLiveLog, raw: aioredis.Redis
 ) -> None:

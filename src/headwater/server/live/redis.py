@@ -6,7 +6,7 @@ stream's last id to the maximum, so nothing follows it. Every key has a TTL (ref
 to ``final_ttl`` by the terminal batch) and a length cap (``MAXLEN ~``). Appends are coalesced: one writer task
 per process sends every batch queued by any run while its previous call was in flight (or in the same loop
 iteration) as one script call over all their streams, so a busy process sends one call per round trip, not one
-per batch. The runs of this process also keep their log in memory (a ``MemoryLiveLog``): their own followers
+per batch; likewise for expiries (one call for all that ended meanwhile, after the appends queued with them). The runs of this process also keep their log in memory (a ``MemoryLiveLog``): their own followers
 never wait on Redis. Followers of another replica's run share one reader task per process, on one connection: a
 blocking ``XREAD`` over every stream they wait on, woken by ``CLIENT UNBLOCK`` when one is added. Redis being
 away costs no event: the store has every entry first, and a follower whose log is gone reads the store
@@ -82,13 +82,18 @@ end
 return added
 """
 
-# KEYS[1]: the stream. ARGV[1]: milliseconds. Sooner only: a later expiry never postpones an earlier one.
+# KEYS: streams; ARGV[k]: milliseconds for KEYS[k] (0: now). Sooner only: a later expiry never postpones an
+# earlier one. One call carries every expiry queued meanwhile (the runs of a busy process end together).
 _EXPIRE = """
-local ms = tonumber(ARGV[1])
-if ms <= 0 then return redis.call('DEL', KEYS[1]) end
-local left = redis.call('PTTL', KEYS[1])
-if left == -2 then return 0 end
-if left < 0 or ms < left then return redis.call('PEXPIRE', KEYS[1], ms) end
+for k = 1, #KEYS do
+  local ms = tonumber(ARGV[k])
+  if ms <= 0 then
+    redis.call('DEL', KEYS[k])
+  else
+    local left = redis.call('PTTL', KEYS[k])
+    if left ~= -2 and (left < 0 or ms < left) then redis.call('PEXPIRE', KEYS[k], ms) end
+  end
+end
 return 0
 """
 
@@ -182,8 +187,8 @@ class RedisLiveLog(LiveLog):
         self._local = MemoryLiveLog() if options.get("local", "1") not in ("0", "false") else None
         self._redis: aioredis.Redis | None = None
         self._append_sha = b""
+        self._expire_sha = b""
         self._types: dict[str, bytes] = {}  # event type -> its bytes
-        self._expire: Any = None
         self._tails: dict[str, _Tail] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_client: aioredis.Redis | None = None
@@ -192,6 +197,7 @@ class RedisLiveLog(LiveLog):
         self._cancels: asyncio.Task[None] | None = None
         self._closing = False
         self._queue: list[_Batch] = []
+        self._expiries: list[tuple[bytes, int, asyncio.Future[None]]] = []  # (key, ms, resolved once sent)
         self._writer: asyncio.Task[None] | None = None
         self.writes = 0  # append calls sent (each carries the batches queued meanwhile): for the bench
         self.batches = 0  # batches they carried
@@ -216,7 +222,7 @@ class RedisLiveLog(LiveLog):
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._append_sha = hashlib.sha1(_APPEND.encode()).hexdigest().encode()
-        self._expire = self._redis.register_script(_EXPIRE)
+        self._expire_sha = hashlib.sha1(_EXPIRE.encode()).hexdigest().encode()
         with contextlib.suppress(RedisError, OSError):  # Redis may come later: the live log degrades, see docs
             await self._redis.ping()
 
@@ -295,7 +301,10 @@ class RedisLiveLog(LiveLog):
         """The process's one writer: one script call for every batch queued, until none is. A batch queued
         while a call is in flight goes into the next one (so a busy process sends fewer, bigger calls)."""
         try:
-            while self._queue:
+            while self._queue or self._expiries:
+                if not self._queue:
+                    await self._send_expiries()
+                    continue
                 batches = self._take()
                 args: list[bytes] = [b"%d" % self.ttl_ms, b"%d" % self.final_ttl_ms, b"%d" % self.maxlen]
                 types = self._types
@@ -322,28 +331,49 @@ class RedisLiveLog(LiveLog):
                     for batch in batches:
                         if not batch.written.done():
                             batch.written.set_result(None)
+                if self._expiries:  # (after the appends queued with them: a DEL never precedes its stream's last XADD)
+                    await self._send_expiries()
         finally:  # (normally nothing is left; when cancelled by close, what was queued is not waited for)
             self._writer = None
             for batch in self._queue:
                 if not batch.written.done():
                     batch.written.set_result(None)
-            self._queue = []
+            for *_, sent in self._expiries:
+                if not sent.done():
+                    sent.set_result(None)
+            self._queue, self._expiries = [], []
+
+    async def _send_expiries(self) -> None:
+        expiries, self._expiries = self._expiries, []
+        self.commands += 1
+        try:
+            await self._call(_EXPIRE, self._expire_sha, [key for key, _, _ in expiries],
+                             [b"%d" % ms for _, ms, _ in expiries])
+        except Exception as exc:  # (Redis away: the streams expire by their TTL)
+            self.errors += len(expiries) - 1
+            self._failed(f"expiry of {len(expiries)} stream(s)", exc)
+        finally:
+            for *_, sent in expiries:
+                if not sent.done():
+                    sent.set_result(None)
 
     async def _call_append(self, batches: list[_Batch], args: list[bytes]) -> None:
-        """``EVALSHA`` of the append script, packed here in one pass (redis-py's generic path costs microseconds
-        per argument, and a call has three per entry); ``EVAL`` when Redis does not know the script (it was
-        restarted). A connection that broke (Redis restarted) is replaced once: appends are idempotent."""
-        keys = [batch.key.encode() for batch in batches]
+        await self._call(_APPEND, self._append_sha, [batch.key.encode() for batch in batches], args)
+
+    async def _call(self, script: str, sha: bytes, keys: list[bytes], args: list[bytes]) -> None:
+        """``EVALSHA`` of ``script``, packed here in one pass (redis-py's generic path costs microseconds per
+        argument, and an append has three per entry); ``EVAL`` when Redis does not know the script (it was
+        restarted). A connection that broke (Redis restarted) is replaced once: both scripts are idempotent."""
         pool = self._client.connection_pool
         for attempt in (1, 2):
             connection = await pool.get_connection()
             try:
-                await connection.send_packed_command(_pack([b"EVALSHA", self._append_sha, b"%d" % len(keys), *keys,
-                                                            *args]), check_health=False)
+                await connection.send_packed_command(_pack([b"EVALSHA", sha, b"%d" % len(keys), *keys, *args]),
+                                                     check_health=False)
                 try:
                     await connection.read_response()
                 except NoScriptError:
-                    await connection.send_packed_command(_pack([b"EVAL", _APPEND.encode(), b"%d" % len(keys), *keys,
+                    await connection.send_packed_command(_pack([b"EVAL", script.encode(), b"%d" % len(keys), *keys,
                                                                 *args]), check_health=False)
                     await connection.read_response()
                 return
@@ -374,11 +404,12 @@ class RedisLiveLog(LiveLog):
         replica that finds no stream reads the store, which has everything."""
         if self._local is not None:
             await self._local.expire(response_id, after)
-        self.commands += 1
-        try:
-            await self._expire(keys=[self._key(response_id)], args=[int(after * 1000)], client=self._client)
-        except (RedisError, OSError) as exc:
-            self._failed(f"expire of {response_id}", exc)
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+        self._expiries.append((self._key(response_id).encode(), max(0, int(after * 1000)), sent))
+        if self._writer is None:  # (the writer sends it, with every other expiry queued meanwhile)
+            self._writer = loop.create_task(self._write(), name="headwater-redis-writer")
+        await sent
 
     # --- reading ----------------------------------------------------------------------------------------
 
