@@ -6,6 +6,7 @@ incomplete ``header_timeout`` seconds after its first byte (a slowloris). Reques
 where they are read (``routes.read_body``); a connection whose body was not read to its end when the response
 finished is closed after ``idle_timeout``, however slowly the client keeps sending. ``HeadwaterServer`` ends
 live runs first when it stops, so every stream ends with its terminal event before connections are closed.
+With httptools, a response's head goes out in one write with its first body write (``_HeadWithBody``).
 """
 
 from __future__ import annotations
@@ -144,6 +145,46 @@ class HeadwaterH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class _HeadWithBody:
+    """The connection as one response writes to it. uvicorn writes a response's head (status line and headers)
+    alone, then its body, each write a packet of its own; the head is held here until the response's first body
+    write (or the end of the event loop's current turn, if none comes in it), so that head and body go out in one
+    write: one packet and one wake-up of the client fewer for each response (a stream's first event arrives
+    with its headers)."""
+
+    __slots__ = ("_first", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._first = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._first:  # the head (or a 100 Continue, held the same way)
+            self._first = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        held, self._held = self._held, None
+        self._transport.write(data if held is None else held + data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with ``_Deadlines``; ``protocol_class`` sets the two limits."""
 
@@ -165,7 +206,10 @@ class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_body = False, True
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not before:  # (none for a WebSocket upgrade)
+            self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_body = False
