@@ -80,6 +80,37 @@ async def test_the_upstream_is_asked_before_the_response_is_stored(serve: Callab
     assert len(upstream.requests) == 1
 
 
+class _CountingResponses(ResponsesBackend):
+    """A Responses backend that counts the requests it was asked to send ahead."""
+
+    sent_ahead = 0
+
+    def send_ahead(self, request: GenerationRequest) -> None:
+        self.sent_ahead += 1
+        super().send_ahead(request)
+
+
+@pytest.mark.parametrize(("store", "stored"), [(MemoryStore, True), (_StoreWaitingForTheUpstream, False)],
+                         ids=["in-process store", "not stored"])
+async def test_with_nothing_to_overlap_the_run_asks_the_upstream_itself(serve: Callable[..., Any], store: Any,
+                                                                        stored: bool) -> None:
+    """The in-process store never waits, and a response that is not stored has no store write: nothing is sent
+    ahead (the run's own request is one task fewer), and the stream is whole."""
+    async with ReplayUpstream([sse_reply(RESPONSES)]) as upstream:
+        backend = _CountingResponses(upstream.url)
+        made = store() if store is MemoryStore else store(threading.Event())
+        server = serve(create_app(ServerConfig(store="memory"), backend=backend, store=made))
+        async with httpx.AsyncClient(timeout=30) as client, client.stream(
+            "POST", server.url + "/v1/responses", json={"model": "m", "input": "hi", "stream": True,
+                                                        "store": stored}
+        ) as answer:
+            assert answer.status_code == 200
+            events = [event async for event in aiter_events(answer.aiter_bytes())]
+        await backend.aclose()
+    assert backend.sent_ahead == 0 and len(upstream.requests) == 1
+    assert check(events) == [] and events[-1].type == "response.completed"
+
+
 async def test_a_create_that_fails_closes_what_was_sent_ahead(serve: Callable[..., Any]) -> None:
     asked = threading.Event()
     store = _StoreFailingOnceTheUpstreamIsAsked(asked)

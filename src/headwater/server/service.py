@@ -172,9 +172,12 @@ class Service:
         )
         generation = request.generation_request(model, messages)
         with self.runs.admit(owner) as ticket:  # a place to run, or in the queue; 429 beyond it
-            # An upstream backend is asked now, when the run can start at once: its time to the first event
-            # overlaps storing the response and starting the run (the run reads that answer).
-            ahead: Any = self.backend if ticket.granted and hasattr(self.backend, "send_ahead") else None
+            # An upstream backend is asked now, when the run can start at once and storing the response may wait:
+            # its time to the first event overlaps that (the run reads this answer). With nothing to overlap (not
+            # stored, or an in-process store) the run asks it itself: one task and one turn of the loop fewer.
+            overlap = body.store and not getattr(self.store, "inline", False)
+            ahead: Any = (self.backend if overlap and ticket.granted and hasattr(self.backend, "send_ahead")
+                          else None)
             if ahead is not None:
                 ahead.send_ahead(generation)
             try:

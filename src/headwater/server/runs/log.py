@@ -126,7 +126,7 @@ class EventLog:
         # nothing is queued or in flight is committed and published at once, in the writer's own call, with no
         # task to hand it to (one hop of the event loop fewer between an event and its followers).
         self._now: Callable[[Sequence[Append]], list[BaseException | None]] | None = (
-            getattr(store, "append_many_now", None) if getattr(store, "commits_inline", False) else None)
+            getattr(store, "append_many_now", None) if getattr(store, "inline", False) else None)
         self._queue: list[tuple[RunLog, list[Entry], str | None, bytes | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._publishing: asyncio.Task[None] | None = None  # the last commit's appends to a live log elsewhere

@@ -53,12 +53,15 @@ class MemoryStore(Store):
             raise error
 
     @property
-    def commits_inline(self) -> bool:
-        """Whether ``append_many_now`` may stand in for ``append_many``: neither it nor ``append`` is a
-        subclass's (one that makes them wait or fail, as tests' gated and failing stores do, is committed like
-        any other store)."""
+    def inline(self) -> bool:
+        """Whether this store's writes complete without waiting, so that callers may make them inline: its
+        ``create``, ``append`` and ``append_many`` are this class's own (a subclass that makes one of them wait
+        or fail, as tests' gated and failing stores do, is used like any other store). The event log then
+        commits through ``append_many_now``, and an upstream is not asked ahead of ``create`` (nothing to
+        overlap)."""
         cls = type(self)
-        return cls.append is MemoryStore.append and cls.append_many is MemoryStore.append_many
+        return (cls.create is MemoryStore.create and cls.append is MemoryStore.append
+                and cls.append_many is MemoryStore.append_many)
 
     def append_many_now(self, batches: Sequence[Append]) -> list[BaseException | None]:
         """``append_many`` without a coroutine (there is nothing to wait for), so that the event log can commit
