@@ -8,10 +8,12 @@ holds a commit (or a live log's append) open where a test needs one in flight.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from headwater.protocol.resources import Response
 from headwater.protocol.writer import ResponseWriter
@@ -20,9 +22,11 @@ from headwater.server.backends.scripted import ScriptedBackend
 from headwater.server.live import LiveLog
 from headwater.server.live.base import LiveRead
 from headwater.server.live.memory import MemoryLiveLog
+from headwater.server.live.redis import RedisLiveLog
 from headwater.server.runs import Runs
 from headwater.server.runs.log import EventLog
 from headwater.server.store import Append, Entry, Fenced, MemoryStore, SQLiteStore, Store, StoredResponse
+from services import PrivateRedis
 
 
 def entry(seq: int, kind: str = "response.output_text.delta") -> Entry:
@@ -282,3 +286,53 @@ async def test_a_live_log_elsewhere_gets_each_commit_in_order_while_the_next_com
     await asyncio.gather(done, b.flushed())
     assert [seqs for rid, seqs in live.appends if rid == "a"] == [[0], [1], [2, 3]]
     assert live.not_durable == [] and a.ended
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(1000):  # (a bound, not a timing check: each turn is a short sleep)
+        if condition():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_with_redis_holding_its_replies_commits_go_on_and_local_followers_get_each_one(
+    private_redis: PrivateRedis,
+) -> None:
+    # Redis is stopped (SIGSTOP: it takes the writer's call and answers nothing): each commit is still served to
+    # this process's followers at once and the next commit does not wait; the terminal batch counts as
+    # published only once Redis has it.
+    store = GatedStore()
+    live = RedisLiveLog(private_redis.url + "?prefix=held")
+    await live.open()
+    try:
+        await live.append("warm", [])  # (the script is loaded)
+        await created(store, "a")
+        log = EventLog(store)
+        a = log.open("a", live)
+        process = private_redis._process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            a.write([entry(0)])
+            await until(lambda: len(store.calls) == 1 and live._writer is not None, "the first commit")
+            a.write([entry(1)])
+            await until(lambda: len(store.calls) == 2, "the second commit, while Redis holds the first")
+            a.write([entry(2, "response.completed")])
+            done = asyncio.ensure_future(a.flushed())
+            await until(lambda: len(store.calls) == 3, "the third commit")
+            local = await live.read("a")
+            assert [e.sequence_number for e in local.entries] == [0, 1, 2] and local.ended
+            await asyncio.sleep(0.05)
+            assert not done.done()  # stored and served here, not yet in Redis
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await done
+        raw = redis.asyncio.Redis.from_url(private_redis.url)
+        try:
+            rows = await raw.xrange("held:events:a")
+        finally:
+            await raw.aclose()
+        assert [int(stream_id.split(b"-")[0]) - 1 for stream_id, _ in rows] == [0, 1, 2]
+    finally:
+        await live.close()

@@ -278,9 +278,18 @@ class RedisLiveLog(LiveLog):
     async def append_many(self, batches: Sequence[tuple[str, Sequence[Entry], bool]]) -> list[BaseException | None]:
         """``append`` of every batch, this process's followers served at once, with one wait for the writer for
         all of them (no task, future and wake-up per response)."""
+        outcomes, written = self.append_many_nowait(batches)
+        await written
+        return outcomes
+
+    def append_many_nowait(self, batches: Sequence[tuple[str, Sequence[Entry], bool]]
+                           ) -> tuple[list[BaseException | None], asyncio.Future[None]]:
+        """``append_many`` without waiting: this process's followers are served now and the batches queued for
+        the writer (which sends them in the order queued); the outcome of each batch's local append, and a
+        future resolved once the writer has sent them (never with an error: Redis failures are counted)."""
         outcomes: list[BaseException | None] = []
         loop = asyncio.get_running_loop()
-        written = loop.create_future()
+        written: asyncio.Future[None] = loop.create_future()
         for response_id, entries, ended in batches:
             if self._local is not None:
                 try:
@@ -290,12 +299,12 @@ class RedisLiveLog(LiveLog):
                     continue
             outcomes.append(None)
             self._queue.append(_Batch(self._key(response_id), entries, ended, written))
-        if not self._queue:
-            return outcomes
+        if not self._queue or self._queue[-1].written is not written:  # (nothing of these queued)
+            written.set_result(None)
+            return outcomes, written
         if self._writer is None:
             self._writer = loop.create_task(self._write(), name="headwater-redis-writer")
-        await written
-        return outcomes
+        return outcomes, written
 
     async def _write(self) -> None:
         """The process's one writer: one script call for every batch queued, until none is. A batch queued

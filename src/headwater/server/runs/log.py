@@ -201,17 +201,24 @@ class EventLog:
         except BaseException as exc:  # cancelled (the loop is going away): these runs learn it, and end
             self._abandon(list(merged.items()), exc)
             raise
-        # Durable: publish. The in-process log takes its entries at once, without a coroutine; any other gets all
-        # of this commit's appends together (it may coalesce them into one round trip) in a task of their own, so
-        # that the next commit overlaps them. At most one such task is in flight, so a run's entries reach the
-        # live log in the order they were committed.
+        # Durable: publish. The in-process log takes its entries at once, without a coroutine. A live log that
+        # queues appends without waiting (``append_many_nowait``: Redis, whose writer keeps them in order) gets all
+        # of this commit's at once too, and serves this process's followers now; each run's batches count as
+        # published once its writer has sent them. Any other gets all of this commit's appends together in a
+        # task of their own, so that the next commit overlaps them; at most one such task is in flight, so a
+        # run's entries reach the live log in the order they were committed.
         remote: list[tuple[RunLog, _Pending]] = []
+        nowait: dict[int, list[tuple[RunLog, _Pending]]] = {}
         for run, pending in merged.items():
             if isinstance(run.live, MemoryLiveLog):
                 _publish_now(run, run.live, pending.entries)
                 run._done(pending.batches)
+            elif hasattr(run.live, "append_many_nowait"):
+                nowait.setdefault(id(run.live), []).append((run, pending))
             else:
                 remote.append((run, pending))
+        for items in nowait.values():
+            _publish_queued(items)
         if not remote:
             return
         try:
@@ -251,6 +258,35 @@ class EventLog:
         finally:
             for run, pending in remote:
                 run._done(pending.batches)
+
+
+def _publish_queued(items: list[tuple[RunLog, _Pending]]) -> None:
+    """One commit's appends to one live log with ``append_many_nowait``, handed over without a wait; the runs'
+    batches are done once it has sent them."""
+    live = items[0][0].live
+    runs: list[RunLog] = []
+    batches: list[tuple[str, list[Entry], bool]] = []
+    for run, pending in items:
+        ended = run._publishable(pending.entries)
+        if ended is not None:
+            runs.append(run)
+            batches.append((run.id, pending.entries, ended))
+
+    def sent(_: object) -> None:
+        for run, pending in items:
+            run._done(pending.batches)
+
+    try:
+        results, written = live.append_many_nowait(batches)  # type: ignore[attr-defined]
+    except Exception as exc:
+        results, written = [exc] * len(runs), None
+    for run, result in zip(runs, results, strict=True):
+        if result is not None:  # followers' bounded reads notice; the store has every entry
+            log.error("response %s: the live log failed", run.id, exc_info=result)
+    if written is None:
+        sent(None)
+    else:
+        written.add_done_callback(sent)
 
 
 def _publish_now(run: RunLog, live: MemoryLiveLog, entries: list[Entry]) -> None:
