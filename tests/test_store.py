@@ -6,6 +6,7 @@ the process): every test below then runs against it. A maker may ``pytest.skip``
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
 import subprocess
@@ -90,6 +91,16 @@ async def test_store_keeps_entries_in_order_and_reads_after(store: Store) -> Non
     got = await store.get("r1")
     assert got is not None and got.status == "completed" and got.data == b"{}" and got.owner == "k1"
     assert await store.unfinished() == []
+
+
+async def test_store_entries_are_not_tracked_by_the_cyclic_garbage_collector(store: Store) -> None:
+    """Entries are many and long-lived (entries.py): neither the ones written nor the ones read back are scanned
+    by every collection."""
+    written = [entry(0, b"a", "response.created"), entry(1, b"b")]
+    await store.create(record("r1"), [])
+    await store.append("r1", written)
+    read = await store.events("r1")
+    assert len(read) == 2 and not any(gc.is_tracked(e) for e in [*written, *read])
 
 
 async def test_store_gives_back_the_exact_bytes(store: Store) -> None:

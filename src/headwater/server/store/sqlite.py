@@ -239,7 +239,7 @@ def _write_batches(conn: sqlite3.Connection, batches: Sequence[Append]) -> None:
                 raise KeyError(f"no response {batch.response_id}")
     conn.executemany(
         "INSERT INTO events (response_id, seq, type, data) VALUES (?, ?, ?, ?)",
-        [(batch.response_id, seq, kind, payload) for batch in batches for seq, kind, payload in batch.entries],
+        [(batch.response_id, e.sequence_number, e.type, e.payload) for batch in batches for e in batch.entries],
     )
 
 
