@@ -1184,3 +1184,15 @@ def test_a_stream_cut_in_a_hot_run_counts_every_event() -> None:
     acc.end()
     missing = [problem for problem in acc.problems if problem.code == "missing-terminal"]
     assert [problem.event_index for problem in missing] == [len(events)]
+
+
+def test_item_read_between_hot_deltas_shows_each_of_them() -> None:
+    # The hot path leaves the item's cached snapshot to be dropped when it is read: item() must see the deltas.
+    acc = Accumulator()
+    seen = []
+    for event in text_stream(["a", "b", "c", "d"], with_dones=False):
+        acc.feed(event)
+        item = acc.item(0)
+        if isinstance(item, Message) and item.content:
+            seen.append(item.content[0].text)  # type: ignore[union-attr]
+    assert seen[:5] == ["", "a", "ab", "abc", "abcd"]

@@ -153,11 +153,21 @@ def _own(obj: _T) -> _T:
 
 
 def _tag(obj: Any) -> str:
+    cls = type(obj)
+    tag = _TAGS.get(cls)
+    if tag is not None:
+        return tag
     if isinstance(obj, (UnknownItem, UnknownPart, UnknownAnnotation)):
         return obj.type
-    config = getattr(type(obj), "__struct_config__", None)
+    config = getattr(cls, "__struct_config__", None)
     tag = getattr(config, "tag", None)
-    return tag if isinstance(tag, str) else type(obj).__name__
+    tag = tag if isinstance(tag, str) else cls.__name__
+    _TAGS[cls] = tag
+    return tag
+
+
+# Class -> its wire tag (or name), for the classes whose every instance has the same one (not Unknown*).
+_TAGS: dict[type, str] = {}
 
 
 def _has_status(item: Any) -> bool:
@@ -578,6 +588,7 @@ class Accumulator:
         # the last event, is folded by ``feed`` itself; any other event disarms it.
         self._hot_cls: type | None = None
         self._hot_base = 0  # _count - _last_seq when it armed
+        self._hot_seen = -1  # _last_seq when the snapshots were last brought up to date with the hot path
         self._hot_index: Any = None
         self._hot_id: Any = None
         self._hot_sub_name = "output_index"
@@ -593,8 +604,9 @@ class Accumulator:
         if cls is self._hot_cls:
             # The hot path: the next delta of the text (or arguments) the last event grew. What the handler
             # would check of it was checked when it armed, and nothing else has happened since. Attributes are
-            # read by name, not by getattr (several times dearer); the events it folds are counted when it
-            # disarms (``_count`` follows ``_last_seq`` meanwhile).
+            # read by name, not by getattr (several times dearer). What it leaves to do is done when it is
+            # needed: the events it folds are counted when it disarms (``_count`` follows ``_last_seq``
+            # meanwhile), and the snapshots it makes stale are dropped when one is read (``_settle``).
             delta: Any = event
             seq = delta.sequence_number
             if seq == self._last_seq + 1 and delta.item_id == self._hot_id and delta.output_index == self._hot_index:
@@ -608,17 +620,15 @@ class Accumulator:
                             if slot.logprobs is None:
                                 slot.logprobs = []
                             slot.logprobs.extend(logprobs)
-                        self._hot_state.snap = None  # type: ignore[union-attr]
-                        self._snap = None
                         return
                 elif getattr(delta, self._hot_sub_name) == self._hot_sub:
                     self._last_seq = seq
                     self._hot_slot.chunks.append(delta.delta)  # type: ignore[union-attr]
-                    self._hot_state.snap = None  # type: ignore[union-attr]
-                    self._snap = None
                     return
         if self._hot_cls is not None:
             self._count = self._hot_base + self._last_seq  # with the deltas the hot path folded
+            if self._hot_seen != self._last_seq:
+                self._settle()
             self._hot_cls = None
         self._count += 1
         problems = len(self.problems)
@@ -655,6 +665,12 @@ class Accumulator:
         if self._hot_cls is not None and len(self.problems) != problems:
             self._hot_cls = None  # the handler said something about this delta: the next one must be checked too
 
+    def _settle(self) -> None:
+        """Drop the snapshots that the hot path's deltas since it armed (or since the last call) made stale."""
+        self._hot_seen = self._last_seq
+        self._hot_state.snap = None  # type: ignore[union-attr]
+        self._snap = None
+
     def _fill_gap(self, seq: int) -> bool:
         """Whether ``seq`` was skipped so far (and is now seen): an event arriving late, not a replay."""
         for i, (lo, hi) in enumerate(self._gaps):
@@ -679,6 +695,8 @@ class Accumulator:
     @property
     def response(self) -> Response:
         """The response as it stands: items so far with their texts so far. Do not change it in place."""
+        if self._hot_cls is not None and self._hot_seen != self._last_seq:
+            self._settle()
         snap = self._snap
         if snap is None:
             snap = self._final if self._final is not None else self._build()
@@ -690,6 +708,8 @@ class Accumulator:
         if self._final is not None:
             output = self._final.output
             return output[output_index] if 0 <= output_index < len(output) else None
+        if self._hot_cls is not None and self._hot_seen != self._last_seq:
+            self._settle()
         state = self._items.get(output_index)
         return state.snapshot() if state is not None else None
 
@@ -978,15 +998,17 @@ class Accumulator:
             )
             return
         else:
-            where = _where(index, item.id)
             for name, b_value, s_value in _differences(state.snapshot(), item, partial=True):
                 self._problem(
                     event,
                     "done-mismatch",
-                    f"{where}: {name} is {_short(s_value)} in output_item.done, {_short(b_value)} from the deltas",
+                    f"{_where(index, item.id)}: {name} is {_short(s_value)} in output_item.done, "
+                    f"{_short(b_value)} from the deltas",
                 )
             for label, _slot in state.open_slots():
-                self._problem(event, "missing-done", f"{where}, {label}: never done before the item's done")
+                self._problem(
+                    event, "missing-done", f"{_where(index, item.id)}, {label}: never done before the item's done"
+                )
             state.adopt(item, done=True)
             state.implicit = False
             self._register(state)
@@ -1112,6 +1134,7 @@ class Accumulator:
             return
         self._hot_cls = type(event)
         self._hot_base = self._count - self._last_seq  # each delta folded by the hot path adds 1 to both
+        self._hot_seen = self._last_seq  # the snapshots are up to date (the handler dropped the stale ones)
         self._hot_index = event.output_index
         self._hot_id = event.item_id
         self._hot_sub_name = sub_name

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from itertools import chain, repeat
-from operator import attrgetter, setitem
+from operator import attrgetter
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from .codec import decode_event, encode_event, fast_decoder
 from .events import EVENT_CLASSES, Event
@@ -76,7 +77,8 @@ class EventDecoder:
             events: list[Event] = list(map(_fast_decode, data))
         except msgspec.MsgspecError:
             return self._decode_each(names, data)
-        deque(map(setitem, map(_dict_of, events), repeat("_raw"), data), 0)
+        # Each payload on its event (``raw_json``): one C call an event (a frozen Struct's ``__dict__`` entry).
+        deque(map(force_setattr, events, repeat("_raw"), data), 0)
         count = len(names)
         first = names[0]
         # One name for the whole batch (or none), the common case: compare classes, not type strings.
@@ -110,7 +112,6 @@ class EventDecoder:
 
 
 _fast_decode = fast_decoder.decode
-_dict_of = attrgetter("__dict__")
 _type_of = attrgetter("type")
 
 
