@@ -336,3 +336,39 @@ async def test_with_redis_holding_its_replies_commits_go_on_and_local_followers_
         assert [int(stream_id.split(b"-")[0]) - 1 for stream_id, _ in rows] == [0, 1, 2]
     finally:
         await live.close()
+
+
+async def test_behind_the_runs_pace_the_next_commit_waits_for_the_previous_ones_sending(
+    private_redis: PrivateRedis,
+) -> None:
+    # A run that queued two batches during one commit is behind: the commit after them waits for the previous
+    # commit's Redis sending (commits grow with the load) instead of starting at once.
+    store = GatedStore()
+    live = RedisLiveLog(private_redis.url + "?prefix=behind")
+    await live.open()
+    try:
+        await live.append("warm", [])
+        await created(store, "a")
+        log = EventLog(store)
+        a = log.open("a", live)
+        process = private_redis._process
+        assert process is not None
+        store.gate.clear()
+        a.write([entry(0)])
+        await until(lambda: len(store.calls) == 1, "the first commit")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            a.write([entry(1)])
+            a.write([entry(2)])  # (two batches queued meanwhile: behind)
+            store.gate.set()
+            await until(lambda: len(store.calls) == 2, "the second commit")
+            a.write([entry(3)])
+            await asyncio.sleep(0.05)
+            assert len(store.calls) == 2  # held: the first commit's sending is not done
+            assert [e.sequence_number for e in (await live.read("a")).entries] == [0, 1, 2]
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await until(lambda: len(store.calls) == 3, "the third commit, once Redis answered")
+        await a.flushed()
+    finally:
+        await live.close()
