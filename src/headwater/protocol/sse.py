@@ -28,6 +28,9 @@ _PENDING_MAX: Final = 64 * 1024
 _EVENT: Final = b"event: "
 _DATA: Final = b"data: "
 _starts = bytes.startswith
+# b"event: X" (or b"event: X\r") -> "X", shared by every decoder: a stream's names are mostly the last stream's,
+# and a pure function of the line. At most _NAME_CACHE_SIZE lines (then emptied); only checked lines go in.
+_NAMES: dict[bytes, str | None] = {}
 _unprefixed = bytes.removeprefix  # the very same object back when the prefix is absent
 
 
@@ -97,7 +100,7 @@ class SSEDecoder:
         self._id: str | None = None
         self._retry: int | None = None
         self._event_start = 0
-        self._names: dict[bytes, str | None] = {}  # b"event: X" -> "X", for the fast path
+        self._names = _NAMES  # b"event: X" -> "X", for the fast path
         # What the current feed() call completes, as columns: the event names, the data, and (index, id, retry)
         # for the rare frame whose block set an id or retry field.
         self._out_names: list[str | None] = []
@@ -189,9 +192,13 @@ class SSEDecoder:
                 buf += chunk[:end]
                 if len(buf) > self._line_max:
                     self._line_too_long(len(buf))
-                line = bytes(buf)
+                if buf.startswith(_DATA):  # the usual long line: its value copied once, straight from the buffer
+                    with memoryview(buf) as view:
+                        value = bytes(view[6:])
+                    self._add_data(value, self._buf_off)
+                else:
+                    self._process([bytes(buf)], self._buf_off, 1)
                 buf.clear()
-                self._process([line], self._buf_off, 1)
                 if end + 1 < len(chunk):
                     self._feed_sse(chunk[end + 1 :], base + end + 1)
                 return
@@ -607,27 +614,19 @@ class SSEDecoder:
             if len(line) > self._line_max:
                 self._buf_off = line_off
                 self._line_too_long(len(line))
-            name, _, value = line.partition(b":")
+            # The field name and value, the value's one leading space dropped: one slice (a long data line is
+            # copied once here, not by a partition and again by dropping its space).
+            colon = line.find(b":")
+            if colon < 0:
+                name, value = line, b""
+            else:
+                name = line[:colon]
+                value = line[colon + 2 :] if line.startswith(b" ", colon + 1) else line[colon + 1 :]
             if not name:
                 self.comments += 1
                 continue
-            if value[:1] == b" ":
-                value = value[1:]
             if name == b"data":
-                if not self._has_fields:
-                    self._has_fields = True
-                    self._event_start = line_off
-                if self._data:
-                    self._data_size += 1 + len(value)
-                else:
-                    self._data_size = len(value)
-                self._data.append(value)
-                if self._data_size > self._max:
-                    raise SSEError(
-                        f"SSE event data reached {self._data_size} bytes, over max_event_size={self._max}; "
-                        f"the event began at byte offset {self._event_start}",
-                        offset=self._event_start,
-                    )
+                self._add_data(value, line_off)
             elif name == b"event":
                 if not self._has_fields:
                     self._has_fields = True
@@ -646,6 +645,23 @@ class SSEDecoder:
                     self._event_start = line_off
                 self._retry = self.retry = int(value)
         return off
+
+    def _add_data(self, value: bytes, line_off: int) -> None:
+        """A data field's value (its line at stream offset `line_off`) for the event being built."""
+        if not self._has_fields:
+            self._has_fields = True
+            self._event_start = line_off
+        if self._data:
+            self._data_size += 1 + len(value)
+        else:
+            self._data_size = len(value)
+        self._data.append(value)
+        if self._data_size > self._max:
+            raise SSEError(
+                f"SSE event data reached {self._data_size} bytes, over max_event_size={self._max}; "
+                f"the event began at byte offset {self._event_start}",
+                offset=self._event_start,
+            )
 
     def _reset(self) -> None:
         self._has_fields = False
