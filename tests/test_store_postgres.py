@@ -116,6 +116,24 @@ async def test_a_group_commit_made_in_its_callers_task_and_the_writers_take_turn
     assert (await store.get("later")) is not None and store.errors == 0
 
 
+async def test_creates_and_appends_sharing_a_commit_land_or_fail_each_alone(store: PostgresStore) -> None:
+    await store.create(record("old"), [])
+    await store.append("old", [e(0, b"a")])
+    results = await asyncio.gather(
+        store.create(record("new"), [StoredItem("i1", b'{"n": 1}'), StoredItem("i2", b'{"n": 2}')]),
+        store.create(record("old"), [StoredItem("i3", b"{}")]),  # its id is taken
+        store.append("old", [e(1, b"b")]),
+        store.append("old", [e(0, b"again")]),  # its sequence number is taken
+        return_exceptions=True,
+    )
+    assert results[0] is None and isinstance(results[1], KeyError)
+    assert results[2] is None and isinstance(results[3], ValueError)
+    assert [i.data for i in (await store.input_items("new", limit=10, order="asc")).items] == [b'{"n": 1}',
+                                                                                              b'{"n": 2}']
+    assert (await store.input_items("old", limit=10, order="asc")).items == []
+    assert await store.events("old") == [e(0, b"a"), e(1, b"b")]
+
+
 async def test_one_bad_append_in_a_group_commit_fails_only_itself(store: PostgresStore) -> None:
     await store.create(record("good"), [])
     await store.create(record("bad"), [])

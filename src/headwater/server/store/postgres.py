@@ -393,20 +393,26 @@ class PostgresStore(Store):
                 return
 
     async def _commit(self, jobs: list[_Append]) -> None:
-        """All ``jobs`` at once (one statement when none is a create); when that fails, each alone, so one bad
-        job fails only itself."""
+        """All ``jobs`` at once: one statement for the creates (``_create``), one for the appends (``_append``),
+        each its own transaction (the appends of a response come only after its create returned, so the two
+        need no common one); when one fails as a whole, its jobs each alone, so one bad job fails only itself."""
         start = time.perf_counter()
+        problems: dict[int, BaseException] = {}
         try:
             conn = await self._writer_connection()
-            try:
-                problems = await self._apply(conn, jobs)
-            except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
-                problems = {}
-                for job in jobs:
-                    try:
-                        problems.update(await self._apply(conn, [job]))
-                    except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
-                        problems[id(job)] = exc
+            creates = [job for job in jobs if job.new is not None]
+            appends = [job for job in jobs if job.new is None] if creates else jobs
+            for group, write in ((creates, self._create), (appends, self._append)):
+                if not group:
+                    continue
+                try:
+                    problems.update(await write(conn, group))
+                except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
+                    for job in group:
+                        try:
+                            problems.update(await write(conn, [job]))
+                        except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem) as exc:
+                            problems[id(job)] = exc
         except Exception as exc:
             # Whatever stopped the commit (the server away, our session ended), these appends did not land as
             # far as we know: StoreUnavailable, so that no run publishes what may not be stored. The connection
@@ -446,40 +452,25 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 await self._pool.release(conn, timeout=self._timeout)
 
-    async def _apply(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
-        """The writes of one group commit, atomically. Without creates (the steady state: runs appending) that
-        is ONE statement, committed on its own (``_append``): one round trip per commit, where a transaction
-        around separate statements took five. With creates, a transaction: their inserts, then that statement.
-        A create that cannot land raises ``_Problem`` and an event that cannot (its sequence number is taken)
-        the integrity error: the whole is rolled back, for the caller to try job by job. An append whose
-        response is gone or no longer ours writes nothing and is returned, by job, with its error (the others
-        land)."""
-        if not any(job.new is not None for job in jobs):
-            return await self._append(conn, jobs)
-        async with conn.transaction():
-            await self._create(conn, [job.new for job in jobs if job.new is not None])
-            return await self._append(conn, [job for job in jobs if job.new is None])
-
-    async def _create(self, conn: asyncpg.Connection, created: list[tuple[StoredResponse, Sequence[StoredItem]]]
-                      ) -> None:
+    async def _create(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
+        """The responses and input items of the create ``jobs``, in one statement. A response id that exists
+        already raises ``_Problem`` (nothing of the statement lands; the caller tries job by job)."""
+        created = [job.new for job in jobs if job.new is not None]
+        items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
         try:
             await conn.execute(
-                "INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
-                "SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], "
-                "$6::text[])",
+                "WITH r AS (INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
+                "SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::text[])"
+                ") INSERT INTO input_items (response_id, position, item_id, data) "
+                "SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::bytea[])",
                 [r.id for r, _ in created], [r.owner for r, _ in created], [r.status for r, _ in created],
                 [r.created_at for r, _ in created], [r.data for r, _ in created],
                 [self.replica if r.status in UNFINISHED_STATUSES else None for r, _ in created],
+                [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items],
             )
         except asyncpg.exceptions.UniqueViolationError:
             raise _Problem(KeyError("a response with this id already exists")) from None
-        items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
-        if items:
-            await conn.execute(
-                "INSERT INTO input_items (response_id, position, item_id, data) "
-                "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])",
-                [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items],
-            )
+        return {}
 
     async def _append(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
         """``_APPEND`` for ``jobs`` (the appends of many responses); the jobs it refused, with their error."""
