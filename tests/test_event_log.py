@@ -8,8 +8,9 @@ holds a commit (or a live log's append) open where a test needs one in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from headwater.server.live.base import LiveRead
 from headwater.server.live.memory import MemoryLiveLog
 from headwater.server.live.redis import RedisLiveLog
 from headwater.server.runs import Runs
-from headwater.server.runs.log import EventLog
+from headwater.server.runs.log import EventLog, RunLog
 from headwater.server.store import Append, Entry, Fenced, MemoryStore, SQLiteStore, Store, StoredResponse
 from services import PrivateRedis
 
@@ -296,79 +297,84 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
-async def test_with_redis_holding_its_replies_commits_go_on_and_local_followers_get_each_one(
-    private_redis: PrivateRedis,
-) -> None:
-    # Redis is stopped (SIGSTOP: it takes the writer's call and answers nothing): each commit is still served to
-    # this process's followers at once and the next commit does not wait; the terminal batch counts as
-    # published only once Redis has it.
-    store = GatedStore()
-    live = RedisLiveLog(private_redis.url + "?prefix=held")
-    await live.open()
-    try:
-        await live.append("warm", [])  # (the script is loaded)
+class HeldRedis:
+    """A Redis live log on a redis-server of the test's own, which ``hold`` stops (SIGSTOP: it takes calls and
+    answers none) until the block ends."""
+
+    def __init__(self, redis: PrivateRedis, live: RedisLiveLog) -> None:
+        self.redis = redis
+        self.live = live
+
+    async def run(self) -> tuple[GatedStore, RedisLiveLog, RunLog]:
+        """A gated store with response "a", and that run's place in an event log over this live log."""
+        store = GatedStore()
         await created(store, "a")
-        log = EventLog(store)
-        a = log.open("a", live)
-        process = private_redis._process
+        return store, self.live, EventLog(store).open("a", self.live)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        process = self.redis._process
         assert process is not None
         process.send_signal(signal.SIGSTOP)
         try:
-            a.write([entry(0)])
-            await until(lambda: len(store.calls) == 1 and live._writer is not None, "the first commit")
-            a.write([entry(1)])
-            await until(lambda: len(store.calls) == 2, "the second commit, while Redis holds the first")
-            a.write([entry(2, "response.completed")])
-            done = asyncio.ensure_future(a.flushed())
-            await until(lambda: len(store.calls) == 3, "the third commit")
-            local = await live.read("a")
-            assert [e.sequence_number for e in local.entries] == [0, 1, 2] and local.ended
-            await asyncio.sleep(0.05)
-            assert not done.done()  # stored and served here, not yet in Redis
+            yield
         finally:
             process.send_signal(signal.SIGCONT)
-        await done
-        raw = redis.asyncio.Redis.from_url(private_redis.url)
-        try:
-            rows = await raw.xrange("held:events:a")
-        finally:
-            await raw.aclose()
-        assert [int(stream_id.split(b"-")[0]) - 1 for stream_id, _ in rows] == [0, 1, 2]
+
+
+@pytest.fixture
+async def held_redis(private_redis: PrivateRedis) -> AsyncIterator[HeldRedis]:
+    live = RedisLiveLog(private_redis.url + "?prefix=held")
+    await live.open()
+    await live.append("warm", [])  # (the script is loaded)
+    yield HeldRedis(private_redis, live)
+    await live.close()
+
+
+async def test_with_redis_holding_its_replies_commits_go_on_and_local_followers_get_each_one(
+    held_redis: HeldRedis,
+) -> None:
+    # Redis is stopped: each commit is still served to this process's followers at once and the next commit
+    # does not wait; the terminal batch counts as published only once Redis has it.
+    store, live, a = await held_redis.run()
+    with held_redis.hold():
+        a.write([entry(0)])
+        await until(lambda: len(store.calls) == 1 and live._writer is not None, "the first commit")
+        a.write([entry(1)])
+        await until(lambda: len(store.calls) == 2, "the second commit, while Redis holds the first")
+        a.write([entry(2, "response.completed")])
+        done = asyncio.ensure_future(a.flushed())
+        await until(lambda: len(store.calls) == 3, "the third commit")
+        local = await live.read("a")
+        assert [e.sequence_number for e in local.entries] == [0, 1, 2] and local.ended
+        await asyncio.sleep(0.05)
+        assert not done.done()  # stored and served here, not yet in Redis
+    await done
+    raw = redis.asyncio.Redis.from_url(held_redis.redis.url)
+    try:
+        rows = await raw.xrange("held:events:a")
     finally:
-        await live.close()
+        await raw.aclose()
+    assert [int(stream_id.split(b"-")[0]) - 1 for stream_id, _ in rows] == [0, 1, 2]
 
 
 async def test_behind_the_runs_pace_the_next_commit_waits_for_the_previous_ones_sending(
-    private_redis: PrivateRedis,
+    held_redis: HeldRedis,
 ) -> None:
     # A run that queued two batches during one commit is behind: the commit after them waits for the previous
     # commit's Redis sending (commits grow with the load) instead of starting at once.
-    store = GatedStore()
-    live = RedisLiveLog(private_redis.url + "?prefix=behind")
-    await live.open()
-    try:
-        await live.append("warm", [])
-        await created(store, "a")
-        log = EventLog(store)
-        a = log.open("a", live)
-        process = private_redis._process
-        assert process is not None
-        store.gate.clear()
-        a.write([entry(0)])
-        await until(lambda: len(store.calls) == 1, "the first commit")
-        process.send_signal(signal.SIGSTOP)
-        try:
-            a.write([entry(1)])
-            a.write([entry(2)])  # (two batches queued meanwhile: behind)
-            store.gate.set()
-            await until(lambda: len(store.calls) == 2, "the second commit")
-            a.write([entry(3)])
-            await asyncio.sleep(0.05)
-            assert len(store.calls) == 2  # held: the first commit's sending is not done
-            assert [e.sequence_number for e in (await live.read("a")).entries] == [0, 1, 2]
-        finally:
-            process.send_signal(signal.SIGCONT)
-        await until(lambda: len(store.calls) == 3, "the third commit, once Redis answered")
-        await a.flushed()
-    finally:
-        await live.close()
+    store, live, a = await held_redis.run()
+    store.gate.clear()
+    a.write([entry(0)])
+    await until(lambda: len(store.calls) == 1, "the first commit")
+    with held_redis.hold():
+        a.write([entry(1)])
+        a.write([entry(2)])  # (two batches queued meanwhile: behind)
+        store.gate.set()
+        await until(lambda: len(store.calls) == 2, "the second commit")
+        a.write([entry(3)])
+        await asyncio.sleep(0.05)
+        assert len(store.calls) == 2  # held: the first commit's sending is not done
+        assert [e.sequence_number for e in (await live.read("a")).entries] == [0, 1, 2]
+    await until(lambda: len(store.calls) == 3, "the third commit, once Redis answered")
+    await a.flushed()

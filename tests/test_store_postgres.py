@@ -191,6 +191,23 @@ async def test_a_fenced_append_in_a_group_commit_writes_nothing_and_the_others_l
     assert ending is not None and (ending.status, ending.data) == ("completed", b'{"done": 1}')
 
 
+async def locking(postgres_url: str, statement: str) -> asyncpg.Connection:
+    """Another session on the test's schema, inside a transaction that ran ``statement`` (and holds its locks)."""
+    base, _, schema = postgres_url.partition("?schema=")
+    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+    await conn.execute("BEGIN")
+    await conn.execute(statement)
+    return conn
+
+
+async def blocked_by(holder: asyncpg.Connection, append: asyncio.Future[None]) -> None:
+    """Until some session (the store's append) waits for a lock ``holder`` has; the append must not end first."""
+    while not await holder.fetchval("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                                    holder.get_server_pid()):
+        assert not append.done(), append
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("terminal", [False, True], ids=["events only", "with the terminal status"])
 async def test_an_append_racing_a_takeover_that_commits_first_is_fenced(
     store: PostgresStore, postgres_url: str, terminal: bool
@@ -198,18 +215,11 @@ async def test_an_append_racing_a_takeover_that_commits_first_is_fenced(
     # The takeover locks the row and bumps its token; the append (checked against the old token) must wait for
     # it and then see the new token: Fenced, nothing written, rather than events after the new owner's.
     await store.create(record("r1"), [])
-    base, _, schema = postgres_url.partition("?schema=")
-    takeover = await asyncpg.connect(base, server_settings={"search_path": schema})
+    takeover = await locking(postgres_url, "SELECT id FROM responses WHERE id = 'r1' FOR UPDATE")
     try:
-        await takeover.execute("BEGIN")
-        await takeover.execute("SELECT id FROM responses WHERE id = 'r1' FOR UPDATE")
         status = {"status": "completed", "data": b"{}"} if terminal else {}
         append = asyncio.ensure_future(store.append("r1", [e(0, b"old owner")], **status))  # type: ignore[arg-type]
-        while not await takeover.fetchval(  # until the append waits for the takeover's lock
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                takeover.get_server_pid()):
-            assert not append.done(), append
-            await asyncio.sleep(0.01)
+        await blocked_by(takeover, append)
         await takeover.execute("UPDATE responses SET lease_token = lease_token + 1, lease_replica = 'second' "
                                "WHERE id = 'r1'")
         await takeover.execute("COMMIT")
@@ -226,17 +236,10 @@ async def test_an_append_racing_a_delete_leaves_no_events_behind(store: Postgres
     # The delete locks the row first; the append waits for it and then finds no response: KeyError, and no
     # event of the deleted response stays in the table (events have no foreign key to cascade through).
     await store.create(record("r1"), [])
-    base, _, schema = postgres_url.partition("?schema=")
-    deleter = await asyncpg.connect(base, server_settings={"search_path": schema})
+    deleter = await locking(postgres_url, "DELETE FROM responses WHERE id = 'r1'")
     try:
-        await deleter.execute("BEGIN")
-        await deleter.execute("DELETE FROM responses WHERE id = 'r1'")
         append = asyncio.ensure_future(store.append("r1", [e(0, b"late")]))
-        while not await deleter.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                deleter.get_server_pid()):
-            assert not append.done(), append
-            await asyncio.sleep(0.01)
+        await blocked_by(deleter, append)
         await deleter.execute("DELETE FROM events WHERE response_id = 'r1'")
         await deleter.execute("COMMIT")
         with pytest.raises(KeyError):
