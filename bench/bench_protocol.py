@@ -15,7 +15,8 @@ Everything runs in one process, on the same byte streams, with no network and no
 * three real captures from ``tests/fixtures/captures/openai`` (exact upstream bytes, one response each), each
   framed as SSE (``event: <type>\\ndata: <line>\\n\\n``) and run as its own stream.
 
-Peers (all but "whole buffer" and the limit proxy are fed the bytes in 4 KiB chunks, as a socket read loop would):
+Peers (all but "whole buffer" and the limit proxy are fed the bytes in 1 KiB chunks, as a socket read loop would,
+and as issue 14 measures; ``--chunk`` changes it):
 
 * ``headwater decode``: ``headwater.protocol.stream.iter_events`` (SSE framing + typed msgspec events);
 * ``headwater decode+accumulate``: the same, each event fed to ``headwater.protocol.accumulate.Accumulator``,
@@ -591,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, help="timed runs per peer and stream; the best counts (default 7)"
     )
-    parser.add_argument("--chunk", type=int, default=4096, help="chunk size in bytes (default 4096)")
+    parser.add_argument(
+        "--chunk", type=int, default=1024, help="chunk size in bytes (default 1024, issue 14's measure)"
+    )
     parser.add_argument(
         "--min-time",
         type=float,
