@@ -8,7 +8,8 @@ Run from the repository root, in the project's venv:
 
 The ref's ``src/headwater/protocol`` is extracted (``git archive``) into a temporary package ``hwbase`` and
 imported beside this checkout's ``headwater.protocol``; both run in one process on the same bytes (the streams of
-``bench_protocol.py``: ``text`` with 2,000 deltas, ``fcall``, the three captures, 4 KiB chunks), taking turns, with
+``bench_protocol.py``: ``text`` with 2,000 deltas, ``fcall``, the three captures, in ``--chunk`` byte chunks: 1 KiB
+by default, issue 14's measure), taking turns, with
 the limit proxy of ``bench_protocol.py`` (``bytes.find`` framing + one typed msgspec decode) run in the same turns
 as the noise gauge. ``--instructions`` runs each (variant, peer, stream) in a child under ``valgrind --tool=callgrind``
 with 1 and 6 repetitions and reports the difference per event: machine load does not change it.
@@ -62,12 +63,12 @@ def stream_named(short: str) -> _streams.Stream:
     return _streams.capture_stream(name)
 
 
-def runners(variant: str, stream: _streams.Stream) -> dict[str, Callable[[], object]]:
+def runners(variant: str, stream: _streams.Stream, chunk: int) -> dict[str, Callable[[], object]]:
     """The peers of one variant ("new": this checkout, "base": the ref) over one stream."""
     prefix = "headwater" if variant == "new" else "hwbase"
     iter_events = importlib.import_module(f"{prefix}.protocol.stream").iter_events
     accumulator = importlib.import_module(f"{prefix}.protocol.accumulate").Accumulator
-    chunks = _streams.chunked(stream.data, 4096)
+    chunks = _streams.chunked(stream.data, chunk)
 
     def decode() -> None:
         for _ in iter_events(chunks):
@@ -101,12 +102,12 @@ def limit_proxy(stream: _streams.Stream) -> Callable[[], object]:
     return run
 
 
-def wall(streams: list[str], runs: int) -> None:
+def wall(streams: list[str], runs: int, chunk: int) -> None:
     for short in streams:
         stream = stream_named(short)
         cases: dict[str, Callable[[], object]] = {"limit": limit_proxy(stream)}
         for variant in ("base", "new"):
-            for peer, run in runners(variant, stream).items():
+            for peer, run in runners(variant, stream, chunk).items():
                 cases[f"{variant} {peer}"] = run
         best = dict.fromkeys(cases, float("inf"))
         for run in cases.values():
@@ -127,20 +128,20 @@ def wall(streams: list[str], runs: int) -> None:
         print(f"{short:8} limit {limit:.2f} us/event | {cells}", flush=True)
 
 
-def child(variant: str, peer: str, short: str, times: int) -> None:
+def child(variant: str, peer: str, short: str, times: int, chunk: int) -> None:
     stream = stream_named(short)
-    run = limit_proxy(stream) if peer == "limit" else runners(variant, stream)[peer]
+    run = limit_proxy(stream) if peer == "limit" else runners(variant, stream, chunk)[peer]
     run()
     gc.disable()
     for _ in range(times):
         run()
 
 
-def instructions(streams: list[str], ref_dir: str, *, base: bool = True) -> None:
+def instructions(streams: list[str], ref_dir: str, chunk: int, *, base: bool = True) -> None:
     def collected(variant: str, peer: str, short: str, times: int) -> int:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             "--child", variant, peer, short, str(times), "--ref-dir", ref_dir],
+             "--child", variant, peer, short, str(times), "--ref-dir", ref_dir, "--chunk", str(chunk)],
             capture_output=True, text=True, check=True,
         ).stderr
         return int(re.search(r"Collected : (\d+)", out).group(1))  # type: ignore[union-attr]
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default=",".join(STREAMS), help=f"comma-separated, of {','.join(STREAMS)}")
     parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
     parser.add_argument("--new-only", action="store_true", help="with --instructions: skip the ref's figures")
+    parser.add_argument("--chunk", type=int, default=1024, help="chunk size in bytes (default 1024, issue 14's)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--ref-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -178,16 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, ref_dir)
         if args.child:
             variant, peer, short, times = args.child
-            child(variant, peer, short, int(times))
+            child(variant, peer, short, int(times), args.chunk)
         elif args.instructions:
-            print(f"instructions per event, {args.ref} (base) vs this checkout (new); ratio: the limit proxy's / it")
-            instructions(streams, ref_dir, base=not args.new_only)
+            print(f"instructions per event, {args.ref} (base) vs this checkout (new), {args.chunk} B chunks; "
+                  "ratio: the limit proxy's / it")
+            instructions(streams, ref_dir, args.chunk, base=not args.new_only)
         else:
             import os
 
-            print(f"us/event, best of {args.runs} alternating turns, gc off, load {os.getloadavg()[0]:.2f}; "
+            print(f"us/event, best of {args.runs} alternating turns, gc off, {args.chunk} B chunks, load {os.getloadavg()[0]:.2f}; "
                   f"base = {args.ref}, new = this checkout; ratio: the limit proxy's time / it")
-            wall(streams, args.runs)
+            wall(streams, args.runs, args.chunk)
     return 0
 
 
