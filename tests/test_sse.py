@@ -771,3 +771,31 @@ def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
     assert frames == Reference(stream).frames
     assert [f.event for f in frames[:4]] == ["e0", "e1", "e2", "e0"]
     assert frames[-1] == Frame(None, b'{"n":39}')
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"event: e\n",  # the start of an event whose first line is complete: kept whole
+        b"event: e\ndata: {\"n\":",  # ... and a partial second line: kept whole
+        b"event: e\ndata: {\"n\":9}\n",  # two complete lines: applied now, the blank line comes next chunk
+        b"id: 4\n",  # a line that changes visible state: applied now (last_event_id)
+        b": ping\n",  # a comment: counted now
+        b"data: " + b"x" * 120,  # longer than the kept start may be (max_event_size=160 here)
+    ],
+)
+def test_one_call_path_tail_after_whole_events(tail: bytes) -> None:
+    # The chunk completes whole common events and ends inside the next one: feed_columns takes its one-call
+    # path and decides there (not in `_rest`) whether to keep that tail whole or apply its lines now.
+    head = b"".join(b"event: e\ndata: {\"n\":%d}\n\n" % i for i in range(3))
+    stream = head + tail + b"\n\ndata: end\n\n"
+    cut = len(head) + len(tail)
+    decoder = SSEDecoder(max_event_size=160)
+    decoder.feed(b"data: first\n\n")  # past the start of the stream: mode known, the fast path ready
+    first = decoder.feed(stream[:cut])
+    assert [f.data for f in first] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    if tail.startswith(b"id: "):
+        assert decoder.last_event_id == "4"
+    assert decoder.comments == (1 if tail.startswith(b":") else 0)
+    frames = first + decoder.feed(stream[cut:]) + decoder.close()
+    assert frames == Reference(b"data: first\n\n" + stream).frames[1:]

@@ -27,11 +27,15 @@ _NAME_CACHE_SIZE: Final = 256
 _PENDING_MAX: Final = 64 * 1024
 _EVENT: Final = b"event: "
 _DATA: Final = b"data: "
+_FIRST: Final = (_EVENT, _DATA)  # the first lines an unfinished event may keep whole (see `_rest`)
 _starts = bytes.startswith
 # b"event: X" (or b"event: X\r") -> "X", shared by every decoder: a stream's names are mostly the last stream's,
 # and a pure function of the line. At most _NAME_CACHE_SIZE lines (then emptied); only checked lines go in.
 _NAMES: dict[bytes, str | None] = {}
 _unprefixed = bytes.removeprefix  # the very same object back when the prefix is absent
+# Endless, shared: map() stops at its first (finite) iterable, so one repeat serves every call (none made a call).
+_EVENTS: Final = repeat(_EVENT)
+_DATAS: Final = repeat(_DATA)
 
 
 class Frame(msgspec.Struct, gc=False):
@@ -127,15 +131,26 @@ class SSEDecoder:
             pending = self._pending
             joined = pending + chunk if pending else chunk
             cut = joined.rfind(b"\n\n") + 2
+            end = len(joined)
             if 2 <= cut <= self._max:
-                columns = self._columns(joined[:cut] if cut < len(joined) else joined)
+                columns = self._columns(joined[:cut] if cut < end else joined)
                 if columns is not None:
                     base = self._pending_off if pending else self._pos
                     self._pos += len(chunk)
-                    self._pending = b""
-                    if cut < len(joined):
+                    if cut == end:
+                        self._pending = b""
+                        return columns
+                    # `_rest`, its common case inline (one call less a chunk): the chunk ends inside an event
+                    # that has at most its first line complete, an "event:" or "data:" one; keep it whole.
+                    rest = joined[cut:]
+                    lines = rest.count(10)
+                    if end - cut <= self._pending_max and (not lines or (lines == 1 and rest.startswith(_FIRST))):
+                        self._pending = rest
+                        self._pending_off = base + cut
+                    else:
+                        self._pending = b""
                         self._out_names, self._out_data = columns
-                        self._rest(joined[cut:], base + cut)
+                        self._general(rest, base + cut)
                     return columns
         names: list[str | None] = []
         data: list[bytes] = []
@@ -383,10 +398,8 @@ class SSEDecoder:
         """Take `rest` (LF line ends, no blank line, at stream offset `off`): what follows a chunk's last whole
         event. The common case: a chunk ends inside an event. Keep that event's start whole, unless it is long or
         has a complete line that changes state visible now (an id, retry or comment line)."""
-        eol = rest.find(b"\n")
-        if len(rest) <= self._pending_max and (
-            eol < 0 or (rest.find(b"\n", eol + 1) < 0 and rest.startswith((b"event: ", b"data: ")))
-        ):
+        lines = rest.count(10)
+        if len(rest) <= self._pending_max and (not lines or (lines == 1 and rest.startswith(_FIRST))):
             self._pending = rest
             self._pending_off = off
         else:
@@ -435,7 +448,7 @@ class SSEDecoder:
             else:
                 names = list(map(cache.get, heads))
                 if None in names:  # a name not cached yet (or an empty one); only checked lines are cached
-                    if not all(map(_starts, heads, repeat(_EVENT, size))):
+                    if not all(map(_starts, heads, _EVENTS)):
                         return None
                     for index, name in enumerate(names):
                         if name is None:
@@ -446,7 +459,7 @@ class SSEDecoder:
             names = [None] * len(body)
         else:
             return None
-        data = list(map(_unprefixed, body, repeat(_DATA, len(body))))
+        data = list(map(_unprefixed, body, _DATAS))
         if any(map(is_, data, body)):
             return None  # a line that is not "data: ..." where the data line stands
         return names, data

@@ -8,9 +8,8 @@ checker reports it) rather than trusted.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from itertools import chain, repeat
+from itertools import chain, repeat, starmap
 from operator import attrgetter
 
 import msgspec
@@ -56,8 +55,7 @@ class EventDecoder:
         return self._frames.comments
 
     def feed(self, chunk: bytes) -> list[Event]:
-        names, data = self._frames.feed_columns(chunk)
-        return self._decode(names, data) if data else []
+        return self._decode(*self._frames.feed_columns(chunk))
 
     def close(self) -> list[Event]:
         """End of input: whatever complete event the decoder still holds."""
@@ -71,19 +69,21 @@ class EventDecoder:
         decoder mapped over the payloads, each payload kept on its event as ``_raw``, and the event names
         compared with the types as two lists. A batch holding anything that decoder refuses (``[DONE]``, an
         unknown type, a field that does not fit) or names that differ from the types goes event by event."""
-        if self._camel or not data:
+        if not data:
+            return []
+        if self._camel:
             return self._decode_each(names, data)
         try:
             events: list[Event] = list(map(_fast_decode, data))
         except msgspec.MsgspecError:
             return self._decode_each(names, data)
         # Each payload on its event (``raw_json``): one C call an event (a frozen Struct's ``__dict__`` entry).
-        deque(map(force_setattr, events, repeat("_raw"), data), 0)
+        any(map(force_setattr, events, _RAW, data))  # force_setattr returns None: any() runs it on every event
         count = len(names)
         first = names[0]
         # One name for the whole batch (or none), the common case: compare classes, not type strings.
         if names.count(first) == count and (
-            first is None or list(map(type, events)).count(EVENT_CLASSES.get(first, type(None))) == count
+            first is None or list(map(type, events)).count(EVENT_CLASSES.get(first, _NoneType)) == count
         ):
             self.events_decoded += count
             return events
@@ -112,6 +112,8 @@ class EventDecoder:
 
 
 _fast_decode = fast_decoder.decode
+_RAW = repeat("_raw")  # endless and shared: map() stops at its finite iterables
+_NoneType = type(None)  # no event's class: a name outside EVENT_CLASSES matches nothing
 _type_of = attrgetter("type")
 
 
@@ -120,8 +122,11 @@ def iter_events(
 ) -> Iterator[Event]:
     """Typed events from an iterable of byte chunks (SSE or JSONL, detected from the first bytes)."""
     decoder = EventDecoder(lenient=lenient, camel=camel, max_event_size=max_event_size)
-    # Chained C iterators, not a generator: handing out each event costs no Python frame resumption.
-    return chain(chain.from_iterable(map(decoder.feed, chunks)), _closing(decoder))
+    # Chained C iterators, not a generator: handing out each event costs no Python frame resumption. And
+    # ``decoder.feed`` unrolled: the framer's columns go straight to the batch decoder (``starmap`` unpacks the
+    # pair in C), one Python call a chunk less, which 1 KiB chunks of ~4 events notice.
+    batches = starmap(decoder._decode, map(decoder._frames.feed_columns, chunks))
+    return chain(chain.from_iterable(batches), _closing(decoder))
 
 
 def _closing(decoder: EventDecoder) -> Iterator[Event]:
