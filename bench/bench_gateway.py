@@ -22,6 +22,9 @@ HTTP clients a relay could use, reading the same mock in one process: CPU per ev
     python bench/bench_gateway.py --clients-only         # just the upstream-client comparison
     python bench/bench_gateway.py --baseline /tmp/base/src --targets hw-responses-memory@base,hw-responses-memory
                                                           # A/B: the same target from another source tree
+    python bench/bench_gateway.py --baseline /tmp/base/src --turns 4 --targets direct,hw-responses-memory@base,hw-responses-memory
+                                                          # the A/B in turns: every target up at once, each
+                                                          # measured a quarter of the time, 4 times, in turns
 
 `hw-*-pg-x2` runs `headwater serve --workers 2` (two forked replicas accepting on one port; PostgreSQL + Redis).
 """
@@ -376,6 +379,31 @@ def _summary(results: list[StreamResult], errors: list[str], elapsed: float) -> 
         "later_p50": _pct(later, 0.5),
         "later_p99": _pct(later, 0.99),
         "elapsed": elapsed,
+        "firsts": firsts,  # the samples, for pooling several turns (``_pooled``); not printed
+        "later": later,
+    }
+
+
+def _pooled(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several measurements of one target (``--turns``) as one: counts summed, percentiles over every sample."""
+    firsts = [x for t in turns for x in t["firsts"]]
+    later = [x for t in turns for x in t["later"]]
+    events = sum(t["events"] for t in turns)
+    cpu = [t["cpu_s"] for t in turns if t.get("cpu_s") is not None]
+    return {
+        **{key: sum(t[key] for t in turns) for key in ("streams_done", "streams_ok", "errors", "stalled", "events",
+                                                        "elapsed")},
+        "error_sample": [e for t in turns for e in t["error_sample"]][:3],
+        "events_per_s": events / sum(t["elapsed"] for t in turns),
+        "first_p50": _pct(firsts, 0.5),
+        "first_p99": _pct(firsts, 0.99),
+        "later_p50": _pct(later, 0.5),
+        "later_p99": _pct(later, 0.99),
+        "cpu_s": sum(cpu) if cpu else None,
+        "cpu_us_per_event": sum(cpu) / events * 1e6 if cpu and events else None,
+        "load_avg": max(t["load_avg"] for t in turns),
+        "firsts": firsts,
+        "later": later,
     }
 
 
@@ -535,9 +563,33 @@ def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
         raise RuntimeError(f"the load generator failed against {target.name}")
     result: dict[str, Any] = json.loads(out.read_text())
     out.unlink()
+    result["cpu_s"] = cpu
     result["cpu_us_per_event"] = cpu / result["events"] * 1e6 if cpu is not None and result["events"] else None
     result["load_avg"] = os.getloadavg()[0]
     return result
+
+
+def measure_in_turns(names: list[str], mock_port: int, baseline: str | None, stream_counts: list[int],
+                     seconds: float, turns: int) -> dict[int, dict[str, dict[str, Any]]]:
+    """Every target started at once, then measured ``turns`` times for ``seconds / turns`` each, the targets in
+    turns (forwards, then backwards), so that a drifting load falls on all of them alike; samples pooled."""
+    targets: list[tuple[str, Target]] = []
+    try:
+        for name in names:
+            targets.append((name, start_target(name, mock_port, baseline)))
+        results: dict[int, dict[str, dict[str, Any]]] = {}
+        for streams in stream_counts:
+            total = max(seconds, 8 * DELTAS * INTERVAL * 1.1) if streams == 1 else seconds
+            print(f"  {streams} streams: {turns} turns of {total / turns:.1f} s per target ...", flush=True)
+            measured: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for turn in range(turns):
+                for name, target in targets if turn % 2 == 0 else reversed(targets):
+                    measured[name].append(measure(target, streams, total / turns))
+            results[streams] = {name: _pooled(runs) for name, runs in measured.items()}
+        return results
+    finally:
+        for _, target in targets:
+            target.stop()
 
 
 # --- upstream clients compared (one process, the same mock) --------------------------------------------------
@@ -654,6 +706,10 @@ def main() -> None:
     parser.add_argument("--clients", default="64,512", help="stream counts for the upstream-client comparison "
                                                            "('' to skip)")
     parser.add_argument("--clients-only", action="store_true")
+    parser.add_argument("--turns", type=int, default=1,
+                        help="measure in turns: every target started at once, then each measured for "
+                             "SECONDS/TURNS at a time, in turns (forwards, then backwards), TURNS times, its "
+                             "samples pooled (an A/B on a machine whose load drifts)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--baseline", help="a headwater source tree (its src/ directory) that targets named "
                                            "NAME@base run from, e.g. `git worktree add /tmp/base <commit>`")
@@ -678,7 +734,12 @@ def main() -> None:
     try:
         _wait_port(mock_port, mock)
         results: dict[int, dict[str, dict[str, Any]]] = {}
-        if not args.clients_only:
+        if not args.clients_only and args.turns > 1:
+            results = measure_in_turns(args.targets.split(","), mock_port, args.baseline,
+                                       list(map(int, args.streams.split(","))), seconds, args.turns)
+            report(results)
+            everything["gateway"] = results
+        elif not args.clients_only:
             for name in args.targets.split(","):
                 target = start_target(name, mock_port, args.baseline)
                 try:
@@ -707,6 +768,10 @@ def main() -> None:
                     print(f"{name:<48} {streams:>7} {f['chunks']:>7} {f['cpu_us_per_chunk']:>12.1f} "
                           f"{f['chunks_per_s']:>9,.0f} {os.getloadavg()[0]:>5.2f}")
         if args.json:
+            for by_target in everything.get("gateway", {}).values():
+                for figures in by_target.values():
+                    figures.pop("firsts", None)  # (the samples: only for pooling)
+                    figures.pop("later", None)
             Path(args.json).write_text(json.dumps(everything, indent=1))
     finally:
         mock.terminate()
