@@ -615,11 +615,8 @@ class Accumulator:
                         self._last_seq = seq
                         slot: Any = self._hot_slot
                         slot.chunks.append(delta.delta)
-                        logprobs = delta.logprobs
-                        if logprobs:
-                            if slot.logprobs is None:
-                                slot.logprobs = []
-                            slot.logprobs.extend(logprobs)
+                        if delta.logprobs:
+                            _add_logprobs(slot, delta.logprobs)
                         return
                 elif getattr(delta, self._hot_sub_name) == self._hot_sub:
                     self._last_seq = seq
@@ -1119,11 +1116,8 @@ class Accumulator:
             self._late_delta(event, state, "content", index)
             return
         slot.chunks.append(event.delta)
-        logprobs = event.logprobs
-        if logprobs:
-            if slot.logprobs is None:
-                slot.logprobs = []
-            slot.logprobs.extend(logprobs)
+        if event.logprobs:
+            _add_logprobs(slot, event.logprobs)
         state.snap = None
         self._snap = None
         self._arm(event, "content_index", index, slot, state)
@@ -1545,3 +1539,10 @@ async def aaccumulate(events: AsyncIterable[Event]) -> Accumulator:
         acc.feed(event)
     acc.end()
     return acc
+
+
+def _add_logprobs(slot: Any, logprobs: list[Any]) -> None:
+    """A text delta's logprobs onto its content slot (rare: only when the request asked for them)."""
+    if slot.logprobs is None:
+        slot.logprobs = []
+    slot.logprobs.extend(logprobs)
