@@ -13,6 +13,15 @@ shared): commands run per event (those inside scripts too), script calls per eve
     python bench/bench_scale.py --streams 1000        # all three set-ups (defaults: --steps 300 --delay 0.02)
     python bench/bench_scale.py --streams 200 --only sqlite
     python bench/bench_scale.py --only kill           # two replicas, one killed mid-run: lost streams
+    python bench/bench_scale.py --only pg-redis --delay 0.04 --steps 150 --baseline /tmp/base/src --repeats 3
+
+`--baseline SRC` runs every set-up twice, with this tree's servers and with those of another source tree
+(`PYTHONPATH=SRC`, e.g. `git archive <commit> src | tar -x -C /tmp/base`), in alternating order, each line
+tagged `"code": "tree"` or `"baseline"`; `--repeats N` runs it all N times: a code A/B in one run, under one
+load. `cpu_cores_steady` is where the machine's CPU went from 30 % to 80 % of a stream's nominal length (in
+cores: 1.0 = one core for the whole time; /proc): the servers, the load generator, PostgreSQL, the bench's
+Redis, other processes (`other_top` names the biggest), interrupts (`irq`: loopback TCP mostly), `steal`, and
+the machine's `busy` and `idle` -- whether the machine was saturated, and by whom.
 
 Set-ups: `sqlite` (one process, SQLite, in-process live log: the embedded default), `pg-redis` (`--workers 2`:
 two worker processes on one port, each a replica, sharing PostgreSQL and Redis), `kill` (the same, and one
@@ -55,6 +64,8 @@ from headwater.server.testing import ServeProcess, drop_schema  # noqa: E402
 
 POSTGRES = os.environ.get("HEADWATER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("HEADWATER_TEST_REDIS", "redis://127.0.0.1:6379/0")  # (--redis shared; default: private)
+_RUNS = 0  # set-ups run so far
+REDIS_PID: int | None = None  # the bench's own redis-server (its CPU in cpu_cores_steady)
 
 
 # --- the load generator (runs in its own process) -------------------------------------------------------------
@@ -262,6 +273,56 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine() -> tuple[dict[int, tuple[str, float]], float, float, float, float]:
+    """Every process's (name, CPU seconds so far), and the machine's busy and total CPU seconds (/proc/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    processes: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, rest = Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")
+        except OSError:
+            continue
+        fields = rest.split()
+        processes[int(entry.name)] = (head.partition("(")[2], (int(fields[11]) + int(fields[12])) / tick)
+    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle + iowait
+    return processes, (sum(cpu[:8]) - idle) / tick, sum(cpu[:8]) / tick, (cpu[5] + cpu[6]) / tick, cpu[7] / tick
+
+
+def _cpu_split(before: tuple[dict[int, tuple[str, float]], float, float, float, float],
+               after: tuple[dict[int, tuple[str, float]], float, float, float, float],
+               servers: list[int], load_pid: int | None, redis_pid: int | None) -> dict[str, Any]:
+    """Where the machine's CPU went between two ``_machine`` snapshots, in cores (1.0 = one core busy for the
+    whole time): the servers, the load generator, PostgreSQL (all its processes), the bench's Redis, everything
+    else (other people's work, the kernel's own threads), and the whole machine's busy and idle."""
+    wall = (after[2] - before[2]) / (os.cpu_count() or 1)
+    split = {"servers": 0.0, "load": 0.0, "postgres": 0.0, "redis": 0.0, "other": 0.0}
+    others: dict[str, float] = {}
+    for pid, (name, cpu) in after[0].items():
+        spent = cpu - before[0].get(pid, (name, 0.0))[1]
+        if pid in servers:
+            split["servers"] += spent
+        elif pid == load_pid:
+            split["load"] += spent
+        elif name == "postgres":
+            split["postgres"] += spent
+        elif pid == redis_pid:
+            split["redis"] += spent
+        else:
+            split["other"] += spent
+            others[name] = others.get(name, 0.0) + spent
+    cores: dict[str, Any] = {k: round(v / wall, 2) for k, v in split.items()}
+    cores["irq"] = round((after[3] - before[3]) / wall, 2)  # (interrupts and softirqs: loopback TCP, mostly)
+    cores["steal"] = round((after[4] - before[4]) / wall, 2)  # (the hypervisor ran someone else)
+    cores["busy"] = round((after[1] - before[1]) / wall, 2)
+    cores["unattributed"] = round(cores["busy"] - sum(cores[k] for k in (*split, "irq", "steal")), 2)
+    cores["idle"] = round((os.cpu_count() or 1) - cores["busy"], 2)
+    cores["other_top"] = {k: round(v / wall, 2) for k, v in sorted(others.items(), key=lambda kv: -kv[1])[:3]}
+    return cores
+
+
 def _workers(pid: int, expected: int = 1) -> list[int]:
     """The processes that serve: the worker children of a ``--workers`` parent (waiting a little for all
     ``expected`` of them to be forked), else the process itself."""
@@ -309,26 +370,32 @@ def _load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> dict[str, Any]:
+def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
+        env: dict[str, str] | None = None) -> dict[str, Any]:
+    global _RUNS
+    _RUNS += 1
+    workdir = workdir / f"run-{_RUNS}"  # (each run its own logs and SQLite file: --repeats, --baseline)
+    workdir.mkdir()
     script = workdir / f"script-{setup}.json"
     script.write_text(json.dumps([{"text": f"w{n} "} for n in range(steps)] + [{"finish": "stop"}]))
     common = ["--backend", "scripted", "--backend-option", f"script={script}", "--backend-option",
               f"delay={delay}", "--keepalive", "5", "--max-running", str(max(streams, 1))]
-    schema = f"hw_bench_{os.getpid()}_{setup.replace('-', '_')}"
-    prefix = f"hw_bench_{os.getpid()}_{setup}"
+    schema = f"hw_bench_{os.getpid()}_{_RUNS}_{setup.replace('-', '_')}"
+    prefix = f"hw_bench_{os.getpid()}_{_RUNS}_{setup}"
     workers = 1
     if setup == "sqlite":
         servers = [ServeProcess(*common, "--store", f"sqlite://{workdir / 'bench.sqlite3'}",
-                                log_path=str(workdir / f"{setup}.log"))]
+                                log_path=str(workdir / f"{setup}.log"), env=env)]
     elif setup == "pg-redis":  # one port, two worker processes (each a replica)
         workers = 2
         servers = [ServeProcess(*common, "--store", f"{POSTGRES}?schema={schema}", "--events",
-                                f"{REDIS}?prefix={prefix}", "--workers", "2", log_path=str(workdir / f"{setup}.log"))]
+                                f"{REDIS}?prefix={prefix}", "--workers", "2", log_path=str(workdir / f"{setup}.log"),
+                                env=env)]
     else:  # two replicas on two ports; one is killed halfway
         store = f"{POSTGRES}?schema={schema}"
         events = f"{REDIS}?prefix={prefix}"
         servers = [ServeProcess(*common, "--store", store, "--events", events, "--lease", "3",
-                                log_path=str(workdir / f"{setup}-{n}.log")) for n in range(2)]
+                                log_path=str(workdir / f"{setup}-{n}.log"), env=env) for n in range(2)]
     for server in servers:
         server.start(60)
     pids = [pid for s in servers if s.process for pid in _workers(s.process.pid, workers)]
@@ -339,6 +406,13 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> di
     targets = [("127.0.0.1", s.port) for s in servers]
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pending = pool.apply_async(load, (targets, streams))
+        split: dict[str, Any] = {}
+        if setup != "kill":  # the steady state: from 30 % to 80 % of a stream's nominal length
+            time.sleep(steps * delay * 0.3)
+            before = _machine()
+            time.sleep(steps * delay * 0.5)
+            load_pid = next(iter(p.pid for p in getattr(pool, "_pool", [])), None)
+            split = _cpu_split(before, _machine(), pids, load_pid, REDIS_PID)
         if setup == "kill":
             time.sleep(steps * delay / 2)
             assert servers[0].process is not None
@@ -391,6 +465,8 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path) -> di
         "load_cpu_us_per_event": round(load_cpu * per_event, 1),
         "load_avg_1min": [load_before, load_after],
     }
+    if split:
+        figures["cpu_cores_steady"] = split
     if redis_after:
         delta = {k: redis_after.get(k, 0.0) - redis_before.get(k, 0.0) for k in redis_after}
         figures["redis_commands_per_event"] = round(delta["received"] / total_events, 3)
@@ -410,6 +486,8 @@ def private_redis(workdir: Path) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    global REDIS_PID
+    REDIS_PID = process.pid
     try:
         url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 10
@@ -448,6 +526,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["sqlite", "pg-redis", "kill"], action="append")
     parser.add_argument("--redis", choices=["private", "shared"], default="private",
                         help="a redis-server of the bench's own (default), or $HEADWATER_TEST_REDIS")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="another source tree's src/ (for instance from `git archive`): each set-up runs with "
+                             "this tree's servers and with that one's (PYTHONPATH=SRC), alternating")
+    parser.add_argument("--repeats", type=int, default=1, help="run every set-up (and code) this many times")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: --streams {args.streams} --steps "
           f"{args.steps} --delay {args.delay}; load average before: {os.getloadavg()}", flush=True)
@@ -455,8 +537,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.redis == "private":
             REDIS = stack.enter_context(private_redis(Path(tmp)))
-        for setup in args.only or ["sqlite", "pg-redis", "kill"]:
-            print(json.dumps(run(setup, args.streams, args.steps, args.delay, Path(tmp))), flush=True)
+        for repeat in range(args.repeats):
+            for setup in args.only or ["sqlite", "pg-redis", "kill"]:
+                codes: list[tuple[str, str | None]] = [("tree", None)]
+                if args.baseline:  # (the order alternates, so that a drifting load falls on both alike)
+                    codes.append(("baseline", str(Path(args.baseline).resolve())))
+                    if repeat % 2:
+                        codes.reverse()
+                for code, src in codes:
+                    figures = run(setup, args.streams, args.steps, args.delay, Path(tmp),
+                                  env={"PYTHONPATH": src} if src else None)
+                    if args.baseline:
+                        figures = {"code": code, **figures}
+                    print(json.dumps(figures), flush=True)
     print(f"{time.strftime('%H:%M:%S UTC', time.gmtime())}: load average after: {os.getloadavg()}")
 
 
