@@ -16,7 +16,6 @@ import socket
 import sys
 from typing import Any
 
-import aiohttp
 import pytest
 
 from headwater.protocol.accumulate import Accumulator
@@ -26,6 +25,7 @@ from headwater.protocol.resources import FunctionCall, Message, ReasoningItem, R
 from headwater.protocol.sse import encode_frame
 from headwater.protocol.stream import iter_events
 from headwater.protocol.writer import ResponseWriter
+from headwater.server.backends._http import HTTPClient
 from headwater.server.backends.base import (
     BackendError,
     ChatMessage,
@@ -638,11 +638,15 @@ async def test_closing_the_steps_closes_the_upstream_connection() -> None:
 
 
 async def test_an_own_client_is_used_and_left_open() -> None:
-    async with (
-        ReplayUpstream([sse_reply(fixture("chat/ollama-stop.sse"))]) as upstream,
-        aiohttp.ClientSession() as client,
-    ):
+    client = HTTPClient()
+    async with ReplayUpstream([sse_reply(fixture("chat/ollama-stop.sse"))] * 2) as upstream:
         backend = ChatBackend(upstream.url, client=client)
         assert (await steps_of(backend))[0] == TextDelta("The")
+        await asyncio.gather(*backend.upstream._draining)  # (the body's end, read in the background)
         await backend.aclose()
         assert not client.closed
+        other = ChatBackend(upstream.url, client=client)  # the same client, its kept connection
+        assert (await steps_of(other))[0] == TextDelta("The")
+        await other.aclose()
+        client.close()
+    assert upstream.connections == 1

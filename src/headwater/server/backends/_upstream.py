@@ -1,12 +1,13 @@
-"""The HTTP plumbing the upstream backends share: endpoint URLs, one aiohttp session with its time-outs, the
-POST that opens a stream, and SSE frames out of it (through ``headwater.protocol.sse.SSEDecoder``).
+"""The HTTP plumbing the upstream backends share: endpoint URLs, one HTTP client (``_http.HTTPClient``) with its
+time-outs, the POST that opens a stream, and SSE frames out of it (through ``headwater.protocol.sse.SSEDecoder``).
 
-aiohttp, not httpx, by measurement (bench/bench_gateway.py, "upstream HTTP clients"): reading the same paced
-streams, httpx/httpcore spends several times aiohttp's CPU per chunk, and it is the biggest part of what a relayed
-event costs. The session's pool has no caps (every open stream holds its connection; idle ones are kept alive).
-A stream whose consumer stopped at its end (the terminal event, ``[DONE]``) gives its connection back to the
-pool once the body's last bytes have come (the chunked body's end often comes in a packet of its own); a stream
-left in the middle is closed, so that the upstream sees the disconnect and stops generating.
+The client is Headwater's own (httptools, keep-alive, no pool caps), not a general one, by measurement
+(bench/bench_gateway.py, "upstream HTTP clients"): httpx/httpcore spent several times aiohttp's CPU per chunk, and
+aiohttp's per-chunk and per-request layers were still a large part of what a relayed event and a create cost.
+Every open stream holds its connection; idle ones are kept alive. A stream whose consumer stopped at its end
+(the terminal event, ``[DONE]``) gives its connection back to the pool once the body's last bytes have come (the
+chunked body's end often comes in a packet of its own); a stream left in the middle is closed, so that the
+upstream sees the disconnect and stops generating.
 
 Every transport trouble becomes a ``BackendError`` naming the upstream: an error status (with the upstream's
 own message), a refused connection, a time-out (504), a connection dropped mid-stream (502). No retries: a
@@ -22,12 +23,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from headwater.protocol.errors import SSEError
 from headwater.protocol.sse import Frame, SSEDecoder
 
+from ._http import Answer, ConnectTimeout, HTTPClient
 from .base import BackendError, GenerationRequest
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MODEL",
     "DEFAULT_READ_TIMEOUT",
+    "HTTPClient",
     "Upstream",
     "UpstreamBackend",
     "UpstreamStream",
@@ -136,9 +138,10 @@ def _short(text: str, limit: int = 500) -> str:
 class Upstream:
     """One upstream endpoint: where to POST, with which key and headers, through which client.
 
-    ``client``: an ``aiohttp.ClientSession`` to use (and not close); otherwise one is made on first use (in the
-    running loop) with ``connect_timeout`` and ``read_timeout`` (seconds between two reads of a stream), and
-    closed by ``aclose``.
+    ``client``: an ``HTTPClient`` to use (and not close: several upstreams may share one); otherwise one is made
+    on first use (in the running loop) and closed by ``aclose``. ``connect_timeout``: seconds to connect;
+    ``read_timeout``: seconds the upstream may send nothing (for the answer's head, then between two reads of
+    the stream).
     """
 
     def __init__(
@@ -150,35 +153,39 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
-        client: aiohttp.ClientSession | None = None,
+        client: HTTPClient | None = None,
     ) -> None:
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ValueError("connect_timeout and read_timeout must be positive (seconds)")
         self.url = endpoint_url(base, path)
+        self._parts = urlsplit(self.url)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.headers = {
             "content-type": "application/json",
             "accept": "text/event-stream",
+            "accept-encoding": "identity",
             "user-agent": _USER_AGENT,
         }
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
         self.headers.update({k.lower(): v for k, v in (headers or {}).items()})
+        for name, value in self.headers.items():
+            if not name or any(c in name for c in ":\r\n ") or "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r}: a name without ':' or spaces, and no line breaks, please")
+        self._header_items = list(self.headers.items())
         self._owns_client = client is None
         self.client = client
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the own session
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the own client
         self._draining: set[asyncio.Task[None]] = set()
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _client(self) -> HTTPClient:
         loop = asyncio.get_running_loop()
         if self._owns_client and (self.client is None or self.client.closed or self._loop is not loop):
-            # An aiohttp session belongs to the loop it was made in: a backend used from another loop (a test
-            # harness, a server restarted in-process) gets a session of that loop's own.
+            # Connections belong to the loop they were made in: a backend used from another loop (a test
+            # harness, a server restarted in-process) gets a client of that loop's own.
             self._close_elsewhere()
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-            self.client = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self.client = HTTPClient()
             self._loop = loop
         assert self.client is not None
         return self.client
@@ -189,17 +196,17 @@ class Upstream:
         if not self._owns_client or self.client is None:
             return
         if self._loop is asyncio.get_running_loop():
-            await self.client.close()
+            self.client.close()
             self.client = None
         else:
             self._close_elsewhere()
 
     def _close_elsewhere(self) -> None:
-        """Close an own session from outside its loop: on that loop if it still runs (else it died with it)."""
-        session, loop = self.client, self._loop
+        """Close an own client from outside its loop: on that loop if it still runs (else it died with it)."""
+        client, loop = self.client, self._loop
         self.client = self._loop = None
-        if session is not None and not session.closed and loop is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(session.close(), loop)
+        if client is not None and not client.closed and loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(client.close)
 
     @asynccontextmanager
     async def stream(
@@ -207,7 +214,7 @@ class Upstream:
         body: Mapping[str, Any] | None,
         *,
         url: str | None = None,
-        sent: Awaitable[aiohttp.ClientResponse] | None = None,
+        sent: Awaitable[Answer] | None = None,
     ) -> AsyncIterator[UpstreamStream]:
         """POST ``body`` (to the endpoint, or to ``url``) and hold the answer open: an ``UpstreamStream`` when
         the status is 2xx; a ``BackendError`` otherwise (or when the upstream cannot be reached or does not
@@ -228,7 +235,7 @@ class Upstream:
             # A body read to its end gives its connection back to the pool; one whose consumer stopped at the
             # stream's end is read to its end first, in the background; one left in the middle (an error, the
             # client left, a cancel) is closed, so that the upstream sees the disconnect and stops.
-            if response.content.at_eof():
+            if response.at_eof():
                 response.release()
             elif ended:
                 task = asyncio.get_running_loop().create_task(_drain(response))
@@ -237,14 +244,18 @@ class Upstream:
             else:
                 response.close()
 
-    async def post(self, body: Mapping[str, Any], *, url: str | None = None) -> aiohttp.ClientResponse:
+    async def post(self, body: Mapping[str, Any], *, url: str | None = None) -> Answer:
         """POST ``body`` (to the endpoint, or to ``url``): the answer once its status and headers have come
         (its body unread); a ``BackendError`` when the upstream cannot be reached or does not answer in time."""
         try:
-            return await self._session().post(
-                url or self.url, data=msgspec.json.encode(body), headers=self.headers, timeout=self._timeout
+            return await self._client().post(
+                url or self._parts,
+                self._header_items,
+                msgspec.json.encode(body),
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
             )
-        except aiohttp.ConnectionTimeoutError:
+        except ConnectTimeout:
             raise BackendError(
                 f"could not connect to upstream {self.url} within {self.connect_timeout:g} s (connect timeout)",
                 code="upstream_timeout",
@@ -256,7 +267,7 @@ class Upstream:
                 code="upstream_timeout",
                 status=504,
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise BackendError(
                 f"could not reach upstream {self.url}: {_describe(exc)}",
                 code="upstream_unreachable",
@@ -266,12 +277,12 @@ class Upstream:
     async def _error_body(self, stream: UpstreamStream) -> bytes:
         body = bytearray()
         try:
-            async for chunk in stream.response.content.iter_any():
+            while chunk := await stream.response.read_chunk():
                 body += chunk
                 if len(body) >= _ERROR_BODY_LIMIT:
                     break
-        except (aiohttp.ClientError, TimeoutError):
-            pass  # the status says enough
+        except OSError:  # (a time-out or a dropped connection: the status says enough)
+            pass
         return bytes(body)
 
 
@@ -280,7 +291,7 @@ class UpstreamStream:
     are skipped by the decoder) and turns transport trouble into ``BackendError``; ``frames_seen`` counts
     the frames so far, which error messages quote."""
 
-    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, upstream: Upstream, response: Answer) -> None:
         self.upstream = upstream
         self.response = response
         self.frames_seen = 0
@@ -336,7 +347,7 @@ class UpstreamStream:
         """Whatever of the body has arrived, in one piece (no re-chunking); b"" at its end. Trouble reading is
         a ``BackendError`` (``_transport_error``)."""
         try:
-            return await self.response.content.readany()
+            return await self.response.read_chunk()
         except Exception as exc:
             raise self._transport_error(exc) from None
 
@@ -350,7 +361,7 @@ class UpstreamStream:
                 code="upstream_timeout",
                 status=504,
             )
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
+        if isinstance(exc, OSError):
             return BackendError(
                 f"upstream {self.url} closed the connection mid-stream after {self.frames_seen} chunks "
                 f"({_describe(exc)})",
@@ -359,21 +370,21 @@ class UpstreamStream:
         return exc
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: Answer) -> None:
     """Read what is left of a finished stream's body (at most ``_DRAIN_BYTES``, ``_DRAIN_SECONDS``), then give
     the connection back to the pool; close it if the body does not end within those bounds."""
     try:
         size = 0
         async with asyncio.timeout(_DRAIN_SECONDS):
-            while size <= _DRAIN_BYTES and not response.content.at_eof():
-                chunk = await response.content.readany()
+            while size <= _DRAIN_BYTES and not response.at_eof():
+                chunk = await response.read_chunk()
                 if not chunk:
                     break
                 size += len(chunk)
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except OSError:  # (TimeoutError included)
         pass
     finally:
-        if response.content.at_eof():
+        if response.at_eof():
             response.release()
         else:
             response.close()
@@ -403,7 +414,7 @@ class UpstreamBackend:
         read_timeout: float,
         headers: Mapping[str, str] | None,
         extra_body: Mapping[str, Any] | None,
-        client: aiohttp.ClientSession | None,
+        client: HTTPClient | None,
     ) -> None:
         self.upstream = Upstream(
             upstream,
@@ -419,7 +430,7 @@ class UpstreamBackend:
         self.extra_body = dict(extra_body or {})
         # Requests sent ahead (``send_ahead``), by the id of the GenerationRequest they were sent for: that
         # request (held, so that its id stays its own), the POST, the timer that closes it if nobody reads it.
-        self._ahead: dict[int, tuple[GenerationRequest, asyncio.Task[aiohttp.ClientResponse], asyncio.TimerHandle]]
+        self._ahead: dict[int, tuple[GenerationRequest, asyncio.Task[Answer], asyncio.TimerHandle]]
         self._ahead = {}
 
     def models(self) -> list[str]:
@@ -446,7 +457,7 @@ class UpstreamBackend:
         if entry is not None and entry[0] is request:
             self._drop_ahead(id(request))
 
-    def _sent_ahead(self, request: GenerationRequest) -> asyncio.Task[aiohttp.ClientResponse] | None:
+    def _sent_ahead(self, request: GenerationRequest) -> asyncio.Task[Answer] | None:
         """The answer ``send_ahead`` got for ``request``, taken (None: it was not sent ahead)."""
         entry = self._ahead.get(id(request))
         if entry is None or entry[0] is not request:
@@ -474,7 +485,7 @@ class UpstreamBackend:
 AHEAD_SECONDS = 30.0
 
 
-def _close_unread(task: asyncio.Task[aiohttp.ClientResponse]) -> None:
+def _close_unread(task: asyncio.Task[Answer]) -> None:
     """An answer sent ahead that nobody will read: closed (the upstream sees the disconnect and stops)."""
     if task.cancelled():
         return

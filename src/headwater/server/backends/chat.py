@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
-import aiohttp
 import msgspec
 
 from headwater.protocol.sse import DONE
@@ -22,6 +21,7 @@ from ._upstream import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MODEL,
     DEFAULT_READ_TIMEOUT,
+    HTTPClient,
     UpstreamBackend,
     UpstreamStream,
 )
@@ -475,7 +475,7 @@ class ChatBackend(UpstreamBackend):
     (vLLM, SGLang, llama.cpp, Ollama, OpenRouter) or ``max_completion_tokens`` (OpenAI's o-series).
     ``include_usage``: ask for the usage chunk (``stream_options``). ``headers``/``extra_body``: added to every
     upstream request (e.g. OpenRouter's ``HTTP-Referer``, vLLM's ``chat_template_kwargs``). ``client``: an
-    ``aiohttp.ClientSession`` to use instead of an own one.
+    ``HTTPClient`` (``backends._http``) to use instead of an own one (and not close).
     """
 
     name = "chat"
@@ -493,7 +493,7 @@ class ChatBackend(UpstreamBackend):
         include_usage: bool = True,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
-        client: aiohttp.ClientSession | None = None,
+        client: HTTPClient | None = None,
     ) -> None:
         if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(

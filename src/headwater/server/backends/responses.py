@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from headwater.protocol.codec import (
@@ -31,7 +30,13 @@ from headwater.protocol.sse import DONE
 from headwater.protocol.writer import ResponseWriter
 
 from ._events import StepsFromEvents
-from ._upstream import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MODEL, DEFAULT_READ_TIMEOUT, UpstreamBackend
+from ._upstream import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MODEL,
+    DEFAULT_READ_TIMEOUT,
+    HTTPClient,
+    UpstreamBackend,
+)
 from .base import (
     BackendError,
     ChatMessage,
@@ -168,7 +173,7 @@ class ResponsesBackend(UpstreamBackend):
         store: bool = False,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
-        client: aiohttp.ClientSession | None = None,
+        client: HTTPClient | None = None,
     ) -> None:
         super().__init__(
             upstream,

@@ -1,0 +1,221 @@
+"""The upstream backends' own HTTP/1.1 client (``backends._http``): the answer framings it reads (content-length,
+chunked, close-delimited, gzip), the bytes of a body in order and whole however they are cut (a large body read
+slowly included: reading pauses and resumes), which connections it keeps (and which it must not), and clear errors
+for what is not an HTTP answer.
+
+Real loopback servers that write raw bytes (``RawUpstream``), so that each test decides every byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from headwater.server.backends._http import HTTPClient, ProtocolError
+from headwater.server.backends._upstream import Upstream
+from headwater.server.backends.base import BackendError, ChatMessage, GenerationRequest, TextDelta
+from headwater.server.backends.chat import ChatBackend
+from headwater.server.backends.responses import ResponsesBackend
+from test_upstream_replay import fixture
+
+CHAT = fixture("chat/ollama-stop.sse")
+RESPONSES = fixture("responses/bedrock-cache-write-tokens.sse")
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawUpstream:
+    """A loopback server that reads each request's head and body, then lets ``answer`` write what it likes."""
+
+    def __init__(self, answer: Handler) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.url = ""
+
+    async def __aenter__(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                self.requests.append(head + await reader.readexactly(length))
+                await self.answer(reader, writer)
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def ask() -> GenerationRequest:
+    return GenerationRequest(model="m", messages=[ChatMessage("user", "hi")])
+
+
+async def chat_steps(backend: ChatBackend) -> list[object]:
+    return [step async for step in backend.generate(ask())]
+
+
+def sse_head(*headers: str) -> bytes:
+    return ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n" + "".join(h + "\r\n" for h in headers)
+            + "\r\n").encode()
+
+
+async def test_a_content_length_answer_keeps_its_connection() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+
+    async with RawUpstream(answer) as upstream:
+        backend = ChatBackend(upstream.url)
+        first = await chat_steps(backend)
+        second = await chat_steps(backend)
+        await backend.aclose()
+    assert first == second and TextDelta("The") in first
+    assert upstream.connections == 1
+
+
+async def test_a_close_delimited_answer_ends_with_its_connection_which_is_not_reused() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head("connection: close"))
+        for i in range(0, len(CHAT), 50):  # in pieces, cut anywhere
+            writer.write(CHAT[i : i + 50])
+            await writer.drain()
+        writer.close()
+
+    async with RawUpstream(answer) as upstream:
+        backend = ChatBackend(upstream.url)
+        first = await chat_steps(backend)
+        second = await chat_steps(backend)
+        await backend.aclose()
+    assert first == second and TextDelta("The") in first
+    assert upstream.connections == 2
+
+
+async def test_a_gzip_answer_is_decoded() -> None:
+    packed = gzip.compress(RESPONSES)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head("content-encoding: gzip", "transfer-encoding: chunked"))
+        for i in range(0, len(packed), 64):
+            piece = packed[i : i + 64]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    async with RawUpstream(answer) as upstream:
+        backend = ResponsesBackend(upstream.url)
+        events = [event async for event in backend.events(ask())]
+        await backend.aclose()
+    assert [e.type for e in events][-1] == "response.completed"
+    assert len(events) == RESPONSES.count(b"\ndata: ") + RESPONSES.startswith(b"data: ")
+    assert b"accept-encoding: identity" in upstream.requests[0]  # (asked for plain bytes; decoded all the same)
+
+
+async def test_a_large_body_read_slowly_comes_whole_and_in_order() -> None:
+    """More than the client buffers before it stops reading: reading pauses, resumes, nothing is lost."""
+    body = bytes(range(256)) * (4 * 4096 + 3)  # ~4 MiB
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+
+    async with RawUpstream(answer) as upstream:
+        client = HTTPClient()
+        got = bytearray()
+        answer_ = await client.post(upstream.url + "/x", [], b"{}", connect_timeout=5, read_timeout=5)
+        await asyncio.sleep(0.2)  # the server has written all it could: the client stopped reading meanwhile
+        paused = answer_._connection.paused
+        while chunk := await answer_.read_chunk():
+            got += chunk
+            await asyncio.sleep(0)
+        answer_.release()
+        client.close()
+    assert paused
+    assert bytes(got) == body
+
+
+async def test_bytes_that_are_not_http_are_a_clear_error() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    async with RawUpstream(answer) as upstream:
+        backend = ChatBackend(upstream.url)
+        with pytest.raises(BackendError) as caught:
+            await chat_steps(backend)
+        await backend.aclose()
+    assert caught.value.status == 502
+    assert caught.value.message.startswith(f"could not reach upstream {upstream.url}/v1/chat/completions: ")
+    assert "ProtocolError: not an HTTP/1.1 answer" in caught.value.message
+
+
+async def test_a_connection_the_upstream_closed_while_idle_is_not_reused() -> None:
+    served = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        served += 1
+        writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+        await writer.drain()
+        writer.close()  # (without connection: close: as a server whose keep-alive time-out passed)
+
+    async with RawUpstream(answer) as upstream:
+        backend = ChatBackend(upstream.url)
+        await chat_steps(backend)
+        await asyncio.sleep(0.1)
+        assert await chat_steps(backend)
+        await backend.aclose()
+    assert served == 2 and upstream.connections == 2
+
+
+async def test_an_unknown_content_encoding_is_refused() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head("content-encoding: br", f"content-length: {len(CHAT)}") + CHAT)
+
+    async with RawUpstream(answer) as upstream:
+        client = HTTPClient()
+        with pytest.raises(ProtocolError, match="content-encoding 'br'"):
+            await client.post(upstream.url + "/x", [], b"{}", connect_timeout=5, read_timeout=5)
+        client.close()
+
+
+def test_header_values_cannot_break_the_request() -> None:
+    with pytest.raises(ValueError, match="line breaks"):
+        Upstream("http://h", "responses", headers={"x-tag": "a\r\nx-evil: 1"})
+    with pytest.raises(ValueError, match="line breaks"):
+        Upstream("http://h", "responses", api_key="sk-1\nx")
+
+
+async def test_the_request_is_one_http11_post_with_host_and_length() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+
+    async with RawUpstream(answer) as upstream:
+        backend = ChatBackend(upstream.url, api_key="sk-test")
+        await chat_steps(backend)
+        await backend.aclose()
+    head, _, body = upstream.requests[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    port = upstream.url.rsplit(":", 1)[1]
+    assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
+    assert f"host: 127.0.0.1:{port}" in lines
+    assert "authorization: Bearer sk-test" in lines
+    assert f"content-length: {len(body)}" in lines
