@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -65,6 +66,9 @@ TARGETS = (
     "hw-chat-sqlite",
     "litellm",
 )
+# Not in the default set: a byte forwarder between the load generator and the mock (no HTTP, no parsing), the
+# floor that a relay's extra process hop costs on this machine.
+FLOOR_TARGETS = ("raw-proxy",)
 # Also measurable (--targets): PostgreSQL store + Redis live log (`BENCH_PG_URL`, `BENCH_REDIS_URL`), one
 # process, or `--workers 2` (one replica per core, accepting on one port).
 EXTRA_TARGETS = ("hw-responses-pg", "hw-responses-pg-x2", "hw-chat-pg-x2")
@@ -231,6 +235,65 @@ def run_mock(port: int) -> None:
     uvloop.run(main())
 
 
+# --- the raw proxy: the floor of a relay's extra process hop -------------------------------------------------
+
+
+class _ProxySide(asyncio.Protocol):
+    """One side of a forwarded connection: whatever it reads goes to its peer as it came (no parsing)."""
+
+    def __init__(self) -> None:
+        self.peer: _ProxySide | None = None
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # what the client sent before the upstream's connection was made
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+def run_proxy(port: int, upstream_port: int) -> None:
+    """A byte forwarder (uvloop): every client connection gets one connection to the mock, bytes copied both
+    ways. What any relay in its own process costs at the least on this machine: a read and a write per chunk."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        connecting: set[asyncio.Task[None]] = set()
+
+        def accept() -> _ProxySide:
+            client = _ProxySide()
+
+            async def connect() -> None:
+                _, upstream = await loop.create_connection(_ProxySide, "127.0.0.1", upstream_port)
+                upstream.peer, client.peer = client, upstream
+                assert upstream.transport is not None
+                for data in client.pending:
+                    upstream.transport.write(data)
+                client.pending.clear()
+
+            task = loop.create_task(connect())
+            connecting.add(task)
+            task.add_done_callback(connecting.discard)
+            return client
+
+        server = await loop.create_server(accept, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):  # (stopped by SIGINT, as every target is)
+        uvloop.run(main())
+
+
 # --- the load generator -------------------------------------------------------------------------------------
 
 
@@ -330,7 +393,14 @@ def _target_request(kind: str) -> tuple[str, bytes, str]:
     return "/v1/responses", json.dumps(body).encode(), ""
 
 
-async def _load(ports: list[int], kind: str, streams: int, seconds: float) -> dict[str, Any]:
+# How the closed loop's streams start (--stagger): "interval", spread over one delta interval (20 ms: all 64
+# streams start, and then restart, within one interval, so their creates come in waves and their deltas stay
+# together), or "stream", spread over one stream's length (64 x 20 ms: about one create per interval, as
+# independent clients would come; a steadier state).
+STAGGER = "interval"
+
+
+async def _load(ports: list[int], kind: str, streams: int, seconds: float, stagger: str = "interval") -> dict[str, Any]:
     path, body, headers = _target_request(kind)
     results: list[StreamResult] = []
     errors: list[str] = []
@@ -340,7 +410,8 @@ async def _load(ports: list[int], kind: str, streams: int, seconds: float) -> di
     async def worker(index: int) -> None:
         port = ports[index % len(ports)]  # several replicas: the streams are spread over them
         conn = _Conn("127.0.0.1", port)
-        await asyncio.sleep(index * INTERVAL / max(streams, 1))  # spread the starts over one delta interval
+        spread = INTERVAL if stagger == "interval" else DELTAS * INTERVAL
+        await asyncio.sleep(index * spread / max(streams, 1))  # the starts spread (--stagger)
         while time.monotonic() < deadline:
             try:
                 result = await conn.stream(path, body, headers)
@@ -401,16 +472,18 @@ def _pooled(turns: list[dict[str, Any]]) -> dict[str, Any]:
         "later_p99": _pct(later, 0.99),
         "cpu_s": sum(cpu) if cpu else None,
         "cpu_us_per_event": sum(cpu) / events * 1e6 if cpu and events else None,
+        "mock_cpu_s": sum(t["mock_cpu_s"] for t in turns) if all(t.get("mock_cpu_s") is not None
+                                                                  for t in turns) else None,
         "load_avg": max(t["load_avg"] for t in turns),
         "firsts": firsts,
         "later": later,
     }
 
 
-def run_load(ports: list[int], kind: str, streams: int, seconds: float, out: str) -> None:
+def run_load(ports: list[int], kind: str, streams: int, seconds: float, out: str, stagger: str) -> None:
     import uvloop
 
-    result = uvloop.run(_load(ports, kind, streams, seconds))
+    result = uvloop.run(_load(ports, kind, streams, seconds, stagger))
     Path(out).write_text(json.dumps(result))
 
 
@@ -488,6 +561,14 @@ def start_target(name: str, mock_port: int, baseline: str | None = None) -> Targ
         raise SystemExit(f"{name}@base needs --baseline SRC (a source tree to run the baseline from)")
     if name == "direct":
         return Target(name, "responses", [mock_port])
+    if name == "raw-proxy":
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, __file__, "--role", "proxy", "--port", str(port),
+                                 "--ports", str(mock_port)])
+        target = Target(name, "responses", [port], procs=[proc])
+        _wait_port(port, proc)
+        measure(target, 4, 0.1)
+        return target
     tmp = tempfile.TemporaryDirectory(prefix="hw-gateway-")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if at:
@@ -549,22 +630,31 @@ def _pids(target: Target) -> list[int]:
     return pids
 
 
+# The mock's process (set by main): its CPU per event read is printed beside each target's, for scale (a process
+# that makes each event and writes it, one write per event: what any relay's write side costs at the least).
+MOCK_PID: int | None = None
+
+
 def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(prefix="hw-load-", suffix=".json")[1])
     pids = _pids(target)
     cpu0 = sum(_cpu_seconds(pid) for pid in pids)
+    mock0 = _cpu_seconds(MOCK_PID) if MOCK_PID is not None else None
     load = subprocess.run(
         [sys.executable, __file__, "--role", "load", "--ports", ",".join(map(str, target.ports)),
-         "--kind", target.kind, "--streams", str(streams), "--seconds", str(seconds), "--out", str(out)],
+         "--kind", target.kind, "--streams", str(streams), "--seconds", str(seconds), "--out", str(out),
+         "--stagger", STAGGER],
         check=False, env={**os.environ, "BENCH_LITELLM_KEY": MASTER_KEY},
     )
     cpu = (sum(_cpu_seconds(pid) for pid in pids) - cpu0) if target.procs else None
+    mock_cpu = _cpu_seconds(MOCK_PID) - mock0 if MOCK_PID is not None and mock0 is not None else None
     if load.returncode != 0:
         raise RuntimeError(f"the load generator failed against {target.name}")
     result: dict[str, Any] = json.loads(out.read_text())
     out.unlink()
     result["cpu_s"] = cpu
     result["cpu_us_per_event"] = cpu / result["events"] * 1e6 if cpu is not None and result["events"] else None
+    result["mock_cpu_s"] = mock_cpu
     result["load_avg"] = os.getloadavg()[0]
     return result
 
@@ -648,6 +738,22 @@ async def _clients(mock_port: int, streams: int, rounds: int) -> dict[str, dict[
             return n
 
         await run("aiohttp (no pool caps)", one_aiohttp)
+
+    from headwater.server.backends._http import HTTPClient
+
+    own = HTTPClient()
+
+    async def one_own() -> int:
+        decoder = SSEDecoder(mode="sse")
+        n = 0
+        answer = await own.post(url, list(headers.items()), body, connect_timeout=10, read_timeout=60)
+        while chunk := await answer.read_chunk():
+            n += len(decoder.feed(chunk))
+        answer.release()
+        return n
+
+    await run("headwater's own (httptools, no pool caps)", one_own)
+    own.close()
     return out
 
 
@@ -669,13 +775,14 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> None:
         direct = by_target.get("direct")
         print(f"\n{streams} stream(s), closed loop; {DELTAS} deltas {INTERVAL * 1000:.0f} ms apart per stream")
         print(f"{'target':<26} {'first p50/p99 ms':>17} {'later p50/p99 ms':>17} {'events/s':>9} {'vs direct':>9} "
-              f"{'stalled':>9} {'streams':>8} {'err':>4} {'cpu us/ev':>9} {'load':>5}")
+              f"{'stalled':>9} {'streams':>8} {'err':>4} {'cpu us/ev':>9} {'mock us/ev':>10} {'load':>5}")
         for name, r in by_target.items():
             ratio = f"{r['events_per_s'] / direct['events_per_s']:.2f}x" if direct else "-"
             cpu = "-" if r.get("cpu_us_per_event") is None else f"{r['cpu_us_per_event']:.0f}"
+            mock = "-" if r.get("mock_cpu_s") is None or not r["events"] else f"{r['mock_cpu_s'] / r['events'] * 1e6:.0f}"
             print(f"{name:<26} {_ms(r['first_p50']):>8}/{_ms(r['first_p99']):<8} "
                   f"{_ms(r['later_p50']):>8}/{_ms(r['later_p99']):<8} {r['events_per_s']:>9,.0f} {ratio:>9} "
-                  f"{r['stalled']:>4}/{r['streams_done']:<4} {r['streams_ok']:>8} {r['errors']:>4} {cpu:>9} "
+                  f"{r['stalled']:>4}/{r['streams_done']:<4} {r['streams_ok']:>8} {r['errors']:>4} {cpu:>9} {mock:>10} "
                   f"{r['load_avg']:>5.2f}")
             if r["error_sample"]:
                 print(f"{'':<26} errors, e.g.: {r['error_sample'][0]}")
@@ -691,7 +798,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=["main", "mock", "load", "clients"], default="main",
+    parser.add_argument("--role", choices=["main", "mock", "proxy", "load", "clients"], default="main",
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
@@ -701,7 +808,7 @@ def main() -> None:
     parser.add_argument("--streams", default="1,64,512", help="concurrent streams, comma-separated")
     parser.add_argument("--seconds", type=float, default=None, help="closed-loop time per measurement")
     parser.add_argument("--targets", default=",".join(TARGETS),
-                        help=f"of {', '.join(TARGETS + EXTRA_TARGETS)}")
+                        help=f"of {', '.join(TARGETS + EXTRA_TARGETS + FLOOR_TARGETS)}")
     parser.add_argument("--quick", action="store_true", help="4 s per measurement, 1 and 64 streams")
     parser.add_argument("--clients", default="64,512", help="stream counts for the upstream-client comparison "
                                                            "('' to skip)")
@@ -710,6 +817,10 @@ def main() -> None:
                         help="measure in turns: every target started at once, then each measured for "
                              "SECONDS/TURNS at a time, in turns (forwards, then backwards), TURNS times, its "
                              "samples pooled (an A/B on a machine whose load drifts)")
+    parser.add_argument("--stagger", choices=["interval", "stream"], default="interval",
+                        help="spread each closed loop's stream starts over one delta interval (20 ms; the default: "
+                             "creates in waves, deltas together) or over one stream's length (1.28 s: a steady "
+                             "state)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--baseline", help="a headwater source tree (its src/ directory) that targets named "
                                            "NAME@base run from, e.g. `git worktree add /tmp/base <commit>`")
@@ -717,8 +828,12 @@ def main() -> None:
     if args.role == "mock":
         run_mock(args.port)
         return
+    if args.role == "proxy":
+        run_proxy(args.port, int(args.ports))
+        return
     if args.role == "load":
-        run_load([int(p) for p in args.ports.split(",")], args.kind, int(args.streams), args.seconds, args.out)
+        run_load([int(p) for p in args.ports.split(",")], args.kind, int(args.streams), args.seconds, args.out,
+                 args.stagger)
         return
     if args.role == "clients":
         run_clients(args.port, int(args.streams), args.rounds, args.out)
@@ -727,10 +842,15 @@ def main() -> None:
     if args.quick and args.streams == "1,64,512":
         args.streams = "1,64"
     seconds = args.seconds or (4.0 if args.quick else 8.0)
+    global STAGGER
+    STAGGER = args.stagger
     mock_port = free_port()
     mock = subprocess.Popen([sys.executable, __file__, "--role", "mock", "--port", str(mock_port)])
+    global MOCK_PID
+    MOCK_PID = mock.pid
     everything: dict[str, Any] = {"load_avg_start": os.getloadavg()[0], "python": sys.version.split()[0]}
-    print(f"load average {os.getloadavg()[0]:.2f} at start; {os.cpu_count()} CPUs", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at start; {os.cpu_count()} CPUs; stream starts spread over one "
+          f"{'delta interval' if STAGGER == 'interval' else 'stream'} (--stagger {STAGGER})", flush=True)
     try:
         _wait_port(mock_port, mock)
         results: dict[int, dict[str, dict[str, Any]]] = {}
