@@ -22,7 +22,7 @@ from headwater.server.backends.base import (
     ToolCallDelta,
     UsageStep,
 )
-from headwater.server.backends.scripted import Fail, Pause, ScriptedBackend, steps_from_capture
+from headwater.server.backends.scripted import Fail, Pause, ScriptedBackend, _pacer, steps_from_capture
 
 CAPTURES = Path(__file__).parent / "fixtures" / "captures" / "openai"
 HELLO: list[Step] = [TextDelta("Hel"), TextDelta("lo"), UsageStep(3, 2), Finish("stop")]
@@ -309,3 +309,26 @@ def test_a_capture_that_ends_in_an_error_event_replays_as_a_failure() -> None:
     steps = steps_from_capture(lines)
     assert steps[0] == TextDelta("par")
     assert isinstance(steps[-1], Fail) and steps[-1].error.code == "rate_limit"
+
+
+async def test_paced_streams_due_together_share_one_timer_and_a_cancelled_one_leaves_the_others_be() -> None:
+    # Each paced stream keeps its own deadlines; the steps of all streams due within one PACE_TICK slice wait
+    # on one timer of the loop's _Pacer (not a timer each). A stream cancelled while it waits is skipped.
+    backend = ScriptedBackend([TextDelta("a"), TextDelta("b"), Finish("stop")], delay=0.05)
+    got: list[list[Step]] = [[] for _ in range(50)]
+
+    async def consume(n: int) -> None:
+        async for step in backend.generate(request()):
+            got[n].append(step)
+
+    tasks = [asyncio.create_task(consume(n)) for n in range(50)]  # (all started in one turn of the loop)
+    await asyncio.sleep(0)
+    pacer = _pacer(asyncio.get_running_loop())
+    waiting = [w for waiters in pacer._slices.values() for w in waiters if not w.done()]
+    assert len(waiting) == 50 and len(pacer._slices) <= 2  # (one slice, or two when a tick boundary fell between)
+    tasks[0].cancel()
+    await asyncio.gather(*tasks[1:])
+    assert got[0] == [] and all(steps == [TextDelta("a"), TextDelta("b"), Finish("stop")] for steps in got[1:])
+    assert pacer._slices == {}  # (every slice's timer fired and was forgotten)
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]

@@ -74,6 +74,10 @@ class State(enum.Enum):
     ENDING = "ending"  # writing its terminal events
     FINISHED = "finished"  # its terminal event is logged and published (or it failed trying)
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's own ``__hash__`` is
+    # a Python call, and ``_enter`` hashes twice per move, two moves per backend step).
+    __hash__ = object.__hash__
+
 
 # The run's lifecycle: each state and the states it may go to next (FINISHED is reachable from anywhere: an
 # unexpected error ends any run). ``Run._enter`` refuses any other move.
