@@ -468,3 +468,51 @@ def test_decoding_and_accumulating_a_capture_makes_no_reference_cycle(path: Path
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def _builtins_field_by_field(obj: object) -> object:
+    """``resources.to_builtins`` as it was written first (every field of every object walked in Python): the
+    reference the one-walk conversion must equal, key order included."""
+    if isinstance(obj, list):
+        return [_builtins_field_by_field(value) for value in obj]
+    if isinstance(obj, dict):
+        return {key: _builtins_field_by_field(value) for key, value in obj.items()}
+    if not isinstance(obj, msgspec.Struct):
+        return msgspec.to_builtins(obj, enc_hook=rs._enc_hook)
+    cls = type(obj)
+    wire = rs._wire_of(obj)
+    out: dict[str, object] = {}
+    tag = cls.__struct_config__.tag
+    if tag is not None:
+        out[cls.__struct_config__.tag_field or "type"] = tag
+    defaults = rs._defaults(cls) if wire is not None else {}
+    for name in cls.__struct_fields__:
+        value = getattr(obj, name)
+        if value is msgspec.UNSET:
+            continue
+        if wire is not None and name not in wire and name in defaults and value == defaults[name]:
+            continue
+        out[name] = _builtins_field_by_field(value) if isinstance(value, (msgspec.Struct, list, dict)) else value
+    if wire is not None:
+        fields = cls.__struct_fields__
+        merged = {key: out.get(key, value) for key, value in wire.items() if key in out or key not in fields}
+        merged.update((key, value) for key, value in out.items() if key not in merged)
+        return merged
+    return out
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.stem)
+def test_to_builtins_is_the_field_by_field_walk(path: Path) -> None:
+    """On every captured event's resources and on the accumulated response (wires at every depth, and none)."""
+    from headwater.protocol import accumulate
+    from headwater.protocol.codec import keep_wires
+
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    built = accumulate.accumulate(decode_event(line) for line in lines).response
+    objects: list[object] = [built, built.output, rs.replace(built, output=[])]
+    for line in lines:
+        event = decode_event(line)
+        keep_wires(event)
+        objects.extend(_resources(event))
+    for obj in objects:
+        assert json.dumps(rs.to_builtins(obj)) == json.dumps(_builtins_field_by_field(obj))

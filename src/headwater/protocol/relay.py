@@ -802,7 +802,7 @@ class ResponseRelay(ResponseWriter):
         """Relay ``event`` with the next sequence number and ``changes``; unchanged fields keep its bytes."""
         if event.sequence_number != self._seq:
             changes["sequence_number"] = self._seq
-        changes = {k: v for k, v in changes.items() if getattr(event, k, UNSET) != v or k == "response"}
+        changes = {k: v for k, v in changes.items() if k == "response" or getattr(event, k, UNSET) != v}
         if changes:
             relayed = replace_event(event, **changes)
             if "response" in changes:

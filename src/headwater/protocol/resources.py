@@ -709,38 +709,56 @@ def _defaults(cls: type) -> dict[str, Any]:
 def to_builtins(obj: Any) -> Any:
     """Any resource (or list of them) as plain JSON-ready Python objects, unknown nested objects included, and
     objects from a provider as it sent them (see the module's notes)."""
-    if not has_wire(obj):
-        return msgspec.to_builtins(obj, enc_hook=_enc_hook)
-    return _wire_builtins(obj)
+    out = _wire_builtins(obj)
+    return msgspec.to_builtins(obj, enc_hook=_enc_hook) if out is None else out
 
 
 def _wire_builtins(obj: Any) -> Any:
+    """``obj`` as builtins where it, or anything in it, remembers its wire; None where nothing does (msgspec's
+    conversion, in C, is then the answer). One walk, of the fields that may hold resources only."""
     if isinstance(obj, list):
-        return [_wire_builtins(value) for value in obj]
+        outs = [_wire_builtins(value) if isinstance(value, (Struct, list, dict)) else None for value in obj]
+        if not any(out is not None for out in outs):
+            return None
+        return [_builtins(value) if out is None else out for value, out in zip(obj, outs, strict=True)]
     if isinstance(obj, dict):
-        return {key: _wire_builtins(value) for key, value in obj.items()}
+        found = {key: out for key, value in obj.items() if (out := _wire_builtins(value)) is not None}
+        if not found:
+            return None
+        return {key: found[key] if key in found else _builtins(value) for key, value in obj.items()}
     if not isinstance(obj, Struct):
-        return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+        return None
     cls = type(obj)
     wire = _wire_of(obj)
-    out: dict[str, Any] = {}
-    tag = cls.__struct_config__.tag
-    if tag is not None:
-        out[cls.__struct_config__.tag_field or "type"] = tag
-    defaults = _defaults(cls) if wire is not None else {}
-    for name in cls.__struct_fields__:
+    patches: dict[str, Any] | None = None
+    for name in _nested_fields(cls):
         value = getattr(obj, name)
-        if value is UNSET:
-            continue
-        if wire is not None and name not in wire and name in defaults and value == defaults[name]:
-            continue  # the provider left it out: not invented
-        out[name] = _wire_builtins(value) if isinstance(value, (Struct, list, dict)) else value
-    if wire is not None:
-        fields = cls.__struct_fields__
-        merged = {key: out.get(key, value) for key, value in wire.items() if key in out or key not in fields}
-        merged.update((key, value) for key, value in out.items() if key not in merged)
-        return merged
-    return out
+        if value and isinstance(value, (Struct, list, dict)):
+            out = _wire_builtins(value)
+            if out is not None:
+                if patches is None:
+                    patches = {}
+                patches[name] = out
+    if wire is None and patches is None:
+        return None
+    # msgspec converts the whole object in C (the tag first, then every field that is set, in order); the
+    # fields holding a resource that remembers its wire take their converted values from the walk.
+    result: dict[str, Any] = msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    if patches is not None:
+        result.update(patches)  # (keys already there: their places are kept)
+    if wire is None:
+        return result
+    for name, default in _defaults(cls).items():
+        if name not in wire and name in result and getattr(obj, name) == default:
+            del result[name]  # the provider left it out: not invented
+    fields = cls.__struct_fields__
+    merged = {key: result.get(key, value) for key, value in wire.items() if key in result or key not in fields}
+    merged.update((key, value) for key, value in result.items() if key not in merged)
+    return merged
+
+
+def _builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value, enc_hook=_enc_hook)
 
 
 def _enc_hook(obj: Any) -> Any:
