@@ -50,6 +50,7 @@ from test_upstream_replay import (
     events_of,
     fixture,
     json_reply,
+    pieces_of,
     sse_reply,
 )
 
@@ -328,6 +329,47 @@ async def test_keep_alive_comments_and_done_are_skipped() -> None:
         await backend.aclose()
     assert check(events) == [] and relay.repairs == []
     assert accumulate(events).status == "completed"
+
+
+async def _upstream_events(body: list[Any]) -> list[Event]:
+    async with ReplayUpstream([Reply(200, body)]) as upstream:
+        backend = ResponsesBackend(upstream.url)
+        try:
+            return [event async for event in backend.events(ask())]
+        finally:
+            await backend.aclose()
+
+
+@pytest.mark.parametrize("size", [None, 1, 7, 300, 1 << 20], ids=lambda s: f"cut-{s}")
+async def test_the_events_are_the_same_however_the_stream_is_cut(size: int | None) -> None:
+    """One event a chunk, a byte a chunk, anywhere, the whole stream in one chunk (decoded as one batch), with
+    keep-alives, a blank data line and [DONE] among them: the same events, each with the bytes it came as."""
+    data = capture_as_sse(CAPTURES / "openai-reasoning-encrypted-content.1.jsonl", response=0)
+    noisy = data.replace(b"\n\n", b"\n\n: keep-alive\n\n", 3) + b"data:\n\ndata: [DONE]\n\n"
+    body = events_of(noisy) if size is None else pieces_of(noisy, size)
+    events = await _upstream_events(body)
+    payloads = [line.removeprefix(b"data: ") for line in data.splitlines() if line.startswith(b"data: ")]
+    assert [encode_event(e) for e in events] == payloads
+    assert events[-1].type == "response.completed"
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["an-event-a-chunk", "one-chunk"])
+async def test_a_payload_that_is_not_json_fails_the_stream_naming_it(whole: bool) -> None:
+    chunks = events_of(capture_as_sse(CAPTURES / "openai-issue-11239.2.jsonl"))
+    body = [*chunks[:4], b"data: {not json\n\n", *chunks[4:]]
+    with pytest.raises(BackendError) as caught:
+        await _upstream_events([b"".join(body)] if whole else body)
+    assert caught.value.code == "upstream_malformed"
+    assert "sent a malformed event (#5): payload is not valid JSON" in caught.value.message
+    assert caught.value.message.endswith(": {not json")
+
+
+async def test_what_follows_the_terminal_event_in_its_chunk_is_not_read() -> None:
+    """The stream ends at its terminal event, also when the same chunk goes on with something unreadable."""
+    data = capture_as_sse(CAPTURES / "openai-issue-11239.2.jsonl")
+    events = await _upstream_events([data + b"data: {not json\n\n"])
+    assert events[-1].type == "response.completed"
+    assert len(events) == data.count(b"\ndata: ") + data.startswith(b"data: ")
 
 
 # --- known upstream defects -----------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ class UpstreamStream:
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole body (for a JSON answer)."""
         body = bytearray()
-        while chunk := await self._chunk():
+        while chunk := await self.read_chunk():
             body += chunk
             if len(body) > limit:
                 raise BackendError(f"upstream {self.url} sent a JSON answer larger than {limit} bytes")
@@ -317,7 +317,7 @@ class UpstreamStream:
 
     async def frames(self) -> AsyncIterator[Frame]:
         decoder = SSEDecoder(mode="sse")
-        feed, chunk_of = decoder.feed, self._chunk
+        feed, chunk_of = decoder.feed, self.read_chunk
         try:
             while chunk := await chunk_of():
                 for frame in feed(chunk):
@@ -343,7 +343,7 @@ class UpstreamStream:
             code="upstream_malformed",
         )
 
-    async def _chunk(self) -> bytes:
+    async def read_chunk(self) -> bytes:
         """Whatever of the body has arrived, in one piece (no re-chunking); b"" at its end. Trouble reading is
         a ``BackendError`` (``_transport_error``)."""
         try:

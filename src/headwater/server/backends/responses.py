@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import msgspec
+from msgspec.structs import force_setattr
 
-from headwater.protocol.codec import (
-    decode_event,
-)
-from headwater.protocol.errors import DecodeError
+from headwater.protocol.codec import decode_event, fast_decoder
+from headwater.protocol.errors import DecodeError, SSEError
 from headwater.protocol.events import (
     TERMINAL_EVENT_TYPES,
     ErrorEvent,
     Event,
 )
 from headwater.protocol.relay import ResponseRelay
-from headwater.protocol.sse import DONE
+from headwater.protocol.sse import DONE, SSEDecoder
 from headwater.protocol.writer import ResponseWriter
 
 from ._events import StepsFromEvents
@@ -36,6 +36,7 @@ from ._upstream import (
     DEFAULT_READ_TIMEOUT,
     HTTPClient,
     UpstreamBackend,
+    UpstreamStream,
 )
 from .base import (
     BackendError,
@@ -143,6 +144,44 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- the events -------------------------------------------------------------------------------------------------
+
+_fast_decode = fast_decoder.decode
+_RAW = repeat("_raw")  # endless and shared: map() stops at its finite iterables
+
+
+def _decode(stream: UpstreamStream, payloads: list[bytes]) -> list[Event]:
+    """The events of one chunk's frames (``stream.frames_seen`` counts the frames). The common case in C: one
+    typed decode mapped over the payloads, each kept on its event as ``_raw`` (as ``codec.decode_event`` keeps
+    it: an unchanged event is relayed as those bytes). A chunk with anything else (``[DONE]``, a blank payload,
+    an unknown type, a field that does not fit, bytes that are not JSON) goes frame by frame."""
+    if not payloads:
+        return []
+    try:
+        events: list[Event] = list(map(_fast_decode, payloads))
+    except msgspec.MsgspecError:
+        return _decode_each(stream, payloads)
+    any(map(force_setattr, events, _RAW, payloads))  # (force_setattr returns None: any() runs it on every one)
+    stream.frames_seen += len(payloads)
+    return events
+
+
+def _decode_each(stream: UpstreamStream, payloads: list[bytes]) -> list[Event]:
+    out: list[Event] = []
+    for data in payloads:
+        stream.frames_seen += 1
+        if data == DONE or not data.strip():
+            continue
+        try:
+            event = decode_event(data, lenient=True)
+        except DecodeError as exc:
+            raise stream.malformed(data, str(exc), what="event") from None
+        out.append(event)
+        if event.type in TERMINAL_EVENT_TYPES:
+            break  # (whatever follows it is never read, as if it came in a chunk of its own)
+    return out
+
+
 # --- the backend ----------------------------------------------------------------------------------------------
 
 
@@ -204,7 +243,10 @@ class ResponsesBackend(UpstreamBackend):
         """The upstream's events, decoded (leniently: a payload that does not fit its schema comes as an
         ``UnknownEvent`` with ``problem`` set). Ends after the terminal event. Raises ``BackendError`` for an
         error status, a connection or time-out failure, a payload that is not JSON, or a stream that ends with
-        neither a terminal event nor an ``error`` event."""
+        neither a terminal event nor an ``error`` event.
+
+        A chunk's events are framed and decoded together (``_decode``), then handed out one by one from this
+        one generator: no generator per frame between the socket and the run."""
         sent = self._sent_ahead(request)
         body = None if sent is not None else self.request_body(request)
         async with self.upstream.stream(body, sent=sent) as stream:
@@ -212,18 +254,21 @@ class ResponsesBackend(UpstreamBackend):
                 data = await stream.read()
                 raise stream.malformed(data, "a JSON document instead of an event stream", what="answer")
             errored = False
-            async for frame in stream.frames():
-                data = frame.data
-                if data == DONE or not data.strip():
-                    continue
-                try:
-                    event = decode_event(data, lenient=True)
-                except DecodeError as exc:
-                    raise stream.malformed(data, str(exc), what="event") from None
-                yield event
-                if event.type in TERMINAL_EVENT_TYPES:
-                    return
-                errored = errored or type(event) is ErrorEvent
+            framer = SSEDecoder(mode="sse")
+            columns, chunk_of = framer.feed_columns, stream.read_chunk
+            try:
+                while True:
+                    chunk = await chunk_of()
+                    payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
+                    for event in _decode(stream, payloads):
+                        yield event
+                        if event.type in TERMINAL_EVENT_TYPES:
+                            return
+                        errored = errored or type(event) is ErrorEvent
+                    if not chunk:
+                        break
+            except SSEError as exc:
+                raise BackendError(f"upstream {stream.url} sent an unreadable event stream: {exc}") from None
             if not errored:
                 raise BackendError(
                     f"upstream {stream.url} ended the stream after {stream.frames_seen} events without a "
