@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from headwater.server.http.sse import EventStreamResponse
+from headwater.protocol.sse import encode_frame
+from headwater.server.entries import Entry
+from headwater.server.http.sse import KEEPALIVE, EventStreamResponse, frames
 
 
 class Client:
@@ -113,3 +115,54 @@ async def test_an_error_of_the_body_propagates_after_the_stream_is_closed() -> N
     with pytest.raises(RuntimeError, match="the body broke"):
         await response({"type": "http"}, client.receive, client.send)
     assert closes == [False]
+
+
+def entry(seq: int, size: int = 10) -> Entry:
+    return Entry(seq, "response.output_text.delta", b'{"n":%d,"p":"%s"}' % (seq, b"x" * size))
+
+
+class Batches:
+    """Batches of entries (an empty one: a quiet interval), then a wait on ``more`` (forever unless set); notes
+    whether it was closed."""
+
+    def __init__(self, *batches: list[Entry]) -> None:
+        self.batches = batches
+        self.more = asyncio.Event()
+        self.closed = False
+
+    async def __call__(self) -> AsyncIterator[list[Entry]]:
+        try:
+            for batch in self.batches:
+                yield batch
+            await self.more.wait()
+        finally:
+            self.closed = True
+
+
+async def test_frames_written_from_their_batches_are_the_bytes_the_frames_iterator_gives() -> None:
+    # EventStreamResponse frames the batches of a ``frames(...)`` body itself (one async generator fewer per
+    # event); what it writes is exactly what iterating ``frames(...)`` gives: a frame per lone entry, the frames
+    # of a batch joined into whole-frame writes, a keep-alive comment for an empty batch.
+    shapes = ([entry(0)], [], [entry(1), entry(2)], [entry(n, 4000) for n in range(3, 40)], [entry(40)])
+    reference = Batches(*shapes)
+    reference.more.set()
+    expected = [chunk async for chunk in frames(reference())]
+    assert KEEPALIVE in expected and len(expected) > len(shapes)  # (the big batch took several writes)
+    client, batches = Client(), Batches(*shapes)
+    batches.more.set()
+    closes: list[bool] = []
+    response = EventStreamResponse(frames(batches()), on_close=closes.append)
+    await response({"type": "http"}, client.receive, client.send)
+    assert client.body == [*expected, b""] and closes == [True] and batches.closed
+
+
+async def test_a_client_that_leaves_a_frames_body_closes_its_batches() -> None:
+    client, batches = Client(), Batches([entry(0)])  # then it waits for more, which never comes
+    closes: list[bool] = []
+    response = EventStreamResponse(frames(batches()), on_close=closes.append)
+    task = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await client.wrote.wait()
+    client.leave()
+    await asyncio.wait_for(task, 5)
+    assert closes == [False] and batches.closed
+    assert client.body == [encode_frame(entry(0).type, entry(0).payload)]

@@ -122,6 +122,10 @@ class MemoryLiveLog(LiveLog):
         log.ended = ended
         log.notify()
 
+    def has(self, response_id: str) -> bool:
+        """Whether there is a log for ``response_id`` (``read(...).found`` without a coroutine)."""
+        return response_id in self._logs
+
     async def read(self, response_id: str, starting_after: int = -1, *, wait: float = 0.0) -> LiveRead:
         log = self._logs.get(response_id)
         if log is None:

@@ -469,13 +469,16 @@ class RedisLiveLog(LiveLog):
                 entries = tail.after(starting_after)
             return LiveRead(entries, tail.ended)
 
-    async def follow(
+    def follow(self, response_id: str, starting_after: int = -1, *, keepalive: float) -> AsyncIterator[list[Entry]]:
+        """A run of this process: its in-process log itself (no layer of ours in between: an event per stream
+        passes every layer once); any other: the stream in Redis, through this process's shared reader."""
+        if self._local is not None and self._local.has(response_id):
+            return self._local.follow(response_id, starting_after, keepalive=keepalive)
+        return self._follow_stream(response_id, starting_after, keepalive=keepalive)
+
+    async def _follow_stream(
         self, response_id: str, starting_after: int = -1, *, keepalive: float
     ) -> AsyncIterator[list[Entry]]:
-        if self._local is not None and (await self._local.read(response_id, starting_after)).found:
-            async for batch in self._local.follow(response_id, starting_after, keepalive=keepalive):
-                yield batch
-            return
         first = await self._range(response_id, starting_after)
         if not first.found:
             return
