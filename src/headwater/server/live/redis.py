@@ -112,12 +112,19 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), options
 
 
-def _pack(args: list[bytes]) -> bytes:
-    """One command in the Redis protocol (RESP): ``*N`` then ``$len``/bytes per argument."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
-    return b"".join(parts)
+def _pack_args(args: list[bytes]) -> bytes:
+    """Arguments in the Redis protocol (each ``$len``, its bytes), without the command's ``*N`` head."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
+
+
+class _Packed:
+    """Arguments already in the Redis protocol (``parts``, joined as they are) and how many they are."""
+
+    __slots__ = ("count", "parts")
+
+    def __init__(self, args: list[bytes]) -> None:
+        self.parts = [_pack_args(args)]
+        self.count = len(args)
 
 
 def _stream_id(sequence_number: int) -> str:
@@ -315,23 +322,30 @@ class RedisLiveLog(LiveLog):
                     await self._send_expiries()
                     continue
                 batches = self._take()
-                args: list[bytes] = [b"%d" % self.ttl_ms, b"%d" % self.final_ttl_ms, b"%d" % self.maxlen]
-                types = self._types
+                # ARGV in the Redis protocol already (``_Packed``): each entry's three arguments in one format.
+                argv = _Packed([b"%d" % self.ttl_ms, b"%d" % self.final_ttl_ms, b"%d" % self.maxlen])
+                parts, types = argv.parts, self._types
                 for batch in batches:
-                    args += (b"1" if batch.ended else b"0", b"%d" % len(batch.entries))
+                    size = b"%d" % len(batch.entries)
+                    parts.append(b"$1\r\n%b\r\n$%d\r\n%b\r\n" % (b"1" if batch.ended else b"0", len(size), size))
+                    argv.count += 2 + 3 * len(batch.entries)
                     for entry in batch.entries:
                         kind = types.get(entry.type)
                         if kind is None:
-                            kind = entry.type.encode()
+                            encoded = entry.type.encode()
+                            kind = b"$%d\r\n%b\r\n" % (len(encoded), encoded)
                             if len(types) < 1024:  # (the protocol's types; a relayed upstream may have more)
                                 types[entry.type] = kind
-                        args += (b"%d-0" % (entry.sequence_number + 1), kind, entry.payload)
+                        stream_id = b"%d-0" % (entry.sequence_number + 1)
+                        payload = entry.payload
+                        parts.append(b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (len(stream_id), stream_id, kind,
+                                                                            len(payload), payload))
                 start = time.perf_counter()
                 self.commands += 1
                 self.writes += 1
                 self.batches += len(batches)
                 try:
-                    await self._call_append(batches, args)
+                    await self._call_append(batches, argv)
                 except Exception as exc:  # (Redis away, or closed): the store has every entry
                     self.errors += len(batches) - 1  # (one more in _failed)
                     self._failed(f"append of {len(batches)} batch(es)", exc)
@@ -366,24 +380,28 @@ class RedisLiveLog(LiveLog):
                 if not sent.done():
                     sent.set_result(None)
 
-    async def _call_append(self, batches: list[_Batch], args: list[bytes]) -> None:
-        await self._call(_APPEND, self._append_sha, [batch.key.encode() for batch in batches], args)
+    async def _call_append(self, batches: list[_Batch], argv: _Packed) -> None:
+        await self._call(_APPEND, self._append_sha, [batch.key.encode() for batch in batches], argv)
 
-    async def _call(self, script: str, sha: bytes, keys: list[bytes], args: list[bytes]) -> None:
+    async def _call(self, script: str, sha: bytes, keys: list[bytes], args: list[bytes] | _Packed) -> None:
         """``EVALSHA`` of ``script``, packed here in one pass (redis-py's generic path costs microseconds per
         argument, and an append has three per entry); ``EVAL`` when Redis does not know the script (it was
         restarted). A connection that broke (Redis restarted) is replaced once: both scripts are idempotent."""
         pool = self._client.connection_pool
+        argv = args if isinstance(args, _Packed) else _Packed(args)
+        head = b"*%d\r\n" % (3 + len(keys) + argv.count)
+        packed_keys = _pack_args([b"%d" % len(keys), *keys])
         for attempt in (1, 2):
             connection = await pool.get_connection()
             try:
-                await connection.send_packed_command(_pack([b"EVALSHA", sha, b"%d" % len(keys), *keys, *args]),
-                                                     check_health=False)
+                await connection.send_packed_command(
+                    b"".join([head, _pack_args([b"EVALSHA", sha]), packed_keys, *argv.parts]), check_health=False)
                 try:
                     await connection.read_response()
                 except NoScriptError:
-                    await connection.send_packed_command(_pack([b"EVAL", script.encode(), b"%d" % len(keys), *keys,
-                                                                *args]), check_health=False)
+                    await connection.send_packed_command(
+                        b"".join([head, _pack_args([b"EVAL", script.encode()]), packed_keys, *argv.parts]),
+                        check_health=False)
                     await connection.read_response()
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError):
