@@ -70,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import msgspec
 
 import _streams
+import headwater.protocol
 from headwater.protocol.events import KnownEvent
 from headwater.protocol.resources import FunctionCall, Message, OutputText
 from headwater.protocol.stream import iter_events
@@ -484,7 +485,8 @@ def print_table(reports: list[StreamReport], args: argparse.Namespace, env: dict
     width = max(len(p.label) for p in PEERS) + 2
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     print(
-        f"{env['date']}  python {env['python']}, {env['cpus']} cpus, load {env['loadavg_1min']:.2f}; {versions}"
+        f"{env['date']}  python {env['python']}, {env['cpus']} cpus, load {env['loadavg_1min']:.2f}; {versions}; "
+        f"headwater.protocol {'compiled (mypyc)' if env['compiled'] else 'pure Python'}"
     )
     print(
         f"chunk size {args.chunk} B (all rows but whole-buffer ones); best of >= {args.repeats} runs "
@@ -578,6 +580,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "loadavg_1min": os.getloadavg()[0],
+        "compiled": headwater.protocol.COMPILED,  # the mypyc build (setup.py) or the pure-Python sources
         "versions": {
             d: version(d) for d in ("headwater", "openai", "openresponses-py", "msgspec", "pydantic")
         },

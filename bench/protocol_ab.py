@@ -13,6 +13,9 @@ by default, issue 14's measure), taking turns, with
 the limit proxy of ``bench_protocol.py`` (``bytes.find`` framing + one typed msgspec decode) run in the same turns
 as the noise gauge. ``--instructions`` runs each (variant, peer, stream) in a child under ``valgrind --tool=callgrind``
 with 1 and 6 repetitions and reports the difference per event: machine load does not change it.
+The ref's sources always run as pure Python (an archive holds no compiled modules); this checkout's run as it is
+installed: compiled by mypyc (setup.py) unless ``HEADWATER_NO_COMPILE=1``, so ``HEADWATER_NO_COMPILE=1 python
+bench/protocol_ab.py`` compares pure with pure.
 """
 
 from __future__ import annotations
@@ -161,6 +164,13 @@ def instructions(streams: list[str], ref_dir: str, chunk: int, *, base: bool = T
         print(f"{short:8} limit {limit:,.0f} instructions/event | {cells}", flush=True)
 
 
+def _build() -> str:
+    """How this checkout's protocol is built: the ref's extracted sources are always pure Python."""
+    import headwater.protocol
+
+    return "compiled (mypyc)" if headwater.protocol.COMPILED else "pure Python"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="main", help="the git ref to compare with (default main)")
@@ -182,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
             variant, peer, short, times = args.child
             child(variant, peer, short, int(times), args.chunk)
         elif args.instructions:
-            print(f"instructions per event, {args.ref} (base) vs this checkout (new), {args.chunk} B chunks; "
-                  "ratio: the limit proxy's / it")
+            print(f"instructions per event, {args.ref} (base, pure Python) vs this checkout (new, {_build()}), "
+                  f"{args.chunk} B chunks; ratio: the limit proxy's / it")
             instructions(streams, ref_dir, args.chunk, base=not args.new_only)
         else:
             import os
 
             print(f"us/event, best of {args.runs} alternating turns, gc off, {args.chunk} B chunks, load {os.getloadavg()[0]:.2f}; "
-                  f"base = {args.ref}, new = this checkout; ratio: the limit proxy's time / it")
+                  f"base = {args.ref} (pure Python), new = this checkout ({_build()}); ratio: the limit proxy's time / it")
             wall(streams, args.runs, args.chunk)
     return 0
 

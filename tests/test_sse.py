@@ -703,13 +703,32 @@ def uniform_streams(draw: st.DrawFn) -> tuple[bytes, bool]:
     return b"".join(parts), odd_one < 0 and len(shapes) == 1
 
 
-def _slow_decoder() -> SSEDecoder:
+class _LineParserOnly(SSEDecoder):
     """An SSEDecoder whose LF fast paths (the whole-chunk one of ``feed_columns`` and ``_blocks``) are the full
-    WHATWG line parser (what the fast paths must equal)."""
-    decoder = SSEDecoder()
-    decoder._columns = lambda region: None  # type: ignore[method-assign]
-    decoder._blocks = lambda region: decoder._general(region, 0)  # type: ignore[method-assign]
-    return decoder
+    WHATWG line parser (what the fast paths must equal). A subclass, not patched methods: the compiled build's
+    classes take no instance attributes, but call an interpreted subclass's overrides."""
+
+    def _columns(self, region: bytes) -> None:
+        return None
+
+    def _blocks(self, region: bytes) -> None:
+        self._general(region, 0)
+
+
+class _CountingMixedBlocks(SSEDecoder):
+    """An SSEDecoder that records each region its event-by-event path (``_blocks_each``) is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.each: list[list[bytes]] = []
+
+    def _blocks_each(self, lines: list[bytes]) -> None:
+        self.each.append(lines)
+        super()._blocks_each(lines)
+
+
+def _slow_decoder() -> SSEDecoder:
+    return _LineParserOnly()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -720,13 +739,11 @@ def test_property_column_fast_path_equals_the_line_parser(data: st.DataObject, c
     slow = _slow_decoder()
     expected = feed_cuts(slow, stream, cuts)
     assert expected == Reference(stream).frames
-    fast = SSEDecoder()
-    each = []
-    fast._blocks_each = lambda lines: (each.append(lines), SSEDecoder._blocks_each(fast, lines))  # type: ignore[method-assign]
+    fast = _CountingMixedBlocks()
     assert feed_cuts(fast, stream, cuts) == expected
     assert (fast.comments, fast.last_event_id, fast.retry) == (slow.comments, slow.last_event_id, slow.retry)
     if plain and not cuts:
-        assert each == []  # fed whole, a stream of common shapes never leaves the column-wise path
+        assert fast.each == []  # fed whole, a stream of common shapes never leaves the column-wise path
     columns = SSEDecoder()
     names: list[str | None] = []
     payloads: list[bytes] = []
@@ -752,6 +769,16 @@ def test_column_fast_path_on_a_real_capture_in_4k_chunks() -> None:
     assert feed_cuts(SSEDecoder(), stream, cuts) == feed_cuts(_slow_decoder(), stream, cuts) == Reference(stream).frames
 
 
+class _GeneralPathWatched(SSEDecoder):
+    """An SSEDecoder whose general machinery (``_feed``) fails the test once ``general_allowed`` is False."""
+
+    general_allowed = True
+
+    def _feed(self, chunk: bytes) -> None:
+        assert self.general_allowed, "the chunk left feed_columns' one-call path"
+        super()._feed(chunk)
+
+
 def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
     # Once the stream has started, every chunk here ends at least one event of the common shapes (after the
     # start of one kept from the chunk before): feed_columns frames each in that one call and never reaches the
@@ -760,9 +787,9 @@ def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
     events += [b"data: {\"n\":%d}\n\n" % i for i in range(40)]
     stream = b"".join(events)
     ends = [sum(map(len, events[: i + 1])) for i in range(len(events))]
-    decoder = SSEDecoder()
+    decoder = _GeneralPathWatched()
     frames = decoder.feed(stream[: ends[0]])  # the start of the stream (BOM, mode) goes the general way
-    decoder._feed = None  # type: ignore[assignment, method-assign]
+    decoder.general_allowed = False
     start = ends[0]
     for end in ends[2::2]:
         frames += decoder.feed(stream[start : end - 5])  # cut inside every other event

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from itertools import repeat
 from operator import is_
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from .errors import SSEError
+
+try:
+    from mypy_extensions import mypyc_attr  # read by mypyc when it compiles this module (setup.py)
+except ImportError:  # mypy, which brings it, is a dev dependency: without it, a stand-in that does nothing
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
 
 __all__ = ["DONE", "WRITE_BYTES", "Frame", "SSEDecoder", "SSEError", "encode_comment", "encode_frame", "join_frames"]
 
@@ -54,6 +61,7 @@ class Frame(msgspec.Struct, gc=False):
     retry: int | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' subclasses swap fast paths out
 class SSEDecoder:
     """Feed it the bytes of one stream as they arrive; it returns the complete frames.
 
@@ -113,18 +121,18 @@ class SSEDecoder:
 
     # -- public API ---------------------------------------------------------------------------------------------
 
-    def feed(self, chunk: bytes) -> list[Frame]:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Frame]:
         """Take the next bytes of the stream; return the frames they complete (possibly none)."""
         return self._frames(*self.feed_columns(chunk))
 
-    def feed_columns(self, chunk: bytes) -> tuple[list[str | None], list[bytes]]:
+    def feed_columns(self, raw: bytes | bytearray | memoryview) -> tuple[list[str | None], list[bytes]]:
         """``feed``, but the frames it completes as two columns, their events (names) and their data, with no
         ``Frame`` built: what ``stream.EventDecoder`` reads, and cheaper. A frame's ``id`` and ``retry`` are not
         in the columns (``last_event_id`` and ``retry`` still follow them)."""
         if self._out_meta:
             self._out_meta.clear()
-        if chunk.__class__ is not bytes:
-            chunk = bytes(chunk)  # a bytearray or memoryview: frames must hold immutable bytes
+        # A bytearray or memoryview (or a bytes subclass) is copied: frames must hold immutable, plain bytes.
+        chunk = raw if type(raw) is bytes else bytes(raw)
         if self._ready and not (self._buf or self._skip_lf or self._has_fields) and 13 not in chunk:
             # The hot path, in this one call: the chunk, after the kept start of its first event, completes whole
             # events of the common shapes. (A pending start holds no CR either.)

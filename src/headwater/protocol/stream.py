@@ -54,7 +54,7 @@ class EventDecoder:
         """How many comment lines (keep-alives) the stream has carried so far."""
         return self._frames.comments
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Event]:
         return self._decode(*self._frames.feed_columns(chunk))
 
     def close(self) -> list[Event]:
@@ -134,7 +134,7 @@ def _closing(decoder: EventDecoder) -> Iterator[Event]:
     yield from decoder.close()
 
 
-async def aiter_events(
+def aiter_events(
     chunks: AsyncIterable[bytes],
     *,
     lenient: bool = False,
@@ -142,12 +142,39 @@ async def aiter_events(
     max_event_size: int = 16 * 1024 * 1024,
 ) -> AsyncIterator[Event]:
     """Typed events from an async iterable of byte chunks: the same decoder as ``iter_events``."""
-    decoder = EventDecoder(lenient=lenient, camel=camel, max_event_size=max_event_size)
-    async for chunk in chunks:
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.close():
-        yield event
+    return _AsyncEvents(chunks, EventDecoder(lenient=lenient, camel=camel, max_event_size=max_event_size))
+
+
+class _AsyncEvents:
+    """``aiter_events``' iterator: an explicit ``__anext__`` rather than an async generator, which mypyc (the
+    compiled build, see setup.py) cannot compile. Each chunk's events are handed out one by one; the decoder's
+    ``close()`` is called once the chunks run out."""
+
+    def __init__(self, chunks: AsyncIterable[bytes], decoder: EventDecoder) -> None:
+        self._chunks = chunks.__aiter__()
+        self._decoder = decoder
+        self._ready: list[Event] = []
+        self._next = 0
+        self._closed = False
+
+    def __aiter__(self) -> _AsyncEvents:
+        return self
+
+    async def __anext__(self) -> Event:
+        while self._next >= len(self._ready):
+            if self._closed:
+                raise StopAsyncIteration
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._closed = True
+                self._ready = self._decoder.close()
+            else:
+                self._ready = self._decoder.feed(chunk)
+            self._next = 0
+        event = self._ready[self._next]
+        self._next += 1
+        return event
 
 
 def encode_sse(event: Event) -> bytes:
