@@ -636,7 +636,7 @@ def test_long_whitespace_start_is_taken_as_sse() -> None:
     assert decoder.feed(b"data: x\n\n") == [Frame(None, b"x")]
 
 
-# -- the column-wise fast path (a region of one common shape framed by C-level slices and maps) --------------------
+# -- the fast path of the common shapes (_feed_lines, _scan: event by event over a chunk's lines) -----------------
 
 PERTURBATIONS = st.sampled_from(
     [
@@ -680,18 +680,16 @@ DATA_TRAPS = st.sampled_from(
 def uniform_streams(draw: st.DrawFn) -> tuple[bytes, bool]:
     """Runs of the two common shapes (``event: X / data: Y`` and ``data: Y``), one of them for the whole stream or
     a mix, with at most one unusual line or event (often one that falls on the stride of the shape around it);
-    and whether the stream holds nothing but one of those shapes, with LF line ends."""
+    and whether the stream holds nothing but those shapes, with LF line ends."""
     parts = [BOM] if draw(st.booleans()) else []
     names = draw(st.lists(st.sampled_from([b"response.output_text.delta", b"e", b"\xc3\xa9t\xc3\xa9"]), min_size=1))
     mixed = draw(st.booleans())
     named = draw(st.booleans())
     runs = draw(st.integers(1, 4))
     odd_one = draw(st.integers(-1, runs - 1))  # after which run the unusual part comes (-1: none)
-    shapes = set()
     for run in range(runs):
         if mixed:
             named = draw(st.booleans())
-        shapes.add(named)
         for _ in range(draw(st.integers(1, 30))):
             data = b'{"delta":"' + draw(VALUES).replace(b"\\", b"").replace(b'"', b"") + b'"}'
             head = b"event: " + draw(st.sampled_from(names)) + b"\n" if named else b""
@@ -700,15 +698,15 @@ def uniform_streams(draw: st.DrawFn) -> tuple[bytes, bool]:
             parts.append(draw(st.one_of(NAMED_TRAPS if named else DATA_TRAPS, PERTURBATIONS)))
     if draw(st.integers(0, 3)) == 0:
         parts.append(b"event: cut\ndata: unterminated")
-    return b"".join(parts), odd_one < 0 and len(shapes) == 1
+    return b"".join(parts), odd_one < 0
 
 
 class _LineParserOnly(SSEDecoder):
-    """An SSEDecoder whose LF fast paths (the whole-chunk one of ``feed_columns`` and ``_blocks``) are the full
-    WHATWG line parser (what the fast paths must equal). A subclass, not patched methods: the compiled build's
+    """An SSEDecoder whose LF fast paths (``feed_columns``' one-call path, ``_feed_lines``, and ``_blocks``) are
+    the full WHATWG line parser (what the fast paths must equal). A subclass, not patched methods: the compiled build's
     classes take no instance attributes, but call an interpreted subclass's overrides."""
 
-    def _columns(self, region: bytes) -> None:
+    def _feed_lines(self, chunk: bytes) -> None:
         return None
 
     def _blocks(self, region: bytes) -> None:
@@ -743,7 +741,7 @@ def test_property_column_fast_path_equals_the_line_parser(data: st.DataObject, c
     assert feed_cuts(fast, stream, cuts) == expected
     assert (fast.comments, fast.last_event_id, fast.retry) == (slow.comments, slow.last_event_id, slow.retry)
     if plain and not cuts:
-        assert fast.each == []  # fed whole, a stream of common shapes never leaves the column-wise path
+        assert fast.each == []  # fed whole, a stream of the common shapes, in any mix, never leaves the fast path
     columns = SSEDecoder()
     names: list[str | None] = []
     payloads: list[bytes] = []

@@ -7,7 +7,6 @@ line, auto-detected). No sockets, no event loop, no reconnection logic (`last_ev
 from __future__ import annotations
 
 from itertools import repeat
-from operator import is_
 from typing import Any, Final
 
 import msgspec
@@ -35,14 +34,9 @@ _PENDING_MAX: Final = 64 * 1024
 _EVENT: Final = b"event: "
 _DATA: Final = b"data: "
 _FIRST: Final = (_EVENT, _DATA)  # the first lines an unfinished event may keep whole (see `_rest`)
-_starts = bytes.startswith
 # b"event: X" (or b"event: X\r") -> "X", shared by every decoder: a stream's names are mostly the last stream's,
 # and a pure function of the line. At most _NAME_CACHE_SIZE lines (then emptied); only checked lines go in.
 _NAMES: dict[bytes, str | None] = {}
-_unprefixed = bytes.removeprefix  # the very same object back when the prefix is absent
-# Endless, shared: map() stops at its first (finite) iterable, so one repeat serves every call (none made a call).
-_EVENTS: Final = repeat(_EVENT)
-_DATAS: Final = repeat(_DATA)
 
 
 class Frame(msgspec.Struct, gc=False):
@@ -134,32 +128,9 @@ class SSEDecoder:
         # A bytearray or memoryview (or a bytes subclass) is copied: frames must hold immutable, plain bytes.
         chunk = raw if type(raw) is bytes else bytes(raw)
         if self._ready and not (self._buf or self._skip_lf or self._has_fields) and 13 not in chunk:
-            # The hot path, in this one call: the chunk, after the kept start of its first event, completes whole
-            # events of the common shapes. (A pending start holds no CR either.)
-            pending = self._pending
-            joined = pending + chunk if pending else chunk
-            cut = joined.rfind(b"\n\n") + 2
-            end = len(joined)
-            if 2 <= cut <= self._max:
-                columns = self._columns(joined[:cut] if cut < end else joined)
-                if columns is not None:
-                    base = self._pending_off if pending else self._pos
-                    self._pos += len(chunk)
-                    if cut == end:
-                        self._pending = b""
-                        return columns
-                    # `_rest`, its common case inline (one call less a chunk): the chunk ends inside an event
-                    # that has at most its first line complete, an "event:" or "data:" one; keep it whole.
-                    rest = joined[cut:]
-                    lines = rest.count(10)
-                    if end - cut <= self._pending_max and (not lines or (lines == 1 and rest.startswith(_FIRST))):
-                        self._pending = rest
-                        self._pending_off = base + cut
-                    else:
-                        self._pending = b""
-                        self._out_names, self._out_data = columns
-                        self._general(rest, base + cut)
-                    return columns
+            columns = self._feed_lines(chunk)
+            if columns is not None:
+                return columns
         names: list[str | None] = []
         data: list[bytes] = []
         self._out_names = names
@@ -169,6 +140,49 @@ class SSEDecoder:
         else:
             self._feed_slow(chunk)
         return names, data
+
+    def _feed_lines(self, chunk: bytes) -> tuple[list[str | None], list[bytes]] | None:
+        """The hot path: ``feed_columns`` for a chunk that, after the kept start of its first event, completes
+        whole events of the two common shapes (see ``_scan``) and ends inside the next one or right after an
+        event. Its frames as columns, the state updated; or None, nothing changed, for anything else (the
+        general path then takes the chunk). The decoder is ready, holds no pending line, no event fields and no
+        CR; nor does the chunk.
+
+        One split at LFs and one pass over the lines, with no other scan of the bytes: where the complete events
+        end and how many lines the rest has follow from the lines and their lengths."""
+        pending = self._pending
+        joined = pending + chunk if pending else chunk
+        if len(joined) > self._max:
+            return None  # a region of whole events larger than an event may be: _feed cuts it up and checks it
+        lines = joined.split(b"\n")
+        names: list[str | None] = []
+        payloads: list[bytes] = []
+        start = self._scan(lines, names, payloads)
+        if start <= 0:
+            return None  # an unusual line (-1), or no complete event (0)
+        base = self._pending_off if pending else self._pos
+        self._pos += len(chunk)
+        last = len(lines) - 1
+        if start == last and not lines[last]:
+            self._pending = b""  # the chunk ends right after an event
+            return names, payloads
+        # The chunk ends inside an event, which starts at lines[start]. With at most its first line complete (an
+        # "event:" or "data:" one, as _scan read it), keep it whole for the next chunk; otherwise apply its lines
+        # now. (The LFs between the rest's lines: last - start of them.)
+        size = last - start
+        for index in range(start, last + 1):
+            size += len(lines[index])
+        cut = len(joined) - size
+        rest = joined[cut:]
+        if last - start <= 1 and size <= self._pending_max:
+            self._pending = rest
+            self._pending_off = base + cut
+        else:
+            self._pending = b""
+            self._out_names = names
+            self._out_data = payloads
+            self._general(rest, base + cut)
+        return names, payloads
 
     def _frames(self, names: list[str | None], data: list[bytes]) -> list[Frame]:
         frames = list(map(Frame, names, data))
@@ -415,62 +429,62 @@ class SSEDecoder:
 
     def _blocks(self, region: bytes) -> None:
         """The hot path, for LF line ends. `region` holds whole events (it ends with a blank line), no event is set
-        yet, and none can exceed the size limit. The common shapes are framed column-wise (`_columns`); otherwise
-        those shapes are recognised event by event on the split lines, and anything else goes through `_process`
-        line by line up to its blank line."""
-        columns = self._columns(region)
-        if columns is not None:
-            self._out_names += columns[0]
-            self._out_data += columns[1]
-            return
+        yet, and none can exceed the size limit. The common shapes are framed by `_scan`; otherwise those shapes
+        are recognised event by event on the split lines, and anything else goes through `_process` line by
+        line up to its blank line."""
         lines = region.split(b"\n")
+        names: list[str | None] = []
+        payloads: list[bytes] = []
+        if self._scan(lines, names, payloads) == len(lines) - 1:
+            self._out_names += names
+            self._out_data += payloads
+            return
         lines.pop()  # the empty piece after the final line end
         self._blocks_each(lines)
 
-    def _columns(self, region: bytes) -> tuple[list[str | None], list[bytes]] | None:
-        """The frames of `region` as columns (names, data), if it is made only of "event: X / data: Y / blank"
-        blocks, or only of "data: Y / blank" ones: the shape of nearly every chunk of a Responses stream; None
-        for any other region. `region` holds whole events and no CR, and no event is set yet.
+    def _scan(self, lines: list[bytes], names: list[str | None], payloads: list[bytes]) -> int:
+        """Frame the complete events at the start of ``lines`` (a region split at LFs; the last piece is what
+        follows the final LF) into ``names`` and ``payloads``, if they are of the two common shapes, "event: X /
+        data: Y / blank" and "data: Y / blank", in any mix: nearly every chunk of a Responses stream. Returns the
+        index of the line where the first incomplete event starts (the last piece's if none is), or -1 at an
+        unusual line among them: another field, a second data line, a comment, an extra blank line. No event is
+        set yet, and the lines hold no CR.
 
-        No Python step per event: one split at LFs (CPython finds a one-byte separator several times faster than
-        the two bytes of a blank line, which `split(b"\\n\\n")` and `find` loops pay), stride slices for the three
-        kinds of line, the blank lines checked by one `any`, the names by one `count` (one name for the
-        whole region, the usual case) or one cache lookup per event, and the payloads cut by one `removeprefix`
-        map, which hands a line without the prefix back unchanged: one identity check finds any."""
-        lines = region.split(b"\n")
-        lines.pop()  # the empty piece after the final line end
-        count = len(lines)
-        if not count % 3 and not any(lines[2::3]):
-            heads = lines[0::3]
-            size = len(heads)
-            first = heads[0]
-            cache = self._names
-            names: list[str | None]
-            if heads.count(first) == size:
-                name = cache.get(first)
-                if name is None:
-                    if not first.startswith(_EVENT):
-                        return None
-                    name = self._event_name(first)
-                names = [name] * size
+        Event by event, a few steps each: compiled (setup.py), those steps are a few machine instructions
+        (``startswith`` on bytes is a mypyc primitive, list indexing is native), cheaper than the slices and maps
+        that avoid Python steps in the interpreter."""
+        last = len(lines) - 1
+        cache = self._names
+        name: str | None = None
+        name_line = b""  # the last "event:" line seen, and its name: a chunk's events mostly share one
+        line_name: str | None = None
+        index = 0
+        while index < last:
+            start = index
+            line = lines[index]
+            if line.startswith(_EVENT):
+                if line != name_line:
+                    line_name = cache.get(line)
+                    if line_name is None:
+                        line_name = self._event_name(line)
+                    name_line = line
+                name = line_name
+                index += 1
+                if index == last:
+                    return start
+                line = lines[index]
             else:
-                names = list(map(cache.get, heads))
-                if None in names:  # a name not cached yet (or an empty one); only checked lines are cached
-                    if not all(map(_starts, heads, _EVENTS)):
-                        return None
-                    for index, name in enumerate(names):
-                        if name is None:
-                            names[index] = self._event_name(heads[index])
-            body = lines[1::3]
-        elif not count % 2 and not any(lines[1::2]):
-            body = lines[0::2]
-            names = [None] * len(body)
-        else:
-            return None
-        data = list(map(_unprefixed, body, _DATAS))
-        if any(map(is_, data, body)):
-            return None  # a line that is not "data: ..." where the data line stands
-        return names, data
+                name = None
+            if not line.startswith(_DATA):
+                return -1
+            if index + 1 == last:
+                return start  # the data line is complete, the blank line after it not here yet
+            if lines[index + 1]:
+                return -1
+            names.append(name)
+            payloads.append(line[6:])
+            index += 2
+        return index
 
     def _blocks_each(self, lines: list[bytes]) -> None:
         """`_blocks` event by event, for a region of mixed shapes (`lines`: its lines, split, the last one blank)."""
