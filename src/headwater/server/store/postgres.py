@@ -344,8 +344,8 @@ class PostgresStore(Store):
             return []
         done = self._future()  # (one for all: no future, callback and wake-up per response)
         tokens = self._tokens
-        jobs = [_Append(b.response_id, list(b.entries), b.status, b.data, tokens.get(b.response_id), done)
-                for b in batches]
+        jobs = [_Append(b.response_id, b.entries if isinstance(b.entries, list) else list(b.entries), b.status, b.data,
+                        tokens.get(b.response_id), done) for b in batches]
         if not self._queue and not self._commit_lock.locked() and sum(len(j.rows) for j in jobs) <= _MAX_BATCH_ROWS:
             # Nothing else waits for the writer: commit in the caller's task (the event log's), two turns of
             # the event loop sooner than through the writer task (its wake-up, then this one's).
@@ -477,13 +477,14 @@ class PostgresStore(Store):
         merged = _merged(jobs)
         if not merged:
             return {}
-        flat = [(job.response_id, entry) for job in merged for entry in job.rows]
         try:
             refused = await conn.fetch(
                 _APPEND, [job.response_id for job in merged], [job.token for job in merged],
                 [job.status for job in merged], [job.data for job in merged],
-                [r[0] for r in flat], [r[1].sequence_number for r in flat], [r[1].type for r in flat],
-                [r[1].payload for r in flat],
+                [job.response_id for job in merged for _ in job.rows],
+                [entry.sequence_number for job in merged for entry in job.rows],
+                [entry.type for job in merged for entry in job.rows],
+                [entry.payload for job in merged for entry in job.rows],
             )
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise _Problem(ValueError(f"a sequence number is already logged: {exc}")) from None
@@ -708,6 +709,8 @@ class PostgresStore(Store):
 
 def _merged(jobs: list[_Append]) -> list[_Append]:
     """One job per response (its appends in order; the last status and resource win), for one UPDATE row each."""
+    if len({job.response_id for job in jobs}) == len(jobs):
+        return jobs  # (the event log's commits: one job per response already; nothing to copy)
     merged: dict[str, _Append] = {}
     for job in jobs:
         first = merged.get(job.response_id)
