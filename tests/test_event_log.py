@@ -378,3 +378,29 @@ async def test_behind_the_runs_pace_the_next_commit_waits_for_the_previous_ones_
         assert [e.sequence_number for e in (await live.read("a")).entries] == [0, 1, 2]
     await until(lambda: len(store.calls) == 3, "the third commit, once Redis answered")
     await a.flushed()
+
+
+async def test_with_most_runs_keeping_pace_the_next_commit_does_not_wait_for_the_previous_ones_sending(
+    held_redis: HeldRedis,
+) -> None:
+    # One run of five queued two batches during a commit (a cycle about as long as the pace): not behind, so
+    # the next commit goes at once though the previous one's Redis sending is held.
+    store, live, a = await held_redis.run()
+    await created(store, "b", "c", "d", "e")
+    log = a._log
+    assert log is not None
+    others = [log.open(rid, live) for rid in ("b", "c", "d", "e")]
+    store.gate.clear()
+    a.write([entry(0)])
+    await until(lambda: len(store.calls) == 1, "the first commit")
+    with held_redis.hold():
+        a.write([entry(1)])
+        a.write([entry(2)])  # (two batches: this run alone is behind)
+        for run in others:
+            run.write([entry(0)])
+        store.gate.set()
+        await until(lambda: len(store.calls) == 2, "the second commit")
+        a.write([entry(3)])
+        await until(lambda: len(store.calls) == 3, "the third commit, while Redis holds the second's sending")
+        assert [e.sequence_number for e in (await live.read("a")).entries] == [0, 1, 2, 3]
+    await asyncio.gather(a.flushed(), *(run.flushed() for run in others))

@@ -219,13 +219,16 @@ class EventLog:
             else:
                 remote.append((run, pending))
         sending = [_publish_queued(items) for items in nowait.values()]
-        # Behind the runs' pace (some run queued several batches while the last commit was in flight): before
-        # the next commit, let the previous one's sending finish, so that commits grow with the load and carry
-        # more per run (fewer commits, wake-ups and writes per event: what a saturated process can carry).
-        # Keeping up, the next commit goes at once: the shortest cycle, the smallest gap between events.
+        # Behind the runs' pace (more than a quarter of the runs queued several batches while the last commit
+        # was in flight: it took over 1.25 paces): before the next commit, let the previous one's sending
+        # finish, so that commits grow with the load and carry more per run (fewer commits, wake-ups and writes
+        # per event: what a saturated process can carry). Keeping up, the next commit goes at once: the shortest
+        # cycle, the smallest gap between events. (With any one run behind as the test, a cycle about as long as
+        # the pace tipped over: a few runs always have two batches, the wait lengthens the cycle, more runs do.)
         previous, self._sending = self._sending, [s for s in sending if not s.done()]
         pending_sends = [s for s in previous if not s.done()]
-        if len(queued) > len(merged) and pending_sends:
+        behind = len(queued) > len(merged) and 4 * sum(p.batches > 1 for p in merged.values()) > len(merged)
+        if behind and pending_sends:
             try:
                 await asyncio.wait(pending_sends)
             except BaseException as exc:
