@@ -1,5 +1,5 @@
 """The HTTP plumbing the upstream backends share: endpoint URLs, one HTTP client (``_http.HTTPClient``) with its
-time-outs, the POST that opens a stream, and SSE frames out of it (through ``headwater.protocol.sse.SSEDecoder``).
+time-outs, the POST that opens a stream, and its body chunk by chunk (the backends frame it with ``protocol.sse``).
 
 The client is Headwater's own (httptools, keep-alive, no pool caps), not a general one, by measurement
 (bench/bench_gateway.py, "upstream HTTP clients"): httpx/httpcore spent several times aiohttp's CPU per chunk, and
@@ -24,9 +24,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-
-from headwater.protocol.errors import SSEError
-from headwater.protocol.sse import Frame, SSEDecoder
 
 from ._http import Answer, ConnectTimeout, HTTPClient
 from .base import BackendError, GenerationRequest
@@ -287,9 +284,9 @@ class Upstream:
 
 
 class UpstreamStream:
-    """The body of one upstream answer. ``frames()`` yields its SSE frames (comments, such as keep-alives,
-    are skipped by the decoder) and turns transport trouble into ``BackendError``; ``frames_seen`` counts
-    the frames so far, which error messages quote."""
+    """The body of one upstream answer: ``read_chunk()`` (transport trouble becomes ``BackendError``), ``read()``
+    for a JSON answer. The backends frame and decode the chunks themselves, counting the frames in
+    ``frames_seen``, which error messages quote."""
 
     def __init__(self, upstream: Upstream, response: Answer) -> None:
         self.upstream = upstream
@@ -314,20 +311,6 @@ class UpstreamStream:
             if len(body) > limit:
                 raise BackendError(f"upstream {self.url} sent a JSON answer larger than {limit} bytes")
         return bytes(body)
-
-    async def frames(self) -> AsyncIterator[Frame]:
-        decoder = SSEDecoder(mode="sse")
-        feed, chunk_of = decoder.feed, self.read_chunk
-        try:
-            while chunk := await chunk_of():
-                for frame in feed(chunk):
-                    self.frames_seen += 1
-                    yield frame
-            for frame in decoder.close():
-                self.frames_seen += 1
-                yield frame
-        except SSEError as exc:
-            raise BackendError(f"upstream {self.url} sent an unreadable event stream: {exc}") from None
 
     def dropped(self, what: str = "chunks") -> BackendError:
         """The error for a stream that ended before its end (no ``[DONE]``, no finish, no terminal event)."""

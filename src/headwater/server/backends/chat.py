@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from headwater.protocol.sse import DONE
+from headwater.protocol.errors import SSEError
+from headwater.protocol.sse import DONE, SSEDecoder
 
 from ._upstream import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -536,6 +537,8 @@ class ChatBackend(UpstreamBackend):
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        """The upstream's chunks as steps, read in this one generator (a chunk's frames framed together, no
+        generator per frame between the socket and the run)."""
         sent = self._sent_ahead(request)
         body = None if sent is not None else self.request_body(request)
         mapper = ChunkMapper()
@@ -544,36 +547,42 @@ class ChatBackend(UpstreamBackend):
                 for step in _completion_steps(stream, mapper, await stream.read()):
                     yield step
             else:
-                async for step in _stream_steps(stream, mapper):
-                    yield step
+                done = False
+                framer = SSEDecoder(mode="sse")
+                columns, chunk_of, feed = framer.feed_columns, stream.read_chunk, mapper.feed
+                try:
+                    while not done:
+                        chunk = await chunk_of()
+                        payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
+                        for data in payloads:
+                            stream.frames_seen += 1
+                            if data == DONE:
+                                done = True
+                                break
+                            if not data.strip():
+                                continue
+                            try:
+                                steps = feed(data)
+                            except ValueError as exc:
+                                raise stream.malformed(data, str(exc)) from None
+                            except UpstreamError as exc:
+                                raise BackendError(
+                                    f"upstream {stream.url} reported an error mid-stream after "
+                                    f"{stream.frames_seen} chunks: {exc}",
+                                    code="upstream_error",
+                                ) from None
+                            for step in steps:
+                                yield step
+                        if not chunk:
+                            break
+                except SSEError as exc:
+                    raise BackendError(f"upstream {stream.url} sent an unreadable event stream: {exc}") from None
+                if not done and mapper.finish is None:
+                    raise stream.dropped()
+                if mapper.finish is None:
+                    yield Finish("stop")  # [DONE] without a finish_reason: the upstream says it is done
         if mapper.usage is not None:
             yield mapper.usage
-
-
-async def _stream_steps(stream: UpstreamStream, mapper: ChunkMapper) -> AsyncIterator[Step]:
-    done = False
-    async for frame in stream.frames():
-        data = frame.data
-        if data == DONE:
-            done = True
-            break
-        if not data.strip():
-            continue
-        try:
-            steps = mapper.feed(data)
-        except ValueError as exc:
-            raise stream.malformed(data, str(exc)) from None
-        except UpstreamError as exc:
-            raise BackendError(
-                f"upstream {stream.url} reported an error mid-stream after {stream.frames_seen} chunks: {exc}",
-                code="upstream_error",
-            ) from None
-        for step in steps:
-            yield step
-    if not done and mapper.finish is None:
-        raise stream.dropped()
-    if mapper.finish is None:
-        yield Finish("stop")  # [DONE] without a finish_reason: the upstream says it is done
 
 
 def _completion_steps(stream: UpstreamStream, mapper: ChunkMapper, data: bytes) -> list[Step]:
