@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gzip
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +223,64 @@ async def test_the_request_is_one_http11_post_with_host_and_length() -> None:
     assert f"host: 127.0.0.1:{port}" in lines
     assert "authorization: Bearer sk-test" in lines
     assert f"content-length: {len(body)}" in lines
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and its key), signed by itself."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "headwater test upstream")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "upstream.pem", tmp_path / "upstream.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_an_https_upstream_is_verified_and_read(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+
+    upstream = RawUpstream(answer)
+    upstream._server = await asyncio.start_server(upstream._serve, "127.0.0.1", 0, ssl=served)
+    url = f"https://127.0.0.1:{upstream._server.sockets[0].getsockname()[1]}"
+    try:
+        # The system's trust store does not know this certificate: refused, and said so.
+        refusing = ChatBackend(url)
+        with pytest.raises(BackendError) as caught:
+            await chat_steps(refusing)
+        await refusing.aclose()
+        assert caught.value.status == 502 and "SSLCertVerificationError" in caught.value.message
+        # Trusted through the client's own context: the stream is read, twice on one connection.
+        trusting = ssl.create_default_context(cafile=str(cert))
+        client = HTTPClient(tls=trusting)
+        backend = ChatBackend(url, client=client)
+        first, second = await chat_steps(backend), await chat_steps(backend)
+        await backend.aclose()
+        client.close()
+    finally:
+        await upstream.__aexit__()
+    assert first == second and TextDelta("The") in first
+    assert upstream.connections == 1  # (the trusted one: the refused handshake never got to the server)

@@ -59,10 +59,12 @@ _Key = tuple[str, str, int]
 
 class HTTPClient:
     """Keep-alive connections to upstreams, for ``post``. Belongs to the event loop it is first used in;
-    ``close()`` closes the idle connections (those in use close when their answers do)."""
+    ``close()`` closes the idle connections (those in use close when their answers do). ``tls``: the context
+    for ``https`` upstreams (a private CA's, say); by default the system's, certificates and names verified."""
 
-    def __init__(self, *, keepalive: float = 15.0) -> None:
+    def __init__(self, *, keepalive: float = 15.0, tls: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
+        self.tls = tls
         self.closed = False
         self._idle: dict[_Key, list[_Connection]] = {}
 
@@ -112,7 +114,7 @@ class HTTPClient:
     async def _connect(self, key: _Key, timeout: float) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
-        tls = _tls_context() if scheme == "https" else None
+        tls = (self.tls or _tls_context()) if scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
