@@ -84,34 +84,35 @@ def sse_head(*headers: str) -> bytes:
             + "\r\n").encode()
 
 
-async def test_a_content_length_answer_keeps_its_connection() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+async def _content_length_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
 
+
+async def _close_delimited_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(sse_head("connection: close"))
+    for i in range(0, len(CHAT), 50):  # in pieces, cut anywhere
+        writer.write(CHAT[i : i + 50])
+        await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "connections"),
+    [
+        pytest.param(_content_length_answer, 1, id="content-length: the connection is kept and reused"),
+        pytest.param(_close_delimited_answer, 2, id="close-delimited: it ends with its connection, not reused"),
+    ],
+)
+async def test_a_body_is_read_to_its_end_and_its_connection_reused_only_when_kept(
+    answer: Handler, connections: int
+) -> None:
     async with RawUpstream(answer) as upstream:
         backend = ChatBackend(upstream.url)
         first = await chat_steps(backend)
         second = await chat_steps(backend)
         await backend.aclose()
     assert first == second and TextDelta("The") in first
-    assert upstream.connections == 1
-
-
-async def test_a_close_delimited_answer_ends_with_its_connection_which_is_not_reused() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(sse_head("connection: close"))
-        for i in range(0, len(CHAT), 50):  # in pieces, cut anywhere
-            writer.write(CHAT[i : i + 50])
-            await writer.drain()
-        writer.close()
-
-    async with RawUpstream(answer) as upstream:
-        backend = ChatBackend(upstream.url)
-        first = await chat_steps(backend)
-        second = await chat_steps(backend)
-        await backend.aclose()
-    assert first == second and TextDelta("The") in first
-    assert upstream.connections == 2
+    assert upstream.connections == connections
 
 
 async def test_a_gzip_answer_is_decoded() -> None:

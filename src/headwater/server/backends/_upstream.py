@@ -423,6 +423,14 @@ class UpstreamBackend:
         """The JSON body POSTed upstream for ``request``."""
         raise NotImplementedError
 
+    def model_for(self, request: GenerationRequest) -> str | None:
+        """The model to name upstream for ``request``: its own, else this backend's; None (let the upstream
+        choose) when neither is set and the request names only the placeholder ``DEFAULT_MODEL``."""
+        model: str | None = request.model or self.model
+        if model == DEFAULT_MODEL and self.model is None:
+            return None
+        return model
+
     def send_ahead(self, request: GenerationRequest) -> None:
         """POST ``request`` upstream now, before the response is stored and its run has started: the run's read
         of this same request (``generate``/``events``) takes that answer, so the upstream's time to its first

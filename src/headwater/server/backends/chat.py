@@ -525,12 +525,9 @@ class ChatBackend(UpstreamBackend):
     def request_body(self, request: GenerationRequest) -> dict[str, Any]:
         """The streamed ``/chat/completions`` body for ``request`` (``chat_request``, with this backend's model
         and settings)."""
-        model: str | None = request.model or self.model
-        if model == DEFAULT_MODEL and self.model is None:
-            model = None
         return chat_request(
             request,
-            model=model,
+            model=self.model_for(request),
             include_usage=self.include_usage,
             max_tokens_field=self.max_tokens_field,
             extra_body=self.extra_body,

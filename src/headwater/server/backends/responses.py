@@ -32,7 +32,6 @@ from headwater.protocol.writer import ResponseWriter
 from ._events import StepsFromEvents
 from ._upstream import (
     DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MODEL,
     DEFAULT_READ_TIMEOUT,
     HTTPClient,
     UpstreamBackend,
@@ -279,10 +278,7 @@ class ResponsesBackend(UpstreamBackend):
     def request_body(self, request: GenerationRequest) -> dict[str, Any]:
         """The streamed ``/responses`` body for ``request`` (``responses_request``, with this backend's model,
         ``store`` flag and ``extra_body``)."""
-        model: str | None = request.model or self.model
-        if model == DEFAULT_MODEL and self.model is None:
-            model = None
-        return responses_request(request, model=model, store=self.store, extra_body=self.extra_body)
+        return responses_request(request, model=self.model_for(request), store=self.store, extra_body=self.extra_body)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The upstream's own count (``POST .../responses/input_tokens``, as OpenAI answers it) of the input
