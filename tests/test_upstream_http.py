@@ -14,6 +14,7 @@ import datetime
 import gzip
 import ipaddress
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -96,11 +97,26 @@ async def _close_delimited_answer(reader: asyncio.StreamReader, writer: asyncio.
     writer.close()
 
 
+_ANSWERED: weakref.WeakKeyDictionary[asyncio.StreamWriter, int] = weakref.WeakKeyDictionary()
+
+
+async def _unanswered_on_reuse_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A kept connection's second request is closed without a byte of an answer (the upstream's keep-alive
+    time-out ran out as it came); any other is answered."""
+    count = _ANSWERED[writer] = _ANSWERED.get(writer, 0) + 1
+    if count == 2:
+        writer.close()
+        return
+    await _content_length_answer(reader, writer)
+
+
 @pytest.mark.parametrize(
     ("answer", "connections"),
     [
         pytest.param(_content_length_answer, 1, id="content-length: the connection is kept and reused"),
         pytest.param(_close_delimited_answer, 2, id="close-delimited: it ends with its connection, not reused"),
+        pytest.param(_unanswered_on_reuse_answer, 2,
+                     id="kept, then closed unanswered as it is reused: that request goes again, on a fresh one"),
     ],
 )
 async def test_a_body_is_read_to_its_end_and_its_connection_reused_only_when_kept(
@@ -189,6 +205,33 @@ async def test_a_connection_the_upstream_closed_while_idle_is_not_reused() -> No
         assert await chat_steps(backend)
         await backend.aclose()
     assert served == 2 and upstream.connections == 2
+
+
+@pytest.mark.parametrize("partial", [b"", b"HTTP/1.1 200 OK\r\n"], ids=["no answer", "an answer begun"])
+async def test_a_closed_connection_is_not_retried_when_fresh_or_answered(partial: bytes) -> None:
+    """Only a kept connection closed before any answer byte is retried: a fresh one closed unanswered (the upstream
+    refuses the request itself), or a kept one closed after an answer began, is the caller's error."""
+    answered: dict[asyncio.StreamWriter, int] = {}
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered[writer] = answered.get(writer, 0) + 1
+        if partial and answered[writer] == 1:
+            writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+            return
+        writer.write(partial)
+        writer.close()
+
+    async with RawUpstream(answer) as upstream:
+        client = HTTPClient()
+        if partial:  # a first answer, read to its end: the connection is kept
+            first = await client.post(upstream.url + "/x", [], b"{}", connect_timeout=5, read_timeout=5)
+            while await first.read_chunk():
+                pass
+            first.release()
+        with pytest.raises(ConnectionError):
+            await client.post(upstream.url + "/x", [], b"{}", connect_timeout=5, read_timeout=5)
+        client.close()
+    assert upstream.connections == 1
 
 
 async def test_an_unknown_content_encoding_is_refused() -> None:

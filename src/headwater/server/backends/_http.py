@@ -12,8 +12,10 @@ What it does: ``http`` and ``https`` (the default TLS context: certificates veri
 ``content-length`` body; answers with a ``content-length``, a chunked or a close-delimited body, ``gzip`` and
 ``deflate`` decoded. Connections are pooled per (scheme, host, port) with no caps: every open stream holds its
 own, and one whose answer was read to its end (and that the upstream keeps alive) is kept ``keepalive`` seconds
-for the next request. What it does not: redirects, proxies, HTTP/2, ``Expect: 100-continue``, request bodies
-other than bytes. Errors are the standard ones: ``ConnectTimeout`` (a ``TimeoutError``) when connecting takes
+for the next request. A request on a kept connection that the upstream closes before any byte of an answer
+(its keep-alive time-out ran out as the request went: a server closes an idle connection without reading what
+is on its way) is sent once more, on a fresh connection; nothing else is retried. What it does not:
+redirects, proxies, HTTP/2, ``Expect: 100-continue``, request bodies other than bytes. Errors are the standard ones: ``ConnectTimeout`` (a ``TimeoutError``) when connecting takes
 too long, ``TimeoutError`` when the upstream sends nothing for ``read_timeout`` seconds, ``ConnectionError``
 when the connection drops before the answer's end, ``OSError`` when the upstream cannot be reached,
 ``ProtocolError`` (a ``ConnectionError``) for bytes that are not HTTP/1.1.
@@ -95,8 +97,16 @@ class HTTPClient:
         head.append(f"content-length: {len(body)}\r\n\r\n")
         request = "".join(head).encode("latin-1") + body
         connection = self._idle_connection(key)
-        if connection is None:
-            connection = await self._connect(key, connect_timeout)
+        if connection is not None:
+            try:
+                return await connection.send(request, read_timeout)
+            except ConnectionError:
+                if not connection.closed_unanswered:
+                    raise
+            # The upstream closed the kept connection just as it was reused (its keep-alive time-out ran out
+            # while the request was on its way): it closed it idle, before any byte of an answer. Once more, on
+            # a fresh connection; a fresh connection's failure is the caller's.
+        connection = await self._connect(key, connect_timeout)
         return await connection.send(request, read_timeout)
 
     def _idle_connection(self, key: _Key) -> _Connection | None:
@@ -148,6 +158,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = 0.0
+        self.answered = False  # a byte of an answer has come on this connection since its last request went
         self._loop = asyncio.get_running_loop()
         self._reset()
 
@@ -175,6 +186,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self._loop.time()
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -231,6 +243,7 @@ class _Connection(asyncio.Protocol):
     async def send(self, request: bytes, read_timeout: float) -> Answer:
         assert self.transport is not None
         self.read_timeout = read_timeout
+        self.answered = False
         self.last = self._loop.time()
         self.timer = self._loop.call_at(self.last + read_timeout, self._check)
         self.transport.write(request)
@@ -276,6 +289,12 @@ class _Connection(asyncio.Protocol):
             self.error = error
         self.close()
         self._wake()
+
+    @property
+    def closed_unanswered(self) -> bool:
+        """The connection was closed (by the upstream or the network, not for bytes that are not HTTP) before any
+        byte of an answer to the last request came."""
+        return self.lost and not self.answered and not isinstance(self.error, ProtocolError)
 
     def reusable(self, idle_after: float) -> bool:
         return not self.lost and self.transport is not None and not self.transport.is_closing() and (

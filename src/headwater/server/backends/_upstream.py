@@ -11,7 +11,9 @@ upstream sees the disconnect and stops generating.
 
 Every transport trouble becomes a ``BackendError`` naming the upstream: an error status (with the upstream's
 own message), a refused connection, a time-out (504), a connection dropped mid-stream (502). No retries: a
-stream that has started cannot be replayed, and a refused request is the caller's to retry.
+stream that has started cannot be replayed, and a refused request is the caller's to retry. (The client's one
+exception: a kept connection that the upstream closed as it was reused, before any byte of an answer, is
+replaced by a fresh one for that request; ``_http``.)
 """
 
 from __future__ import annotations
