@@ -251,15 +251,17 @@ class _Connection(asyncio.Protocol):
             while not self.headed:
                 if self.error is not None:
                     raise self.error
-                await self._wait()
+                await self.waiting()
         except BaseException:
             self.close()
             raise
         return Answer(self)
 
-    async def _wait(self) -> None:
+    def waiting(self) -> asyncio.Future[None]:
+        """A future that is done when something next comes on the connection (the head, a chunk, the end, an
+        error): the one reader awaits it itself, with no coroutine of its own in between."""
         waiter = self.waiter = self._loop.create_future()
-        await waiter
+        return waiter
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -321,8 +323,9 @@ class _Connection(asyncio.Protocol):
 
 class Answer:
     """An upstream's answer: ``status``, ``headers`` (lower-case names; repeated ones joined by ", "), and its
-    body through ``read_chunk`` (whatever has come, in one piece; b"" at its end). ``release()`` or ``close()``
-    when done with it."""
+    body through ``read_chunk`` (whatever has come, in one piece; b"" at its end), or, on a reader's hot path,
+    ``take()`` and ``wait()`` (the same without a coroutine per read). ``release()`` or ``close()`` when done
+    with it."""
 
     __slots__ = ("_connection", "_inflate", "headers", "status")
 
@@ -343,26 +346,37 @@ class Answer:
             raise ProtocolError(f"the answer's content-encoding {encoding!r} cannot be read")
 
     async def read_chunk(self) -> bytes:
+        """Whatever of the body has come, in one piece, once something has; b"" at its end."""
+        while (data := self.take()) is None:
+            await self.wait()
+        return data
+
+    def take(self) -> bytes | None:
+        """Whatever of the body has come, in one piece; b"" at its end; None when nothing has come yet (await
+        ``wait()``, then take again). Raises the connection's error (a time-out, a drop) once its bytes are read."""
         connection = self._connection
-        while True:
-            chunks = connection.chunks
-            if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                connection.buffered = 0
-                if connection.paused and connection.transport is not None:
-                    connection.paused = False
-                    connection.transport.resume_reading()
-                if self._inflate is not None:
-                    data = self._inflate.decompress(data)
-                    if not data:
-                        continue
-                return data
-            if connection.error is not None:
-                raise connection.error
-            if connection.complete:
-                return b""
-            await connection._wait()
+        chunks = connection.chunks
+        while chunks:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            connection.buffered = 0
+            if connection.paused and connection.transport is not None:
+                connection.paused = False
+                connection.transport.resume_reading()
+            if self._inflate is not None:
+                data = self._inflate.decompress(data)
+                if not data:
+                    continue
+            return data
+        if connection.error is not None:
+            raise connection.error
+        if connection.complete:
+            return b""
+        return None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when more of the body (or its end, or an error) has come: for ``take()``."""
+        return self._connection.waiting()
 
     def at_eof(self) -> bool:
         connection = self._connection

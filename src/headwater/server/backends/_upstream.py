@@ -287,8 +287,9 @@ class Upstream:
 
 class UpstreamStream:
     """The body of one upstream answer: ``read_chunk()`` (transport trouble becomes ``BackendError``), ``read()``
-    for a JSON answer. The backends frame and decode the chunks themselves, counting the frames in
-    ``frames_seen``, which error messages quote."""
+    for a JSON answer; a backend's read loop takes ``response.take()``/``response.wait()`` itself (no coroutine
+    per chunk) and turns an ``OSError`` into ``transport_error(exc)``. The backends frame and decode the chunks
+    themselves, counting the frames in ``frames_seen``, which error messages quote."""
 
     def __init__(self, upstream: Upstream, response: Answer) -> None:
         self.upstream = upstream
@@ -330,13 +331,13 @@ class UpstreamStream:
 
     async def read_chunk(self) -> bytes:
         """Whatever of the body has arrived, in one piece (no re-chunking); b"" at its end. Trouble reading is
-        a ``BackendError`` (``_transport_error``)."""
+        a ``BackendError`` (``transport_error``)."""
         try:
             return await self.response.read_chunk()
         except Exception as exc:
-            raise self._transport_error(exc) from None
+            raise self.transport_error(exc) from None
 
-    def _transport_error(self, exc: Exception) -> Exception:
+    def transport_error(self, exc: Exception) -> Exception:
         """The ``BackendError`` for trouble reading the body (a time-out, a dropped connection); anything else
         as it is."""
         if isinstance(exc, TimeoutError):

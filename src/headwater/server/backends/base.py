@@ -132,7 +132,9 @@ class Backend(Protocol):
     so many generations at once says how many in an optional ``slots`` attribute (an int): admission control
     lets that many responses run and queues the rest (``server.admission``). A backend with weights to load
     may have an optional ``async def preload()`` that loads them ahead of the first request (``headwater serve``
-    calls it once it listens; a request arriving meanwhile waits for the same load)."""
+    calls it once it listens; a request arriving meanwhile waits for the same load). A backend that reads its
+    steps in chunks (an upstream's body) may also have ``batches(request)``: the same steps (a passthrough
+    backend's: its events), one list per chunk, which the run takes in one turn and logs as one batch."""
 
     name: str
 
@@ -157,6 +159,10 @@ class PassthroughBackend(Backend, Protocol):
     def relay(self, writer: ResponseWriter) -> ResponseRelay: ...
 
     def events(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
+
+    def batches(self, request: GenerationRequest) -> AsyncIterator[list[Event]]:
+        """The same events, one list per chunk of the upstream's body (what the run reads)."""
+        ...
 
 
 def is_passthrough(backend: Backend) -> TypeGuard[PassthroughBackend]:

@@ -533,24 +533,31 @@ class ChatBackend(UpstreamBackend):
             extra_body=self.extra_body,
         )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
-        """The upstream's chunks as steps, read in this one generator (a chunk's frames framed together, no
-        generator per frame between the socket and the run)."""
+    async def batches(self, request: GenerationRequest) -> AsyncIterator[list[Step]]:
+        """The upstream's chunks as steps, one list per read of the body that made any (the run takes them in one
+        turn), then the usage. Read in this one generator, which takes the body from the answer itself
+        (``take``/``wait``): a read's frames framed together, no generator per frame and no coroutine per read
+        between the socket and the run."""
         sent = self._sent_ahead(request)
         body = None if sent is not None else self.request_body(request)
         mapper = ChunkMapper()
         async with self.upstream.stream(body, sent=sent) as stream:
             if stream.is_json:
-                for step in _completion_steps(stream, mapper, await stream.read()):
-                    yield step
+                yield _completion_steps(stream, mapper, await stream.read())
             else:
                 done = False
                 framer = SSEDecoder(mode="sse")
-                columns, chunk_of, feed = framer.feed_columns, stream.read_chunk, mapper.feed
+                columns, feed = framer.feed_columns, mapper.feed
+                take, wait = stream.response.take, stream.response.wait
                 try:
                     while not done:
-                        chunk = await chunk_of()
+                        chunk = take()
+                        if chunk is None:
+                            await wait()
+                            continue
                         payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
+                        steps: list[Step] = []
+                        failure: BackendError | None = None
                         for data in payloads:
                             stream.frames_seen += 1
                             if data == DONE:
@@ -559,27 +566,39 @@ class ChatBackend(UpstreamBackend):
                             if not data.strip():
                                 continue
                             try:
-                                steps = feed(data)
+                                steps += feed(data)
                             except ValueError as exc:
-                                raise stream.malformed(data, str(exc)) from None
+                                failure = stream.malformed(data, str(exc))
+                                break
                             except UpstreamError as exc:
-                                raise BackendError(
+                                failure = BackendError(
                                     f"upstream {stream.url} reported an error mid-stream after "
                                     f"{stream.frames_seen} chunks: {exc}",
                                     code="upstream_error",
-                                ) from None
-                            for step in steps:
-                                yield step
+                                )
+                                break
+                        if steps:  # (the steps before a chunk that fails are the response's all the same)
+                            yield steps
+                        if failure is not None:
+                            raise failure
                         if not chunk:
                             break
                 except SSEError as exc:
                     raise BackendError(f"upstream {stream.url} sent an unreadable event stream: {exc}") from None
+                except OSError as exc:
+                    raise stream.transport_error(exc) from None
                 if not done and mapper.finish is None:
                     raise stream.dropped()
                 if mapper.finish is None:
-                    yield Finish("stop")  # [DONE] without a finish_reason: the upstream says it is done
+                    yield [Finish("stop")]  # [DONE] without a finish_reason: the upstream says it is done
         if mapper.usage is not None:
-            yield mapper.usage
+            yield [mapper.usage]
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        """The upstream's chunks as steps, one by one (``batches``, flattened)."""
+        async for steps in self.batches(request):
+            for step in steps:
+                yield step
 
 
 def _completion_steps(stream: UpstreamStream, mapper: ChunkMapper, data: bytes) -> list[Step]:

@@ -238,14 +238,16 @@ class ResponsesBackend(UpstreamBackend):
         """The relay the run driver writes with instead of ``writer`` (same response id and template)."""
         return ResponseRelay.from_writer(writer, upstream=self.upstream.url)
 
-    async def events(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def batches(self, request: GenerationRequest) -> AsyncIterator[list[Event]]:
         """The upstream's events, decoded (leniently: a payload that does not fit its schema comes as an
-        ``UnknownEvent`` with ``problem`` set). Ends after the terminal event. Raises ``BackendError`` for an
-        error status, a connection or time-out failure, a payload that is not JSON, or a stream that ends with
-        neither a terminal event nor an ``error`` event.
+        ``UnknownEvent`` with ``problem`` set), one list per chunk read (never an empty one): the run takes a
+        chunk's events in one turn and logs them as one batch. Ends with the terminal event (whatever follows it
+        is never read). Raises ``BackendError`` for an error status, a connection or time-out failure, a
+        payload that is not JSON, or a stream that ends with neither a terminal event nor an ``error`` event.
 
-        A chunk's events are framed and decoded together (``_decode``), then handed out one by one from this
-        one generator: no generator per frame between the socket and the run."""
+        A chunk's events are framed and decoded together (``_decode``), in this one generator, which takes the
+        body's chunks from the answer itself (``take``/``wait``): between the socket and the run there is no
+        generator per frame and no coroutine per chunk."""
         sent = self._sent_ahead(request)
         body = None if sent is not None else self.request_body(request)
         async with self.upstream.stream(body, sent=sent) as stream:
@@ -254,26 +256,40 @@ class ResponsesBackend(UpstreamBackend):
                 raise stream.malformed(data, "a JSON document instead of an event stream", what="answer")
             errored = False
             framer = SSEDecoder(mode="sse")
-            columns, chunk_of = framer.feed_columns, stream.read_chunk
+            columns, take, wait = framer.feed_columns, stream.response.take, stream.response.wait
             try:
                 while True:
-                    chunk = await chunk_of()
+                    chunk = take()
+                    if chunk is None:
+                        await wait()
+                        continue
                     payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
-                    for event in _decode(stream, payloads):
-                        yield event
+                    events = _decode(stream, payloads)
+                    for at, event in enumerate(events):
                         if event.type in TERMINAL_EVENT_TYPES:
+                            yield events[: at + 1]
                             return
                         errored = errored or type(event) is ErrorEvent
+                    if events:
+                        yield events
                     if not chunk:
                         break
             except SSEError as exc:
                 raise BackendError(f"upstream {stream.url} sent an unreadable event stream: {exc}") from None
+            except OSError as exc:
+                raise stream.transport_error(exc) from None
             if not errored:
                 raise BackendError(
                     f"upstream {stream.url} ended the stream after {stream.frames_seen} events without a "
                     "terminal event (response.completed / incomplete / failed)",
                     code="upstream_disconnected",
                 )
+
+    async def events(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """The upstream's events one by one (``batches``, flattened): for readers that take them singly."""
+        async for batch in self.batches(request):
+            for event in batch:
+                yield event
 
     def request_body(self, request: GenerationRequest) -> dict[str, Any]:
         """The streamed ``/responses`` body for ``request`` (``responses_request``, with this backend's model,

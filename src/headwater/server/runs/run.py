@@ -320,17 +320,23 @@ class Run:
             self._enter(State.WRITING)
 
     async def _generate(self) -> None:
+        """Feed the backend's steps (a passthrough backend's events) to the writer (its relay) and log what they
+        make, until the backend ends or the run is stopped. A backend with ``batches`` hands over each chunk's
+        steps together: one turn of this loop, one batch to the log, per chunk of the upstream's body."""
         relay = self._relay
+        source: Any = self._passthrough if self._passthrough is not None else self._backend
+        batches = getattr(source, "batches", None)
         steps: AsyncIterator[Any] = (
-            self._passthrough.events(self._request)
-            if self._passthrough is not None
-            else self._backend.generate(self._request)
+            batches(self._request) if batches is not None
+            else source.events(self._request) if relay is not None
+            else source.generate(self._request)
         )
+        feed = relay.feed if relay is not None else self._steps_writer().feed
         try:
             while self._stop is None:
                 self._enter(State.WAITING)
                 try:
-                    step = await anext(steps)
+                    got = await anext(steps)
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError:
@@ -341,9 +347,10 @@ class Run:
                     break
                 finally:
                     self._enter(State.WRITING)
-                self.steps += 1
+                batch = got if batches is not None else (got,)
+                self.steps += len(batch)
                 self._first_step.set()
-                events = relay.feed(step) if relay is not None else self._steps_writer().feed(step)
+                events = feed(batch[0]) if len(batch) == 1 else [event for step in batch for event in feed(step)]
                 if events:
                     await self._emit(events)
             if self._stop is None:
