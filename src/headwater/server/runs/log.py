@@ -4,9 +4,13 @@ A run never writes to the store itself. ``RunLog.write`` queues a batch and retu
 waits for the disk); the ``EventLog``'s one task takes everything that every run has queued, makes ONE
 ``Store.append_many`` call for all of it (one transaction and one fsync for all runs), and only then publishes
 each run's entries to its live log. While that commit is in flight the next batches queue up, so the busier
-the server, the more runs share a commit. The in-process store has nothing to wait for: a batch written while
-nothing is queued is committed and published within ``write`` itself (``MemoryStore.append_many_now``), which
-saves each event a turn of the event loop on its way to the followers. What it keeps:
+the server, the more runs share a commit. A store that can commit on the loop's thread (``commits_now`` and
+``append_many_now``: the in-process store, SQLite with ``synchronous=NORMAL``) is called so, without a coroutine;
+and a batch written while nothing is queued is committed and published within ``write`` itself, which saves
+each event a turn of the event loop on its way to the followers. The in-process store does that for every such
+batch; SQLite, whose commit costs 20-130 µs where the memory store's costs 2, for the first batch of each turn
+of the loop only: the runs that write later in the same turn share the next commit (one task, next turn). What
+it keeps:
 
 - **Durable before visible**: a run's entries reach its live log (and so any follower) only once the store call
   that holds them has returned.
@@ -122,11 +126,15 @@ class EventLog:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        # The in-process store commits without waiting (``MemoryStore.append_many_now``): a batch written while
-        # nothing is queued or in flight is committed and published at once, in the writer's own call, with no
-        # task to hand it to (one hop of the event loop fewer between an event and its followers).
-        self._now: Callable[[Sequence[Append]], list[BaseException | None]] | None = (
-            getattr(store, "append_many_now", None) if getattr(store, "inline", False) else None)
+        # A store that commits without a coroutine (``append_many_now``; None from it: not now, await
+        # ``append_many``): a batch written while nothing is queued or in flight is committed and published at
+        # once, in the writer's own call, with no task to hand it to (one hop of the event loop fewer between an
+        # event and its followers). One whose commit costs more than a wake-up (not ``inline``: SQLite) does so
+        # once per turn of the loop; the turn's later batches wait for the drain task, and share its commit.
+        self._now: Callable[[Sequence[Append]], list[BaseException | None] | None] | None = (
+            getattr(store, "append_many_now", None) if getattr(store, "commits_now", False) else None)
+        self._once_per_turn = not getattr(store, "inline", False)
+        self._committed_this_turn = False
         self._queue: list[tuple[RunLog, list[Entry], str | None, bytes | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._publishing: asyncio.Task[None] | None = None  # the last commit's appends to a live log elsewhere
@@ -137,28 +145,43 @@ class EventLog:
         return RunLog(response_id, live, self)
 
     def queue(self, run: RunLog, entries: list[Entry], status: str | None, data: bytes | None) -> None:
-        if self._now is not None and self._task is None and isinstance(run.live, MemoryLiveLog):
-            self._commit_now(self._now, run, entries, status, data)
+        if (self._now is not None and self._task is None and not self._committed_this_turn
+                and isinstance(run.live, MemoryLiveLog) and self._commit_now(self._now, run, entries, status, data)):
             return
         self._queue.append((run, entries, status, data))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain(), name="headwater event log")
 
-    def _commit_now(self, append_many: Callable[[Sequence[Append]], list[BaseException | None]], run: RunLog,
-                    entries: list[Entry], status: str | None, data: bytes | None) -> None:
+    def _commit_now(self, append_many: Callable[[Sequence[Append]], list[BaseException | None] | None],
+                    run: RunLog, entries: list[Entry], status: str | None, data: bytes | None) -> bool:
         """One run's batch committed and published in this call (nothing is queued before it: ``_task`` is None
-        only once the queue is empty), with ``_commit``'s outcomes."""
+        only once the queue is empty), with ``_commit``'s outcomes; False, having done nothing, when the store
+        cannot commit now."""
         if run.error is None:
-            self.commits += 1
             try:
-                outcome = append_many([Append(run.id, entries, status, data)])[0]
+                outcomes = append_many([Append(run.id, entries, status, data)])
+                if outcomes is None:
+                    return False
+                outcome = outcomes[0]
             except Exception as exc:
                 outcome = exc
+            self.commits += 1
+            self._turn_committed()
             if outcome is not None:
                 run._failed(outcome)
         assert isinstance(run.live, MemoryLiveLog)
         _publish_now(run, run.live, entries)
         run._done(1)
+        return True
+
+    def _turn_committed(self) -> None:
+        """Note a commit made on the loop's thread in this turn of the loop (for a store committing once a turn)."""
+        if self._once_per_turn and not self._committed_this_turn:
+            self._committed_this_turn = True
+            asyncio.get_running_loop().call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._committed_this_turn = False
 
     async def _drain(self) -> None:
         """Commit and publish whatever is queued, until nothing is (a new task starts with the next write)."""
@@ -193,7 +216,11 @@ class EventLog:
                 appends = [Append(run.id, merged[run].entries, merged[run].status, merged[run].data) for run in stored]
                 self.commits += 1
                 try:
-                    outcomes = await self.store.append_many(appends)
+                    outcomes = self._now(appends) if self._now is not None else None
+                    if outcomes is None:
+                        outcomes = await self.store.append_many(appends)
+                    else:
+                        self._turn_committed()
                 except Exception as exc:  # (a store that raises instead of answering batch by batch)
                     outcomes = [exc] * len(stored)
                 for run, outcome in zip(stored, outcomes, strict=True):

@@ -63,6 +63,11 @@ class MemoryStore(Store):
         return (cls.create is MemoryStore.create and cls.append is MemoryStore.append
                 and cls.append_many is MemoryStore.append_many)
 
+    @property
+    def commits_now(self) -> bool:
+        """Whether the event log may commit through ``append_many_now`` (as ``inline``)."""
+        return self.inline
+
     def append_many_now(self, batches: Sequence[Append]) -> list[BaseException | None]:
         """``append_many`` without a coroutine (there is nothing to wait for), so that the event log can commit
         a batch the moment it is written (``EventLog``: no task to hand it to, no turn of the event loop)."""

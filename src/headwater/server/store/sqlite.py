@@ -1,11 +1,18 @@
 """The default store: one SQLite file in the data directory, WAL mode, ``synchronous=NORMAL`` (or ``FULL`` with
 ``HEADWATER_SQLITE_SYNCHRONOUS=FULL``; what each survives: docs/limits.md, "Durability").
 
-All writes go through one writer thread that commits whatever has queued up in one transaction (group commit):
-a write's coroutine returns only after its COMMIT (with ``FULL``, after its fsync), and under load many runs
-share one commit. ``append_many`` (the server's event log: every run's events of one commit) is one job with one
-executemany for all of them. Reads use a second connection on their own thread; WAL lets them run beside the
-writer.
+One writer connection, used by one writer thread and, for the event log's appends, by the event loop's thread:
+- The event log commits on the loop's thread (``append_many_now``) whenever the writer thread is not in the
+  middle of a job: with ``NORMAL`` a commit is a few ``pwrite``s and ``fcntl`` locks, no fsync (20 µs back to back,
+  ~130 µs cold, 20 ms after the last), where the thread's round trip (wake it, commit, wake the loop) took ~300 µs
+  and up to a few ms at p99 (bench/README.md, "Stores lane, session 19"). With ``FULL`` (an fsync per commit, ms)
+  everything goes through the thread, as does anything that may take long (creates, deletes).
+- The writer thread commits whatever has queued up in one transaction (group commit): a write's coroutine returns
+  only after its COMMIT (with ``FULL``, after its fsync), and under load many share one commit.
+- The WAL is checkpointed beside the commits, not inside one of them (which might be the loop's), once it has
+  grown past ``CHECKPOINT_BYTES``: its own connection copies most of it back, then the writer thread the rest.
+``append_many`` (the server's event log: every run's events of one commit) is one job with one executemany for all
+of them. Reads use a second connection on their own thread; WAL lets them run beside the writer.
 The schema is versioned (``PRAGMA user_version``); opening a file of an older version upgrades it in place.
 """
 
@@ -18,6 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -89,13 +97,21 @@ def synchronous() -> str:
         raise ValueError(f"HEADWATER_SQLITE_SYNCHRONOUS must be one of {', '.join(_SYNCHRONOUS)}, not {value!r}")
     return value
 
-# The writer's page cache holds the pages a group commit of many runs touches (the default 2 MB holds ~500);
-# the WAL is checkpointed every 10,000 pages (40 MB) rather than 1,000, so that the pages every commit touches
-# again (the index's) are copied back once per checkpoint, not once per few commits. bench/README.md has the
-# figures (bench_pipeline, bench_scale).
-WRITER_PRAGMAS = ("cache_size=-32768", "wal_autocheckpoint=10000")
+# The writer's page cache holds the pages a group commit of many runs touches (the default 2 MB holds ~500).
+# The WAL is checkpointed beside the commits (never by a commit: ``wal_autocheckpoint=0``; ``_checkpoint_beside``)
+# once it is past CHECKPOINT_BYTES, 10,000 pages (40 MB) rather than SQLite's 1,000, so that the pages every commit touches again
+# (the index's) are copied back once per checkpoint, not once per few commits (bench/README.md: bench_pipeline,
+# bench_scale). ``journal_size_limit=0`` truncates the WAL when it restarts after a checkpoint, so that its size
+# on disk is what has been written since: what the check reads. The connection waits for no lock by itself
+# (``busy_timeout=0``): the loop's commit must never block on another process's lock (it leaves the append to
+# the thread), and the thread waits up to BUSY_SECONDS itself (``_begin``).
+WRITER_PRAGMAS = ("cache_size=-32768", "wal_autocheckpoint=0", "journal_size_limit=0", "busy_timeout=0")
+CHECKPOINT_BYTES = 10_000 * (4096 + 24)
+CHECK_EVERY = 8  # commits between two looks at the WAL's size (a stat, ~3 µs; a commit of 64 runs adds ~300 KB)
+BUSY_SECONDS = 5.0
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+_Outcome = tuple[Any, BaseException | None]
 _STOP = None
 
 
@@ -103,7 +119,7 @@ class _Worker:
     """A thread owning one connection. ``batch=True``: jobs that queue up together share one transaction (group
     commit); should one of them fail, the batch is done again with each job inside its own SAVEPOINT, so that
     one failing job does not undo the others. The futures of one commit are settled with one call into the
-    event loop."""
+    event loop. ``commit_now`` commits a job on the calling thread instead, when the connection is free."""
 
     def __init__(self, path: Path, *, batch: bool, name: str, pragmas: Sequence[str] = ()) -> None:
         self._path = path
@@ -112,6 +128,11 @@ class _Worker:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._conn: sqlite3.Connection | None = None
+        # Held by whoever uses the connection: the thread for each batch of jobs, or ``commit_now``'s caller.
+        self._lock = threading.Lock()
+        self._commits = 0  # since the last look at the WAL's size
+        self._checkpointing = False  # a checkpoint is under way (``_checkpoint_beside``)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -123,6 +144,69 @@ class _Worker:
         self._jobs.put((fn, future))
         return future
 
+    def commit_now(self, fn: Callable[[sqlite3.Connection], T]) -> _Outcome | None:
+        """``fn`` in a transaction of its own on the calling thread: its (result, error), or None without doing
+        anything when the connection is busy (the thread is in a job, or another process holds the write lock),
+        so that the caller never waits for a lock; it queues the job for the thread then."""
+        conn = self._conn
+        if conn is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _busy(exc):
+                    return None
+                raise
+            try:
+                outcome: _Outcome = (fn(conn), None)
+                conn.execute("COMMIT")
+            except Exception as exc:
+                log.error("SQLite commit failed", exc_info=exc)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                outcome = (None, exc)
+        except Exception as exc:  # (BEGIN or ROLLBACK failed: the disk, the file)
+            log.error("SQLite commit failed", exc_info=exc)
+            outcome = (None, exc)
+        finally:
+            self._lock.release()
+        self._committed()
+        return outcome
+
+    def _committed(self) -> None:
+        """Every CHECK_EVERY commits, a look at the WAL's size; past CHECKPOINT_BYTES, a checkpoint job for the
+        thread (on the writer's connection, so that no commit runs beside it and it completes: the WAL then
+        restarts and is truncated)."""
+        self._commits += 1
+        if self._commits < CHECK_EVERY or self._checkpointing or not self._batch:
+            return
+        self._commits = 0
+        try:
+            size = os.stat(f"{self._path}-wal").st_size
+        except OSError:
+            return
+        if size >= CHECKPOINT_BYTES:
+            self._checkpointing = True
+            threading.Thread(target=self._checkpoint_beside, name="headwater-sqlite-checkpoint", daemon=True).start()
+
+    def _checkpoint_beside(self) -> None:
+        """A checkpoint in two steps: most of the WAL copied back from a connection of its own, beside the
+        commits (a PASSIVE checkpoint takes no lock a writer needs; 40 MB took 50-450 ms here), then what was
+        committed meanwhile, from the writer's connection by the writer thread (a few ms: the WAL's and the
+        file's fsyncs), so that it completes and the WAL restarts. With only the second step, every commit
+        waited for the whole copy (bench/README.md, "Stores lane, session 19")."""
+        try:
+            side = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                side.execute(f"PRAGMA synchronous={synchronous()}")
+                side.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                side.close()
+        except Exception as exc:
+            log.error("SQLite checkpoint failed", exc_info=exc)
+        self._jobs.put((_checkpoint, None))  # type: ignore[arg-type]
+
     def stop(self) -> None:
         self._jobs.put(_STOP)
         self._thread.join()
@@ -131,13 +215,14 @@ class _Worker:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA synchronous={synchronous()}")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
             for pragma in self._pragmas:
                 conn.execute(f"PRAGMA {pragma}")
         except BaseException as exc:
             self._error = exc
             self._ready.set()
             return
+        self._conn = conn
         self._ready.set()
         try:
             while True:
@@ -156,7 +241,7 @@ class _Worker:
                             stop = True
                             break
                         jobs.append(more)
-                    _settle(jobs, self._commit(conn, jobs))
+                    self._run_batch(conn, jobs)
                     if stop:
                         return
                 else:
@@ -167,13 +252,37 @@ class _Worker:
                         outcome = (None, exc)
                     _settle(jobs, [outcome])
         finally:
-            conn.close()
+            with self._lock:
+                self._conn = None
+                conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[Any, BaseException | None]]:
+    def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """One batch of jobs (a checkpoint alone, outside any transaction) with the connection held."""
+        if jobs[0][0] is _checkpoint:
+            with self._lock:
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except Exception as exc:
+                    log.error("SQLite checkpoint failed", exc_info=exc)
+                finally:
+                    self._checkpointing = False
+            if len(jobs) > 1:
+                self._run_batch(conn, jobs[1:])
+            return
+        checkpoint = [job for job in jobs if job[0] is _checkpoint]
+        jobs = [job for job in jobs if job[0] is not _checkpoint]
+        with self._lock:
+            outcomes = self._commit(conn, jobs)
+        _settle(jobs, outcomes)
+        self._committed()
+        if checkpoint:
+            self._run_batch(conn, checkpoint[:1])
+
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Outcome]:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             try:
-                outcomes: list[tuple[Any, BaseException | None]] = [(fn(conn), None) for fn, _ in jobs]
+                outcomes: list[_Outcome] = [(fn(conn), None) for fn, _ in jobs]
             except Exception:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -186,9 +295,9 @@ class _Worker:
     def _commit_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]
                            ) -> list[tuple[Any, BaseException | None]]:
         """The jobs again in one transaction, each in a SAVEPOINT of its own: a failing one undoes only itself."""
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             for fn, _ in jobs:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -211,7 +320,31 @@ class _Worker:
         return [(None, exc)] * jobs
 
 
-def _settle(jobs: list[_Job], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting up to BUSY_SECONDS for another process's write lock (the writer connection's
+    own ``busy_timeout`` is 0, so that ``commit_now`` never waits)."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """The marker of a checkpoint job (``_Worker._run_batch`` runs it outside any transaction)."""
+
+
+def _settle(jobs: list[_Job], outcomes: list[_Outcome]) -> None:
     """Give each job's future its outcome, in one call into the loop (one wake-up per commit, not per job)."""
 
     def settle() -> None:
@@ -241,6 +374,31 @@ def _write_batches(conn: sqlite3.Connection, batches: Sequence[Append]) -> None:
         "INSERT INTO events (response_id, seq, type, data) VALUES (?, ?, ?, ?)",
         [(batch.response_id, e.sequence_number, e.type, e.payload) for batch in batches for e in batch.entries],
     )
+
+
+def _append_batches(conn: sqlite3.Connection, batches: Sequence[Append]) -> list[BaseException | None]:
+    """``append_many``'s job: every batch at once, or, when that fails, each in a SAVEPOINT of its own."""
+    conn.execute("SAVEPOINT batches")
+    try:
+        _write_batches(conn, batches)
+    except Exception:
+        conn.execute("ROLLBACK TO batches")
+    else:
+        conn.execute("RELEASE batches")
+        return [None] * len(batches)
+    conn.execute("RELEASE batches")
+    outcomes: list[BaseException | None] = []
+    for batch in batches:
+        conn.execute("SAVEPOINT batch")
+        try:
+            _write_batches(conn, [batch])
+        except Exception as exc:
+            conn.execute("ROLLBACK TO batch")
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+        conn.execute("RELEASE batch")
+    return outcomes
 
 
 class SQLiteStore(Store):
@@ -332,31 +490,28 @@ class SQLiteStore(Store):
         few statements, not a few per response); when that fails, each batch again in its own SAVEPOINT."""
         if not batches:
             return []
+        return await self._write(lambda conn: _append_batches(conn, batches))
 
-        def append_many(conn: sqlite3.Connection) -> list[BaseException | None]:
-            conn.execute("SAVEPOINT batches")
-            try:
-                _write_batches(conn, batches)
-            except Exception:
-                conn.execute("ROLLBACK TO batches")
-            else:
-                conn.execute("RELEASE batches")
-                return [None] * len(batches)
-            conn.execute("RELEASE batches")
-            outcomes: list[BaseException | None] = []
-            for batch in batches:
-                conn.execute("SAVEPOINT batch")
-                try:
-                    _write_batches(conn, [batch])
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO batch")
-                    outcomes.append(exc)
-                else:
-                    outcomes.append(None)
-                conn.execute("RELEASE batch")
-            return outcomes
+    @property
+    def commits_now(self) -> bool:
+        """Whether the event log may commit through ``append_many_now`` on the loop's thread: not with ``FULL``
+        (an fsync per commit would block the loop for milliseconds), nor in a subclass that changes
+        ``append_many`` (tests' failing stores)."""
+        return synchronous() == "NORMAL" and type(self).append_many is SQLiteStore.append_many
 
-        return await self._write(append_many)
+    def append_many_now(self, batches: Sequence[Append]) -> list[BaseException | None] | None:
+        """``append_many`` committed on the calling thread (the event loop's: no hand-over to the writer thread
+        and back), or None, having done nothing, when the writer connection is busy (the thread is in a job or
+        a checkpoint, another process holds the write lock): then ``append_many`` queues it for the thread."""
+        if self._writer is None:
+            raise RuntimeError("the SQLite store is not open")
+        if not batches:
+            return []
+        outcome = self._writer.commit_now(lambda conn: _append_batches(conn, batches))
+        if outcome is None:
+            return None
+        result, error = outcome
+        return [error] * len(batches) if error is not None else result
 
     async def get(self, response_id: str) -> StoredResponse | None:
         def get(conn: sqlite3.Connection) -> StoredResponse | None:

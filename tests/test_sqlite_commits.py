@@ -1,0 +1,149 @@
+"""Where the SQLite store commits (``store/sqlite.py``): the event log's appends on the loop's thread when the
+writer connection is free (``append_many_now``), through the writer thread when it is not (a job, a checkpoint,
+another process's write lock: the loop never waits for a lock); with ``FULL`` always through the thread; the WAL
+checkpointed beside the commits, so that it restarts and stays bounded while they go on. Real SQLite files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from headwater.server.live.memory import MemoryLiveLog
+from headwater.server.runs.log import EventLog
+from headwater.server.store import Append, Entry, SQLiteStore, StoredResponse
+from headwater.server.store import sqlite as sqlite_store
+
+
+def entry(seq: int, kind: str = "response.output_text.delta") -> Entry:
+    return Entry(seq, kind, b'{"n": %d}' % seq)
+
+
+@pytest.fixture
+async def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SQLiteStore]:
+    monkeypatch.delenv("HEADWATER_SQLITE_SYNCHRONOUS", raising=False)
+    instance = SQLiteStore(tmp_path / "db.sqlite3")
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+async def created(store: SQLiteStore, *ids: str) -> None:
+    for rid in ids:
+        await store.create(StoredResponse(rid, None, "in_progress", 0, b"{}"), [])
+
+
+async def test_the_event_log_commits_a_batch_on_sqlite_in_the_write_itself(store: SQLiteStore) -> None:
+    """The first batch of a turn of the loop: committed (readable from another connection) and published before
+    ``write`` returns, with no task and no thread in between."""
+    await created(store, "a")
+    live = MemoryLiveLog()
+    log = EventLog(store)
+    run = log.open("a", live)
+    run.write([entry(0), entry(1)], status="in_progress", data=b'{"v": 1}')
+    # (no await since the write:)
+    with sqlite3.connect(store.path) as other:
+        rows = other.execute("SELECT seq FROM events WHERE response_id = 'a' ORDER BY seq").fetchall()
+        data = other.execute("SELECT data FROM responses WHERE id = 'a'").fetchone()[0]
+    assert rows == [(0,), (1,)] and data == b'{"v": 1}'
+    assert [e.sequence_number for e in live._logs["a"].entries] == [0, 1]
+    assert log.commits == 1 and log._task is None
+
+
+async def test_later_batches_of_the_same_turn_share_the_next_commit(store: SQLiteStore) -> None:
+    await created(store, "a", "b", "c")
+    live = MemoryLiveLog()
+    log = EventLog(store)
+    runs = [log.open(rid, live) for rid in ("a", "b", "c")]
+    for run in runs:
+        run.write([entry(0)])
+    assert log.commits == 1 and [e.sequence_number for e in live._logs["a"].entries] == [0]
+    assert "b" not in live._logs or not live._logs["b"].entries  # not yet: queued for the next commit
+    for run in runs:
+        await run.flushed()
+    assert log.commits == 2
+    for rid in ("a", "b", "c"):
+        assert [e.sequence_number for e in await store.events(rid)] == [0]
+        assert [e.sequence_number for e in live._logs[rid].entries] == [0]
+    await asyncio.sleep(0)  # a new turn: the first batch is committed in its write again
+    runs[1].write([entry(1)])
+    assert log.commits == 3 and [e.sequence_number for e in live._logs["b"].entries] == [0, 1]
+
+
+async def test_with_another_process_holding_the_write_lock_the_loop_does_not_wait(store: SQLiteStore) -> None:
+    """``append_many_now`` gives up at once (None, nothing written); the event log's batch goes to the writer
+    thread, which waits for the lock, and reaches the follower once it is committed."""
+    await created(store, "a")
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert store.append_many_now([Append("a", [entry(0)], None, None)]) is None
+        live = MemoryLiveLog()
+        run = EventLog(store).open("a", live)
+        run.write([entry(0)])
+        await asyncio.sleep(0.05)
+        assert "a" not in live._logs or not live._logs["a"].entries  # not durable yet: not published
+        other.execute("COMMIT")
+        await asyncio.wait_for(run.flushed(), 10)
+    finally:
+        other.close()
+    assert [e.sequence_number for e in live._logs["a"].entries] == [0]
+    assert [e.sequence_number for e in await store.events("a")] == [0]
+
+
+async def test_a_batch_sqlite_refuses_now_fails_its_run_alone(store: SQLiteStore) -> None:
+    await created(store, "a", "b")
+    outcomes = store.append_many_now([Append("a", [entry(0)], None, None),
+                                      Append("b", [entry(0), entry(0)], None, None)])  # a repeated number
+    assert outcomes is not None and outcomes[0] is None and isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert [e.sequence_number for e in await store.events("a")] == [0]
+    assert await store.events("b") == []
+
+
+async def test_with_full_synchronous_every_commit_goes_through_the_thread(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fsync per commit must not block the loop: the event log never commits on it."""
+    monkeypatch.setenv("HEADWATER_SQLITE_SYNCHRONOUS", "FULL")
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        assert not store.commits_now
+        await created(store, "a")
+        live = MemoryLiveLog()
+        log = EventLog(store)
+        run = log.open("a", live)
+        run.write([entry(0)])
+        assert log._task is not None and ("a" not in live._logs or not live._logs["a"].entries)
+        await run.flushed()
+        assert [e.sequence_number for e in live._logs["a"].entries] == [0]
+    finally:
+        await store.close()
+
+
+async def test_the_wal_is_checkpointed_beside_the_commits_and_stays_bounded(store: SQLiteStore,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a small threshold, commits made without a pause restart the WAL again and again (its size on disk
+    falls back), and every event is there after."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_BYTES", 200_000)
+    ids = [f"r{i}" for i in range(16)]
+    await created(store, *ids)
+    wal = Path(f"{store.path}-wal")
+    sizes = []
+    for seq in range(300):
+        batches = [Append(rid, [entry(seq)], None, None) for rid in ids]
+        outcomes = store.append_many_now(batches)
+        if outcomes is None:  # the writer thread holds the connection (the checkpoint's last step)
+            outcomes = await store.append_many(batches)
+        assert outcomes == [None] * len(ids)
+        sizes.append(os.stat(wal).st_size)
+        await asyncio.sleep(0)
+    assert sum(1 for before, after in itertools.pairwise(sizes) if after < before) >= 2
+    assert max(sizes) < 20 * 200_000
+    for rid in ids:
+        assert [e.sequence_number for e in await store.events(rid)] == list(range(300))
