@@ -35,7 +35,8 @@ def insert_unreadable_record(database: Path) -> None:
                    "VALUES ('resp_deep', NULL, 'in_progress', 1, ?)", (resource.encode(),))
         db.execute("INSERT INTO input_items (response_id, position, item_id, data) VALUES ('resp_deep', 0, 'm1', ?)",
                    (f'{{"type":"message","role":"user","content":"hi","x":{deep(5000)}}}'.encode(),))
-        db.execute("INSERT INTO events (response_id, seq, type, data) VALUES ('resp_deep', 0, 'response.created', ?)",
+        db.execute("INSERT INTO events (response, seq, type, data) VALUES "
+                   "((SELECT key FROM responses WHERE id = 'resp_deep'), 0, 'response.created', ?)",
                    (f'{{"type":"response.created","sequence_number":0,"response":{resource}}}'.encode(),))
 
 

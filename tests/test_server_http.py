@@ -739,7 +739,8 @@ def test_orphaned_runs_are_failed_on_restart(start: Callable[..., Server], tmp_p
     deadline = time.monotonic() + 10
     while True:  # the delta is stored (the run's writes are coalesced: they land a little after the step)
         with sqlite3.connect(path) as db:
-            types = [row[0] for row in db.execute("SELECT type FROM events WHERE response_id = ?", (body["id"],))]
+            types = [row[0] for row in db.execute(
+                "SELECT type FROM events WHERE response = (SELECT key FROM responses WHERE id = ?)", (body["id"],))]
         if "response.output_text.delta" in types or time.monotonic() > deadline:
             break
         time.sleep(0.01)

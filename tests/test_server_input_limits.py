@@ -182,9 +182,9 @@ def test_a_record_stored_before_the_limit_gives_a_clear_400_wherever_it_is_read(
         [data] = db.execute("SELECT data FROM responses WHERE id = ?", (response_id,)).fetchone()
         assert old in data
         db.execute("UPDATE responses SET data = ? WHERE id = ?", (data.replace(old, deep), response_id))
-        for seq, data in db.execute("SELECT seq, data FROM events WHERE response_id = ?", (response_id,)).fetchall():
-            db.execute("UPDATE events SET data = ? WHERE response_id = ? AND seq = ?",
-                       (data.replace(old, deep), response_id, seq))
+        [key] = db.execute("SELECT key FROM responses WHERE id = ?", (response_id,)).fetchone()
+        for seq, data in db.execute("SELECT seq, data FROM events WHERE response = ?", (key,)).fetchall():
+            db.execute("UPDATE events SET data = ? WHERE response = ? AND seq = ?", (data.replace(old, deep), key, seq))
     server = start(store="sqlite", data_dir=tmp_path)
 
     error = error_of(post(server, {"input": "again", "previous_response_id": response_id}))

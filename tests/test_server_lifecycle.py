@@ -130,7 +130,8 @@ def test_start_up_closes_an_unreadable_record_as_failed_and_starts(tmp_path: Pat
                    "VALUES ('resp_deep', NULL, 'in_progress', 1, ?)", (resource.encode(),))
         db.execute("INSERT INTO input_items (response_id, position, item_id, data) VALUES ('resp_deep', 0, 'msg_1', ?)",
                    (f'{{"type":"message","role":"user","content":"hi","x":{deep(5000)}}}'.encode(),))
-        db.execute("INSERT INTO events (response_id, seq, type, data) VALUES ('resp_deep', 0, 'response.created', ?)",
+        db.execute("INSERT INTO events (response, seq, type, data) VALUES "
+                   "((SELECT key FROM responses WHERE id = 'resp_deep'), 0, 'response.created', ?)",
                    (f'{{"type":"response.created","sequence_number":0,"response":{resource}}}'.encode(),))
     with ServeProcess(*scripted_args(tmp_path)) as server:
         client = httpx.Client(base_url=server.url)

@@ -49,7 +49,8 @@ async def test_the_event_log_commits_a_batch_on_sqlite_in_the_write_itself(store
     run.write([entry(0), entry(1)], status="in_progress", data=b'{"v": 1}')
     # (no await since the write:)
     with sqlite3.connect(store.path) as other:
-        rows = other.execute("SELECT seq FROM events WHERE response_id = 'a' ORDER BY seq").fetchall()
+        rows = other.execute("SELECT seq FROM events WHERE response = (SELECT key FROM responses WHERE id = 'a') "
+                             "ORDER BY seq").fetchall()
         data = other.execute("SELECT data FROM responses WHERE id = 'a'").fetchone()[0]
     assert rows == [(0,), (1,)] and data == b'{"v": 1}'
     assert [e.sequence_number for e in live._logs["a"].entries] == [0, 1]

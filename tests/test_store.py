@@ -281,15 +281,25 @@ CREATE TABLE events (response_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB 
 """
 
 
+def _old_file(path: Path, schema: str, *rows: tuple[str, list[tuple[object, ...]]]) -> str:
+    """A file made by an older Headwater: its ``schema`` and ``rows`` (a statement, its parameters' rows); the
+    store URL of it."""
+    conn = sqlite3.connect(path)
+    conn.executescript(schema)
+    with conn:
+        for statement, params in rows:
+            conn.executemany(statement, params)
+    conn.close()
+    return f"sqlite://{path}"
+
+
 async def test_sqlite_store_upgrades_a_file_of_the_first_schema(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.executescript(_VERSION_1)
-    with conn:
-        conn.execute("INSERT INTO responses VALUES ('r1', NULL, 'completed', 1, ?)", (b"{}",))
-        conn.execute("INSERT INTO events VALUES ('r1', 0, ?)", (b'{"type":"response.created","sequence_number":0}',))
-    conn.close()
-    store = create_store(f"sqlite://{path}")
+    store = create_store(_old_file(
+        path, _VERSION_1,
+        ("INSERT INTO responses VALUES ('r1', NULL, 'completed', 1, ?)", [(b"{}",)]),
+        ("INSERT INTO events VALUES ('r1', 0, ?)", [(b'{"type":"response.created","sequence_number":0}',)]),
+    ))
     await store.open()
     try:
         assert await store.events("r1") == [
@@ -303,8 +313,54 @@ async def test_sqlite_store_upgrades_a_file_of_the_first_schema(tmp_path: Path) 
         await store.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    # Version 4: the events are a rowid table with a unique index on (response_id, seq).
-    assert conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_by_response'").fetchone() is not None
+    # Version 4: the events are a rowid table with a unique index; version 5: on (response key, seq).
+    assert "(response, seq)" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_by_response'"
+                                             ).fetchone()[0]
+    conn.close()
+
+
+_VERSION_4 = """
+CREATE TABLE responses (id TEXT PRIMARY KEY, owner TEXT, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+                        data BLOB NOT NULL);
+CREATE INDEX responses_unfinished ON responses (status) WHERE status IN ('queued', 'in_progress');
+CREATE TABLE input_items (response_id TEXT NOT NULL, position INTEGER NOT NULL, item_id TEXT NOT NULL,
+                          data BLOB NOT NULL, PRIMARY KEY (response_id, position)) WITHOUT ROWID;
+CREATE INDEX input_items_by_id ON input_items (item_id);
+CREATE TABLE events (response_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX events_by_response ON events (response_id, seq);
+PRAGMA user_version = 4;
+"""
+
+
+async def test_sqlite_store_upgrades_a_file_of_version_4_to_numbered_responses(tmp_path: Path) -> None:
+    """Version 5 indexes events by a number per response (in creation order) instead of its text id: every
+    response and event of a version-4 file is there after, in order, and the unfinished are still found."""
+    path = tmp_path / "v4.sqlite3"
+    store = create_store(_old_file(
+        path, _VERSION_4,
+        ("INSERT INTO responses VALUES (?, ?, ?, ?, ?)",
+         [("r2", "k1", "in_progress", 2, b'{"id": "r2"}'), ("r1", None, "completed", 1, b'{"id": "r1"}')]),
+        ("INSERT INTO events VALUES (?, ?, 'response.output_text.delta', ?)",
+         [(rid, seq, b'{"n": %d}' % seq) for rid in ("r1", "r2") for seq in range(3)]),
+        ("INSERT INTO input_items VALUES ('r2', 0, 'msg_1', ?)", [(b'{"id": "msg_1"}',)]),
+    ))
+    await store.open()
+    try:
+        for rid in ("r1", "r2"):
+            assert [(e.sequence_number, e.payload) for e in await store.events(rid)] == [
+                (seq, b'{"n": %d}' % seq) for seq in range(3)]
+        assert [r.id for r in await store.unfinished()] == ["r2"]
+        assert (await store.input_items("r2")).items[0].id == "msg_1"
+        await store.append("r2", [entry(3, b"{}", "response.completed")], status="completed", data=b'{"id": "r2"}')
+        assert [e.sequence_number for e in await store.events("r2", 1)] == [2, 3]
+        await store.create(record("r3"), [])
+        assert await store.delete("r1")
+        assert await store.events("r1") == [] and await store.get("r1") is None
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT id FROM responses ORDER BY key").fetchall() == [("r2",), ("r3",)]  # r1 deleted
     conn.close()
 
 
