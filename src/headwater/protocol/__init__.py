@@ -2,13 +2,13 @@
 
 Nothing here imports an HTTP library, an event loop or a database driver.
 
-The hot modules (``sse``, ``stream``: see ``setup.py``) are compiled with mypyc when the package is built, and
-the extension modules sit beside their sources. In a development checkout, where they are built in place, a
-source edited (or changed by git) after the last build would silently run the old compiled code; so when any
-``.py`` file of this package is newer than the oldest compiled module, the sources are imported instead, with a
-warning that says how to rebuild. ``HEADWATER_NO_COMPILE=1`` in the environment imports the sources too (the
-pure-Python path that builds without a compiler), and also builds the package without compiling.
-``COMPILED`` says which is in use.
+The hot modules (``sse``, ``stream``, ``wires``: see ``setup.py``) are compiled with mypyc when
+the package is built, and the extension modules sit beside their sources. In a development checkout, where they
+are built in place, a source edited (or changed by git) after the last build would silently run the old compiled
+code; so when any ``.py`` file of this package is newer than the oldest compiled module, the sources are imported
+instead, with a warning that says how to rebuild. ``HEADWATER_NO_COMPILE=1`` in the environment imports the
+sources too (the pure-Python path that builds without a compiler), and also builds the package without
+compiling. ``COMPILED`` says which is in use.
 """
 
 from __future__ import annotations

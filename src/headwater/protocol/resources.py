@@ -6,8 +6,8 @@ so a re-encoded object says what the provider said. Unknown item, part and annot
 ``UnknownItem`` / ``UnknownPart`` / ``UnknownAnnotation`` (see ``codec``), never a decode failure.
 
 Fidelity (one mechanism): an item, part, annotation or usage object taken from a provider's event remembers the
-JSON object it came from (``keep_wire``, or ``keep_wire_lazily`` that decodes that JSON only when it is asked
-for; ``replace`` keeps it). ``to_builtins`` then gives that object back as
+JSON object it came from (``keep_wire``, or ``wires.keep_wire_lazily`` that decodes that JSON only when it is
+asked for; ``replace`` keeps it). ``to_builtins`` then gives that object back as
 the provider sent it, with its current values for the fields Headwater declares (ids and statuses the relay
 rewrote, texts the deltas built), every field it does not declare, and no declared field the provider left out
 unless its value was changed (a default like ``title: ""`` is never invented).
@@ -15,12 +15,13 @@ unless its value was changed (a default like ``title: ""`` is never invented).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union, get_args
 
 import msgspec
 from msgspec import NODEFAULT, UNSET, Struct, UnsetType, field
+
+from .wires import WIRE, WireSource, keep_wire_lazily, resolved
 
 __all__ = [
     "UNSET",
@@ -525,7 +526,7 @@ class Response(Struct, kw_only=True, repr_omit_defaults=True):
 # --- fidelity: what a provider sent survives ------------------------------------------------------------
 
 _S = TypeVar("_S", bound=Struct)
-_WIRE = "_wire"
+_WIRE = WIRE
 
 
 def keep_wire(obj: Any, wire: Any) -> None:
@@ -548,98 +549,12 @@ def keep_wire(obj: Any, wire: Any) -> None:
         obj.__dict__[_WIRE] = wire
 
 
-class WireSource:
-    """The JSON an event was decoded from, as plain objects, made (by ``load``) the first time it is needed."""
-
-    __slots__ = ("_load", "_value")
-
-    def __init__(self, load: Callable[[], Any]) -> None:
-        self._load: Callable[[], Any] | None = load
-        self._value: Any = None
-
-    def value(self) -> Any:
-        load = self._load
-        if load is not None:
-            self._value = load()
-            self._load = None
-        return self._value
-
-
-class _LazyWire:
-    """What ``keep_wire`` would have remembered on ``obj``, worked out when first asked for: the JSON object at
-    ``path`` in ``source``, if it differs from ``obj``'s declared fields, else what ``obj`` remembered before.
-
-    ``obj`` is a shallow copy of the object that holds this (same field values), not that object itself, which
-    would make a reference cycle (object -> its ``__dict__`` -> this -> object): every event that carries a
-    resource would then outlive its last reference until the cyclic GC ran, with all it holds."""
-
-    __slots__ = ("obj", "path", "previous", "source", "wire")
-
-    def __init__(self, source: WireSource, path: tuple[str | int, ...], obj: Struct, previous: Any) -> None:
-        self.source: WireSource | None = source
-        self.path = path
-        self.obj: Struct | None = obj
-        self.previous = previous
-        self.wire: Any = None
-
-    def resolve(self) -> Any:
-        obj = self.obj
-        if obj is None:
-            return self.wire
-        wire = self.source.value()  # type: ignore[union-attr]
-        for step in self.path:  # as keep_wire descends: into a list by position, into an object by name
-            if type(step) is int:
-                wire = wire[step] if isinstance(wire, list) and step < len(wire) else None
-            else:
-                wire = wire[step] if isinstance(wire, dict) and step in wire else None
-            if wire is None:
-                break
-        if isinstance(wire, dict) and _differs(obj, wire, obj.__struct_fields__):
-            self.wire = wire
-        else:
-            previous = self.previous
-            self.wire = previous.resolve() if type(previous) is _LazyWire else previous
-        self.obj = self.source = self.previous = None
-        return self.wire
-
-
-def keep_wire_lazily(obj: Any, source: WireSource, path: tuple[str | int, ...]) -> None:
-    """``keep_wire(obj, <the JSON at path in source>)``, with nothing decoded until a wire is read (``has_wire``,
-    ``to_builtins``): a resource that is copied and dropped, or never encoded, costs no JSON decoding."""
-    if isinstance(obj, list):
-        for index, item in enumerate(obj):
-            if isinstance(item, (Struct, list)):
-                keep_wire_lazily(item, source, (*path, index))
-        return
-    if not isinstance(obj, Struct):
-        return
-    # Only fields whose type may hold a resource: a decoded dict or list of plain JSON (an MCP server's tool
-    # schemas, say) holds none, and keep_wire would find nothing in it to remember. An empty list (most
-    # annotations and logprobs) has nothing to walk either.
-    cls = type(obj)
-    fields = _RESOURCE_FIELDS.get(cls)
-    if fields is None:
-        fields = _RESOURCE_FIELDS[cls] = _resource_fields(cls)
-    for name in fields:
-        value = getattr(obj, name)
-        if value and isinstance(value, (Struct, list)):
-            keep_wire_lazily(value, source, (*path, name))
-    attrs = getattr(obj, "__dict__", None)
-    if attrs is not None:
-        attrs[_WIRE] = _LazyWire(source, path, msgspec.structs.replace(obj), attrs.get(_WIRE))  # no cycle
-
-
-# Struct class -> `_resource_fields(cls)`: a plain dict, cheaper to ask than functools.cache on this hot walk.
-_RESOURCE_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
 def _wire_of(obj: Any) -> Any:
     """The JSON object ``obj`` remembers (None if none)."""
     attrs = getattr(obj, "__dict__", None)
     if not attrs:
         return None
-    wire = attrs.get(_WIRE)
-    return wire.resolve() if type(wire) is _LazyWire else wire
+    return resolved(attrs.get(_WIRE))
 
 
 def _differs(obj: Struct, wire: dict[str, Any], fields: tuple[str, ...]) -> bool:
@@ -681,18 +596,6 @@ def _nested_fields(cls: type) -> tuple[str, ...]:
     plain = (str, int, float, bool, type(None), UnsetType)
     hints = msgspec.structs.fields(cls)
     return tuple(f.name for f in hints if not all(t in plain for t in (get_args(f.type) or (f.type,))))
-
-
-@cache
-def _resource_fields(cls: type) -> tuple[str, ...]:
-    """The fields of a Struct class whose declared type includes a Struct (what decoding can put a resource in)."""
-    return tuple(f.name for f in msgspec.structs.fields(cls) if _holds_struct(f.type))
-
-
-def _holds_struct(hint: Any) -> bool:
-    if isinstance(hint, type) and issubclass(hint, Struct):
-        return True
-    return any(_holds_struct(arg) for arg in get_args(hint))
 
 
 @cache
