@@ -1,9 +1,9 @@
 """The build: pyproject.toml holds the metadata; this file only adds the protocol's compiled hot modules.
 
 mypyc (the compiler inside mypy, pinned in pyproject.toml's build requirements) turns the SSE framer, the event
-decoder and the walk that remembers the resources' wires (``wires``) into C extension modules: at 1 KiB chunks
-they spend most of their time in the interpreter's own per-call work, which compiled code does not pay
-(bench/README.md, bench_protocol section, has the figures). The
+decoder, the accumulator and the walk that remembers the resources' wires (``wires``) into C extension modules: at
+1 KiB chunks they spend most of their time in the interpreter's own per-call work, which compiled code does not
+pay (bench/README.md, bench_protocol section, has the figures). The
 ``.py`` files stay the reference and are installed beside the extension modules; ``headwater.protocol`` imports
 the sources when the build is stale or ``HEADWATER_NO_COMPILE=1`` (see its docstring).
 
@@ -20,6 +20,7 @@ from setuptools.command.build_ext import build_ext
 COMPILED = [
     "src/headwater/protocol/sse.py",
     "src/headwater/protocol/stream.py",
+    "src/headwater/protocol/accumulate.py",
     "src/headwater/protocol/wires.py",
 ]
 

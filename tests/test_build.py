@@ -24,7 +24,7 @@ COMPILED_HERE = [p for p in PROTOCOL.iterdir() if p.name.endswith(tuple(EXTENSIO
 pytestmark = pytest.mark.skipif(not COMPILED_HERE, reason="this checkout is not compiled (HEADWATER_NO_COMPILE=1)")
 
 # The modules setup.py compiles; each must be imported compiled, or all of them from their sources.
-COMPILED_MODULES = ("sse", "stream", "wires")
+COMPILED_MODULES = ("sse", "stream", "accumulate", "wires")
 
 PROBE = (
     "import importlib, warnings, sys\n"

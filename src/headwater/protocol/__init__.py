@@ -2,7 +2,7 @@
 
 Nothing here imports an HTTP library, an event loop or a database driver.
 
-The hot modules (``sse``, ``stream``, ``wires``: see ``setup.py``) are compiled with mypyc when
+The hot modules (``sse``, ``stream``, ``accumulate``, ``wires``: see ``setup.py``) are compiled with mypyc when
 the package is built, and the extension modules sit beside their sources. In a development checkout, where they
 are built in place, a source edited (or changed by git) after the last build would silently run the old compiled
 code; so when any ``.py`` file of this package is newer than the oldest compiled module, the sources are imported

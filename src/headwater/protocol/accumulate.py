@@ -2,6 +2,12 @@
 
 Sans-I/O and tolerant: a missing, duplicated, late or contradictory event becomes a ``Problem``, never an
 exception. One Accumulator follows one response; deltas are kept as lists and joined only for a snapshot.
+
+Compiled with mypyc (setup.py). Compiled code checks declared types at run time, and an event built by hand
+need not match its class's annotations (msgspec checks types when it decodes, not when a Struct is made or
+replaced): so the handlers take their event as ``Any`` (the table ``_HANDLERS`` says which class each folds),
+and an item_id or index of the wrong type is folded (or reported) as on the pure-Python path, not refused with
+a ``TypeError`` (the property tests below the hot path feed such events).
 """
 
 from __future__ import annotations
@@ -9,9 +15,10 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from msgspec import UNSET
+from msgspec.structs import astuple
 
 from .codec import keep_wires
 from .events import (
@@ -104,6 +111,14 @@ from .resources import (
     WebSearchCall,
     replace,
 )
+
+try:
+    from mypy_extensions import mypyc_attr  # read by mypyc when it compiles this module (setup.py)
+except ImportError:  # mypy, which brings it, is a dev dependency: without it, a stand-in that does nothing
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 __all__ = ["Accumulator", "Problem", "aaccumulate", "accumulate"]
 
@@ -560,6 +575,40 @@ def _implicit_item(cls: type, item_id: Any) -> Any:
     return cls(id=item_id, status="in_progress")
 
 
+_astuple: Final = astuple
+
+
+class _HotFields:
+    """Where the fields the hot path reads are in a delta class's ``__struct_fields__`` (so in ``astuple`` of
+    one of its events): the number, the item, the part index (``sub``: content_index, summary_index, or
+    output_index again for an item-level stream), the text, and the logprobs (-1: the class has none)."""
+
+    __slots__ = ("delta", "item_id", "logprobs", "output_index", "seq", "sub")
+
+    def __init__(self, fields: tuple[str, ...], sub_name: str) -> None:
+        self.seq = fields.index("sequence_number")
+        self.item_id = fields.index("item_id")
+        self.output_index = fields.index("output_index")
+        self.sub = fields.index(sub_name)
+        self.delta = fields.index("delta")
+        self.logprobs = fields.index("logprobs") if "logprobs" in fields else -1
+
+
+_NO_HOT_FIELDS: Final = _HotFields(("sequence_number", "item_id", "output_index", "delta"), "output_index")
+_NO_SLOT: Final = _Slot(None)  # the hot path's slot while it was never armed (never written: nothing matches)
+# (delta class, its part index's name) -> its _HotFields.
+_HOT_FIELDS: dict[tuple[type, str], _HotFields] = {}
+
+
+def _hot_fields(cls: type, sub_name: str) -> _HotFields:
+    key = (cls, sub_name)
+    found = _HOT_FIELDS.get(key)
+    if found is None:
+        found = _HOT_FIELDS[key] = _HotFields(cls.__struct_fields__, sub_name)  # type: ignore[attr-defined]
+    return found
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' subclass turns the hot path off
 class Accumulator:
     """Folds the events of one response into that response.
 
@@ -583,17 +632,18 @@ class Accumulator:
         self._last_seq = -1
         self._gaps: list[list[int]] = []
         self._ended = False
-        # The hot delta: where the last delta went (its class, output_index, item_id, and the name and value of
-        # its part index) and the slot it grew. A delta of that class to that same place, numbered right after
-        # the last event, is folded by ``feed`` itself; any other event disarms it.
+        # The hot delta: where the last delta went (its class, output_index, item_id, and the value of its part
+        # index) and the slot it grew. A delta of that class to that same place, numbered right after the last
+        # event, is folded by ``feed`` itself; any other event disarms it. ``_hot_at``: where in the delta
+        # class's fields (``_HotFields``) those values are.
         self._hot_cls: type | None = None
         self._hot_base = 0  # _count - _last_seq when it armed
         self._hot_seen = -1  # _last_seq when the snapshots were last brought up to date with the hot path
         self._hot_index: Any = None
         self._hot_id: Any = None
-        self._hot_sub_name = "output_index"
         self._hot_sub: Any = None
-        self._hot_slot: _Slot | None = None
+        self._hot_at = _NO_HOT_FIELDS
+        self._hot_slot = _NO_SLOT
         self._hot_state: _Item | None = None
 
     # --- public face ----------------------------------------------------------------------------------------
@@ -603,25 +653,29 @@ class Accumulator:
         cls = type(event)
         if cls is self._hot_cls:
             # The hot path: the next delta of the text (or arguments) the last event grew. What the handler
-            # would check of it was checked when it armed, and nothing else has happened since. Attributes are
-            # read by name, not by getattr (several times dearer). What it leaves to do is done when it is
-            # needed: the events it folds are counted when it disarms (``_count`` follows ``_last_seq``
-            # meanwhile), and the snapshots it makes stale are dropped when one is read (``_settle``).
-            delta: Any = event
-            seq = delta.sequence_number
-            if seq == self._last_seq + 1 and delta.item_id == self._hot_id and delta.output_index == self._hot_index:
-                if cls is ResponseOutputTextDelta:
-                    if delta.content_index == self._hot_sub:
-                        self._last_seq = seq
-                        slot: Any = self._hot_slot
-                        slot.chunks.append(delta.delta)
-                        if delta.logprobs:
-                            _add_logprobs(slot, delta.logprobs)
-                        return
-                elif getattr(delta, self._hot_sub_name) == self._hot_sub:
-                    self._last_seq = seq
-                    self._hot_slot.chunks.append(delta.delta)  # type: ignore[union-attr]
-                    return
+            # would check of it was checked when it armed, and nothing else has happened since. The fields are
+            # read in one call (``msgspec.structs.astuple``, by position): compiled, an attribute of a msgspec
+            # Struct is read by the generic lookup, several times dearer than the interpreter's; interpreted,
+            # the two cost about the same. What it leaves to do is done when it is needed: the events it folds
+            # are counted when it disarms (``_count`` follows ``_last_seq`` meanwhile), and the snapshots it
+            # makes stale are dropped when one is read (``_settle``).
+            values = _astuple(event)
+            at = self._hot_at
+            seq = values[at.seq]
+            if (
+                seq == self._last_seq + 1
+                and values[at.item_id] == self._hot_id
+                and values[at.output_index] == self._hot_index
+                and values[at.sub] == self._hot_sub
+            ):
+                self._last_seq = seq
+                slot = self._hot_slot
+                slot.chunks.append(values[at.delta])
+                if at.logprobs >= 0:
+                    logprobs = values[at.logprobs]
+                    if logprobs:
+                        _add_logprobs(slot, logprobs)
+                return
         if self._hot_cls is not None:
             self._count = self._hot_base + self._last_seq  # with the deltas the hot path folded
             if self._hot_seen != self._last_seq:
@@ -659,8 +713,11 @@ class Accumulator:
         if cls in _CARRIERS:
             keep_wires(event)
         handler(self, event)
-        if self._hot_cls is not None and len(self.problems) != problems:
-            self._hot_cls = None  # the handler said something about this delta: the next one must be checked too
+        if len(self.problems) != problems:
+            # The handler said something about this event: if it armed the hot path, the next delta must be
+            # checked too. (Not `if self._hot_cls is not None and ...`: mypy narrows _hot_cls to None across the
+            # handler call, and compiled code would trust that.)
+            self._hot_cls = None
 
     def _settle(self) -> None:
         """Drop the snapshots that the hot path's deltas since it armed (or since the last call) made stale."""
@@ -868,19 +925,19 @@ class Accumulator:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    def _on_lifecycle(self, event: ResponseCreated | ResponseQueued | ResponseInProgress) -> None:
+    def _on_lifecycle(self, event: Any) -> None:
         if type(event) is ResponseCreated and self._base is not None:
             self._problem(event, "duplicate-created", "a second response.created before any terminal event")
         # Lifecycle snapshots carry no output worth taking: the items come from their own events.
         self._base = replace(event.response, output=[])
         self._snap = None
 
-    def _on_error(self, event: ErrorEvent) -> None:
+    def _on_error(self, event: Any) -> None:
         param = event.error_param
         self._error = ResponseError(code=event.error_code, message=event.error_message, param=param)
         self._snap = None
 
-    def _on_terminal(self, event: ResponseCompleted | ResponseIncomplete | ResponseFailed) -> None:
+    def _on_terminal(self, event: Any) -> None:
         status = _TERMINALS[type(event)]
         close_as = "completed" if status == "completed" else "incomplete"
         for state in self._ordered():
@@ -940,7 +997,7 @@ class Accumulator:
 
     # --- output items ---------------------------------------------------------------------------------------
 
-    def _on_item_added(self, event: ResponseOutputItemAdded) -> None:
+    def _on_item_added(self, event: Any) -> None:
         item = event.item
         index = event.output_index
         if item is None:
@@ -972,7 +1029,7 @@ class Accumulator:
         self._register(state)
         self._snap = None
 
-    def _on_item_done(self, event: ResponseOutputItemDone) -> None:
+    def _on_item_done(self, event: Any) -> None:
         item = event.item
         index = event.output_index
         if item is None:
@@ -1016,9 +1073,7 @@ class Accumulator:
 
     # --- content parts --------------------------------------------------------------------------------------
 
-    def _part_added(
-        self, event: ResponseContentPartAdded | ResponseReasoningSummaryPartAdded, where: str, index: int
-    ) -> None:
+    def _part_added(self, event: Any, where: str, index: int) -> None:
         part = event.part
         cls = ReasoningItem if where == "summary" or type(part) is ReasoningText else Message
         state = self._target(event, cls, () if where == "summary" else (Message, ReasoningItem))
@@ -1050,9 +1105,7 @@ class Accumulator:
         self._put(state, where, index, _Slot.of_part(part, done=False))
         self._changed(state)
 
-    def _part_done(
-        self, event: ResponseContentPartDone | ResponseReasoningSummaryPartDone, where: str, index: int
-    ) -> None:
+    def _part_done(self, event: Any, where: str, index: int) -> None:
         part = event.part
         cls = ReasoningItem if where == "summary" or type(part) is ReasoningText else Message
         state = self._target(event, cls, () if where == "summary" else (Message, ReasoningItem))
@@ -1085,21 +1138,21 @@ class Accumulator:
         self._put(state, where, index, _Slot.of_part(part, done=True))
         self._changed(state)
 
-    def _on_content_part_added(self, event: ResponseContentPartAdded) -> None:
+    def _on_content_part_added(self, event: Any) -> None:
         self._part_added(event, "content", event.content_index)
 
-    def _on_content_part_done(self, event: ResponseContentPartDone) -> None:
+    def _on_content_part_done(self, event: Any) -> None:
         self._part_done(event, "content", event.content_index)
 
-    def _on_summary_part_added(self, event: ResponseReasoningSummaryPartAdded) -> None:
+    def _on_summary_part_added(self, event: Any) -> None:
         self._part_added(event, "summary", event.summary_index)
 
-    def _on_summary_part_done(self, event: ResponseReasoningSummaryPartDone) -> None:
+    def _on_summary_part_done(self, event: Any) -> None:
         self._part_done(event, "summary", event.summary_index)
 
     # --- text deltas (the hot path) -------------------------------------------------------------------------
 
-    def _on_output_text_delta(self, event: ResponseOutputTextDelta) -> None:
+    def _on_output_text_delta(self, event: Any) -> None:
         state = self._items.get(event.output_index)
         if state is None or state.id != event.item_id or state.done or type(state.base) is not Message:
             state = self._target(event, Message)
@@ -1131,8 +1184,8 @@ class Accumulator:
         self._hot_seen = self._last_seq  # the snapshots are up to date (the handler dropped the stale ones)
         self._hot_index = event.output_index
         self._hot_id = event.item_id
-        self._hot_sub_name = sub_name
         self._hot_sub = sub
+        self._hot_at = _hot_fields(type(event), sub_name)
         self._hot_slot = slot
         self._hot_state = state
 
@@ -1183,12 +1236,12 @@ class Accumulator:
         self._changed(state)
         return slot
 
-    def _on_output_text_done(self, event: ResponseOutputTextDone) -> None:
+    def _on_output_text_done(self, event: Any) -> None:
         slot = self._text_done(event, Message, "content", event.content_index, OutputText, event.text)
         if slot is not None and isinstance(event.logprobs, list):
             slot.logprobs = list(event.logprobs)
 
-    def _on_annotation_added(self, event: ResponseOutputTextAnnotationAdded) -> None:
+    def _on_annotation_added(self, event: Any) -> None:
         state = self._target(event, Message)
         if state is None:
             return
@@ -1213,22 +1266,22 @@ class Accumulator:
             annotations.append(_own(event.annotation))
         self._changed(state)
 
-    def _on_refusal_delta(self, event: ResponseRefusalDelta) -> None:
+    def _on_refusal_delta(self, event: Any) -> None:
         self._text_delta(event, Message, "content", event.content_index, Refusal)
 
-    def _on_refusal_done(self, event: ResponseRefusalDone) -> None:
+    def _on_refusal_done(self, event: Any) -> None:
         self._text_done(event, Message, "content", event.content_index, Refusal, event.refusal)
 
-    def _on_reasoning_delta(self, event: ResponseReasoningTextDelta | ResponseReasoningDelta) -> None:
+    def _on_reasoning_delta(self, event: Any) -> None:
         self._text_delta(event, ReasoningItem, "content", event.content_index, ReasoningText)
 
-    def _on_reasoning_done(self, event: ResponseReasoningTextDone | ResponseReasoningDone) -> None:
+    def _on_reasoning_done(self, event: Any) -> None:
         self._text_done(event, ReasoningItem, "content", event.content_index, ReasoningText, event.text)
 
-    def _on_summary_delta(self, event: ResponseReasoningSummaryTextDelta) -> None:
+    def _on_summary_delta(self, event: Any) -> None:
         self._text_delta(event, ReasoningItem, "summary", event.summary_index, SummaryText)
 
-    def _on_summary_done(self, event: ResponseReasoningSummaryTextDone) -> None:
+    def _on_summary_done(self, event: Any) -> None:
         self._text_done(event, ReasoningItem, "summary", event.summary_index, SummaryText, event.text)
 
     # --- item-level streams: arguments, custom tool input, code, patch diff ----------------------------------
@@ -1310,7 +1363,7 @@ class Accumulator:
             state.base = _with_status(state.base, status)
             self._changed(state)
 
-    def _on_partial_image(self, event: ImageGenerationCallPartialImage) -> None:
+    def _on_partial_image(self, event: Any) -> None:
         state = self._target(event, ImageGenerationCall)
         if state is None:
             return
@@ -1331,7 +1384,7 @@ class Accumulator:
             return None
         return state, commands[index] if index < len(commands) else None, commands
 
-    def _on_command_added(self, event: ShellCallCommandAdded) -> None:
+    def _on_command_added(self, event: Any) -> None:
         found = self._command(event)
         if found is None:
             return
@@ -1368,7 +1421,7 @@ class Accumulator:
             slot.implicit = True
         return state, slot
 
-    def _on_command_delta(self, event: ShellCallCommandDelta) -> None:
+    def _on_command_delta(self, event: Any) -> None:
         found = self._command_slot(event)
         if found is None:
             return
@@ -1383,7 +1436,7 @@ class Accumulator:
         slot.chunks.append(event.delta)
         self._changed(state)
 
-    def _on_command_done(self, event: ShellCallCommandDone) -> None:
+    def _on_command_done(self, event: Any) -> None:
         found = self._command_slot(event)
         if found is None:
             return
@@ -1421,7 +1474,7 @@ class Accumulator:
             out = outputs[index] = _ShellOutput({}, done=False)
         return state, out
 
-    def _on_shell_output_delta(self, event: ShellCallOutputContentDelta) -> None:
+    def _on_shell_output_delta(self, event: Any) -> None:
         found = self._shell_output(event)
         if found is None:
             return
@@ -1442,7 +1495,7 @@ class Accumulator:
                     out.base = {**out.base, key: value}
         self._changed(state)
 
-    def _on_shell_output_done(self, event: ShellCallOutputContentDone) -> None:
+    def _on_shell_output_done(self, event: Any) -> None:
         found = self._shell_output(event)
         if found is None:
             return
