@@ -6,7 +6,8 @@ incomplete ``header_timeout`` seconds after its first byte (a slowloris). Reques
 where they are read (``routes.read_body``); a connection whose body was not read to its end when the response
 finished is closed after ``idle_timeout``, however slowly the client keeps sending. ``HeadwaterServer`` ends
 live runs first when it stops, so every stream ends with its terminal event before connections are closed.
-With httptools, a response's head goes out in one write with its first body write (``_HeadWithBody``).
+With httptools, a response's head goes out in one write with its first body write (``_HeadWithBody``), and the
+ASGI scope offers the response's body writer for direct delivery (``_DirectBody``, ``direct``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import h11
 import msgspec
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from . import direct
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -185,8 +188,36 @@ class _HeadWithBody:
         return getattr(self._transport, name)
 
 
+class _DirectBody:
+    """``direct.DirectBody`` for one of uvicorn's httptools response cycles: body chunks written to the
+    connection as its ``send`` writes those of a chunked response (``<size in hex>\\r\\n<chunk>\\r\\n``), without
+    a message or the ASGI send chain per chunk. Only while the cycle's own ``send`` would write them at once:
+    the response has begun chunked (not a HEAD, not a content-length), has not ended, the connection is there
+    and its writing is not paused (``send`` would wait for it to drain). The response's end, with its
+    terminating chunk and the cycle's bookkeeping (``response_complete``, the next pipelined request, the
+    keep-alive timer), is still ``send``'s."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def write(self, chunks: list[bytes]) -> bool:
+        cycle = self._cycle
+        transport = cycle.transport
+        if (not cycle.chunked_encoding or cycle.response_complete or cycle.disconnected or cycle.flow.write_paused
+                or transport.is_closing()):
+            return False
+        if len(chunks) == 1:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunks[0]), chunks[0]))
+        else:
+            transport.write(b"".join([b"%x\r\n%b\r\n" % (len(chunk), chunk) for chunk in chunks]))
+        return True
+
+
 class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with ``_Deadlines``; ``protocol_class`` sets the two limits."""
+    """uvicorn's httptools protocol with ``_Deadlines``; ``protocol_class`` sets the two limits. Each response
+    cycle's scope offers a ``direct.DirectBody`` (``_DirectBody``) in its ``extensions``."""
 
     header_timeout: float = 10.0
     idle_timeout: float = 5.0
@@ -210,6 +241,8 @@ class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not before:  # (none for a WebSocket upgrade)
             self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+            extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
+            extensions[direct.EXTENSION] = _DirectBody(self.cycle)
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -4,7 +4,8 @@ notices the client leaving.
 
 Starlette's ``StreamingResponse`` may leave the body iterator suspended when the client goes; this class
 always closes it, and tells its ``on_close`` callback whether the body ran to its end, which is how a dropped
-non-background stream cancels its run.
+non-background stream cancels its run. Where the server offers the connection's body writer, the response lends
+its followers a ``DirectFrames`` sink: while a follower waits, the publish writes its events (``direct``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from starlette.types import Receive, Scope, Send
 
 from headwater.protocol.sse import encode_comment, encode_frame, join_frames
 
+from .. import direct
 from ..entries import Entry
 
-__all__ = ["KEEPALIVE", "EventStreamResponse", "Frames", "frames", "replay"]
+__all__ = ["KEEPALIVE", "DirectFrames", "EventStreamResponse", "Frames", "frames", "replay"]
 
 KEEPALIVE = encode_comment("keep-alive")
 
@@ -124,7 +126,7 @@ class EventStreamResponse:
         watcher.add_done_callback(client_left)
         finished = False
         try:
-            await self._write(send)
+            await self._write(scope, send)
             finished = True
         except asyncio.CancelledError:
             if not left or task.uncancel() > 0:
@@ -141,22 +143,62 @@ class EventStreamResponse:
             if self.on_close is not None:
                 self.on_close(finished)
 
-    async def _write(self, send: Send) -> None:
+    async def _write(self, scope: Scope, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         body = self.body
         if isinstance(body, Frames) and body._writes is None:  # (the batches framed here: ``Frames``)
-            async for batch in body.batches:
-                if len(batch) == 1:  # (the common case: one event)
-                    entry = batch[0]
-                    await send({"type": "http.response.body", "body": encode_frame(entry.type, entry.payload),
-                                "more_body": True})
-                    continue
-                for chunk in _writes(batch) if batch else (KEEPALIVE,):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            connection = scope.get("extensions", {}).get(direct.EXTENSION)
+            if connection is None:
+                await _write_batches(body.batches, send)
+            else:  # the publish may write this stream's events itself while it waits (``direct``)
+                sink = DirectFrames(connection)
+                with direct.lending(sink):
+                    await _write_batches(body.batches, send, sink)
         else:
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _write_batches(batches: AsyncIterable[list[Entry]], send: Send, sink: DirectFrames | None = None) -> None:
+    """Each batch as SSE frames (an empty one as a keep-alive), but the entries ``sink`` wrote already."""
+    async for batch in batches:
+        if sink is not None and batch:
+            if batch[0].sequence_number <= sink.last:
+                batch = [entry for entry in batch if entry.sequence_number > sink.last]
+                if not batch:
+                    continue
+            sink.last = batch[-1].sequence_number
+        if len(batch) == 1:  # (the common case: one event)
+            entry = batch[0]
+            await send({"type": "http.response.body", "body": encode_frame(entry.type, entry.payload),
+                        "more_body": True})
+            continue
+        for chunk in _writes(batch) if batch else (KEEPALIVE,):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+class DirectFrames:
+    """The sink (``direct.Sink``) that ``EventStreamResponse`` lends its live log's followers: their entries as
+    SSE frames (several to a write, as ``_writes`` joins them), written through the connection's ``DirectBody``.
+    ``last``: the sequence number of the last entry this stream has written, either way."""
+
+    __slots__ = ("_connection", "last")
+
+    def __init__(self, connection: direct.DirectBody) -> None:
+        self._connection = connection
+        self.last = -1
+
+    def __call__(self, entries: list[Entry]) -> bool:
+        if len(entries) == 1:
+            entry = entries[0]
+            chunks = [encode_frame(entry.type, entry.payload)]
+        else:
+            chunks = _writes(entries)
+        if not self._connection.write(chunks):
+            return False
+        self.last = entries[-1].sequence_number
+        return True
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -2,7 +2,9 @@
 an event that wakes its followers. Nothing leaves the process, so only this process's runs can be followed.
 
 ``follow`` reads the list directly (the process's one reader is the list itself); ``read`` with ``wait`` is
-what a ``Fanout`` or another process-local reader uses, and behaves as any live log's must.
+what a ``Fanout`` or another process-local reader uses, and behaves as any live log's must. A follower whose
+task lends it a sink (``direct``: an SSE stream on a server that offers the connection's writer) is written by
+``append`` itself while it waits, rather than woken for each batch.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import asyncio
 import bisect
 from collections.abc import AsyncIterator, Sequence
 
+from .. import direct
+from ..direct import Sink
 from .base import Entry, LiveLog, LiveRead
 
 __all__ = ["MemoryLiveLog"]
 
 
 class _Log:
-    __slots__ = ("ended", "entries", "expiry", "seqs", "waiters")
+    __slots__ = ("ended", "entries", "expiry", "parked", "seqs", "waiters")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
@@ -27,9 +31,27 @@ class _Log:
         # wait: with 1,000 followers woken 20 times a second, an Event per change and a timeout per wait were
         # about 5 % of a worker's CPU (bench/README.md).
         self.waiters: list[asyncio.Future[bool]] = []
+        # The followers waiting with a sink (``direct``): each append is written to them, not woken for.
+        self.parked: list[_Follower] = []
         self.expiry: asyncio.TimerHandle | None = None
 
+    def appended(self) -> None:
+        """Entries were added: parked followers' sinks write them (one that refuses is woken: its task takes
+        them), and every waiter wakes."""
+        if self.parked:
+            entries = self.entries
+            refused = [follower for follower in self.parked if not follower.deliver(entries)]
+            for follower in refused:
+                follower.wake(False)
+        self._wake_waiters()
+
     def notify(self) -> None:
+        """The log ended or is gone: wake everyone, parked followers too."""
+        for follower in list(self.parked):
+            follower.wake(False)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():  # (its waiter was cancelled, or its keep-alive came first)
@@ -42,32 +64,75 @@ class _Log:
         return bisect.bisect_right(self.seqs, starting_after)
 
 
-class _KeepAlive:
-    """A follower's keep-alive clock: one timer per quiet interval rather than one per wait. ``wait`` returns
-    True once ``interval`` seconds passed since the last ``reset`` with no change, False at the next change."""
+class _Follower:
+    """One follower of a log: its keep-alive clock (one timer per quiet interval rather than one per wait; ``wait``
+    returns True once ``interval`` seconds passed since the last write with no change), and its ``sink``, if the
+    task that follows lends one (``direct.lending``). With a sink, a wait *parks* the follower in the log: the
+    entries appended meanwhile are written by the sink in the appender's call and ``index`` moves past them; the
+    wait ends only when the log ends or goes, a keep-alive is due, or the sink refuses a batch."""
 
-    __slots__ = ("_interval", "_loop", "_since", "_timer", "_waiter")
+    __slots__ = ("_interval", "_log", "_loop", "_since", "_timer", "_waiter", "after", "index", "sink")
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, log: _Log, interval: float, after: int, sink: Sink | None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._log = log
         self._interval = interval
         self._since = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[bool] | None = None
+        self.after = after  # the follower's ``starting_after``: nothing at or below it is for it
+        self.sink = sink
+        self.index = 0  # while parked: the index of the next entry for the sink
 
     def reset(self) -> None:
         """Something was written: the quiet interval starts again (the timer re-arms itself when it fires)."""
         self._since = self._loop.time()
 
-    async def wait(self, log: _Log) -> bool:
+    async def wait(self, index: int) -> bool:
+        """Until the log changes (False), or a keep-alive is due (True); ``index``: the follower's next entry."""
         waiter = self._waiter = self._loop.create_future()
-        log.waiters.append(waiter)
+        if self.sink is None:
+            self._log.waiters.append(waiter)
+        else:
+            self.index = index
+            self._log.parked.append(self)
         if self._timer is None:
             self._timer = self._loop.call_at(self._since + self._interval, self._due)
         try:
             return await waiter
         finally:
             self._waiter = None
+            if self.sink is not None and self in self._log.parked:  # (cancelled while parked)
+                self._log.parked.remove(self)
+
+    def deliver(self, entries: list[Entry]) -> bool:
+        """Hand the sink the entries from ``index`` on (the parked follower's next, just appended); False when
+        it refused them (nothing was written: the follower's task is to take them)."""
+        batch = entries[self.index:]
+        if not batch:
+            return True
+        if batch[0].sequence_number <= self.after:  # (they came after the follower did)
+            batch = [e for e in batch if e.sequence_number > self.after]
+            if not batch:
+                self.index = len(entries)
+                return True
+        assert self.sink is not None
+        try:
+            if not self.sink(batch):
+                return False
+        except Exception:  # (the task's own write will meet the error, in its own call)
+            return False
+        self.index = len(entries)
+        self._since = self._loop.time()
+        return True
+
+    def wake(self, keepalive: bool) -> None:
+        """End a wait (a parked follower leaves the log's parked list first: from here on its task writes)."""
+        if self.sink is not None and self in self._log.parked:
+            self._log.parked.remove(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(keepalive)
 
     def _due(self) -> None:
         due = self._since + self._interval
@@ -75,8 +140,7 @@ class _KeepAlive:
             self._timer = self._loop.call_at(due, self._due)
             return
         self._timer = None
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(True)
+        self.wake(True)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -114,13 +178,20 @@ class MemoryLiveLog(LiveLog):
         if log.ended:
             raise ValueError(f"the live log of {response_id} has ended")
         last = log.seqs[-1] if log.seqs else -1
+        before = len(log.entries)
         for entry in entries:
             if entry.sequence_number > last:
                 log.entries.append(entry)
                 log.seqs.append(entry.sequence_number)
                 last = entry.sequence_number
+        added = len(log.entries) > before
         log.ended = ended
-        log.notify()
+        if ended:
+            if added:
+                log.appended()
+            log.notify()
+        elif added:
+            log.appended()
 
     def has(self, response_id: str) -> bool:
         """Whether there is a log for ``response_id`` (``read(...).found`` without a coroutine)."""
@@ -171,7 +242,7 @@ class MemoryLiveLog(LiveLog):
             return
         index = log.position(starting_after)
         entries = log.entries
-        clock = _KeepAlive(keepalive)
+        follower = _Follower(log, keepalive, starting_after, direct.lent())
         try:
             while True:
                 if index < len(entries):
@@ -181,12 +252,22 @@ class MemoryLiveLog(LiveLog):
                         batch = [e for e in batch if e.sequence_number > starting_after]
                     if batch:
                         yield batch
-                        clock.reset()
+                        follower.reset()
                     continue  # (more may have come while the batch was being written)
                 if log.ended or self._logs.get(response_id) is not log:
                     return
-                if await clock.wait(log):
+                keepalive_due = await follower.wait(index)
+                if follower.sink is not None and follower.index > index:
+                    # Written by the sink while parked: passed on all the same (the layers above keep their place
+                    # in the stream by what they see; the transport skips what it has written).
+                    batch = entries[index:follower.index]
+                    index = follower.index
+                    if batch[0].sequence_number <= starting_after:
+                        batch = [e for e in batch if e.sequence_number > starting_after]
+                    if batch:
+                        yield batch
+                if keepalive_due:
                     yield []
-                    clock.reset()
+                    follower.reset()
         finally:
-            clock.close()
+            follower.close()
