@@ -40,10 +40,14 @@ class _Log:
         them), and every waiter wakes."""
         if self.parked:
             entries = self.entries
-            refused = [follower for follower in self.parked if not follower.deliver(entries)]
-            for follower in refused:
+            refused = None
+            for follower in self.parked:
+                if not follower.deliver(entries):
+                    refused = [follower] if refused is None else [*refused, follower]
+            for follower in refused or ():
                 follower.wake(False)
-        self._wake_waiters()
+        if self.waiters:
+            self._wake_waiters()
 
     def notify(self) -> None:
         """The log ended or is gone: wake everyone, parked followers too."""
@@ -116,9 +120,8 @@ class _Follower:
             if not batch:
                 self.index = len(entries)
                 return True
-        assert self.sink is not None
         try:
-            if not self.sink(batch):
+            if not self.sink(batch):  # type: ignore[misc]  # (only a follower with a sink is parked)
                 return False
         except Exception:  # (the task's own write will meet the error, in its own call)
             return False
@@ -184,14 +187,11 @@ class MemoryLiveLog(LiveLog):
                 log.entries.append(entry)
                 log.seqs.append(entry.sequence_number)
                 last = entry.sequence_number
-        added = len(log.entries) > before
         log.ended = ended
-        if ended:
-            if added:
-                log.appended()
-            log.notify()
-        elif added:
+        if len(log.entries) > before:
             log.appended()
+        if ended:
+            log.notify()
 
     def has(self, response_id: str) -> bool:
         """Whether there is a log for ``response_id`` (``read(...).found`` without a coroutine)."""
