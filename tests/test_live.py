@@ -1,8 +1,8 @@
-"""The live-log contract, one suite over every live log (chosen by URL), and the in-process fan-out.
+"""The live-log contract, one suite over every live log (chosen by URL).
 
 To hold a new live log to the contract, add its URL maker to ``LIVE_URLS``: every test below runs against it
-(a maker may ``pytest.skip`` when its server is missing). ``memory+fanout`` runs the same tests through
-``Fanout``, the one-reader-per-response-per-process path that a live log outside the process uses.
+(a maker may ``pytest.skip`` when its server is missing). The Redis log's one reader per process, shared by
+that process's followers, is tested in ``test_live_redis.py``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from headwater.server.app import create_app
 from headwater.server.backends.base import Finish, TextDelta
 from headwater.server.backends.scripted import ScriptedBackend
 from headwater.server.config import ServerConfig
-from headwater.server.live import Entry, LiveLog, LiveRead, create_live_log
-from headwater.server.live.fanout import Fanout
+from headwater.server.live import Entry, LiveLog, create_live_log
 from headwater.server.live.memory import MemoryLiveLog
 from headwater.server.store import MemoryStore
 
@@ -51,31 +50,10 @@ LIVE_URLS: dict[str, Callable[[], AbstractAsyncContextManager[str]]] = {
 }
 
 
-class MemoryThroughFanout(MemoryLiveLog):
-    """The in-process log read the way an out-of-process one is: through a ``Fanout`` over ``read``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fanout = Fanout(self, poll=0.05)
-
-    def follow(self, response_id: str, starting_after: int = -1, *, keepalive: float) -> AsyncIterator[list[Entry]]:
-        return self.fanout.follow(response_id, starting_after, keepalive=keepalive)
-
-    async def close(self) -> None:
-        await self.fanout.close()
-        await super().close()
-
-
-@pytest.fixture(params=[*LIVE_URLS, "memory+fanout"])
+@pytest.fixture(params=list(LIVE_URLS))
 async def live(request: pytest.FixtureRequest) -> AsyncIterator[LiveLog]:
-    if request.param == "memory+fanout":
-        instance: LiveLog = MemoryThroughFanout()
-        await instance.open()
-        yield instance
-        await instance.close()
-        return
     async with LIVE_URLS[request.param]() as url:
-        instance = create_live_log(url)
+        instance: LiveLog = create_live_log(url)
         await instance.open()
         yield instance
         await instance.close()
@@ -224,34 +202,6 @@ async def test_follow_ends_when_the_log_expires(live: LiveLog) -> None:
     await live.expire("r1")
     got = await follower  # no terminal entry: the caller reads the store after what it got
     assert got in ([], [entry(0)])
-
-
-# --- the fan-out in particular ---------------------------------------------------------------------------------
-
-
-async def test_fanout_reads_each_response_once_for_all_its_followers() -> None:
-    reads: list[str] = []
-
-    class Counting(MemoryLiveLog):
-        async def read(self, response_id: str, starting_after: int = -1, *, wait: float = 0.0) -> LiveRead:
-            reads.append(response_id)
-            return await super().read(response_id, starting_after, wait=wait)
-
-    live = Counting()
-    fanout = Fanout(live, poll=30.0)
-    await live.append("r1", [entry(0)])
-    streams = [fanout.follow("r1", keepalive=30.0) for _ in range(10)]
-    firsts = await asyncio.gather(*(anext(s) for s in streams))
-    assert firsts == [[entry(0)]] * 10 and fanout.readers == 1
-    await live.append("r1", [entry(1), terminal(2)], ended=True)
-
-    async def rest(stream: AsyncIterator[list[Entry]]) -> list[Entry]:
-        return [e async for batch in stream for e in batch]
-
-    rests = await asyncio.gather(*(rest(s) for s in streams))
-    assert all(rest == [entry(1), terminal(2)] for rest in rests)
-    assert len(reads) <= 3  # one reader: its first read, its wake-up, at most one more; not one per follower
-    assert fanout.readers == 0
 
 
 # --- the server's live log -------------------------------------------------------------------------------------

@@ -69,6 +69,6 @@ class LiveLog(abc.ABC):
     def follow(self, response_id: str, starting_after: int = -1, *, keepalive: float) -> AsyncIterator[list[Entry]]:
         """The entries after ``starting_after`` in batches (each batch: every entry that is ready, in order) as
         they arrive, until the log ends or is gone; an empty batch after each ``keepalive`` seconds without any
-        (so the transport can keep its connection open). Followers in one process share one reader per response
-        (``live.fanout.Fanout``). The caller checks whether the last entry it got was terminal, and reads the
+        (so the transport can keep its connection open). Followers in one process share that process's one
+        reader (the Redis log's tails them all on one connection). The caller checks whether the last entry it got was terminal, and reads the
         store after it if not."""

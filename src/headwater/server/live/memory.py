@@ -1,8 +1,8 @@
 """The in-process live log (``memory://``), the default and the reference: a list of entries per response and
 an event that wakes its followers. Nothing leaves the process, so only this process's runs can be followed.
 
-``follow`` reads the list directly (the process's one reader is the list itself); ``read`` with ``wait`` is
-what a ``Fanout`` or another process-local reader uses, and behaves as any live log's must. A follower whose
+``follow`` reads the list directly (the process's one reader is the list itself); ``read`` with ``wait``
+behaves as any live log's must. A follower whose
 task lends it a sink (``direct``: an SSE stream on a server that offers the connection's writer) is written by
 ``append`` itself while it waits, rather than woken for each batch.
 """
