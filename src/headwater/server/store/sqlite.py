@@ -2,11 +2,12 @@
 ``HEADWATER_SQLITE_SYNCHRONOUS=FULL``; what each survives: docs/limits.md, "Durability").
 
 One writer connection, used by one writer thread and, for the event log's appends, by the event loop's thread:
-- The event log commits on the loop's thread (``append_many_now``) whenever the writer thread is not in the
-  middle of a job: with ``NORMAL`` a commit is a few ``pwrite``s and ``fcntl`` locks, no fsync (20 µs back to back,
-  ~130 µs cold, 20 ms after the last), where the thread's round trip (wake it, commit, wake the loop) took ~300 µs
-  and up to a few ms at p99 (bench/README.md, "Stores lane, session 19"). With ``FULL`` (an fsync per commit, ms)
-  everything goes through the thread, as does anything that may take long (creates, deletes).
+- The event log's appends and small creates commit on the loop's thread (``append_many_now``) whenever the
+  writer thread is not in the middle of a job: with ``NORMAL`` a commit is a few ``pwrite``s and ``fcntl`` locks,
+  no fsync (20 µs back to back, ~130 µs cold, 20 ms after the last), where the thread's round trip (wake it,
+  commit, wake the loop) took ~300 µs and up to a few ms at p99 (bench/README.md, "Stores lane, session 19").
+  With ``FULL`` (an fsync per commit, ms) everything goes through the thread, as do deletes, creates of more
+  than INLINE_ITEMS input items and appends of more than INLINE_EVENTS events.
 - The writer thread commits whatever has queued up in one transaction (group commit): a write's coroutine returns
   only after its COMMIT (with ``FULL``, after its fsync), and under load many share one commit.
 - The WAL is checkpointed beside the commits, not inside one of them (which might be the loop's), once it has
@@ -26,7 +27,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -120,9 +121,9 @@ def synchronous() -> str:
 
 # The writer's page cache holds the pages a group commit of many runs touches (the default 2 MB holds ~500).
 # The WAL is checkpointed beside the commits (never by a commit: ``wal_autocheckpoint=0``; ``_checkpoint_beside``)
-# once it is past CHECKPOINT_BYTES, 10,000 pages (40 MB) rather than SQLite's 1,000, so that the pages every commit touches again
-# (the index's) are copied back once per checkpoint, not once per few commits (bench/README.md: bench_pipeline,
-# bench_scale). ``journal_size_limit=0`` truncates the WAL when it restarts after a checkpoint, so that its size
+# once it is past CHECKPOINT_BYTES, 10,000 pages (40 MB) rather than SQLite's 1,000, so that the pages every
+# commit touches again (the index's) are copied back once per checkpoint, not once per few commits
+# (bench/README.md: bench_pipeline, bench_scale). ``journal_size_limit=0`` truncates the WAL when it restarts after a checkpoint, so that its size
 # on disk is what has been written since: what the check reads. The connection waits for no lock by itself
 # (``busy_timeout=0``): the loop's commit must never block on another process's lock (it leaves the append to
 # the thread), and the thread waits up to BUSY_SECONDS itself (``_begin``).
@@ -130,6 +131,13 @@ WRITER_PRAGMAS = ("cache_size=-32768", "wal_autocheckpoint=0", "journal_size_lim
 CHECKPOINT_BYTES = 10_000 * (4096 + 24)
 CHECK_EVERY = 8  # commits between two looks at the WAL's size (a stat, ~3 µs; a commit of 64 runs adds ~300 KB)
 BUSY_SECONDS = 5.0
+INLINE_ITEMS = 64  # input items a create may have to commit on the loop's thread (more: the writer thread's work)
+# Events an append_many may have to commit on the loop's thread. A saturated process's commits are larger (one
+# event per run: hundreds, 1-2 ms of SQLite's work); on the writer thread that work runs beside the loop (the GIL
+# released in each statement) instead of taking the loop's time from the runs and the sockets. (At 512 streams
+# in one process the gateway figures swung more from run to run than with this bound: bench/README.md, "Stores
+# lane, session 19".)
+INLINE_EVENTS = 64
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 _Outcome = tuple[Any, BaseException | None]
@@ -150,8 +158,12 @@ class _Worker:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
-        # Held by whoever uses the connection: the thread for each batch of jobs, or ``commit_now``'s caller.
+        # Held by whoever uses the connection: the thread for each batch of jobs (``_held``), or ``commit_now``'s
+        # caller. ``_wanted``: the thread waits for it, and ``commit_now`` leaves it alone until the thread had it
+        # (the lock is not fair: a busy loop taking it turn after turn could keep the thread waiting as long as
+        # the loop stays busy).
         self._lock = threading.Lock()
+        self._wanted = False
         self._commits = 0  # since the last look at the WAL's size
         self._checkpointing = False  # a checkpoint is under way (``_checkpoint_beside``)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -170,7 +182,7 @@ class _Worker:
         anything when the connection is busy (the thread is in a job, or another process holds the write lock),
         so that the caller never waits for a lock; it queues the job for the thread then."""
         conn = self._conn
-        if conn is None or not self._lock.acquire(blocking=False):
+        if conn is None or self._wanted or not self._lock.acquire(blocking=False):
             return None
         try:
             try:
@@ -196,9 +208,8 @@ class _Worker:
         return outcome
 
     def _committed(self) -> None:
-        """Every CHECK_EVERY commits, a look at the WAL's size; past CHECKPOINT_BYTES, a checkpoint job for the
-        thread (on the writer's connection, so that no commit runs beside it and it completes: the WAL then
-        restarts and is truncated)."""
+        """Every CHECK_EVERY commits, a look at the WAL's size; past CHECKPOINT_BYTES, a checkpoint
+        (``_checkpoint_beside``, on a thread of its own)."""
         self._commits += 1
         if self._commits < CHECK_EVERY or self._checkpointing or not self._batch:
             return
@@ -273,14 +284,25 @@ class _Worker:
                         outcome = (None, exc)
                     _settle(jobs, [outcome])
         finally:
-            with self._lock:
+            with self._held():
                 self._conn = None
                 conn.close()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """The connection, for the thread: ``commit_now`` gives it up from now until the thread has had it."""
+        self._wanted = True
+        try:
+            with self._lock:
+                self._wanted = False
+                yield
+        finally:
+            self._wanted = False
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         """One batch of jobs (a checkpoint alone, outside any transaction) with the connection held."""
         if jobs[0][0] is _checkpoint:
-            with self._lock:
+            with self._held():
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except Exception as exc:
@@ -292,7 +314,7 @@ class _Worker:
             return
         checkpoint = [job for job in jobs if job[0] is _checkpoint]
         jobs = [job for job in jobs if job[0] is not _checkpoint]
-        with self._lock:
+        with self._held():
             outcomes = self._commit(conn, jobs)
         _settle(jobs, outcomes)
         self._committed()
@@ -451,12 +473,13 @@ class SQLiteStore(Store):
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._keys = _Keys()
+        self._normal = False  # synchronous() is NORMAL (read at open)
 
     def describe(self) -> str:
         return f"sqlite {self.path}"
 
     async def open(self) -> None:
-        synchronous()  # a wrong $HEADWATER_SQLITE_SYNCHRONOUS is said here, before anything is opened
+        self._normal = synchronous() == "NORMAL"  # (a wrong $HEADWATER_SQLITE_SYNCHRONOUS is said here, first)
         await asyncio.to_thread(self._create_schema)
         self._writer = _Worker(self.path, batch=True, name="headwater-sqlite-writer", pragmas=WRITER_PRAGMAS)
         self._reader = _Worker(self.path, batch=False, name="headwater-sqlite-reader")
@@ -513,7 +536,14 @@ class SQLiteStore(Store):
             )
             conn.executemany("INSERT INTO input_items (response_id, position, item_id, data) VALUES (?, ?, ?, ?)", rows)
 
-        await self._write(create)
+        # A small create commits on the loop's thread too, when the connection is free: through the writer thread,
+        # a saturated process's creates each waited for the GIL at every statement (5 ms switches), one after
+        # another, and new streams' first events for seconds at 512 streams.
+        outcome = self._commit_now(create) if len(rows) <= INLINE_ITEMS else None
+        if outcome is None:
+            await self._write(create)
+        elif outcome[1] is not None:
+            raise outcome[1]
 
     async def append(
         self,
@@ -542,17 +572,24 @@ class SQLiteStore(Store):
         """Whether the event log may commit through ``append_many_now`` on the loop's thread: not with ``FULL``
         (an fsync per commit would block the loop for milliseconds), nor in a subclass that changes
         ``append_many`` (tests' failing stores)."""
-        return synchronous() == "NORMAL" and type(self).append_many is SQLiteStore.append_many
+        return self._normal and type(self).append_many is SQLiteStore.append_many
+
+    def _commit_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T | None, BaseException | None] | None:
+        """``fn`` committed on this thread (``_Worker.commit_now``), or None: not now (busy, or ``FULL``)."""
+        if self._writer is None:
+            raise RuntimeError("the SQLite store is not open")
+        return self._writer.commit_now(fn) if self.commits_now else None
 
     def append_many_now(self, batches: Sequence[Append]) -> list[BaseException | None] | None:
         """``append_many`` committed on the calling thread (the event loop's: no hand-over to the writer thread
         and back), or None, having done nothing, when the writer connection is busy (the thread is in a job or
-        a checkpoint, another process holds the write lock): then ``append_many`` queues it for the thread."""
-        if self._writer is None:
-            raise RuntimeError("the SQLite store is not open")
+        a checkpoint, another process holds the write lock) or the batches hold more than INLINE_EVENTS events:
+        then ``append_many`` queues it for the thread."""
         if not batches:
             return []
-        outcome = self._writer.commit_now(lambda conn: _append_batches(conn, self._keys, batches))
+        if sum(len(batch.entries) for batch in batches) > INLINE_EVENTS:
+            return None
+        outcome = self._commit_now(lambda conn: _append_batches(conn, self._keys, batches))
         if outcome is None:
             return None
         result, error = outcome
