@@ -101,3 +101,19 @@ def test_a_delta_for_an_item_id_taken_over_by_a_new_item_is_routed_again() -> No
     ]
     events = [{**e, "sequence_number": n + 2} for n, e in enumerate(events)]
     assert _relayed(ResponseRelay, events) == _relayed(_RoutedRelay, events)
+
+
+def test_a_part_added_to_an_item_of_an_unknown_type_is_closed_when_the_upstream_is_cut() -> None:
+    """(Found by the property above.) The accumulator gives an item of a type Headwater does not model no parts,
+    so when the upstream ends before the part's done, the relay closes it with an empty part instead of
+    indexing the snapshot's part list, which raised TypeError."""
+    events = [
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "program_output", "id": "po_1", "status": "in_progress"}},
+        {"type": "response.content_part.added", "item_id": "po_1", "output_index": 0, "content_index": 0,
+         "part": {"type": "output_text", "text": "", "annotations": []}},
+    ]
+    relayed, repairs = _relayed(ResponseRelay, events)
+    types = [name for name, _ in relayed]
+    assert "response.content_part.done" in types and types[-1] == "response.failed"  # upstream_truncated
+    assert repairs

@@ -556,7 +556,14 @@ class ResponseRelay(ResponseWriter):
                     command=text if isinstance(text, str) else "",
                 )
         else:
-            snapshot = getattr(self._acc.item(item.index), _PART_LIST[part.family])[part.index]
+            parts = getattr(self._acc.item(item.index), _PART_LIST[part.family], None)
+            if isinstance(parts, list) and 0 <= part.index < len(parts):
+                snapshot = parts[part.index]
+            else:
+                # The snapshot holds no such part: it was added to an item of a type Headwater does not model
+                # (whose events cannot be checked for fit), which the accumulator does not give parts. It is
+                # closed with an empty part of its family's usual type, as a part never added would be.
+                snapshot = _EMPTY_PART["output_text" if part.family == "content_index" else "summary_text"]()
             self._emit(
                 out,
                 _PART_DONE_CLASS[part.family],
