@@ -170,3 +170,19 @@ async def test_a_small_create_commits_on_the_loop_and_waits_for_another_process_
     assert (await store.get("a")) is not None and (await store.get("b")) is not None
     with pytest.raises(sqlite3.IntegrityError):  # a second response with the same id, refused inline too
         await store.create(StoredResponse("a", None, "in_progress", 0, b"{}"), [])
+
+
+async def test_an_event_log_made_before_the_store_is_opened_commits_in_the_write(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app makes its event log (``Runs``) before it opens the store: the log must still commit on the loop."""
+    monkeypatch.delenv("HEADWATER_SQLITE_SYNCHRONOUS", raising=False)
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    log = EventLog(store)
+    await store.open()
+    try:
+        await created(store, "a")
+        live = MemoryLiveLog()
+        log.open("a", live).write([entry(0)])
+        assert [e.sequence_number for e in live._logs["a"].entries] == [0] and log._task is None
+    finally:
+        await store.close()

@@ -473,7 +473,9 @@ class SQLiteStore(Store):
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._keys = _Keys()
-        self._normal = False  # synchronous() is NORMAL (read at open)
+        # synchronous() is NORMAL: known here, before open, because the event log asks ``commits_now`` when it is
+        # made, which the app does before it opens the store (open refuses a wrong value).
+        self._normal = os.environ.get("HEADWATER_SQLITE_SYNCHRONOUS", "NORMAL").strip().upper() == "NORMAL"
 
     def describe(self) -> str:
         return f"sqlite {self.path}"
