@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headwater.protocol.errors import ProtocolError, SSEError
-from headwater.protocol.sse import DONE, Frame, SSEDecoder, encode_comment, encode_frame
+from headwater.protocol.sse import DONE, Frame, SSEDecoder, _lines, encode_comment, encode_frame
 
 CAPTURES = Path(__file__).parent / "fixtures" / "captures" / "openai"
 BOM = b"\xef\xbb\xbf"
@@ -777,12 +777,15 @@ class _GeneralPathWatched(SSEDecoder):
         super()._feed(chunk)
 
 
-def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
+@pytest.mark.parametrize("pad", [0, 300])
+def test_chunks_of_whole_common_events_take_the_one_call_path(pad: int) -> None:
     # Once the stream has started, every chunk here ends at least one event of the common shapes (after the
     # start of one kept from the chunk before): feed_columns frames each in that one call and never reaches the
-    # general machinery (``_feed``), whatever the names.
-    events = [b"event: e%d\ndata: {\"n\":%d}\n\n" % (i % 3, i) for i in range(40)]
-    events += [b"data: {\"n\":%d}\n\n" % i for i in range(40)]
+    # general machinery (``_feed``), whatever the names. (pad: chunks short enough to be cut with bytes.split,
+    # and long enough to be cut one memchr a line, sse._lines.)
+    fill = b"x" * pad
+    events = [b"event: e%d\ndata: {\"n\":%d,\"f\":\"%s\"}\n\n" % (i % 3, i, fill) for i in range(40)]
+    events += [b"data: {\"n\":%d,\"f\":\"%s\"}\n\n" % (i, fill) for i in range(40)]
     stream = b"".join(events)
     ends = [sum(map(len, events[: i + 1])) for i in range(len(events))]
     decoder = _GeneralPathWatched()
@@ -795,7 +798,14 @@ def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
     frames += decoder.feed(stream[start:]) + decoder.close()
     assert frames == Reference(stream).frames
     assert [f.event for f in frames[:4]] == ["e0", "e1", "e2", "e0"]
-    assert frames[-1] == Frame(None, b'{"n":39}')
+    assert frames[-1] == Frame(None, b'{"n":39,"f":"%s"}' % fill)
+
+
+@given(st.binary(max_size=600), st.binary(min_size=1, max_size=3).map(lambda b: b.replace(b"\n", b"")))
+def test_region_lines_are_split_at_lf_with_the_lfs_kept(body: bytes, filler: bytes) -> None:
+    region = body.replace(filler, b"\n") if filler else body
+    pieces = region.split(b"\n")
+    assert _lines(region) == [piece + b"\n" for piece in pieces[:-1]] + [pieces[-1]]
 
 
 @pytest.mark.parametrize(
@@ -809,16 +819,17 @@ def test_chunks_of_whole_common_events_take_the_one_call_path() -> None:
         b"data: " + b"x" * 120,  # longer than the kept start may be (max_event_size=160 here)
     ],
 )
-def test_one_call_path_tail_after_whole_events(tail: bytes) -> None:
+@pytest.mark.parametrize("events", [3, 30])  # a chunk cut with bytes.split, and one cut by sse._lines
+def test_one_call_path_tail_after_whole_events(tail: bytes, events: int) -> None:
     # The chunk completes whole common events and ends inside the next one: feed_columns takes its one-call
     # path and decides there (not in `_rest`) whether to keep that tail whole or apply its lines now.
-    head = b"".join(b"event: e\ndata: {\"n\":%d}\n\n" % i for i in range(3))
+    head = b"".join(b"event: e\ndata: {\"n\":%d}\n\n" % i for i in range(events))
     stream = head + tail + b"\n\ndata: end\n\n"
     cut = len(head) + len(tail)
-    decoder = SSEDecoder(max_event_size=160)
+    decoder = SSEDecoder(max_event_size=160 if events == 3 else 2000)
     decoder.feed(b"data: first\n\n")  # past the start of the stream: mode known, the fast path ready
     first = decoder.feed(stream[:cut])
-    assert [f.data for f in first] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert [f.data for f in first] == [b'{"n":%d}' % i for i in range(events)]
     if tail.startswith(b"id: "):
         assert decoder.last_event_id == "4"
     assert decoder.comments == (1 if tail.startswith(b":") else 0)
