@@ -20,7 +20,6 @@ from typing import Any, Final, TypeVar
 from msgspec import UNSET
 from msgspec.structs import astuple
 
-from .codec import keep_wires
 from .events import (
     ApplyPatchCallOperationDiffDelta,
     ApplyPatchCallOperationDiffDone,
@@ -111,6 +110,7 @@ from .resources import (
     WebSearchCall,
     replace,
 )
+from .wires import keep_wires
 
 try:
     from mypy_extensions import mypyc_attr  # read by mypyc when it compiles this module (setup.py)

@@ -23,14 +23,12 @@ from .resources import (
     UnknownAnnotation,
     UnknownItem,
     UnknownPart,
-    WireSource,
     _enc_hook,
     _Unknown,
     has_wire,
-    keep_wire,
-    keep_wire_lazily,
     to_builtins,
 )
+from .wires import keep_wires
 
 __all__ = [
     "decode_event",
@@ -193,47 +191,6 @@ def _put(event: Any, path: list[str | int], value: Any) -> None:
 
 # The fields of events that carry resources (an item, a part, an annotation, a response).
 _NESTED = ("item", "part", "annotation", "response")
-
-
-def keep_wires(event: Event) -> None:
-    """Let the resources inside a decoded event remember the JSON they came from (``resources.keep_wire``), so
-    that a snapshot built from them shows what the provider sent. Only events that carry resources are read
-    (never a delta); an event built here, with nothing decoded, has nothing to keep. Idempotent."""
-    if type(event) is UnknownEvent or "_wires" in event.__dict__:
-        return
-    # The class's resource fields (cached), not getattr(event, name, None) for each of _NESTED: an attribute
-    # that is not there raises (and swallows) an AttributeError, far dearer than the walk itself.
-    names = [name for name in _nested_of(type(event)) if getattr(event, name) is not None]
-    if not names:
-        return
-    event.__dict__["_wires"] = True
-    raw: bytes | None = event.__dict__.get("_raw")
-    if raw is not None:
-        # The payload bytes cannot change: what the resources remember is decoded from them when first read.
-        payload = raw
-        source = WireSource(lambda: _json_decoder.decode(payload))
-        for name in names:
-            value = getattr(event, name)
-            if name == "response":
-                keep_wire_lazily(value.output, source, ("response", "output"))
-                if value.usage is not None:
-                    keep_wire_lazily(value.usage, source, ("response", "usage"))
-            else:
-                keep_wire_lazily(value, source, (name,))
-        return
-    if "_wire" not in event.__dict__:
-        return
-    wire = event_to_builtins(event)
-    for name in names:
-        value = getattr(event, name)
-        if name == "response":  # the response is the receiver's own; what it holds is the provider's
-            raw = wire.get("response")
-            if isinstance(raw, dict):
-                keep_wire(value.output, raw.get("output"))
-                if value.usage is not None:
-                    keep_wire(value.usage, raw.get("usage"))
-        else:
-            keep_wire(value, wire.get(name))
 
 
 def encode_event(event: Event) -> bytes:
