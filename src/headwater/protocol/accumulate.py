@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 from msgspec import UNSET
 from msgspec.structs import astuple
 
+from .codec import keep_wires_eagerly
 from .events import (
     ApplyPatchCallOperationDiffDelta,
     ApplyPatchCallOperationDiffDone,
@@ -110,7 +111,7 @@ from .resources import (
     WebSearchCall,
     replace,
 )
-from .wires import keep_wires
+from .wires import keep_lazy_wires
 
 try:
     from mypy_extensions import mypyc_attr  # read by mypyc when it compiles this module (setup.py)
@@ -722,8 +723,10 @@ class Accumulator:
                 return
         if self._count == 1 and type(event) is not ResponseCreated:
             self._problem(event, "missing-created", f"the stream starts with {event.type}")
-        if cls in _CARRIERS:
-            keep_wires(event)
+        if cls in _CARRIERS:  # codec.keep_wires, its compiled walk called natively
+            names = keep_lazy_wires(event)
+            if names:
+                keep_wires_eagerly(event, names)
         handler(self, event)
         if len(self.problems) != problems:
             # The handler said something about this event: if it armed the hot path, the next delta must be

@@ -26,9 +26,10 @@ from .resources import (
     _enc_hook,
     _Unknown,
     has_wire,
+    keep_wire,
     to_builtins,
 )
-from .wires import keep_wires
+from .wires import keep_lazy_wires
 
 __all__ = [
     "decode_event",
@@ -191,6 +192,32 @@ def _put(event: Any, path: list[str | int], value: Any) -> None:
 
 # The fields of events that carry resources (an item, a part, an annotation, a response).
 _NESTED = ("item", "part", "annotation", "response")
+
+
+def keep_wires(event: Event) -> None:
+    """Let the resources inside a decoded event remember the JSON they came from (``resources.keep_wire``), so
+    that a snapshot built from them shows what the provider sent. Only events that carry resources are read
+    (never a delta); an event built here, with nothing decoded, has nothing to keep. Idempotent. (The walk is
+    ``wires.keep_lazy_wires``, compiled; an event with a wire of its own and no payload is read here.)"""
+    names = keep_lazy_wires(event)
+    if names:
+        keep_wires_eagerly(event, names)
+
+
+def keep_wires_eagerly(event: Event, names: list[str]) -> None:
+    """``keep_wires`` for an event that remembers a wire of its own (``_wire``: read camelCase, or changed by
+    ``replace_event``), not payload bytes: ``keep_wire`` on its resource fields ``names``."""
+    wire = event_to_builtins(event)
+    for name in names:
+        value = getattr(event, name)
+        if name == "response":  # the response is the receiver's own; what it holds is the provider's
+            raw = wire.get("response")
+            if isinstance(raw, dict):
+                keep_wire(value.output, raw.get("output"))
+                if value.usage is not None:
+                    keep_wire(value.usage, raw.get("usage"))
+        else:
+            keep_wire(value, wire.get(name))
 
 
 def encode_event(event: Event) -> bytes:

@@ -21,7 +21,7 @@ from typing import Any, Final, get_args
 import msgspec
 from msgspec import UNSET, Struct
 
-__all__ = ["WIRE", "LazyWire", "WireSource", "differs_as_decoded", "keep_wire_lazily", "keep_wires", "resolved"]
+__all__ = ["WIRE", "LazyWire", "WireSource", "differs_as_decoded", "keep_lazy_wires", "keep_wire_lazily", "resolved"]
 
 WIRE: Final = "_wire"
 """The ``__dict__`` key under which a resource remembers its wire (a dict, or a ``LazyWire``)."""
@@ -174,63 +174,43 @@ _NESTED: Final = ("item", "part", "annotation", "response")
 _NESTED_OF: dict[type, tuple[str, ...]] = {}
 
 
-def keep_wires(event: Any) -> None:
-    """Let the resources inside a decoded event remember the JSON they came from (``resources.keep_wire``), so
-    that a snapshot built from them shows what the provider sent. Only events that carry resources are read
-    (never a delta); an event built here, with nothing decoded, has nothing to keep. Idempotent.
+def keep_lazy_wires(event: Any) -> list[str]:
+    """``codec.keep_wires`` but for its rare eager part: let the resources inside a decoded event remember,
+    lazily, the JSON they came from (its payload bytes); returns the resource fields whose wires are still to be
+    kept eagerly (an event that remembers a ``_wire`` of its own and no payload: ``codec.keep_wires_eagerly``),
+    else []. Marks the event done either way (idempotent).
 
-    Here (``codec`` re-exports it), not in ``codec``, so that it is compiled with the walk (setup.py) and the
-    Accumulator calls it natively: it runs on every carrier event it folds. (This module cannot import the
-    events or resources at its top: ``resources`` imports it. An ``UnknownEvent`` has none of ``_NESTED``.)"""
+    Here, not in ``codec``, so that it is compiled with the walk (setup.py) and the Accumulator calls it
+    natively: it runs on every carrier event it folds. (This module imports neither the events nor the
+    resources, which import it: an ``UnknownEvent`` is one with none of ``_NESTED``.)"""
     cls = type(event)
     nested = _NESTED_OF.get(cls)
     if nested is None:
         fields = getattr(cls, "__struct_fields__", ())
         nested = _NESTED_OF[cls] = tuple(name for name in _NESTED if name in fields)
     if not nested:
-        return
+        return []
     attrs = event.__dict__
     if "_wires" in attrs:
-        return
+        return []
     # The class's resource fields (cached), not getattr(event, name, None) for each of _NESTED: an attribute
     # that is not there raises (and swallows) an AttributeError, far dearer than the walk itself.
     names = [name for name in nested if getattr(event, name) is not None]
     if not names:
-        return
+        return []
     attrs["_wires"] = True
     raw = attrs.get("_raw")
-    if raw is not None:
-        # The payload bytes cannot change: what the resources remember is decoded from them when first read.
-        payload: bytes = raw
-        source = WireSource(lambda: _json_decoder.decode(payload))
-        for name in names:
-            value = getattr(event, name)
-            if name == "response":
-                keep_wire_lazily(value.output, source, ("response", "output"))
-                if value.usage is not None:
-                    keep_wire_lazily(value.usage, source, ("response", "usage"))
-            else:
-                keep_wire_lazily(value, source, (name,))
-        return
-    if "_wire" not in attrs:
-        return
-    _keep_wires_eagerly(event, names)
-
-
-def _keep_wires_eagerly(event: Any, names: list[str]) -> None:
-    """``keep_wires`` for an event that remembers a wire of its own (``_wire``: read camelCase, or changed by
-    ``codec.replace_event``), not payload bytes."""
-    from .codec import event_to_builtins
-    from .resources import keep_wire
-
-    wire = event_to_builtins(event)
+    if raw is None:
+        return names if "_wire" in attrs else []
+    # The payload bytes cannot change: what the resources remember is decoded from them when first read.
+    payload: bytes = raw
+    source = WireSource(lambda: _json_decoder.decode(payload))
     for name in names:
         value = getattr(event, name)
-        if name == "response":  # the response is the receiver's own; what it holds is the provider's
-            response = wire.get("response")
-            if isinstance(response, dict):
-                keep_wire(value.output, response.get("output"))
-                if value.usage is not None:
-                    keep_wire(value.usage, response.get("usage"))
+        if name == "response":
+            keep_wire_lazily(value.output, source, ("response", "output"))
+            if value.usage is not None:
+                keep_wire_lazily(value.usage, source, ("response", "usage"))
         else:
-            keep_wire(value, wire.get(name))
+            keep_wire_lazily(value, source, (name,))
+    return []
