@@ -27,7 +27,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -175,6 +175,11 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.waiter: asyncio.Future[None] | None = None
+        # A listener (``Answer.listen``) is called instead of waking the waiter: once per ``data_received`` in
+        # which anything came (after the parser's callbacks), and for the end, a drop or a time-out.
+        self.listener: Callable[[], None] | None = None
+        self.feeding = False  # within the parser's feed: a listener is called once it returns
+        self.woken = False  # something came during this feed
         self.last = self._loop.time()  # when bytes last came (or the request went)
         self.read_timeout = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -187,12 +192,20 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last = self._loop.time()
         self.answered = True
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(ProtocolError("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(f"not an HTTP/1.1 answer: {exc}"))
+        finally:
+            self.feeding = False
+        if self.woken:
+            self.woken = False
+            listener = self.listener
+            if listener is not None:
+                listener()
 
     def eof_received(self) -> bool | None:
         return None  # (the transport closes; connection_lost says the rest)
@@ -264,6 +277,12 @@ class _Connection(asyncio.Protocol):
         return waiter
 
     def _wake(self) -> None:
+        if self.listener is not None:
+            if self.feeding:
+                self.woken = True  # (called once the feed returns, for all that this read brought)
+            else:
+                self.listener()
+            return
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -377,6 +396,22 @@ class Answer:
     def wait(self) -> asyncio.Future[None]:
         """A future done when more of the body (or its end, or an error) has come: for ``take()``."""
         return self._connection.waiting()
+
+    @property
+    def plain(self) -> bool:
+        """The body comes as it is sent (no content-encoding to undo): ``take()`` returns every chunk as it came."""
+        return self._inflate is None
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener()`` (it must not raise) whenever more of the body, its end or an error has come, in the
+        connection's own ``data_received`` (once per read of the socket, after the read is parsed) or
+        ``connection_lost``, instead of waking ``wait()``'s future; None to stop."""
+        self._connection.listener = listener
+
+    def pending(self) -> bool:
+        """Whether ``take()`` has something to return now (a chunk, the end, an error)."""
+        connection = self._connection
+        return bool(connection.chunks) or connection.complete or connection.error is not None
 
     def at_eof(self) -> bool:
         connection = self._connection

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_READ_TIMEOUT",
     "HTTPClient",
+    "Push",
     "Upstream",
     "UpstreamBackend",
     "UpstreamStream",
@@ -354,6 +355,81 @@ class UpstreamStream:
                 code="upstream_disconnected",
             )
         return exc
+
+
+class Push:
+    """What a backend's ``batches(request, push=True)`` yields when nothing of the body has come: the consumer
+    may take the next chunks in the connection's own ``data_received``, without a wake-up of its task per chunk.
+    ``start(deliver)`` listens (``Answer.listen``): each read of the body is framed and decoded (``step``) and
+    its batch handed to ``deliver`` at once, in the read's call (upstream socket to the consumer's log and
+    followers in one synchronous call). The future it returns is done when the generator must go on itself: the
+    body ended or failed (a drop, a time-out), a read made an error (``error``, which the generator raises,
+    mapped as its own reads' are), a batch the generator must look at (``step`` said so: the terminal event, an
+    ``error`` event; held in ``pending``), or ``deliver`` refused (False: the consumer stops or failed; that
+    batch is dropped). The consumer then calls ``stop()`` and resumes the generator, which goes on reading.
+
+    Ordering: the batches are delivered in the order of the body, and a pending one is the generator's next.
+    Cancel: the consumer's task waits on the future; cancelling it, then ``stop()`` and closing the generator,
+    leaves no listener behind (the connection is closed, as for any stream left in the middle). Backpressure is
+    what it is with the generator: the consumer takes everything as it comes."""
+
+    __slots__ = ("_answer", "_deliver", "_done", "_step", "error", "pending")
+
+    def __init__(self, answer: Answer, step: Callable[[bytes], tuple[list[Any], bool]]) -> None:
+        self._answer = answer
+        # A read's chunk -> (its batch, whether the generator must see it rather than ``deliver``).
+        self._step = step
+        self._deliver: Callable[[list[Any]], bool] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.pending: list[Any] | None = None
+
+    def start(self, deliver: Callable[[list[Any]], bool]) -> asyncio.Future[None]:
+        self.error = self.pending = None
+        self._deliver = deliver
+        done = self._done = asyncio.get_running_loop().create_future()
+        self._answer.listen(self._on_data)
+        if self._answer.pending():  # (came meanwhile)
+            self._on_data()
+        return done
+
+    def stop(self) -> None:
+        self._answer.listen(None)
+        self._deliver = None
+
+    def _on_data(self) -> None:
+        answer = self._answer
+        deliver = self._deliver
+        connection = answer._connection
+        if deliver is None:
+            return
+        # The body's end and its errors are the generator's own to handle (``take`` raises them, mapped).
+        while connection.chunks and not connection.complete and connection.error is None:
+            chunk = answer.take()
+            if not chunk:  # (a plain answer's chunks are never empty: the generator decides)
+                self._finish()
+                return
+            try:
+                batch, special = self._step(chunk)
+            except Exception as exc:
+                self.error = exc
+                self._finish()
+                return
+            if special:
+                self.pending = batch
+                self._finish()
+                return
+            if batch and not deliver(batch):
+                self._finish()
+                return
+        if connection.complete or connection.error is not None:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.stop()
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
 
 async def _drain(response: Answer) -> None:

@@ -34,6 +34,7 @@ from ._upstream import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
     HTTPClient,
+    Push,
     UpstreamBackend,
     UpstreamStream,
 )
@@ -146,6 +147,8 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
 # --- the events -------------------------------------------------------------------------------------------------
 
 _fast_decode = fast_decoder.decode
+# The event types a pushed read hands back to ``batches`` (it ends the stream, or it is noted there).
+_SPECIAL = TERMINAL_EVENT_TYPES | {"error"}
 _RAW = repeat("_raw")  # endless and shared: map() stops at its finite iterables
 
 
@@ -198,6 +201,7 @@ class ResponsesBackend(UpstreamBackend):
 
     name = "responses"
     passthrough = True
+    pushes = True  # ``batches(request, push=True)`` (the run driver takes the chunks in ``data_received``)
 
     def __init__(
         self,
@@ -238,7 +242,7 @@ class ResponsesBackend(UpstreamBackend):
         """The relay the run driver writes with instead of ``writer`` (same response id and template)."""
         return ResponseRelay.from_writer(writer, upstream=self.upstream.url)
 
-    async def batches(self, request: GenerationRequest) -> AsyncIterator[list[Event]]:
+    async def batches(self, request: GenerationRequest, *, push: bool = False) -> AsyncIterator[list[Event] | Push]:
         """The upstream's events, decoded (leniently: a payload that does not fit its schema comes as an
         ``UnknownEvent`` with ``problem`` set), one list per chunk read (never an empty one): the run takes a
         chunk's events in one turn and logs them as one batch. Ends with the terminal event (whatever follows it
@@ -247,7 +251,10 @@ class ResponsesBackend(UpstreamBackend):
 
         A chunk's events are framed and decoded together (``_decode``), in this one generator, which takes the
         body's chunks from the answer itself (``take``/``wait``): between the socket and the run there is no
-        generator per frame and no coroutine per chunk."""
+        generator per frame and no coroutine per chunk. With ``push``, whenever nothing of the body is buffered
+        it yields a ``Push`` instead of waiting: the consumer takes the chunks that come next in the connection's
+        ``data_received`` (the same framing and decoding, ``_step``), until the stream's end, an error, an
+        ``error`` or terminal event (those come back here, and are read as if taken here)."""
         sent = self._sent_ahead(request)
         body = None if sent is not None else self.request_body(request)
         async with self.upstream.stream(body, sent=sent) as stream:
@@ -257,14 +264,34 @@ class ResponsesBackend(UpstreamBackend):
             errored = False
             framer = SSEDecoder(mode="sse")
             columns, take, wait = framer.feed_columns, stream.response.take, stream.response.wait
+            pusher = None
+            if push and stream.response.plain:
+
+                def step(chunk: bytes) -> tuple[list[Event], bool]:
+                    events = _decode(stream, columns(chunk)[1])
+                    for event in events:
+                        if event.type in _SPECIAL:
+                            return events, True
+                    return events, False
+
+                pusher = Push(stream.response, step)
             try:
                 while True:
                     chunk = take()
                     if chunk is None:
-                        await wait()
-                        continue
-                    payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
-                    events = _decode(stream, payloads)
+                        if pusher is None:
+                            await wait()
+                            continue
+                        yield pusher
+                        if pusher.error is not None:
+                            raise pusher.error
+                        events = pusher.pending
+                        if events is None:
+                            continue
+                        pusher.pending = None
+                    else:
+                        payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
+                        events = _decode(stream, payloads)
                     for at, event in enumerate(events):
                         if event.type in TERMINAL_EVENT_TYPES:
                             yield events[: at + 1]
@@ -288,6 +315,7 @@ class ResponsesBackend(UpstreamBackend):
     async def events(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """The upstream's events one by one (``batches``, flattened): for readers that take them singly."""
         async for batch in self.batches(request):
+            assert not isinstance(batch, Push)  # (only with ``push``)
             for event in batch:
                 yield event
 

@@ -155,6 +155,8 @@ class Run:
         self._expiry: asyncio.Task[None] | None = None
         # Steps to events (for a backend that yields steps; a passthrough one's events go through the relay).
         self._steps = None if self._relay is not None else StepWriter(self.writer, max_tool_calls=max_tool_calls)
+        self._feed: Callable[[Any], list[Event]] | None = None  # (set by _generate, for _deliver)
+        self._pushed: list[Event] | Exception | None = None  # what _deliver left for the task
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -322,21 +324,40 @@ class Run:
     async def _generate(self) -> None:
         """Feed the backend's steps (a passthrough backend's events) to the writer (its relay) and log what they
         make, until the backend ends or the run is stopped. A backend with ``batches`` hands over each chunk's
-        steps together: one turn of this loop, one batch to the log, per chunk of the upstream's body."""
+        steps together: one turn of this loop, one batch to the log, per chunk of the upstream's body. One that
+        ``pushes`` hands over a ``Push`` whenever nothing has come: the chunks that come next are fed and logged
+        by ``_deliver``, in the upstream connection's own read (no wake-up of this task per chunk), until the
+        backend wants its generator back (the end, an error, the terminal event) or the run stops."""
         relay = self._relay
         source: Any = self._passthrough if self._passthrough is not None else self._backend
         batches = getattr(source, "batches", None)
+        # Pushed batches are logged in the connection's call: the store's log queues without a coroutine, and the
+        # in-process live log takes entries without one (a run that is not stored publishes them itself).
+        push = (batches is not None and getattr(source, "pushes", False) is True
+                and (self._store is not None or isinstance(self.live, MemoryLiveLog)))
         steps: AsyncIterator[Any] = (
-            batches(self._request) if batches is not None
+            (batches(self._request, push=True) if push else batches(self._request)) if batches is not None
             else source.events(self._request) if relay is not None
             else source.generate(self._request)
         )
-        feed = relay.feed if relay is not None else self._steps_writer().feed
+        feed = self._feed = relay.feed if relay is not None else self._steps_writer().feed
         try:
             while self._stop is None:
                 self._enter(State.WAITING)
                 try:
                     got = await anext(steps)
+                    if push and type(got) is not list:  # a Push (backends/_upstream.py; not imported here)
+                        try:
+                            await got.start(self._deliver)
+                        finally:
+                            got.stop()
+                        if self._pushed is not None:  # (what _deliver could not do itself)
+                            pushed, self._pushed = self._pushed, None
+                            if isinstance(pushed, BaseException):
+                                raise pushed
+                            self._enter(State.WRITING)
+                            await self._emit(pushed)
+                        continue
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError:
@@ -360,6 +381,46 @@ class Run:
             aclose = getattr(steps, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    def _deliver(self, batch: list[Any]) -> bool:
+        """A pushed batch (``Push``), in the upstream connection's read, while the task waits: fed and logged
+        as the loop of ``_generate`` would (never raising: what fails is kept in ``_pushed`` for the task to
+        raise); False when the pushing must stop (the run is stopping, or the task must take over)."""
+        if self._stop is not None or self.state is not State.WAITING:
+            return False  # (a stop while the task waited: the batch is dropped, as a cancelled read's is)
+        self.state = State.WRITING
+        try:
+            self.steps += len(batch)
+            self._first_step.set()
+            feed = self._feed
+            assert feed is not None
+            events = feed(batch[0]) if len(batch) == 1 else [event for step in batch for event in feed(step)]
+            if events:
+                if self.writer.finished:  # (its terminal batch: logged by the task, which awaits it)
+                    self._pushed = events
+                    return False
+                self._emit_now(events)
+        except Exception as exc:
+            self._pushed = exc
+            return False
+        finally:
+            if self.state is State.WRITING:
+                self.state = State.WAITING
+        return self._stop is None
+
+    def _emit_now(self, events: list[Event]) -> None:
+        """``_emit`` for a batch that neither changes the status nor ends the response, without a coroutine."""
+        entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
+        self.events += len(entries)
+        if self._store is None:
+            ended = self._log._publishable(entries)
+            if ended is not None:
+                assert isinstance(self.live, MemoryLiveLog)
+                self.live.append_now(self.id, entries, ended=ended)
+            return
+        self._log.write(entries, None, None)
+        if self._log.error is not None:
+            raise self._log.error
 
     @property
     def finished(self) -> bool:
