@@ -90,6 +90,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FINISHED: frozenset(),
 }
 INTERRUPTIBLE = frozenset({State.QUEUED, State.WAITING})
+# (A member read off the class is an attribute look-up through the enum's metaclass: kept here for _deliver.)
+_WAITING, _WRITING = State.WAITING, State.WRITING
 
 
 class Run:
@@ -386,12 +388,13 @@ class Run:
         """A pushed batch (``Push``), in the upstream connection's read, while the task waits: fed and logged
         as the loop of ``_generate`` would (never raising: what fails is kept in ``_pushed`` for the task to
         raise); False when the pushing must stop (the run is stopping, or the task must take over)."""
-        if self._stop is not None or self.state is not State.WAITING:
+        if self._stop is not None or self.state is not _WAITING:
             return False  # (a stop while the task waited: the batch is dropped, as a cancelled read's is)
-        self.state = State.WRITING
+        self.state = _WRITING
         try:
             self.steps += len(batch)
-            self._first_step.set()
+            if self.steps == len(batch):
+                self._first_step.set()
             feed = self._feed
             assert feed is not None
             events = feed(batch[0]) if len(batch) == 1 else [event for step in batch for event in feed(step)]
@@ -404,8 +407,8 @@ class Run:
             self._pushed = exc
             return False
         finally:
-            if self.state is State.WRITING:
-                self.state = State.WAITING
+            if self.state is _WRITING:
+                self.state = _WAITING
         return self._stop is None
 
     def _emit_now(self, events: list[Event]) -> None:
