@@ -22,7 +22,18 @@ from headwater.server.backends.base import ChatMessage, GenerationRequest
 from headwater.server.backends.responses import ResponsesBackend
 from headwater.server.runs import Run, Runs
 from headwater.server.store import Append, MemoryStore, StoredResponse
-from test_upstream_replay import Drop, Pause, ReplayUpstream, Reply, Stall, events_of, fixture, pieces_of
+from test_upstream_replay import (
+    CAPTURES,
+    Drop,
+    Pause,
+    ReplayUpstream,
+    Reply,
+    Stall,
+    capture_as_sse,
+    events_of,
+    fixture,
+    pieces_of,
+)
 
 BODY = fixture("responses/bedrock-cache-write-tokens.sse")
 
@@ -89,6 +100,17 @@ async def test_the_events_are_the_same_however_the_pushed_body_is_cut(size: int)
     cut = await _relayed(_paced(pieces_of(BODY, size), 0.0005))
     assert check(cut) == []
     assert _said(cut) == _said(whole)
+
+
+async def test_an_error_event_while_pushing_ends_the_stream_as_read_whole() -> None:
+    # The error event goes back to the generator (the relay fails the response at it); the stream ends as read whole.
+    body = capture_as_sse(CAPTURES / "openai-error.1.jsonl")
+    whole = await _relayed([body])
+    paced = await _relayed(_paced(events_of(body), 0.01))
+    assert check(paced) == []
+    assert _said(paced) == _said(whole)
+    assert [e.type for e in paced[-2:]] == ["error", "response.failed"]
+    assert paced[-2].error_code == whole[-2].error_code == "insufficient_quota"
 
 
 async def test_a_drop_while_pushing_fails_the_run_as_a_drop() -> None:

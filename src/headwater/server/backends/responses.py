@@ -289,6 +289,7 @@ class ResponsesBackend(UpstreamBackend):
                         if events is None:
                             continue
                         pusher.pending = None
+                        chunk = b"pushed"  # (a read, not the body's end: the generator reads on)
                     else:
                         payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
                         events = _decode(stream, payloads)
