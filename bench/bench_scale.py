@@ -21,7 +21,11 @@ tagged `"code": "tree"` or `"baseline"`; `--repeats N` runs it all N times: a co
 load. `cpu_cores_steady` is where the machine's CPU went from 30 % to 80 % of a stream's nominal length (in
 cores: 1.0 = one core for the whole time; /proc): the servers, the load generator, PostgreSQL, the bench's
 Redis, other processes (`other_top` names the biggest), interrupts (`irq`: loopback TCP mostly), `steal`, and
-the machine's `busy` and `idle` -- whether the machine was saturated, and by whom.
+the machine's `busy` and `idle` -- whether the machine was saturated, and by whom. Where the gap tail lies
+(diagnostics beside the whole run's `gap_p99_ms`, which stays the figure): `gap_p99_steady_ms` (gaps that ended
+in that same 30-80 % window), `gaps_over_50ms` (in the ramp before it, in it, after it), `gap_timeline` (0.5 s
+slices: start, gaps, p99 ms, gaps over 50 ms) and `load_loop_lag_ms` (how late the load generator's own loop ran
+a 5 ms timer: a delay every gap it measures may include).
 
 Set-ups: `sqlite` (one process, SQLite, in-process live log: the embedded default), `pg-redis` (`--workers 2`:
 two worker processes on one port, each a replica, sharing PostgreSQL and Redis), `kill` (the same, and one
@@ -95,6 +99,7 @@ class _Stream(asyncio.Protocol):
         self.events = 0
         self.last: float | None = None
         self.gaps: list[float] = out.setdefault("gaps", [])
+        self.ats: list[float] = out.setdefault("at", [])  # when each gap ended (perf_counter: one clock machine-wide)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,6 +142,7 @@ class _Stream(asyncio.Protocol):
             self.out["first"] = now - self.out["start"]
         elif self.last is not None:
             self.gaps.append(now - self.last)
+            self.ats.append(now)
         self.last = now
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -230,9 +236,22 @@ async def _one(targets: list[tuple[str, int]], n: int, out: dict[str, Any]) -> N
         out.pop("error", None)  # (a resume that found nothing on the way is no error of the stream)
 
 
+async def _lag(lags: list[float], period: float = 0.005) -> None:
+    """How late this process's loop runs a timer due every ``period`` s: the load generator's own delay, which
+    every gap it measures may include."""
+    while True:
+        due = time.perf_counter() + period
+        await asyncio.sleep(period)
+        lags.append(time.perf_counter() - due)
+
+
 async def _drive(targets: list[tuple[str, int]], streams: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = [{} for _ in range(streams)]
+    lags: list[float] = []
+    monitor = asyncio.get_running_loop().create_task(_lag(lags))
     await asyncio.gather(*(_one(targets, n, results[n]) for n in range(streams)))
+    monitor.cancel()
+    results[0]["load_lag"] = lags
     return results
 
 
@@ -366,6 +385,30 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _gap_phases(gaps: list[float], ats: list[float], start: float, nominal: float) -> dict[str, Any]:
+    """Where the gap tail lies in time (diagnostics; the goal figure is the whole run's ``gap_p99_ms``): the gap
+    p99 of the steady window (gaps that ended from 30 % to 80 % of a stream's nominal length after the first
+    create), how many gaps exceeded 50 ms in the ramp (before 30 %), the steady window and after, and a
+    timeline of 0.5 s slices: [start s, gaps, p99 ms, gaps over 50 ms]."""
+    if not gaps or len(gaps) != len(ats):
+        return {}
+    low, high = start + 0.3 * nominal, start + 0.8 * nominal
+    steady = [g for g, a in zip(gaps, ats, strict=True) if low <= a < high]
+    over: Counter[str] = Counter()
+    slices: dict[int, list[float]] = {}
+    for g, a in zip(gaps, ats, strict=True):
+        slices.setdefault(int((a - start) / 0.5), []).append(g)
+        if g > 0.05:
+            over["ramp" if a < low else "steady" if a < high else "end"] += 1
+    return {
+        "gap_p99_steady_ms": round(_pct(steady, 0.99) * 1000, 1),
+        "gaps_over_50ms": {"all": sum(over.values()), "ramp": over["ramp"], "steady": over["steady"],
+                           "end": over["end"], "of": len(gaps)},
+        "gap_timeline": [[k / 2, len(v), round(_pct(v, 0.99) * 1000, 1), sum(1 for g in v if g > 0.05)]
+                         for k, v in sorted(slices.items())],
+    }
+
+
 def _load1() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -443,6 +486,8 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     start = min(r["start"] for r in results if "start" in r)
     end = max(r.get("end", start) for r in results)
     gaps = [g for r in results for g in r.get("gaps", [])]
+    ats = [a for r in results for a in r.get("at", [])]
+    lags = results[0].pop("load_lag", []) if results else []
     per_event = 1e6 / total_events if total_events else float("nan")  # (seconds -> microseconds per event)
     figures: dict[str, Any] = {
         "setup": setup,
@@ -458,11 +503,14 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         "ttfe_p99_ms": round(_pct([r["first"] for r in results if "first" in r], 0.99) * 1000, 1),
         "gap_p50_ms": round(_pct(gaps, 0.5) * 1000, 1),
         "gap_p99_ms": round(_pct(gaps, 0.99) * 1000, 1),
+        **_gap_phases(gaps, ats, start, steps * delay),
         "events": total_events,
         "events_per_s": round(total_events / (end - start)),
         "rss_mb_per_process": memory,
         "server_cpu_us_per_event": [round((cpu_after[pid] - cpu_before[pid]) * per_event, 1) for pid in pids],
         "load_cpu_us_per_event": round(load_cpu * per_event, 1),
+        "load_loop_lag_ms": {"p50": round(_pct(lags, 0.5) * 1000, 1), "p99": round(_pct(lags, 0.99) * 1000, 1),
+                             "max": round(max(lags, default=float("nan")) * 1000, 1)},
         "load_avg_1min": [load_before, load_after],
     }
     if split:
