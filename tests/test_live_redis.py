@@ -283,6 +283,49 @@ async def test_every_stream_of_a_shared_call_gets_its_ttl_and_length_cap(redis_u
         await live.close()
 
 
+async def test_a_stream_s_ttl_is_set_by_its_first_append_then_once_every_quarter_ttl(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    live = RedisLiveLog(redis_url + "&ttl=40&final_ttl=5&local=0")
+    await live.open()
+    key = f"{live.prefix}:events:r1"
+    try:
+        await live.append("r1", [delta(0)])
+        assert 0 < await raw.pttl(key) <= 40_000
+        await raw.persist(key)
+        await live.append("r1", [delta(1)])  # within the window: no PEXPIRE (one per stream, not per append)
+        assert await raw.pttl(key) == -1
+        live._ttl_since -= live._ttl_every  # a quarter of the TTL has passed: the next append sets it again
+        await live.append("r1", [delta(2)])
+        assert 0 < await raw.pttl(key) <= 40_000
+        await raw.persist(key)
+        await live.append("r1", [Entry(3, "response.completed", b"{}")], ended=True)  # the end: always
+        assert 0 < await raw.pttl(key) <= 5_000
+        assert _ids(await _rows(raw, key)) == [0, 1, 2, 3]
+    finally:
+        await live.close()
+
+
+async def test_a_stream_made_again_by_a_restarted_redis_gets_its_ttl_though_no_append_failed(
+    private_redis: PrivateRedis,
+) -> None:
+    url = private_redis.url + "?prefix=t"
+    live = RedisLiveLog(url + "&local=0")
+    await live.open()
+    raw = aioredis.Redis.from_url(url.partition("?")[0])
+    try:
+        await live.append("r1", [delta(0)])
+        private_redis.restart(0.1)  # (nothing appended meanwhile: the next call finds its connection broken)
+        errors = live.errors
+        await live.append("r1", [delta(1)])
+        assert live.errors == errors  # (the call went through on a new connection)
+        assert _ids(await _rows(raw, "t:events:r1")) == [1]
+        assert 0 < await raw.pttl("t:events:r1") <= live.ttl_ms
+    finally:
+        await raw.aclose()
+        await live.close()
+
+
 async def test_a_redis_restart_costs_the_appends_meanwhile_only_and_raises_none(
     private_redis: PrivateRedis,
 ) -> None:
@@ -301,6 +344,7 @@ async def test_a_redis_restart_costs_the_appends_meanwhile_only_and_raises_none(
                              live.append("r2", [delta(2), Entry(3, "response.completed", b"{}")], ended=True))
         # The streams start again from the next batch (a follower sees the gap and reads the store).
         assert _ids(await _rows(raw, "t:events:r1")) == [2]
+        assert 0 < await raw.pttl("t:events:r1") <= live.ttl_ms  # (made again: its TTL set again too)
         rows = await _rows(raw, "t:events:r2")
         assert _ids(rows) == [2, 3] and b"e" in rows[-1][1]
         assert 0 < await raw.pttl("t:events:r2") <= live.final_ttl_ms

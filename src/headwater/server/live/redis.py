@@ -1,16 +1,17 @@
 """The live log of several replicas (``redis://``): one Redis stream per running response, and cancel signals.
 
-An entry's stream id is ``{sequence_number + 1}-0``: a retried append cannot duplicate (``XADD`` refuses an id
-at or below the top) and "after N" is the range read ``(N+1-0 .. +``. The terminal entry is marked and moves the
-stream's last id to the maximum, so nothing follows it. Every key has a TTL (refreshed by each append, shortened
-to ``final_ttl`` by the terminal batch) and a length cap (``MAXLEN ~``). Appends are coalesced: one writer task
-per process sends every batch queued by any run while its previous call was in flight (or in the same loop
-iteration) as one script call over all their streams, so a busy process sends one call per round trip, not one
-per batch; likewise for expiries (one call for all that ended meanwhile, after the appends queued with them). The runs of this process also keep their log in memory (a ``MemoryLiveLog``): their own followers
-never wait on Redis. Followers of another replica's run share one reader task per process, on one connection: a
-blocking ``XREAD`` over every stream they wait on, woken by ``CLIENT UNBLOCK`` when one is added. Redis being
-away costs no event: the store has every entry first, and a follower whose log is gone reads the store
-(``live.base``).
+An entry's stream id is ``{sequence_number + 1}-0``: a retried append cannot duplicate (``XADD`` refuses an id at
+or below the top) and "after N" is the range read ``(N+1-0 .. +``. The terminal entry is marked and moves the
+stream's last id to the maximum, so nothing follows it. Every key has a TTL (set by the first append, refreshed
+every ttl/4 seconds by the appends, shortened to ``final_ttl`` by the terminal batch) and a length cap (``MAXLEN
+~``). Appends are coalesced: one writer task per process sends every batch queued by any run while its previous
+call was in flight (or in the same loop iteration) as one script call over all their streams, so a busy process
+sends one call per round trip, not one per batch; likewise for expiries (one call for all that ended meanwhile,
+after the appends queued with them). The runs of this process also keep their log in memory (a ``MemoryLiveLog``):
+their own followers never wait on Redis. Followers of another replica's run share one reader task per process, on
+one connection: a blocking ``XREAD`` over every stream they wait on, woken by ``CLIENT UNBLOCK`` when one is
+added. Redis being away costs no event: the store has every entry first, and a follower whose log is gone reads
+the store (``live.base``).
 """
 
 from __future__ import annotations
@@ -39,18 +40,25 @@ log = logging.getLogger("headwater.server.live")
 
 # One call appends the batches of many responses (everything queued while the previous call was in flight).
 # KEYS: one stream per batch (a key may come twice: its batches in order). ARGV: ttl_ms, final_ttl_ms, maxlen,
-# then per batch: ended (0/1), n, and n x (id, type, payload). XADD with an explicit id refuses one at or below
-# the stream's top, so a retried append adds nothing twice; the terminal batch marks its last entry ('e') and
-# moves the stream's last id to the maximum (XSETID), so that no id whatsoever is taken after the end -- no read
-# of the top per append. An empty batch creates the (empty) stream. Each stream that took an entry (or was
-# created) gets its TTL: ttl_ms, final_ttl_ms once ended. Returns how many entries were added in all.
+# then per batch: flags, n, and n x (id, type, payload). Flags: 'e' the batch ends the log, 't' the stream's
+# TTL is to be (re)set, 'm' an entry may take the stream past maxlen (so XADD trims; below that it cannot: ids
+# are distinct sequence numbers + 1, so a stream holds at most its top id's number of entries). XADD with an
+# explicit id refuses one at or below the stream's top, so a retried append adds nothing twice; the terminal
+# batch marks its last entry ('e') and moves the stream's last id to the maximum (XSETID), so that no id
+# whatsoever is taken after the end -- no read of the top per append. An empty batch creates the (empty)
+# stream. A stream that took an entry (or was created) gets its TTL when the batch says so (the writer asks for
+# it at a stream's first append from this process and every ttl/4 seconds after; the terminal batch and a
+# created stream always): ttl_ms, final_ttl_ms once ended. Returns how many entries were added in all.
 _APPEND = """
 local maxlen = ARGV[3]
 local at = 4
 local added = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
-  local ended = ARGV[at] == '1'
+  local flags = ARGV[at]
+  local ended = string.find(flags, 'e', 1, true) ~= nil
+  local ttl = ended or string.find(flags, 't', 1, true) ~= nil
+  local trim = string.find(flags, 'm', 1, true) ~= nil
   local n = tonumber(ARGV[at + 1])
   at = at + 2
   local took = 0
@@ -58,13 +66,20 @@ for k = 1, #KEYS do
     redis.call('XGROUP', 'CREATE', key, 'headwater', '$', 'MKSTREAM')
     redis.call('XGROUP', 'DESTROY', key, 'headwater')
     took = 1
+    ttl = true
   end
   for i = 1, n do
     local ok
     if ended and i == n then
-      ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2], 'e', '1')
-    else
+      if trim then
+        ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2], 'e', '1')
+      else
+        ok = redis.pcall('XADD', key, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2], 'e', '1')
+      end
+    elseif trim then
       ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2])
+    else
+      ok = redis.pcall('XADD', key, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2])
     end
     if type(ok) ~= 'table' or not ok.err then took = took + 1 end
     at = at + 3
@@ -73,7 +88,7 @@ for k = 1, #KEYS do
     if ended then
       redis.pcall('XSETID', key, '18446744073709551615-18446744073709551615')
       redis.call('PEXPIRE', key, ARGV[2])
-    else
+    elseif ttl then
       redis.call('PEXPIRE', key, ARGV[1])
     end
     added = added + took
@@ -196,6 +211,12 @@ class RedisLiveLog(LiveLog):
         self._append_sha = b""
         self._expire_sha = b""
         self._types: dict[str, bytes] = {}  # event type -> its bytes
+        # The streams whose TTL this process's appends have set since ``_ttl_since``: their next appends set no
+        # TTL (one PEXPIRE per stream every ttl/4 seconds, not one per append). Cleared every ttl/4 seconds and
+        # whenever Redis may have restarted (an error, a new connection, the script unknown).
+        self._ttl_keys: set[str] = set()
+        self._ttl_since = 0.0
+        self._ttl_every = self.ttl_ms / 4000
         self._tails: dict[str, _Tail] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_client: aioredis.Redis | None = None
@@ -260,6 +281,7 @@ class RedisLiveLog(LiveLog):
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors += 1
+        self._ttl_keys.clear()  # (Redis may have restarted: each stream's next append sets its TTL again)
         log.warning("Redis live log: %s failed: %s", what, exc)
 
     @property
@@ -325,9 +347,24 @@ class RedisLiveLog(LiveLog):
                 # ARGV in the Redis protocol already (``_Packed``): each entry's three arguments in one format.
                 argv = _Packed([b"%d" % self.ttl_ms, b"%d" % self.final_ttl_ms, b"%d" % self.maxlen])
                 parts, types = argv.parts, self._types
+                now = time.monotonic()
+                if now - self._ttl_since >= self._ttl_every:  # (a new window: every stream's TTL is set again)
+                    self._ttl_keys.clear()
+                    self._ttl_since = now
+                ttl_keys, maxlen = self._ttl_keys, self.maxlen
                 for batch in batches:
                     size = b"%d" % len(batch.entries)
-                    parts.append(b"$1\r\n%b\r\n$%d\r\n%b\r\n" % (b"1" if batch.ended else b"0", len(size), size))
+                    if batch.ended:
+                        flags = b"e"
+                        ttl_keys.discard(batch.key)
+                    elif batch.key not in ttl_keys:
+                        flags = b"t"
+                        ttl_keys.add(batch.key)
+                    else:
+                        flags = b"-"
+                    if batch.entries and batch.entries[-1].sequence_number >= maxlen:
+                        flags += b"m"
+                    parts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(flags), flags, len(size), size))
                     argv.count += 2 + 3 * len(batch.entries)
                     for entry in batch.entries:
                         kind = types.get(entry.type)
@@ -345,8 +382,10 @@ class RedisLiveLog(LiveLog):
                 self.writes += 1
                 self.batches += len(batches)
                 try:
-                    await self._call_append(batches, argv)
+                    if await self._call_append(batches, argv):
+                        self._restarted(batches)
                 except Exception as exc:  # (Redis away, or closed): the store has every entry
+                    self._ttl_keys.clear()  # (it may come back empty: the streams made again need their TTL)
                     self.errors += len(batches) - 1  # (one more in _failed)
                     self._failed(f"append of {len(batches)} batch(es)", exc)
                 finally:
@@ -366,6 +405,16 @@ class RedisLiveLog(LiveLog):
                     sent.set_result(None)
             self._queue, self._expiries = [], []
 
+    def _restarted(self, batches: list[_Batch]) -> None:
+        """The last call found Redis restarted (a new connection, or the script unknown): it may have made these
+        streams again without a TTL, and any other stream's next append must set its TTL again. These get theirs
+        by an expiry call next (which never lengthens a TTL: it gives one to a stream without)."""
+        self._ttl_keys.clear()
+        loop = asyncio.get_running_loop()
+        for key in dict.fromkeys(batch.key for batch in batches if not batch.ended):
+            sent: asyncio.Future[None] = loop.create_future()
+            self._expiries.append((key.encode(), self.ttl_ms, sent))
+
     async def _send_expiries(self) -> None:
         expiries, self._expiries = self._expiries, []
         self.commands += 1
@@ -380,13 +429,15 @@ class RedisLiveLog(LiveLog):
                 if not sent.done():
                     sent.set_result(None)
 
-    async def _call_append(self, batches: list[_Batch], argv: _Packed) -> None:
-        await self._call(_APPEND, self._append_sha, [batch.key.encode() for batch in batches], argv)
+    async def _call_append(self, batches: list[_Batch], argv: _Packed) -> bool:
+        return await self._call(_APPEND, self._append_sha, [batch.key.encode() for batch in batches], argv)
 
-    async def _call(self, script: str, sha: bytes, keys: list[bytes], args: list[bytes] | _Packed) -> None:
+    async def _call(self, script: str, sha: bytes, keys: list[bytes], args: list[bytes] | _Packed) -> bool:
         """``EVALSHA`` of ``script``, packed here in one pass (redis-py's generic path costs microseconds per
         argument, and an append has three per entry); ``EVAL`` when Redis does not know the script (it was
-        restarted). A connection that broke (Redis restarted) is replaced once: both scripts are idempotent."""
+        restarted). A connection that broke (Redis restarted) is replaced once: both scripts are idempotent.
+        True when Redis may have restarted since the last call (the connection was replaced, or the script was
+        unknown)."""
         pool = self._client.connection_pool
         argv = args if isinstance(args, _Packed) else _Packed(args)
         head = b"*%d\r\n" % (3 + len(keys) + argv.count)
@@ -403,7 +454,8 @@ class RedisLiveLog(LiveLog):
                         b"".join([head, _pack_args([b"EVAL", script.encode()]), packed_keys, *argv.parts]),
                         check_health=False)
                     await connection.read_response()
-                return
+                    return True
+                return attempt == 2
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 await connection.disconnect()
                 if attempt == 2:
@@ -413,6 +465,7 @@ class RedisLiveLog(LiveLog):
                 raise
             finally:
                 await pool.release(connection)
+        raise AssertionError("not reached: the second attempt returns or raises")
 
     def _take(self) -> list[_Batch]:
         """The queued batches up to about ``_CALL_ENTRIES`` entries (at least one batch)."""
