@@ -378,7 +378,11 @@ class Run:
                     await self._emit(events)
             if self._stop is None:
                 self._enter(State.ENDING)
-                await self._emit(relay.close() if relay is not None else self._steps_writer().close())
+                # (Once the terminal event is logged, close() has nothing more: an empty batch here would encode the
+                # final resource again and commit it a second time.)
+                events = relay.close() if relay is not None else self._steps_writer().close()
+                if events or not self.writer.finished:
+                    await self._emit(events)
         finally:
             aclose = getattr(steps, "aclose", None)
             if aclose is not None:
