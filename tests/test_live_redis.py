@@ -7,6 +7,7 @@ cancel signals between processes (two ``RedisLiveLog`` instances stand for two r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -306,14 +307,23 @@ async def test_a_stream_s_ttl_is_set_by_its_first_append_then_once_every_quarter
         await live.close()
 
 
+@contextlib.asynccontextmanager
+async def _restartable(private_redis: PrivateRedis) -> AsyncIterator[tuple[RedisLiveLog, aioredis.Redis]]:
+    """A live log (prefix ``t``, no in-process copy) on the private Redis and a raw client of it."""
+    live = RedisLiveLog(private_redis.url + "?prefix=t&local=0")
+    await live.open()
+    raw = aioredis.Redis.from_url(private_redis.url)
+    try:
+        yield live, raw
+    finally:
+        await raw.aclose()
+        await live.close()
+
+
 async def test_a_stream_made_again_by_a_restarted_redis_gets_its_ttl_though_no_append_failed(
     private_redis: PrivateRedis,
 ) -> None:
-    url = private_redis.url + "?prefix=t"
-    live = RedisLiveLog(url + "&local=0")
-    await live.open()
-    raw = aioredis.Redis.from_url(url.partition("?")[0])
-    try:
+    async with _restartable(private_redis) as (live, raw):
         await live.append("r1", [delta(0)])
         private_redis.restart(0.1)  # (nothing appended meanwhile: the next call finds its connection broken)
         errors = live.errors
@@ -321,19 +331,12 @@ async def test_a_stream_made_again_by_a_restarted_redis_gets_its_ttl_though_no_a
         assert live.errors == errors  # (the call went through on a new connection)
         assert _ids(await _rows(raw, "t:events:r1")) == [1]
         assert 0 < await raw.pttl("t:events:r1") <= live.ttl_ms
-    finally:
-        await raw.aclose()
-        await live.close()
 
 
 async def test_a_redis_restart_costs_the_appends_meanwhile_only_and_raises_none(
     private_redis: PrivateRedis,
 ) -> None:
-    url = private_redis.url + "?prefix=t"
-    live = RedisLiveLog(url + "&local=0")
-    await live.open()
-    raw = aioredis.Redis.from_url(url.partition("?")[0])
-    try:
+    async with _restartable(private_redis) as (live, raw):
         await asyncio.gather(live.append("r1", [delta(0)]), live.append("r2", [delta(0)]))
         private_redis.stop()
         errors = live.errors
@@ -348,6 +351,3 @@ async def test_a_redis_restart_costs_the_appends_meanwhile_only_and_raises_none(
         rows = await _rows(raw, "t:events:r2")
         assert _ids(rows) == [2, 3] and b"e" in rows[-1][1]
         assert 0 < await raw.pttl("t:events:r2") <= live.final_ttl_ms
-    finally:
-        await raw.aclose()
-        await live.close()

@@ -15,11 +15,11 @@ from headwater.protocol.codec import decode_event
 from headwater.protocol.conformance import check
 from headwater.protocol.resources import Response
 from headwater.protocol.writer import ResponseWriter
-from headwater.server.backends.base import ChatMessage, GenerationRequest
+from headwater.server.backends.base import Backend, ChatMessage, GenerationRequest
 from headwater.server.backends.chat import ChatBackend
 from headwater.server.backends.responses import ResponsesBackend
-from headwater.server.runs import Runs
-from headwater.server.store import MemoryStore, StoredResponse
+from headwater.server.runs import Run, Runs
+from headwater.server.store import MemoryStore, Store, StoredResponse
 from test_upstream_replay import Pause, ReplayUpstream, Reply, events_of, fixture
 
 BODIES = {
@@ -28,17 +28,23 @@ BODIES = {
 }
 
 
+async def start_run(backend: Backend, store: Store) -> tuple[Runs, Run]:
+    """A stored foreground run of ``backend`` that nobody follows, its response created ``queued`` in ``store``."""
+    runs = Runs(store, backend)
+    writer = ResponseWriter(Response(model="m"))
+    await store.create(StoredResponse(writer.id, None, "queued", 0, b"{}"), [])
+    request = GenerationRequest(model="m", messages=[ChatMessage("user", "hi")])
+    run = runs.start(writer=writer, request=request, owner=None, stored=True, background=False,
+                     max_tool_calls=None, followed=False)
+    return runs, run
+
+
 async def _relayed(kind: str, pieces: list[Any]) -> tuple[list[Any], int]:
     """The stored events of one run relaying ``pieces`` (each sent as one chunk), and the log's store calls."""
     async with ReplayUpstream([Reply(200, pieces)]) as upstream:
         backend = ResponsesBackend(upstream.url) if kind == "responses" else ChatBackend(upstream.url)
         store = MemoryStore()
-        runs = Runs(store, backend)
-        writer = ResponseWriter(Response(model="m"))
-        await store.create(StoredResponse(writer.id, None, "queued", 0, b"{}"), [])
-        request = GenerationRequest(model="m", messages=[ChatMessage("user", "hi")])
-        run = runs.start(writer=writer, request=request, owner=None, stored=True, background=False,
-                         max_tool_calls=None, followed=False)
+        runs, run = await start_run(backend, store)
         await run.wait()
         await backend.aclose()
     events = [decode_event(entry.payload) for entry in await store.events(run.id)]

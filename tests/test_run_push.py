@@ -16,12 +16,10 @@ import pytest
 
 from headwater.protocol.codec import decode_event
 from headwater.protocol.conformance import check
-from headwater.protocol.resources import Response
-from headwater.protocol.writer import ResponseWriter
-from headwater.server.backends.base import ChatMessage, GenerationRequest
 from headwater.server.backends.responses import ResponsesBackend
-from headwater.server.runs import Run, Runs
-from headwater.server.store import Append, MemoryStore, StoredResponse
+from headwater.server.runs import Run
+from headwater.server.store import Append, MemoryStore
+from test_run_batches import start_run
 from test_upstream_replay import (
     CAPTURES,
     Drop,
@@ -60,12 +58,7 @@ def _paced(pieces: list[bytes], pause: float = 0.003) -> list[Any]:
 
 async def _run(upstream: ReplayUpstream, store: MemoryStore, **options: Any) -> tuple[Run, ResponsesBackend]:
     backend = ResponsesBackend(upstream.url, **options)
-    runs = Runs(store, backend)
-    writer = ResponseWriter(Response(model="m"))
-    await store.create(StoredResponse(writer.id, None, "queued", 0, b"{}"), [])
-    request = GenerationRequest(model="m", messages=[ChatMessage("user", "hi")])
-    run = runs.start(writer=writer, request=request, owner=None, stored=True, background=False,
-                     max_tool_calls=None, followed=False)
+    _, run = await start_run(backend, store)
     return run, backend
 
 
