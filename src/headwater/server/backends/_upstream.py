@@ -364,9 +364,10 @@ class Push:
     its batch handed to ``deliver`` at once, in the read's call (upstream socket to the consumer's log and
     followers in one synchronous call). The future it returns is done when the generator must go on itself: the
     body ended or failed (a drop, a time-out), a read made an error (``error``, which the generator raises,
-    mapped as its own reads' are), a batch the generator must look at (``step`` said so: the terminal event, an
-    ``error`` event; held in ``pending``), or ``deliver`` refused (False: the consumer stops or failed; that
-    batch is dropped). The consumer then calls ``stop()`` and resumes the generator, which goes on reading.
+    mapped as its own reads' are), a batch the generator must look at (``step`` said so: a Responses upstream's
+    terminal or ``error`` event, a Chat Completions upstream's ``[DONE]`` or error; held in ``pending``), or
+    ``deliver`` refused (False: the consumer stops or failed; that batch is dropped). The consumer then calls
+    ``stop()`` and resumes the generator, which goes on reading.
 
     Ordering: the batches are delivered in the order of the body, and a pending one is the generator's next.
     Cancel: the consumer's task waits on the future; cancelling it, then ``stop()`` and closing the generator,

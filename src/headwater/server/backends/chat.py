@@ -23,6 +23,7 @@ from ._upstream import (
     DEFAULT_MODEL,
     DEFAULT_READ_TIMEOUT,
     HTTPClient,
+    Push,
     UpstreamBackend,
     UpstreamStream,
 )
@@ -480,6 +481,7 @@ class ChatBackend(UpstreamBackend):
     """
 
     name = "chat"
+    pushes = True  # ``batches(request, push=True)`` (the run driver takes the reads in ``data_received``)
 
     def __init__(
         self,
@@ -533,11 +535,14 @@ class ChatBackend(UpstreamBackend):
             extra_body=self.extra_body,
         )
 
-    async def batches(self, request: GenerationRequest) -> AsyncIterator[list[Step]]:
+    async def batches(self, request: GenerationRequest, *, push: bool = False) -> AsyncIterator[list[Step] | Push]:
         """The upstream's chunks as steps, one list per read of the body that made any (the run takes them in one
         turn), then the usage. Read in this one generator, which takes the body from the answer itself
         (``take``/``wait``): a read's frames framed together, no generator per frame and no coroutine per read
-        between the socket and the run."""
+        between the socket and the run. With ``push``, whenever nothing of the body is buffered it yields a
+        ``Push`` instead of waiting: the consumer takes the reads that come next in the connection's
+        ``data_received`` (the same ``step``), until the body's end, ``[DONE]``, an error in the stream or a
+        chunk that is not JSON (those come back here, the steps before them first, and end as if read here)."""
         sent = self._sent_ahead(request)
         body = None if sent is not None else self.request_body(request)
         mapper = ChunkMapper()
@@ -546,38 +551,57 @@ class ChatBackend(UpstreamBackend):
                 yield _completion_steps(stream, mapper, await stream.read())
             else:
                 done = False
+                failure: BackendError | None = None
                 framer = SSEDecoder(mode="sse")
                 columns, feed = framer.feed_columns, mapper.feed
                 take, wait = stream.response.take, stream.response.wait
+
+                def step(chunk: bytes) -> tuple[list[Step], bool]:
+                    """A read's steps (b"": the body's end), and whether it ended the stream (``[DONE]``) or
+                    failed (``failure``): then the steps before are the response's all the same."""
+                    nonlocal done, failure
+                    payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
+                    steps: list[Step] = []
+                    for data in payloads:
+                        stream.frames_seen += 1
+                        if data == DONE:
+                            done = True
+                            break
+                        if not data.strip():
+                            continue
+                        try:
+                            steps += feed(data)
+                        except ValueError as exc:
+                            failure = stream.malformed(data, str(exc))
+                            break
+                        except UpstreamError as exc:
+                            failure = BackendError(
+                                f"upstream {stream.url} reported an error mid-stream after "
+                                f"{stream.frames_seen} chunks: {exc}",
+                                code="upstream_error",
+                            )
+                            break
+                    return steps, done or failure is not None
+
+                pusher = Push(stream.response, step) if push and stream.response.plain else None
                 try:
                     while not done:
                         chunk = take()
                         if chunk is None:
-                            await wait()
-                            continue
-                        payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
-                        steps: list[Step] = []
-                        failure: BackendError | None = None
-                        for data in payloads:
-                            stream.frames_seen += 1
-                            if data == DONE:
-                                done = True
-                                break
-                            if not data.strip():
+                            if pusher is None:
+                                await wait()
                                 continue
-                            try:
-                                steps += feed(data)
-                            except ValueError as exc:
-                                failure = stream.malformed(data, str(exc))
-                                break
-                            except UpstreamError as exc:
-                                failure = BackendError(
-                                    f"upstream {stream.url} reported an error mid-stream after "
-                                    f"{stream.frames_seen} chunks: {exc}",
-                                    code="upstream_error",
-                                )
-                                break
-                        if steps:  # (the steps before a chunk that fails are the response's all the same)
+                            yield pusher
+                            if pusher.error is not None:
+                                raise pusher.error
+                            steps = pusher.pending
+                            if steps is None:
+                                continue
+                            pusher.pending = None
+                            chunk = b"pushed"  # (a read, not the body's end)
+                        else:
+                            steps = step(chunk)[0]
+                        if steps:
                             yield steps
                         if failure is not None:
                             raise failure
@@ -597,6 +621,7 @@ class ChatBackend(UpstreamBackend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
         """The upstream's chunks as steps, one by one (``batches``, flattened)."""
         async for steps in self.batches(request):
+            assert not isinstance(steps, Push)  # (only with ``push``)
             for step in steps:
                 yield step
 
