@@ -742,7 +742,7 @@ def encode_frame(event: str, data: bytes) -> bytes:
     prefix = _PREFIXES.get(event)
     if prefix is None:
         prefix = _event_prefix(event)
-    if b"\n" in data or b"\r" in data:
+    if 10 in data or 13 in data:  # (int needles: bytes.__contains__ tries a bytes one as an int first, and raises)
         raise ValueError("SSE frame data must not contain CR or LF (it would split into several data lines)")
     return prefix + data + b"\n\n"
 
