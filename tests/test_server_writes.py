@@ -1,6 +1,7 @@
 """How the server's SSE bytes are cut into writes, seen on the raw socket: every write (one HTTP/1.1 chunk of
 the chunked body) holds whole frames only, in order; frames that are ready together share a write, bounded in
-bytes; a lone frame is sent without waiting for more. Real uvicorn, a raw loopback socket, no timing.
+bytes; a lone frame is sent without waiting for more; the terminal batch and the body's end go in one write to
+the connection. Real uvicorn, a raw loopback socket, no timing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import pytest
 from headwater.protocol.conformance import check
 from headwater.protocol.sse import WRITE_BYTES, join_frames
 from headwater.protocol.stream import iter_events
+from headwater.server import serving
 from headwater.server.app import create_app
 from headwater.server.backends.base import Finish, Step, TextDelta
 from headwater.server.backends.scripted import Pause, ScriptedBackend
 from headwater.server.config import ServerConfig
+from headwater.server.http import sse
 from headwater.server.store import MemoryStore, SQLiteStore
 
 MODEL = "scripted-1"
@@ -178,6 +181,70 @@ def test_a_lone_frame_is_sent_without_waiting_for_company(server_with: Callable[
         assert [e.sequence_number for e in events] == list(range(len(events)))
     finally:
         raw.close()
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write the server's HTTP connections make to their sockets, in order (the httptools protocol's
+    connection, as ``headwater serve`` runs it)."""
+    made: list[bytes] = []
+    write = serving._HeadWithBody.write
+
+    def recorded(self: serving._HeadWithBody, data: bytes) -> None:
+        if data:
+            made.append(bytes(data))
+        write(self, data)
+
+    monkeypatch.setattr(serving._HeadWithBody, "write", recorded)
+    return made
+
+
+def http_chunks(write: bytes) -> list[bytes]:
+    """The HTTP/1.1 chunks one write holds (after the response's head, if it holds that too); fails unless it
+    holds whole chunks only."""
+    chunks, at = [], write.index(b"\r\n\r\n") + 4 if write.startswith(b"HTTP/1.1 ") else 0
+    while at < len(write):
+        end = write.index(b"\r\n", at)
+        size = int(write[at:end], 16)
+        assert write[end + 2 + size:end + 4 + size] == b"\r\n", "a write ends inside a chunk"
+        chunks.append(write[end + 2:end + 2 + size])
+        at = end + 4 + size
+    return chunks
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["live", "resumed"])
+def test_the_terminal_batch_goes_with_the_body_end_in_one_write(
+    server_with: Callable[..., str], writes: list[bytes], monkeypatch: pytest.MonkeyPatch, resumed: bool
+) -> None:
+    # Live, the stream waits for the terminal batch (the pause), which the publish writes itself (direct
+    # delivery); resumed from the store, the stream's task writes it. Either way the body's end (the chunked
+    # terminator) is no write of its own.
+    direct: list[str] = []  # the last event of each batch the publish wrote
+    deliver = sse.DirectFrames.__call__
+
+    def delivered(self: sse.DirectFrames, entries: list[Any]) -> bool:
+        done = deliver(self, entries)
+        if done:
+            direct.append(entries[-1].type)
+        return done
+
+    monkeypatch.setattr(sse.DirectFrames, "__call__", delivered)
+    url = server_with([*deltas(20)[:-1], Pause(0.2), Finish("stop")])
+    live = read_all(url, "POST", "/v1/responses", {"model": MODEL, "input": "hi", "stream": True})
+    events = check_stream(live)
+    if resumed:
+        writes.clear()
+        read_all(url, "GET", f"/v1/responses/{events[0].response.id}?stream=true&starting_after=10")
+    else:
+        assert direct[-1:] == ["response.completed"]
+    last = http_chunks(writes[-1])
+    assert last[-1] == b""  # the body's end
+    frames = [frame for chunk in last[:-1] for frame in frames_of(chunk)]
+    assert [e.type for e in iter_events(frames)][-4:] == [  # (with more before them, if they were ready too)
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed",
+    ]
+    assert all(http_chunks(write)[-1:] != [b""] for write in writes[:-1])
 
 
 def test_join_frames_takes_whole_frames_up_to_the_bound() -> None:

@@ -1,6 +1,6 @@
 """SSE delivery: ``frames`` turns batches of log entries into writes of whole SSE frames (a keep-alive comment
 for each quiet interval), and ``EventStreamResponse``, an ASGI response, writes them one write per chunk and
-notices the client leaving.
+notices the client leaving. The terminal batch goes out with the body's end (the chunked terminator) in one write.
 
 Starlette's ``StreamingResponse`` may leave the body iterator suspended when the client goes; this class
 always closes it, and tells its ``on_close`` callback whether the body ran to its end, which is how a dropped
@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Ma
 
 from starlette.types import Receive, Scope, Send
 
+from headwater.protocol.events import TERMINAL_EVENT_TYPES
 from headwater.protocol.sse import encode_comment, encode_frame, join_frames
 
 from .. import direct
@@ -146,42 +147,54 @@ class EventStreamResponse:
     async def _write(self, scope: Scope, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         body = self.body
+        ended = False
         if isinstance(body, Frames) and body._writes is None:  # (the batches framed here: ``Frames``)
             connection = scope.get("extensions", {}).get(direct.EXTENSION)
             if connection is None:
-                await _write_batches(body.batches, send)
+                ended = await _write_batches(body.batches, send)
             else:  # the publish may write this stream's events itself while it waits (``direct``)
                 sink = DirectFrames(connection)
                 with direct.lending(sink):
-                    await _write_batches(body.batches, send, sink)
+                    ended = await _write_batches(body.batches, send, sink)
         else:
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not ended:  # (after a terminal batch the sink wrote with the end, this writes nothing: ``DirectBody``)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _write_batches(batches: AsyncIterable[list[Entry]], send: Send, sink: DirectFrames | None = None) -> None:
-    """Each batch as SSE frames (an empty one as a keep-alive), but the entries ``sink`` wrote already."""
+async def _write_batches(batches: AsyncIterable[list[Entry]], send: Send, sink: DirectFrames | None = None) -> bool:
+    """Each batch as SSE frames (an empty one as a keep-alive), but the entries ``sink`` wrote already; a batch
+    that ends with the terminal event is sent as the body's end, its last write carrying the chunked terminator.
+    True once this task ended the body so (nothing after the terminal event is written)."""
+    ended = False
     async for batch in batches:
+        if ended:
+            continue  # (the stream is over: the layers above only finish)
         if sink is not None and batch:
             if batch[0].sequence_number <= sink.last:
                 batch = [entry for entry in batch if entry.sequence_number > sink.last]
                 if not batch:
                     continue
             sink.last = batch[-1].sequence_number
+        ended = bool(batch) and batch[-1].type in TERMINAL_EVENT_TYPES
         if len(batch) == 1:  # (the common case: one event)
             entry = batch[0]
             await send({"type": "http.response.body", "body": encode_frame(entry.type, entry.payload),
-                        "more_body": True})
+                        "more_body": not ended})
             continue
-        for chunk in _writes(batch) if batch else (KEEPALIVE,):
+        chunks = _writes(batch) if batch else [KEEPALIVE]
+        for chunk in chunks[:-1]:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": chunks[-1], "more_body": not ended})
+    return ended
 
 
 class DirectFrames:
     """The sink (``direct.Sink``) that ``EventStreamResponse`` lends its live log's followers: their entries as
-    SSE frames (several to a write, as ``_writes`` joins them), written through the connection's ``DirectBody``.
-    ``last``: the sequence number of the last entry this stream has written, either way."""
+    SSE frames (several to a write, as ``_writes`` joins them), written through the connection's ``DirectBody``;
+    a batch that ends with the terminal event is written as the body's end (with the chunked terminator, in one
+    write). ``last``: the sequence number of the last entry this stream has written, either way."""
 
     __slots__ = ("_connection", "last")
 
@@ -195,7 +208,7 @@ class DirectFrames:
             chunks = [encode_frame(entry.type, entry.payload)]
         else:
             chunks = _writes(entries)
-        if not self._connection.write(chunks):
+        if not self._connection.write(chunks, end=entries[-1].type in TERMINAL_EVENT_TYPES):
             return False
         self.last = entries[-1].sequence_number
         return True
