@@ -7,6 +7,7 @@ Every stream received is checked with ``conformance.check``. Conversations conti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from websockets.asyncio.client import connect
 
 from headwater.protocol.accumulate import Accumulator
+from headwater.protocol.codec import encode_event
 from headwater.protocol.conformance import check
 from headwater.protocol.events import Event
 from headwater.protocol.resources import to_builtins
@@ -162,14 +165,22 @@ RESPONSES_STREAMS = sorted(
 )
 
 
+def carried(event: Event) -> dict[str, Any]:
+    """The resource a lifecycle or terminal event carries, as it was sent (the upstream's extras included)."""
+    resource: dict[str, Any] = json.loads(encode_event(event))["response"]
+    return resource
+
+
 async def _stored_equals_accumulated(server_url: str, body: dict[str, Any]) -> list[Event]:
-    """Stream through the server; the stream is conformant and the stored response is what it describes."""
+    """Stream through the server; the stream is conformant and the stored response is what it describes: the
+    resource its terminal event carried, key for key, of which what the events build is a part."""
     async with httpx.AsyncClient(timeout=30) as client:
         events = await stream(client, server_url, body)
         assert check(events) == [], [str(v) for v in check(events)]
         built = to_builtins(accumulate(events).response)
         stored = (await client.get(f"{server_url}/v1/responses/{built['id']}")).json()
-    assert stored == built
+    assert json.dumps(stored) == json.dumps(carried(events[-1]))  # (in order: the same bytes)
+    assert {key: stored[key] for key in built} == built
     return events
 
 
@@ -213,4 +224,40 @@ async def test_recorded_responses_captures_relay_and_store_as_streamed(
         backend = ResponsesBackend(upstream.url, model="m")
         server = serve(create_app(ServerConfig(store="memory", backend="responses"), backend=backend))
         await _stored_equals_accumulated(server.url, {"input": "hi"})
+        await backend.aclose()
+
+
+async def test_the_final_resource_is_one_whatever_reads_it(serve: Callable[..., Any]) -> None:
+    """A relayed response's final resource, the upstream's fields Headwater does not model included (Copilot's
+    ``tool_usage``), is the same JSON as the ``stream: false`` answer, retrieved, in a resumed stream's terminal
+    event, in a live stream's and in a WebSocket's: the resource the terminal event carries, encoded once."""
+    data = capture_as_sse(CAPTURES / "github-copilot-id-rotation.1.jsonl")
+    async with ReplayUpstream([sse_reply(data) for _ in range(3)]) as upstream:
+        backend = ResponsesBackend(upstream.url, model="m")
+        server = serve(create_app(ServerConfig(store="memory", backend="responses"), backend=backend))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+            async def retrieved(response_id: str) -> bytes:
+                return (await client.get(f"/v1/responses/{response_id}")).content
+
+            answer = await client.post("/v1/responses", json={"input": "hi"})
+            assert answer.status_code == 200
+            response_id = answer.json()["id"]
+            assert await retrieved(response_id) == answer.content
+            resumed = list(iter_events([(await client.get(f"/v1/responses/{response_id}",
+                                                          params={"stream": "true"})).content]))
+            assert json.dumps(carried(resumed[-1])) == json.dumps(answer.json())
+            assert "tool_usage" in answer.json()
+
+            live = await stream(client, server.url, {"input": "hi"})
+            assert json.dumps(json.loads(await retrieved(live[-1].response.id))) == json.dumps(  # type: ignore[union-attr]
+                carried(live[-1]))
+
+            async with connect("ws" + server.url.removeprefix("http") + "/v1/responses") as ws:
+                await ws.send(json.dumps({"type": "response.create", "input": "hi"}))
+                while (message := json.loads(await ws.recv()))["type"] != "response.completed":
+                    pass
+            assert json.dumps(json.loads(await retrieved(message["response"]["id"]))) == json.dumps(
+                message["response"])
+            assert "tool_usage" in message["response"]
         await backend.aclose()

@@ -75,7 +75,7 @@ class Found:
     def data(self) -> bytes:
         """The response resource's JSON as it stands."""
         if self.run is not None:
-            return encode_response(self.run.response)
+            return self.run.resource()
         assert self.record is not None
         return self.record.data
 
@@ -241,7 +241,7 @@ class Service:
         """The resource JSON of a finished run; a run the backend refused raises its ``APIError``."""
         if run.backend_error is not None:
             raise await self._refused(run)
-        return encode_response(run.response)
+        return run.resource()
 
     def client_left(self, run: Run) -> None:
         """The client of a foreground response went before its end: stop paying for tokens nobody reads

@@ -82,7 +82,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         return EventStreamResponse(frames(service.follow(run)), headers=headers, on_close=on_close)
     if not await _wait_unless_disconnected(request, run):
         service.client_left(run)
-        return _json(encode_response(run.response), headers=headers)  # nobody reads it
+        return _json(run.resource(), headers=headers)  # nobody reads it
     try:
         return _json(await service.result(run), headers=headers)
     except APIError as error:

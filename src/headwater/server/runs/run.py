@@ -26,6 +26,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
+
 from headwater.protocol.codec import encode_event, encode_response
 from headwater.protocol.events import TERMINAL_EVENT_TYPES, Event
 from headwater.protocol.resources import (
@@ -93,6 +95,17 @@ INTERRUPTIBLE = frozenset({State.QUEUED, State.WAITING})
 # (A member read off the class is an attribute look-up through the enum's metaclass: kept here for _deliver.)
 _WAITING, _WRITING = State.WAITING, State.WRITING
 
+# The events that carry the whole resource as the writer's snapshot stands after them: a status batch and the
+# terminal batch end with one, and the resource the store keeps is the JSON that event carries (``_carried``).
+_CARRIERS = frozenset({"response.created", "response.queued", "response.in_progress", *TERMINAL_EVENT_TYPES})
+
+
+class _Carrier(msgspec.Struct):
+    response: msgspec.Raw  # (the rest of the event is skipped, not decoded)
+
+
+_carrier = msgspec.json.Decoder(_Carrier)
+
 
 class Run:
     """One response being generated. Read its entries through ``follow`` (from its live log); ``response`` is
@@ -159,6 +172,7 @@ class Run:
         self._steps = None if self._relay is not None else StepWriter(self.writer, max_tool_calls=max_tool_calls)
         self._feed: Callable[[Any], list[Event]] | None = None  # (set by _generate, for _deliver)
         self._pushed: list[Event] | Exception | None = None  # what _deliver left for the task
+        self._final: bytes | None = None  # the final resource's JSON, once the terminal batch is made (``resource``)
 
     # --- control ------------------------------------------------------------------------------------------
 
@@ -168,6 +182,14 @@ class Run:
     @property
     def response(self) -> Response:
         return self.writer.response
+
+    def resource(self) -> bytes:
+        """The response resource's JSON as it stands. Once the run has ended, the very bytes its terminal event
+        carries, which the store keeps too: a ``stream: false`` answer, a retrieve, a resumed stream and a
+        WebSocket client all get the same final resource, encoded once."""
+        if self._final is not None:
+            return self._final
+        return encode_response(self.response)
 
     def cancel_unless_followed(self, grace: float) -> None:
         """A non-background stream's client left: cancel now, or ``grace`` seconds after the last reader left
@@ -471,15 +493,28 @@ class Run:
         store's error once the store has failed; the events are published all the same."""
         entries = [Entry(e.sequence_number or 0, e.type, encode_event(e)) for e in events]
         self.events += len(entries)
+        finished = self.writer.finished
+        if finished:
+            self._final = self._carried(entries)
         if self._store is None:
             await self._log.publish(entries)
             return
         data = None
-        if status is not None or self.writer.finished:
-            response = self.response
-            status, data = response.status, encode_response(response)
+        if status is not None or finished:
+            status, data = self.response.status, self._final if finished else self._carried(entries)
         self._log.write(entries, status, data)  # (once the store failed this run, it is only published)
-        if self.writer.finished:
+        if finished:
             await self._log.flushed()
         if self._log.error is not None:
             raise self._log.error
+
+    def _carried(self, entries: list[Entry]) -> bytes:
+        """The resource's JSON after ``entries``: the bytes their last event carries when it carries the
+        resource (a status or terminal event: the snapshot is what it says), cut out of its payload without
+        encoding the resource again; else the snapshot encoded."""
+        if entries and entries[-1].type in _CARRIERS:
+            try:
+                return bytes(_carrier.decode(entries[-1].payload).response)
+            except msgspec.MsgspecError:  # pragma: no cover - the writer's own events always carry one
+                pass
+        return encode_response(self.response)
