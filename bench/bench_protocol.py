@@ -40,7 +40,8 @@ and as issue 14 measures; ``--chunk`` changes it):
 
 Each peer is run once untimed (warm-up, and the event count is checked against the stream's), then timed with
 ``time.perf_counter`` for the best of ``--repeats`` runs (more, up to 25, while the timed runs add up to less
-than ``--min-time`` seconds) with the garbage collector disabled during each run. Correctness (stream
+than ``--min-time`` seconds) with the garbage collector disabled across them (run once before the first,
+not before each: see ``measure``). Correctness (stream
 ``text``; likewise the arguments on ``function call``): Headwater's accumulated output text, read right after the
 last delta (so it is built from the deltas) and at the end, must equal openai-python's (last delta snapshot,
 ``get_final_response().output_text``) and the text the generator produced; the exit status is 1 otherwise.
@@ -309,9 +310,18 @@ class Result:
         return self.events / self.best_s
 
 
-def measure(run: Callable[[], int], expected: int, repeats: int, min_time: float) -> Result:
+def measure(
+    run: Callable[[], int], expected: int, repeats: int, min_time: float, collect_each: bool = False
+) -> Result:
     """Best of ``repeats`` timed runs, more (up to MAX_RUNS) while the timed total is under ``min_time``
-    seconds: a fast peer gets more tries, which keeps its best-of stable on a shared machine."""
+    seconds: a fast peer gets more tries, which keeps its best-of stable on a shared machine.
+
+    The garbage collector is off from before the first timed run to after the last: it is run once before
+    them, not before each. No peer leaves cyclic garbage behind a run (``gc.collect()`` after one finds none,
+    on every stream), so nothing builds up; but a full collection walks the whole heap (the peers' imports
+    make it ~100 MB), which empties the CPU caches, and a short run (mcp's are ~0.5 ms) then measures their
+    refill more than the peer: bench/README.md, "Proto lane, session 21", has the figures. ``collect_each``
+    (``--collect-each-run``): the way it was measured before, a collection before each timed run."""
     n = run()  # warm-up (imports, caches) and the sanity count
     if n != expected:
         return Result(n, 0.0, f"decoded {n} events, expected {expected}")
@@ -319,15 +329,16 @@ def measure(run: Callable[[], int], expected: int, repeats: int, min_time: float
     total = 0.0
     runs = 0
     gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
     try:
         while runs < repeats or (total < min_time and runs < MAX_RUNS):
             runs += 1
-            gc.collect()
-            gc.disable()
+            if collect_each:
+                gc.collect()
             t0 = time.perf_counter()
             run()
             elapsed = time.perf_counter() - t0
-            gc.enable()
             best = min(best, elapsed)
             total += elapsed
     finally:
@@ -456,7 +467,8 @@ def run_all(args: argparse.Namespace, log: Callable[[str], None]) -> list[Stream
         log(f"{stream.name}: {len(stream.data):,} bytes, {stream.events:,} events")
         for peer in PEERS:
             try:
-                result = measure(peer.make(stream, args.chunk), stream.events, args.repeats, args.min_time)
+                run = peer.make(stream, args.chunk)
+                result = measure(run, stream.events, args.repeats, args.min_time, args.collect_each_run)
             except Exception as exc:  # a peer that cannot take this stream is reported, not fatal
                 result = Result(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
             report.results[peer.key] = result
@@ -490,7 +502,8 @@ def print_table(reports: list[StreamReport], args: argparse.Namespace, env: dict
     )
     print(
         f"chunk size {args.chunk} B (all rows but whole-buffer ones); best of >= {args.repeats} runs "
-        f"(more while under {args.min_time:g} s in total, at most {MAX_RUNS}); gc off during each run\n"
+        f"(more while under {args.min_time:g} s in total, at most {MAX_RUNS}); gc off during the runs, "
+        f"{'collected before each' if args.collect_each_run else 'collected once before them'}\n"
     )
     for report in reports:
         print(f"== {report.name}: {report.bytes:,} bytes, {report.events:,} events")
@@ -603,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="keep repeating (up to 25 runs) until the timed runs add up to this many seconds (default 0.5)",
     )
+    parser.add_argument(
+        "--collect-each-run",
+        action="store_true",
+        help="run the garbage collector before each timed run (the measure before session 21), not once per peer",
+    )
     args = parser.parse_args(argv)
     if args.events is None:
         args.events = 2000 if args.quick else 20000
@@ -628,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 "events": args.events,
                 "repeats": args.repeats,
                 "min_time": args.min_time,
+                "collect_each_run": args.collect_each_run,
                 "chunk": args.chunk,
             },
             "goals": GOALS,
