@@ -115,7 +115,7 @@ def test_postgresql_unreachable_is_503_in_the_spec_shape_with_nothing_half_writt
         assert later.status_code == 200 and later.json()["status"] == "completed"
     assert _count(url, "SELECT count(*) FROM responses") == 2  # nothing of the refused requests
     assert _count(url, "SELECT count(*) FROM input_items") == 2
-    assert _count(url, "SELECT count(DISTINCT response_id) FROM events") == 2
+    assert _count(url, "SELECT count(DISTINCT response) FROM events") == 2
 
 
 def test_a_redis_restart_mid_run_loses_and_duplicates_no_event(

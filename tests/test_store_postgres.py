@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from headwater.server.store import Append, Entry, StoredItem, StoredResponse, StoreUnavailable
-from headwater.server.store.postgres import SCHEMA_VERSION, Fenced, PostgresStore
+from headwater.server.store.postgres import _MIGRATIONS, SCHEMA_VERSION, Fenced, PostgresStore
 from services import postgres_schema
 
 
@@ -49,27 +49,70 @@ async def test_start_up_creates_the_schema_at_its_version_and_a_reopen_keeps_the
         await second.close()
 
 
-async def test_start_up_upgrades_a_schema_of_an_older_version_in_place(store: PostgresStore, postgres_url: str) -> None:
-    await store.create(record("r1"), [StoredItem("i1", b"{}")])
-    await store.append("r1", [e(0, b"a")])
-    async with store._connection() as conn:  # back to version 2, as a Headwater of that version left it
-        await conn.execute("ALTER TABLE responses DROP COLUMN cancel_requested")
-        await conn.execute("ALTER TABLE events ADD CONSTRAINT events_response_id_fkey FOREIGN KEY (response_id) "
-                           "REFERENCES responses (id) ON DELETE CASCADE")
-        await conn.execute("UPDATE headwater_schema SET version = 2")
+async def old_schema(postgres_url: str, version: int) -> None:
+    """The tables as a Headwater of schema ``version`` (1 to 4) left them, with rows: three responses (two
+    finished, one in progress) and their events keyed by the response's text id, payloads of any bytes."""
+    base, _, schema = postgres_url.partition("?schema=")
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path = "{schema}"')
+        async with conn.transaction():
+            for statement in _MIGRATIONS[:version]:
+                await conn.execute(statement)
+            await conn.execute("CREATE TABLE headwater_schema (version INTEGER NOT NULL)")
+            await conn.execute("INSERT INTO headwater_schema (version) VALUES ($1)", version)
+            await conn.executemany(
+                "INSERT INTO responses (id, owner, status, created_at, data, lease_replica) VALUES ($1, 'k1', $2, $3, "
+                "$4, $5)", [(rid, status, n, b'{"id": "%s"}' % rid.encode(), "gone" if status == "in_progress" else None)
+                            for n, (rid, status) in enumerate(OLD_RESPONSES.items())])
+            await conn.executemany("INSERT INTO input_items (response_id, position, item_id, data) VALUES ($1, 0, $2, "
+                                   "'{}')", [(rid, f"item_{rid}") for rid in OLD_RESPONSES])
+            await conn.executemany("INSERT INTO events (response_id, seq, type, data) VALUES ($1, $2, $3, $4)",
+                                   [(rid, x.sequence_number, x.type, x.payload)
+                                    for rid, log in OLD_EVENTS.items() for x in log])
+    finally:
+        await conn.close()
+
+
+OLD_RESPONSES = {"resp_" + "b" * 32: "completed", "resp_" + "a" * 32: "failed", "resp_" + "c" * 32: "in_progress"}
+OLD_EVENTS = {  # (ids that sort otherwise than they were made; payloads with NUL, invalid UTF-8, nothing)
+    rid: [Entry(seq, "response.output_text.delta", b"%s \x00\xff\xfe %d " % (rid.encode(), seq) * seq)
+          for seq in range(n)] for n, rid in zip((3, 40, 7), OLD_RESPONSES, strict=True)}
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+async def test_start_up_upgrades_a_schema_of_an_older_version_with_its_rows(postgres_url: str, version: int) -> None:
+    await old_schema(postgres_url, version)
     upgraded = PostgresStore(postgres_url, replica="later")
     await upgraded.open()
     try:
         async with upgraded._connection() as conn:
             assert await conn.fetchval("SELECT version FROM headwater_schema") == SCHEMA_VERSION
-        assert (await upgraded.get("r1")) is not None
-        await upgraded.request_cancel("r1")  # the column version 3 added
-        assert await store.cancel_requests() == ["r1"]
-        async with upgraded._connection() as conn:  # the foreign key version 4 removed
+            # the foreign key version 4 removed; the events keyed by their response's number (version 5)
             assert await conn.fetchval(
                 "SELECT count(*) FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'f'") == 0
-        assert await upgraded.events("r1") == [e(0, b"a")]
-        assert await upgraded.delete("r1") and await upgraded.events("r1") == []
+            assert await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_name = 'events' "
+                                       "AND column_name = 'response_id' AND table_schema = current_schema()") == 0
+        for rid, log in OLD_EVENTS.items():  # every old event, byte for byte, in order
+            assert await upgraded.events(rid) == log
+            assert await upgraded.events(rid, 1) == log[2:]
+            stored = await upgraded.get(rid)
+            assert stored is not None and (stored.status, stored.data) == (OLD_RESPONSES[rid], b'{"id": "%s"}' % rid.encode())
+            assert [i.id for i in (await upgraded.input_items(rid)).items] == [f"item_{rid}"]
+        running = "resp_" + "c" * 32
+        assert [r.id for r in await upgraded.unfinished()] == [running]
+        await upgraded.request_cancel(running)  # the column version 3 added
+        assert running in [t.record.id for t in await upgraded.take_over_expired(lease_seconds=60)]
+        assert await upgraded.cancel_requests() == [running]
+        # An old response goes on and a new one comes after them; each keeps its own events.
+        await upgraded.append(running, [e(7, b"after"), e(8, b"end")], status="completed", data=b"{}")
+        await upgraded.create(record("new"), [])
+        await upgraded.append("new", [e(0, b"n")])
+        assert await upgraded.events(running) == [*OLD_EVENTS[running], e(7, b"after"), e(8, b"end")]
+        assert await upgraded.events("new") == [e(0, b"n")]
+        assert await upgraded.delete("resp_" + "a" * 32) and await upgraded.events("resp_" + "a" * 32) == []
+        assert await upgraded.events("resp_" + "b" * 32) == OLD_EVENTS["resp_" + "b" * 32]
     finally:
         await upgraded.close()
 
@@ -236,15 +279,17 @@ async def test_an_append_racing_a_delete_leaves_no_events_behind(store: Postgres
     # The delete locks the row first; the append waits for it and then finds no response: KeyError, and no
     # event of the deleted response stays in the table (events have no foreign key to cascade through).
     await store.create(record("r1"), [])
+    async with store._connection() as conn:
+        key = await conn.fetchval("SELECT key FROM responses WHERE id = 'r1'")
     deleter = await locking(postgres_url, "DELETE FROM responses WHERE id = 'r1'")
     try:
         append = asyncio.ensure_future(store.append("r1", [e(0, b"late")]))
         await blocked_by(deleter, append)
-        await deleter.execute("DELETE FROM events WHERE response_id = 'r1'")
+        await deleter.execute("DELETE FROM events WHERE response = $1", key)
         await deleter.execute("COMMIT")
         with pytest.raises(KeyError):
             await append
-        assert await deleter.fetchval("SELECT count(*) FROM events WHERE response_id = 'r1'") == 0
+        assert await deleter.fetchval("SELECT count(*) FROM events") == 0
     finally:
         await deleter.close()
 

@@ -87,35 +87,51 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE events DROP CONSTRAINT IF EXISTS events_response_id_fkey;
     """,
+    # 5: events keyed by a number of their response (``responses.key``, given in creation order, never reused)
+    # instead of its random text id: the primary key's entries are 16 bytes instead of ~48, and those of the
+    # runs in progress (the newest responses) lie side by side at the index's end instead of one leaf each
+    # wherever their ids sort among all stored ones. The index was about half of PostgreSQL's CPU per event
+    # (bench/README.md, "pgkey lane, session 21"). The events table is rewritten (copied, then indexed).
+    """
+    ALTER TABLE responses ADD COLUMN key BIGINT GENERATED ALWAYS AS IDENTITY;
+    CREATE TABLE events_v5 (response BIGINT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, data BYTEA NOT NULL);
+    INSERT INTO events_v5 (response, seq, type, data) SELECT r.key, e.seq, e.type, e.data
+        FROM events AS e JOIN responses AS r ON r.id = e.response_id ORDER BY r.key, e.seq;
+    DROP TABLE events;
+    ALTER TABLE events_v5 RENAME TO events;
+    ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (response, seq);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The appends of one group commit in one statement (its own transaction). $1-$4: one row per response (id, its
-# lease token or NULL, its new status and resource or NULL); $5-$8: the events (response id, seq, type, data).
-# A response passes when its row exists and (given a token) still has that token: one whose status or resource
-# changes by the UPDATE; one that only takes events by a check under a share lock, which writes no new version
-# of the row. Either way the row is locked until the commit: a takeover's FOR UPDATE (or a delete) either waits
-# for this commit, or committed first and the lock's re-check sees its token (or that the row is gone). Only
-# the events of the responses that passed are inserted; the statement returns the responses that did not pass.
+# lease token or NULL, its new status and resource or NULL); $5-$8: the events (the position of their response
+# in $1, from 1; seq, type, data). A response passes when its row exists and (given a token) still has that
+# token: one whose status or resource changes by the UPDATE; one that only takes events by a check under a
+# share lock, which writes no new version of the row. Either way the row is locked until the commit: a
+# takeover's FOR UPDATE (or a delete) either waits for this commit, or committed first and the lock's re-check
+# sees its token (or that the row is gone). Only the events of the responses that passed are inserted, under
+# their response's key; the statement returns the responses that did not pass.
 _APPEND = """
 WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) AS u(id, token, status, data)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[]) WITH ORDINALITY
+        AS u(id, token, status, data, n)
 ), changed AS (
     UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data)
     FROM u WHERE r.id = u.id AND (u.status IS NOT NULL OR u.data IS NOT NULL)
     AND (u.token IS NULL OR r.lease_token = u.token)
-    RETURNING r.id
+    RETURNING u.n, r.key
 ), checked AS MATERIALIZED (
-    SELECT r.id FROM responses AS r JOIN u ON r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token)
+    SELECT u.n, r.key FROM responses AS r JOIN u ON r.id = u.id AND (u.token IS NULL OR r.lease_token = u.token)
     WHERE u.status IS NULL AND u.data IS NULL
     FOR SHARE OF r
 ), passed AS MATERIALIZED (
-    SELECT id FROM changed UNION ALL SELECT id FROM checked
+    SELECT n, key FROM changed UNION ALL SELECT n, key FROM checked
 ), inserted AS (
-    INSERT INTO events (response_id, seq, type, data)
-    SELECT * FROM unnest($5::text[], $6::int[], $7::text[], $8::bytea[]) AS e(response_id, seq, type, data)
-    WHERE e.response_id IN (SELECT id FROM passed)
+    INSERT INTO events (response, seq, type, data)
+    SELECT p.key, e.seq, e.type, e.data
+    FROM unnest($5::bigint[], $6::int[], $7::text[], $8::bytea[]) AS e(n, seq, type, data) JOIN passed AS p ON p.n = e.n
 )
-SELECT id FROM u WHERE id NOT IN (SELECT id FROM passed)
+SELECT id FROM u WHERE n NOT IN (SELECT n FROM passed)
 """
 
 _MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
@@ -230,14 +246,14 @@ class PostgresStore(Store):
         if self.schema:
             settings["search_path"] = self.schema
         try:
-            if self.schema:  # before the pool: its connections put the schema on their search_path
-                conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
-                try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                except asyncpg.exceptions.UniqueViolationError:
-                    pass  # another replica starting at the same moment made it ("IF NOT EXISTS" does not lock)
-                finally:
-                    await conn.close()
+            # The schema on a connection of its own, with no time limit on its statements: an upgrade may copy
+            # a whole table (version 5), and a replica starting beside it waits for it.
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout, command_timeout=None,
+                                         server_settings={"search_path": self.schema} if self.schema else None)
+            try:
+                await self._migrate(conn)
+            finally:
+                await conn.close()
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=self._min,
@@ -248,13 +264,16 @@ class PostgresStore(Store):
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL at {_redacted(self._dsn)} cannot be reached: {exc}") from exc
-        await self._migrate()
         await self.heartbeat()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="headwater-pg-writer")
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
         """Create the schema or upgrade it to ``SCHEMA_VERSION``; replicas starting together take turns."""
-        async with self._connection() as conn, conn.transaction():
+        if self.schema:
+            # (UniqueViolation: another replica starting at the same moment made it; "IF NOT EXISTS" does not lock)
+            with contextlib.suppress(asyncpg.exceptions.UniqueViolationError):
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.headwater'))")
             await conn.execute("CREATE TABLE IF NOT EXISTS headwater_schema (version INTEGER NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM headwater_schema")
@@ -481,7 +500,7 @@ class PostgresStore(Store):
             refused = await conn.fetch(
                 _APPEND, [job.response_id for job in merged], [job.token for job in merged],
                 [job.status for job in merged], [job.data for job in merged],
-                [job.response_id for job in merged for _ in job.rows],
+                [n for n, job in enumerate(merged, 1) for _ in job.rows],
                 [entry.sequence_number for job in merged for entry in job.rows],
                 [entry.type for job in merged for entry in job.rows],
                 [entry.payload for job in merged for entry in job.rows],
@@ -512,7 +531,8 @@ class PostgresStore(Store):
     async def events(self, response_id: str, starting_after: int = -1) -> list[Entry]:
         async def events(conn: asyncpg.Connection) -> list[Entry]:
             rows = await conn.fetch(
-                "SELECT seq, type, data FROM events WHERE response_id = $1 AND seq > $2 ORDER BY seq",
+                "SELECT seq, type, data FROM events WHERE response = (SELECT key FROM responses WHERE id = $1) "
+                "AND seq > $2 ORDER BY seq",
                 response_id, starting_after,
             )
             return [Entry(row[0], row[1], bytes(row[2])) for row in rows]
@@ -573,10 +593,13 @@ class PostgresStore(Store):
 
     async def delete(self, response_id: str) -> bool:
         async def delete(conn: asyncpg.Connection) -> bool:
-            async with conn.transaction():  # (the row first: an append holding its lock is waited for)
-                result: str = await conn.execute("DELETE FROM responses WHERE id = $1", response_id)
-                await conn.execute("DELETE FROM events WHERE response_id = $1", response_id)
-            return result != "DELETE 0"
+            # The row first (an append holding its lock is waited for), then its events in a statement of its
+            # own, whose snapshot has that append's events.
+            async with conn.transaction():
+                key = await conn.fetchval("DELETE FROM responses WHERE id = $1 RETURNING key", response_id)
+                if key is not None:
+                    await conn.execute("DELETE FROM events WHERE response = $1", key)
+            return key is not None
 
         self._tokens.pop(response_id, None)
         return await self._run("delete", delete)
