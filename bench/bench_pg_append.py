@@ -3,7 +3,9 @@
 What the run pipeline does with PostgreSQL: each group commit hands ``append_many`` one batch per run that has
 new events; at a steady pace that is about one event per run per commit. Here STREAMS responses are created,
 then ROUNDS rounds each append one event (``--batch`` events) to every response in one ``append_many`` call,
-the last round terminal (status and resource). Each side runs in a child process of its own
+the last round terminal (status and resource); ids are random, as the server's (``resp_`` and 32 hex digits).
+``--history N`` first stores N finished responses of ``--history-events`` events each, as a database that has
+served for a while holds (their index entries lie among the running ones'). Each side runs in a child process of its own
 (``PYTHONPATH=SRC``): this checkout's ``src`` and ``--baseline SRC``, alternating ``--trials`` times, each on a
 fresh schema of the PostgreSQL of tests/services.py. Reported per event: wall time of a round, CPU of the
 client process (user + system) and of the PostgreSQL backends serving it (``/proc``, found by their client
@@ -11,6 +13,7 @@ ports), and WAL bytes (``pg_current_wal_lsn``: the whole server's, so other user
 
     python bench/bench_pg_append.py --baseline /tmp/base/src
     python bench/bench_pg_append.py --baseline /tmp/base/src --streams 500 --rounds 50 --trials 3
+    python bench/bench_pg_append.py --baseline /tmp/base/src --streams 1000 --history 20000
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import subprocess
 import sys
 import time
@@ -55,7 +59,23 @@ def _my_ports_to(remote_port: int) -> set[int]:
     return ports
 
 
-async def _side(streams: int, rounds: int, batch: int, schema: str) -> dict[str, Any]:
+async def _history(store: Any, responses: int, events: int) -> None:
+    """``responses`` finished responses of ``events`` events each, stored as the server stores them."""
+    from headwater.server.store import Append, Entry, StoredResponse
+
+    payload = b'{"type":"response.output_text.delta","delta":"old ","sequence_number":0}' + b" " * 150
+    for start in range(0, responses, 1000):
+        ids = [f"resp_{secrets.token_hex(16)}" for _ in range(min(1000, responses - start))]
+        await asyncio.gather(*(store.create(StoredResponse(rid, None, "in_progress", 1, b"{}"), []) for rid in ids))
+        for seq in range(0, events, 10):
+            last = seq + 10 >= events
+            await store.append_many([Append(rid, [Entry(n, "response.output_text.delta", payload)
+                                                  for n in range(seq, min(seq + 10, events))],
+                                            status="completed" if last else None, data=b"{}" if last else None)
+                                     for rid in ids])
+
+
+async def _side(streams: int, rounds: int, batch: int, schema: str, history: tuple[int, int]) -> dict[str, Any]:
     import asyncpg
 
     from headwater.server.store import Append, Entry, StoredResponse
@@ -65,7 +85,8 @@ async def _side(streams: int, rounds: int, batch: int, schema: str) -> dict[str,
     admin = await asyncpg.connect(POSTGRES)
     await store.open()
     try:
-        ids = [f"resp_{n}" for n in range(streams)]
+        await _history(store, *history)
+        ids = [f"resp_{secrets.token_hex(16)}" for _ in range(streams)]
         await asyncio.gather(*(store.create(StoredResponse(rid, None, "in_progress", 1, b'{"id": "%s"}' % rid.encode()
                                                            + b" " * 1000), []) for rid in ids))
         payload = b'{"type":"response.output_text.delta","delta":"w1 ","sequence_number":0}' + b" " * 150
@@ -111,21 +132,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--batch", type=int, default=1, help="events per response per round")
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--history", type=int, default=0, help="finished responses stored before the rounds")
+    parser.add_argument("--history-events", type=int, default=30, help="events of each of them")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # (a child: one measurement, JSON on stdout)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(asyncio.run(_side(args.streams, args.rounds, args.batch, args.side))))
+        print(json.dumps(asyncio.run(_side(args.streams, args.rounds, args.batch, args.side,
+                                           (args.history, args.history_events)))))
         return
     sides = {"tree": str(ROOT / "src")}
     if args.baseline:
         sides = {"baseline": args.baseline, **sides}
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: --streams {args.streams} --rounds "
-          f"{args.rounds} --batch {args.batch}; load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"{args.rounds} --batch {args.batch} --history {args.history} --history-events {args.history_events}; load average {os.getloadavg()[0]:.2f}", flush=True)
     for trial in range(args.trials):
         for name, src in sides.items():
             schema = f"hw_bench_pg_{os.getpid()}_{trial}_{name}"
             done = subprocess.run([sys.executable, __file__, "--side", schema, "--streams", str(args.streams),
-                                   "--rounds", str(args.rounds), "--batch", str(args.batch)],
+                                   "--rounds", str(args.rounds), "--batch", str(args.batch),
+                                   "--history", str(args.history), "--history-events", str(args.history_events)],
                                   env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, check=False)
             if done.returncode:
                 print(name, "failed:", done.stderr[-2000:], file=sys.stderr)

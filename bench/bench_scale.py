@@ -8,7 +8,9 @@ first event and the gaps between reads that brought events. Reported: errors, te
 event p50/p99, inter-event gap p50/p99, aggregate events/s (and the offered rate, STREAMS / DELAY), peak
 memory (RSS) and CPU per event (user + system, /proc) of each server process and of the load generator, the
 1-minute load average before and after, and for Redis (a redis-server of the bench's own unless --redis
-shared): commands run per event (those inside scripts too), script calls per event, Redis CPU per event.
+shared): commands run per event (those inside scripts too), script calls per event, Redis CPU per event, and
+PostgreSQL's CPU per event (`postgres_cpu_us_per_event`: every `postgres` process of the machine from the
+servers' start to the load's end, so other users of that PostgreSQL count too).
 
     python bench/bench_scale.py --streams 1000        # all three set-ups (defaults: --steps 300 --delay 0.02)
     python bench/bench_scale.py --streams 200 --only sqlite
@@ -17,8 +19,8 @@ shared): commands run per event (those inside scripts too), script calls per eve
 
 `--baseline SRC` runs every set-up twice, with this tree's servers and with those of another source tree
 (`PYTHONPATH=SRC`, e.g. `git archive <commit> src | tar -x -C /tmp/base`), in alternating order, each line
-tagged `"code": "tree"` or `"baseline"`; `--repeats N` runs it all N times: a code A/B in one run, under one
-load. `cpu_cores_steady` is where the machine's CPU went from 30 % to 80 % of a stream's nominal length (in
+tagged `"code": "tree"` or `"baseline"` (`--tree SRC` runs another tree in this checkout's place: two other
+trees A/B); `--repeats N` runs it all N times: a code A/B in one run, under one load. `cpu_cores_steady` is where the machine's CPU went from 30 % to 80 % of a stream's nominal length (in
 cores: 1.0 = one core for the whole time; /proc): the servers, the load generator, PostgreSQL, the bench's
 Redis, other processes (`other_top` names the biggest), interrupts (`irq`: loopback TCP mostly), `steal`, and
 the machine's `busy` and `idle` -- whether the machine was saturated, and by whom. Where the gap tail lies
@@ -310,6 +312,11 @@ def _machine() -> tuple[dict[int, tuple[str, float]], float, float, float, float
     return processes, (sum(cpu[:8]) - idle) / tick, sum(cpu[:8]) / tick, (cpu[5] + cpu[6]) / tick, cpu[7] / tick
 
 
+def _postgres_cpu_s() -> float:
+    """CPU seconds so far of every process named ``postgres`` (the server, its backends and helpers)."""
+    return sum(cpu for name, cpu in _machine()[0].values() if name == "postgres")
+
+
 def _cpu_split(before: tuple[dict[int, tuple[str, float]], float, float, float, float],
                after: tuple[dict[int, tuple[str, float]], float, float, float, float],
                servers: list[int], load_pid: int | None, redis_pid: int | None) -> dict[str, Any]:
@@ -444,6 +451,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     pids = [pid for s in servers if s.process for pid in _workers(s.process.pid, workers)]
     cpu_before = {pid: _cpu_s(pid) for pid in pids}
     cpu_after: dict[int, float] = {}
+    postgres_before = _postgres_cpu_s() if setup != "sqlite" else 0.0
     redis_before = _redis_counts(REDIS) if setup != "sqlite" else {}
     load_before = _load1()
     targets = [("127.0.0.1", s.port) for s in servers]
@@ -463,6 +471,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
                 cpu_after[pid] = _cpu_s(pid)
             servers[0].kill()
         results, load_cpu = pending.get(timeout=900)
+    postgres_cpu = _postgres_cpu_s() - postgres_before if setup != "sqlite" else 0.0
     load_after = _load1()
     for pid in pids:
         cpu_after.setdefault(pid, _cpu_s(pid))
@@ -522,6 +531,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         figures["redis_script_calls_per_event"] = round(delta.get("evalsha", 0.0) / total_events, 3)
         figures["redis_xadd_per_event"] = round(delta.get("xadd", 0.0) / total_events, 3)
         figures["redis_cpu_us_per_event"] = round(delta["cpu"] * per_event, 1)
+        figures["postgres_cpu_us_per_event"] = round(postgres_cpu * per_event, 1)
     return figures
 
 
@@ -577,6 +587,8 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="SRC",
                         help="another source tree's src/ (for instance from `git archive`): each set-up runs with "
                              "this tree's servers and with that one's (PYTHONPATH=SRC), alternating")
+    parser.add_argument("--tree", metavar="SRC",
+                        help="the src/ of the tree to run in place of this checkout's (two other trees A/B)")
     parser.add_argument("--repeats", type=int, default=1, help="run every set-up (and code) this many times")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: --streams {args.streams} --steps "
@@ -587,7 +599,7 @@ def main() -> None:
             REDIS = stack.enter_context(private_redis(Path(tmp)))
         for repeat in range(args.repeats):
             for setup in args.only or ["sqlite", "pg-redis", "kill"]:
-                codes: list[tuple[str, str | None]] = [("tree", None)]
+                codes: list[tuple[str, str | None]] = [("tree", str(Path(args.tree).resolve()) if args.tree else None)]
                 if args.baseline:  # (the order alternates, so that a drifting load falls on both alike)
                     codes.append(("baseline", str(Path(args.baseline).resolve())))
                     if repeat % 2:
