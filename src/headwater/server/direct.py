@@ -41,12 +41,10 @@ EXTENSION = "headwater.direct_body"
 class DirectBody(Protocol):
     """The running response's body, written straight to its connection without the ASGI ``send``."""
 
-    def write(self, chunks: list[bytes], *, end: bool = False) -> bool:
+    def write(self, chunks: list[bytes]) -> bool:
         """Write ``chunks`` (none empty) as the body's next chunks, in one write to the connection; False, with
         nothing written, when the connection cannot take them now (its writing is paused, it is gone, the
-        response has not begun, has ended or is not chunked): the caller then writes them with ``send``.
-        ``end``: they are the body's last; the body's end (the chunked terminator) goes in the same write, and
-        the response's own end (its final ``send``) then writes nothing more, though it still ends the response."""
+        response has not begun, has ended or is not chunked): the caller then writes them with ``send``."""
 
 
 class Sink(Protocol):

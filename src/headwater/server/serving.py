@@ -193,31 +193,25 @@ class _DirectBody:
     connection as its ``send`` writes those of a chunked response (``<size in hex>\\r\\n<chunk>\\r\\n``), without
     a message or the ASGI send chain per chunk. Only while the cycle's own ``send`` would write them at once:
     the response has begun chunked (not a HEAD, not a content-length), has not ended, the connection is there
-    and its writing is not paused (``send`` would wait for it to drain). The last chunks (``end``) go with the
-    terminating chunk in one write; the cycle is then left as a response whose body is whole (no longer chunked,
-    nothing more expected), so that the final ``send`` writes nothing and does the cycle's bookkeeping
-    (``response_complete``, the next pipelined request, the keep-alive timer), which stays ``send``'s."""
+    and its writing is not paused (``send`` would wait for it to drain). The response's end, with its
+    terminating chunk and the cycle's bookkeeping (``response_complete``, the next pipelined request, the
+    keep-alive timer), is still ``send``'s."""
 
     __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
         self._cycle = cycle
 
-    def write(self, chunks: list[bytes], *, end: bool = False) -> bool:
+    def write(self, chunks: list[bytes]) -> bool:
         cycle = self._cycle
         transport = cycle.transport
         if (not cycle.chunked_encoding or cycle.response_complete or cycle.disconnected or cycle.flow.write_paused
                 or transport.is_closing()):
             return False
-        if len(chunks) == 1 and not end:
+        if len(chunks) == 1:
             transport.write(b"%x\r\n%b\r\n" % (len(chunks[0]), chunks[0]))
-            return True
-        framed = [b"%x\r\n%b\r\n" % (len(chunk), chunk) for chunk in chunks]
-        if end:
-            framed.append(b"0\r\n\r\n")
-            cycle.chunked_encoding = False  # (the body is whole: ``send`` has nothing left to write)
-            cycle.expected_content_length = 0
-        transport.write(b"".join(framed))
+        else:
+            transport.write(b"".join([b"%x\r\n%b\r\n" % (len(chunk), chunk) for chunk in chunks]))
         return True
 
 

@@ -159,7 +159,7 @@ class EventStreamResponse:
         else:
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if not ended:  # (after a terminal batch the sink wrote with the end, this writes nothing: ``DirectBody``)
+        if not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -193,8 +193,9 @@ async def _write_batches(batches: AsyncIterable[list[Entry]], send: Send, sink: 
 class DirectFrames:
     """The sink (``direct.Sink``) that ``EventStreamResponse`` lends its live log's followers: their entries as
     SSE frames (several to a write, as ``_writes`` joins them), written through the connection's ``DirectBody``;
-    a batch that ends with the terminal event is written as the body's end (with the chunked terminator, in one
-    write). ``last``: the sequence number of the last entry this stream has written, either way."""
+    a batch that ends with the terminal event is refused, for the stream's task to write it with the body's end
+    (in one write, the response completed in the same call: the client's next request on the connection finds
+    it free). ``last``: the sequence number of the last entry this stream has written, either way."""
 
     __slots__ = ("_connection", "last")
 
@@ -203,12 +204,14 @@ class DirectFrames:
         self.last = -1
 
     def __call__(self, entries: list[Entry]) -> bool:
+        if entries[-1].type in TERMINAL_EVENT_TYPES:
+            return False
         if len(entries) == 1:
             entry = entries[0]
             chunks = [encode_frame(entry.type, entry.payload)]
         else:
             chunks = _writes(entries)
-        if not self._connection.write(chunks, end=entries[-1].type in TERMINAL_EVENT_TYPES):
+        if not self._connection.write(chunks):
             return False
         self.last = entries[-1].sequence_number
         return True
