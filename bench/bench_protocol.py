@@ -40,8 +40,8 @@ and as issue 14 measures; ``--chunk`` changes it):
 
 Each peer is run once untimed (warm-up, and the event count is checked against the stream's), then timed with
 ``time.perf_counter`` for the best of ``--repeats`` runs (more, up to 25, while the timed runs add up to less
-than ``--min-time`` seconds) with the garbage collector disabled across them (run once before the first,
-not before each: see ``measure``). Correctness (stream
+than ``--min-time`` seconds), the peers of a stream taking turns (one run each a round), with the garbage
+collector disabled across them (run once before the first, not before each: see ``measure``). Correctness (stream
 ``text``; likewise the arguments on ``function call``): Headwater's accumulated output text, read right after the
 last delta (so it is built from the deltas) and at the end, must equal openai-python's (last delta snapshot,
 ``get_final_response().output_text``) and the text the generator produced; the exit status is 1 otherwise.
@@ -310,11 +310,22 @@ class Result:
         return self.events / self.best_s
 
 
+def _error(exc: Exception) -> Result:
+    return Result(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+
+
 def measure(
-    run: Callable[[], int], expected: int, repeats: int, min_time: float, collect_each: bool = False
-) -> Result:
-    """Best of ``repeats`` timed runs, more (up to MAX_RUNS) while the timed total is under ``min_time``
-    seconds: a fast peer gets more tries, which keeps its best-of stable on a shared machine.
+    runs: dict[str, Callable[[], int]],
+    expected: int,
+    repeats: int,
+    min_time: float,
+    collect_each: bool = False,
+) -> dict[str, Result]:
+    """Each peer's best of ``repeats`` timed runs, more (up to MAX_RUNS) while its timed total is under
+    ``min_time`` seconds: a fast peer gets more tries, which keeps its best-of stable on a shared machine.
+
+    The peers take turns, one run each a round (each while it still needs runs): a busy moment of the machine
+    slows a run of every peer, not all the runs of one, so the ratios hold through it.
 
     The garbage collector is off from before the first timed run to after the last: it is run once before
     them, not before each. No peer leaves cyclic garbage behind a run (``gc.collect()`` after one finds none,
@@ -322,31 +333,48 @@ def measure(
     make it ~100 MB), which empties the CPU caches, and a short run (mcp's are ~0.5 ms) then measures their
     refill more than the peer: bench/README.md, "Proto lane, session 21", has the figures. ``collect_each``
     (``--collect-each-run``): the way it was measured before, a collection before each timed run."""
-    n = run()  # warm-up (imports, caches) and the sanity count
-    if n != expected:
-        return Result(n, 0.0, f"decoded {n} events, expected {expected}")
-    best = float("inf")
-    total = 0.0
-    runs = 0
+    results: dict[str, Result] = {}
+    pending: dict[str, Callable[[], int]] = {}
+    for key, run in runs.items():
+        try:
+            n = run()  # warm-up (imports, caches) and the sanity count
+        except Exception as exc:  # a peer that cannot take this stream is reported, not fatal
+            results[key] = _error(exc)
+            continue
+        if n != expected:
+            results[key] = Result(n, 0.0, f"decoded {n} events, expected {expected}")
+        else:
+            results[key] = Result(n, float("inf"), None, 0)
+            pending[key] = run
+    totals = dict.fromkeys(pending, 0.0)
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        while runs < repeats or (total < min_time and runs < MAX_RUNS):
-            runs += 1
-            if collect_each:
-                gc.collect()
-            t0 = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - t0
-            best = min(best, elapsed)
-            total += elapsed
+        while pending:
+            for key, run in list(pending.items()):
+                result = results[key]
+                if collect_each:
+                    gc.collect()
+                try:
+                    t0 = time.perf_counter()
+                    run()
+                    elapsed = time.perf_counter() - t0
+                except Exception as exc:
+                    results[key] = _error(exc)
+                    del pending[key]
+                    continue
+                result.runs += 1
+                result.best_s = min(result.best_s, elapsed)
+                totals[key] += elapsed
+                if result.runs >= repeats and (totals[key] >= min_time or result.runs >= MAX_RUNS):
+                    del pending[key]
     finally:
         if gc_was_enabled:
             gc.enable()
         else:
             gc.disable()
-    return Result(n, best, None, runs)
+    return results
 
 
 # --- correctness ----------------------------------------------------------------------------------------------
@@ -465,13 +493,16 @@ def run_all(args: argparse.Namespace, log: Callable[[str], None]) -> list[Stream
     for stream in build_streams(args.events):
         report = StreamReport(stream.name, stream.short, len(stream.data), stream.events)
         log(f"{stream.name}: {len(stream.data):,} bytes, {stream.events:,} events")
+        runs: dict[str, Callable[[], int]] = {}
         for peer in PEERS:
             try:
-                run = peer.make(stream, args.chunk)
-                result = measure(run, stream.events, args.repeats, args.min_time, args.collect_each_run)
+                runs[peer.key] = peer.make(stream, args.chunk)
             except Exception as exc:  # a peer that cannot take this stream is reported, not fatal
-                result = Result(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-            report.results[peer.key] = result
+                report.results[peer.key] = _error(exc)
+        measured = measure(runs, stream.events, args.repeats, args.min_time, args.collect_each_run)
+        report.results = {peer.key: measured.get(peer.key) or report.results[peer.key] for peer in PEERS}
+        for peer in PEERS:
+            result = report.results[peer.key]
             log(f"  {peer.label}: " + (result.error or f"{result.us_per_event:.2f} us/event"))
         what = {"text": "text", "fcall": "arguments"}.get(stream.short)
         if what is not None:
