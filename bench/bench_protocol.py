@@ -39,9 +39,10 @@ and as issue 14 measures; ``--chunk`` changes it):
   one prebuilt ``msgspec.json.Decoder(KnownEvent)`` typed decode: no SSE rules, no fallbacks, nothing kept.
 
 Each peer is run once untimed (warm-up, and the event count is checked against the stream's), then timed with
-``time.perf_counter`` for the best of ``--repeats`` runs (more, up to 25, while the timed runs add up to less
-than ``--min-time`` seconds), the peers of a stream taking turns (one run each a round), with the garbage
-collector disabled across them (run once before the first, not before each: see ``measure``). Correctness (stream
+``time.perf_counter``, its best run over ``--repeats`` turns (more, up to 25, while the timed runs add up to less
+than ``--min-time`` seconds), the peers of a stream taking turns (a turn: one run, or back-to-back runs for
+10 ms), with the garbage collector disabled across them (run once before the first, not before each: see
+``measure``). Correctness (stream
 ``text``; likewise the arguments on ``function call``): Headwater's accumulated output text, read right after the
 last delta (so it is built from the deltas) and at the end, must equal openai-python's (last delta snapshot,
 ``get_final_response().output_text``) and the text the generator produced; the exit status is 1 otherwise.
@@ -79,7 +80,8 @@ from headwater.protocol.stream import iter_events
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8"}
 URL = "http://bench.invalid/v1/responses"
 
-MAX_RUNS = 25
+MAX_RUNS = 25  # turns (see measure)
+TURN_S = 0.01  # a turn of a peer: runs back to back until it has lasted this long (one run at least)
 GOALS = {"decode_vs_openai": 30.0, "accumulate_vs_openai": 50.0, "decode_vs_limit": 0.8, "accumulate_vs_limit": 0.6}
 
 
@@ -321,11 +323,13 @@ def measure(
     min_time: float,
     collect_each: bool = False,
 ) -> dict[str, Result]:
-    """Each peer's best of ``repeats`` timed runs, more (up to MAX_RUNS) while its timed total is under
+    """Each peer's best timed run, over ``repeats`` turns, more (up to MAX_RUNS) while its timed total is under
     ``min_time`` seconds: a fast peer gets more tries, which keeps its best-of stable on a shared machine.
 
-    The peers take turns, one run each a round (each while it still needs runs): a busy moment of the machine
-    slows a run of every peer, not all the runs of one, so the ratios hold through it.
+    The peers take turns, one turn each a round (each while it still needs turns): a busy moment of the
+    machine slows a turn of every peer, not all the runs of one, so the ratios hold through it. A turn is one
+    run, or back-to-back runs until it has lasted TURN_S: after another peer's turn the caches hold that
+    peer's work, and a short run (mcp's are ~0.5 ms) would measure their refill; the turn's later runs do not.
 
     The garbage collector is off from before the first timed run to after the last: it is run once before
     them, not before each. No peer leaves cyclic garbage behind a run (``gc.collect()`` after one finds none,
@@ -347,6 +351,7 @@ def measure(
             results[key] = Result(n, float("inf"), None, 0)
             pending[key] = run
     totals = dict.fromkeys(pending, 0.0)
+    turns = dict.fromkeys(pending, 0)
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
@@ -354,20 +359,24 @@ def measure(
         while pending:
             for key, run in list(pending.items()):
                 result = results[key]
-                if collect_each:
-                    gc.collect()
+                turn = 0.0
                 try:
-                    t0 = time.perf_counter()
-                    run()
-                    elapsed = time.perf_counter() - t0
+                    while turn < TURN_S:
+                        if collect_each:
+                            gc.collect()
+                        t0 = time.perf_counter()
+                        run()
+                        elapsed = time.perf_counter() - t0
+                        result.runs += 1
+                        result.best_s = min(result.best_s, elapsed)
+                        turn += elapsed
                 except Exception as exc:
                     results[key] = _error(exc)
                     del pending[key]
                     continue
-                result.runs += 1
-                result.best_s = min(result.best_s, elapsed)
-                totals[key] += elapsed
-                if result.runs >= repeats and (totals[key] >= min_time or result.runs >= MAX_RUNS):
+                totals[key] += turn
+                turns[key] += 1
+                if turns[key] >= repeats and (totals[key] >= min_time or turns[key] >= MAX_RUNS):
                     del pending[key]
     finally:
         if gc_was_enabled:
@@ -532,7 +541,7 @@ def print_table(reports: list[StreamReport], args: argparse.Namespace, env: dict
         f"headwater.protocol {'compiled (mypyc)' if env['compiled'] else 'pure Python'}"
     )
     print(
-        f"chunk size {args.chunk} B (all rows but whole-buffer ones); best of >= {args.repeats} runs "
+        f"chunk size {args.chunk} B (all rows but whole-buffer ones); best run of >= {args.repeats} turns "
         f"(more while under {args.min_time:g} s in total, at most {MAX_RUNS}); gc off during the runs, "
         f"{'collected before each' if args.collect_each_run else 'collected once before them'}\n"
     )
@@ -637,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--events", type=int, help="text deltas in the generated stream (default 20000)")
     parser.add_argument(
-        "--repeats", type=int, help="timed runs per peer and stream; the best counts (default 7)"
+        "--repeats", type=int, help="timed turns per peer and stream; the best run counts (default 7)"
     )
     parser.add_argument(
         "--chunk", type=int, default=1024, help="chunk size in bytes (default 1024, issue 14's measure)"
