@@ -398,6 +398,14 @@ class Push:
         self._answer.listen(None)
         self._deliver = None
 
+    def taken(self) -> list[Any] | None:
+        """For the generator, once the consumer's turn is over: raises the error a read made, else hands over
+        the batch it must look at (``pending``; None: nothing, it reads on)."""
+        if self.error is not None:
+            raise self.error
+        pending, self.pending = self.pending, None
+        return pending
+
     def _on_data(self) -> None:
         answer = self._answer
         deliver = self._deliver

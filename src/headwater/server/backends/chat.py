@@ -592,13 +592,10 @@ class ChatBackend(UpstreamBackend):
                                 await wait()
                                 continue
                             yield pusher
-                            if pusher.error is not None:
-                                raise pusher.error
-                            steps = pusher.pending
-                            if steps is None:
+                            taken = pusher.taken()
+                            if taken is None:
                                 continue
-                            pusher.pending = None
-                            chunk = b"pushed"  # (a read, not the body's end)
+                            steps, chunk = taken, b"pushed"  # (a read, not the body's end)
                         else:
                             steps = step(chunk)[0]
                         if steps:

@@ -283,13 +283,10 @@ class ResponsesBackend(UpstreamBackend):
                             await wait()
                             continue
                         yield pusher
-                        if pusher.error is not None:
-                            raise pusher.error
-                        events = pusher.pending
-                        if events is None:
+                        taken = pusher.taken()
+                        if taken is None:
                             continue
-                        pusher.pending = None
-                        chunk = b"pushed"  # (a read, not the body's end: the generator reads on)
+                        events, chunk = taken, b"pushed"  # (a read, not the body's end: the generator reads on)
                     else:
                         payloads = columns(chunk)[1] if chunk else [frame.data for frame in framer.close()]
                         events = _decode(stream, payloads)
