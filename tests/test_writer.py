@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -257,6 +259,32 @@ def test_message_with_text() -> None:
     item = item_done[0].item
     assert isinstance(item, Message) and item.status == "completed" and item.content[0].text == "Hello"
     assert item.id == m.id
+
+
+def test_a_finished_item_is_freed_without_the_cyclic_collector() -> None:
+    """A done item lets its parts go, so nothing of it is a reference cycle: with the collector off, the item's
+    and its parts' writers go as soon as the caller drops them (while the response's writer lives on)."""
+    w, _ = started()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        m, r = w.message(), w.reasoning()
+        t = m.text()
+        t.delta("Hi")
+        s = r.summary()
+        s.delta("Plan")
+        rt = r.text()
+        rt.delta("because")
+        r.done()  # closes its open parts itself
+        t.done()
+        m.done()
+        refs = [weakref.ref(x) for x in (m, t, r, s, rt)]
+        del m, t, r, s, rt
+        assert [ref() for ref in refs] == [None] * 5
+        assert w.response.output[0].content[0].text == "Hi"
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def test_annotations_are_numbered() -> None:

@@ -207,6 +207,7 @@ class ResponseWriter:
             item = self._open.pop(event.output_index, None)
             if item is not None:
                 item.closed = True
+                item._parts.clear()  # as ``ItemWriter._done_events`` does: no cycle left behind
         elif isinstance(event, (ResponseContentPartAdded, ResponseReasoningSummaryPartAdded)):
             item = self._open.get(event.output_index)
             if item is not None:
@@ -537,6 +538,10 @@ class ItemWriter:
         for part in self._parts.values():
             if part is not None and not part.closed:
                 out.extend(part._close())
+        # A part holds its item (``PartWriter._item``): with the item holding its parts back, every finished
+        # message would be a reference cycle that only the cyclic collector frees, with the run's writer graph
+        # behind it. A done item opens no part again, so it lets them go.
+        self._parts.clear()
         item = self._writer._item(self.output_index)
         if "status" in type(item).__struct_fields__ and item.status is not UNSET:
             changes["status"] = status
