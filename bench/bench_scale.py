@@ -365,6 +365,18 @@ def _workers(pid: int, expected: int = 1) -> list[int]:
     return children or [pid]
 
 
+def _spy(directory: Path, pids: list[int], seconds: float, name: str) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` of each server process for ``seconds`` (``--profile``: collapsed stacks, one file per
+    process, ``DIR/NAME-PID.txt``; the sampling itself takes some of the cores, so the run's figures are not
+    comparable with unprofiled ones)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "250",
+                              "--duration", str(max(1, int(seconds))), "--format", "raw", "--nonblocking",
+                              "--output", str(directory / f"{name}-{pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+
+
 def _redis_counts(url: str) -> dict[str, float]:
     """Redis's own counters: commands received from clients, commands run (scripts' inner ones too), calls of
     each command, and its CPU seconds."""
@@ -421,7 +433,7 @@ def _load1() -> float:
 
 
 def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
-        env: dict[str, str] | None = None) -> dict[str, Any]:
+        env: dict[str, str] | None = None, profile: Path | None = None, tag: str = "tree") -> dict[str, Any]:
     global _RUNS
     _RUNS += 1
     workdir = workdir / f"run-{_RUNS}"  # (each run its own logs and SQLite file: --repeats, --baseline)
@@ -461,7 +473,10 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         if setup != "kill":  # the steady state: from 30 % to 80 % of a stream's nominal length
             time.sleep(steps * delay * 0.3)
             before = _machine()
+            spies = _spy(profile, pids, steps * delay * 0.5, f"{setup}-{tag}-{_RUNS}") if profile else []
             time.sleep(steps * delay * 0.5)
+            for spy in spies:
+                spy.wait(60)
             load_pid = next(iter(p.pid for p in getattr(pool, "_pool", [])), None)
             split = _cpu_split(before, _machine(), pids, load_pid, REDIS_PID)
         if setup == "kill":
@@ -590,6 +605,8 @@ def main() -> None:
     parser.add_argument("--tree", metavar="SRC",
                         help="the src/ of the tree to run in place of this checkout's (two other trees A/B)")
     parser.add_argument("--repeats", type=int, default=1, help="run every set-up (and code) this many times")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="py-spy record each server process over the steady window into DIR (collapsed stacks)")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: --streams {args.streams} --steps "
           f"{args.steps} --delay {args.delay}; load average before: {os.getloadavg()}", flush=True)
@@ -606,7 +623,7 @@ def main() -> None:
                         codes.reverse()
                 for code, src in codes:
                     figures = run(setup, args.streams, args.steps, args.delay, Path(tmp),
-                                  env={"PYTHONPATH": src} if src else None)
+                                  env={"PYTHONPATH": src} if src else None, profile=args.profile, tag=code)
                     if args.baseline:
                         figures = {"code": code, **figures}
                     print(json.dumps(figures), flush=True)

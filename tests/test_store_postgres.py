@@ -50,8 +50,9 @@ async def test_start_up_creates_the_schema_at_its_version_and_a_reopen_keeps_the
 
 
 async def old_schema(postgres_url: str, version: int) -> None:
-    """The tables as a Headwater of schema ``version`` (1 to 4) left them, with rows: three responses (two
-    finished, one in progress) and their events keyed by the response's text id, payloads of any bytes."""
+    """The tables as a Headwater of schema ``version`` (1 to 5) left them, with rows: three responses (two
+    finished, one in progress) and their events (keyed by the response's text id before version 5, by its
+    number from then on), payloads of any bytes."""
     base, _, schema = postgres_url.partition("?schema=")
     conn = await asyncpg.connect(base)
     try:
@@ -68,9 +69,10 @@ async def old_schema(postgres_url: str, version: int) -> None:
                             for n, (rid, status) in enumerate(OLD_RESPONSES.items())])
             await conn.executemany("INSERT INTO input_items (response_id, position, item_id, data) VALUES ($1, 0, $2, "
                                    "'{}')", [(rid, f"item_{rid}") for rid in OLD_RESPONSES])
-            await conn.executemany("INSERT INTO events (response_id, seq, type, data) VALUES ($1, $2, $3, $4)",
-                                   [(rid, x.sequence_number, x.type, x.payload)
-                                    for rid, log in OLD_EVENTS.items() for x in log])
+            insert = ("INSERT INTO events (response_id, seq, type, data) VALUES ($1, $2, $3, $4)" if version < 5 else
+                      "INSERT INTO events (response, seq, type, data) SELECT key, $2, $3, $4 FROM responses WHERE id = $1")
+            await conn.executemany(insert, [(rid, x.sequence_number, x.type, x.payload)
+                                            for rid, log in OLD_EVENTS.items() for x in log])
     finally:
         await conn.close()
 
@@ -81,7 +83,7 @@ OLD_EVENTS = {  # (ids that sort otherwise than they were made; payloads with NU
           for seq in range(n)] for n, rid in zip((3, 40, 7), OLD_RESPONSES, strict=True)}
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_start_up_upgrades_a_schema_of_an_older_version_with_its_rows(postgres_url: str, version: int) -> None:
     await old_schema(postgres_url, version)
     upgraded = PostgresStore(postgres_url, replica="later")
@@ -94,6 +96,8 @@ async def test_start_up_upgrades_a_schema_of_an_older_version_with_its_rows(post
                 "SELECT count(*) FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'f'") == 0
             assert await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_name = 'events' "
                                        "AND column_name = 'response_id' AND table_schema = current_schema()") == 0
+            # responses found by their number (version 6): the index the appends' fencing check descends
+            assert await conn.fetchval("SELECT indisunique FROM pg_index WHERE indexrelid = 'responses_by_key'::regclass")
         for rid, log in OLD_EVENTS.items():  # every old event, byte for byte, in order
             assert await upgraded.events(rid) == log
             assert await upgraded.events(rid, 1) == log[2:]
@@ -232,6 +236,40 @@ async def test_a_fenced_append_in_a_group_commit_writes_nothing_and_the_others_l
     lost, ending = await store.get("lost"), await store.get("ending")
     assert await store.events("lost") == [] and lost is not None and lost.status == "in_progress"
     assert ending is not None and (ending.status, ending.data) == ("completed", b'{"done": 1}')
+
+
+async def test_appends_name_their_responses_by_number_and_find_the_number_of_one_not_owned_here(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    # This replica's own responses are appended by the key their create returned; one created by another
+    # replica (no lease here: an orphan closed, say) by the key found from its id; one that does not exist
+    # fails alone. All in one group commit, each event under its own response.
+    other = PostgresStore(postgres_url, replica="second")
+    await other.open()
+    try:
+        await other.create(record("theirs"), [])
+        await store.create(record("mine"), [])
+        await store.create(record("ended", "completed"), [])  # (finished at its create: no lease, no kept key)
+        assert set(store._keys) == {"mine"} and "theirs" not in store._tokens
+        results = await store.append_many([
+            Append("theirs", [e(0, b"t0"), e(1, b"t1")]),
+            Append("nothing", [e(0, b"n")]),
+            Append("mine", [e(0, b"m0")], "completed", b'{"m": 1}'),
+            Append("ended", [e(0, b"d0")]),
+        ])
+        assert results[0] is None and isinstance(results[1], KeyError) and results[2] is None and results[3] is None
+        assert await other.events("theirs") == [e(0, b"t0"), e(1, b"t1")]
+        assert await store.events("mine") == [e(0, b"m0")] and await store.events("ended") == [e(0, b"d0")]
+        assert await store.events("nothing") == []
+        mine = await store.get("mine")
+        assert mine is not None and (mine.status, mine.data) == ("completed", b'{"m": 1}')
+        assert "mine" not in store._keys and "mine" not in store._tokens  # (finished: forgotten)
+        # The other replica's own appends name "theirs" by the key its create returned.
+        assert "theirs" in other._keys
+        await other.append("theirs", [e(2, b"t2")], status="completed", data=b"{}")
+        assert [x.payload for x in await store.events("theirs")] == [b"t0", b"t1", b"t2"]
+    finally:
+        await other.close()
 
 
 async def locking(postgres_url: str, statement: str) -> asyncpg.Connection:
