@@ -691,7 +691,7 @@ class PostgresStore(Store):
         replica row at all): it becomes this replica's with a new fencing token. Replicas scanning together
         never take the same response (``FOR UPDATE SKIP LOCKED``)."""
 
-        async def take(conn: asyncpg.Connection) -> list[Takeover]:
+        async def take(conn: asyncpg.Connection) -> list[tuple[Takeover, int]]:
             async with conn.transaction():
                 rows = await conn.fetch(
                     "SELECT r.id, r.lease_replica FROM responses r LEFT JOIN replicas p ON p.id = r.lease_replica "
