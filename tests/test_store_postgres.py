@@ -181,6 +181,57 @@ async def test_creates_and_appends_sharing_a_commit_land_or_fail_each_alone(stor
     assert await store.events("old") == [e(0, b"a"), e(1, b"b")]
 
 
+async def xmin(store: PostgresStore, sql: str) -> str:
+    """The transaction that wrote the row ``sql`` selects (``xmin``)."""
+    async with store._connection() as conn:
+        value: str = await conn.fetchval(sql)
+        return value
+
+
+async def test_a_commit_of_creates_and_appends_writes_them_in_one_transaction(store: PostgresStore) -> None:
+    # One statement (one round trip, one WAL flush) for the creates and the appends of a commit: the new rows
+    # and the events share their transaction id; a fenced append in it still fails alone, and the new
+    # response's key is kept for its own appends.
+    await store.create(record("old"), [])
+    await store.create(record("lost"), [])
+    store._tokens["lost"] = 7  # (as if another replica had taken it over since: the row's token is 1)
+    results = await asyncio.gather(
+        store.create(record("new"), [StoredItem("i1", b'{"n": 1}')]),
+        store.append("old", [e(0, b"a"), e(1, b"b")], status="in_progress", data=b'{"old": 1}'),
+        store.append("lost", [e(0, b"old owner")]),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[1] is None and isinstance(results[2], Fenced)
+    created = await xmin(store, "SELECT xmin::text FROM responses WHERE id = 'new'")
+    assert created == await xmin(store, "SELECT xmin::text FROM input_items WHERE response_id = 'new'")
+    assert created == await xmin(store, "SELECT e.xmin::text FROM events e JOIN responses r ON r.key = e.response "
+                                        "WHERE r.id = 'old' AND e.seq = 1")
+    assert created == await xmin(store, "SELECT xmin::text FROM responses WHERE id = 'old'")  # (its new status)
+    assert await store.events("old") == [e(0, b"a"), e(1, b"b")] and await store.events("lost") == []
+    assert "new" in store._keys
+    await store.append("new", [e(0, b"n")])
+    assert await store.events("new") == [e(0, b"n")]
+
+
+async def test_a_taken_id_in_a_commit_of_creates_and_appends_fails_only_its_create(store: PostgresStore) -> None:
+    # The one statement fails as a whole (the id is taken): the creates and the appends are then written
+    # apart, and each bad job alone.
+    await store.create(record("taken"), [])
+    await store.create(record("old"), [])
+    results = await asyncio.gather(
+        store.create(record("taken"), [StoredItem("i1", b"{}")]),
+        store.create(record("new"), [StoredItem("i2", b'{"n": 2}')]),
+        store.append("old", [e(0, b"a")]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], KeyError) and results[1] is None and results[2] is None
+    assert await store.events("old") == [e(0, b"a")]
+    assert [i.data for i in (await store.input_items("new")).items] == [b'{"n": 2}']
+    assert (await store.input_items("taken")).items == []
+    await store.append("new", [e(0, b"n")])  # (its key came from the create written apart)
+    assert await store.events("new") == [e(0, b"n")]
+
+
 async def test_one_bad_append_in_a_group_commit_fails_only_itself(store: PostgresStore) -> None:
     await store.create(record("good"), [])
     await store.create(record("bad"), [])

@@ -118,8 +118,8 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 # takeover's FOR UPDATE (or a delete) either waits for this commit, or committed first and the lock's re-check
 # sees its token (or that the row is gone). Only the events of the responses that passed are inserted; the
 # statement returns the keys of those that did not pass.
-_APPEND = """
-WITH u AS (
+_APPEND_STEPS = """
+u AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) AS u(key, token, status, data)
 ), changed AS (
     UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data)
@@ -137,9 +137,29 @@ WITH u AS (
     SELECT e.key, e.seq, e.type, e.data
     FROM unnest($5::bigint[], $6::int[], $7::text[], $8::bytea[]) AS e(key, seq, type, data)
     JOIN passed AS p ON p.key = e.key
+)"""
+_APPEND = f"WITH {_APPEND_STEPS} SELECT key FROM u WHERE key NOT IN (SELECT key FROM passed)"
+# The creates of one group commit: $1-$6 the responses (id, owner, status, created_at, data, lease replica),
+# $7-$10 their input items (response id, position, item id, data). Returns each new response's id and key.
+_CREATE_STEPS = """
+created AS (
+    INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token)
+    SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::text[])
+    RETURNING id, key
+), i AS (
+    INSERT INTO input_items (response_id, position, item_id, data)
+    SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::bytea[])
+)"""
+_CREATE = f"WITH {_CREATE_STEPS} SELECT id, key FROM created"
+# Both in one statement, one round trip and one transaction (one WAL flush) for a commit that has creates and
+# appends: the appends' parameters after the creates' ($11-$18). An append's response is never one created in
+# the same statement (its create returned before the run that appends began; ``_commit`` checks), which
+# matters because the statement's parts share one snapshot: the appends could not see those rows. Rows: the
+# created responses (id, key), then the keys of the appends that did not pass (id NULL).
+_CREATE_AND_APPEND = (
+    f"WITH {_CREATE_STEPS}, {re.sub(r'[$]([0-9]+)', lambda m: f'${int(m[1]) + 10}', _APPEND_STEPS)} "
+    "SELECT id, key FROM created UNION ALL SELECT NULL, key FROM u WHERE key NOT IN (SELECT key FROM passed)"
 )
-SELECT key FROM u WHERE key NOT IN (SELECT key FROM passed)
-"""
 
 _MAX_BATCH_ROWS = 5000  # events per group commit; more wait for the next one
 IDLE_IN_TRANSACTION_MS = 3000
@@ -431,15 +451,22 @@ class PostgresStore(Store):
                 return
 
     async def _commit(self, jobs: list[_Append]) -> None:
-        """All ``jobs`` at once: one statement for the creates (``_create``), one for the appends (``_append``),
-        each its own transaction (the appends of a response come only after its create returned, so the two
-        need no common one); when one fails as a whole, its jobs each alone, so one bad job fails only itself."""
+        """All ``jobs`` at once: the creates and the appends in one statement (``_create_and_append``; the
+        appends of a response come only after its create returned, so the two never meet), or, when one part
+        fails it, one statement for the creates (``_create``) and one for the appends (``_append``), and when
+        one of those fails as a whole, its jobs each alone, so one bad job fails only itself."""
         start = time.perf_counter()
         problems: dict[int, BaseException] = {}
         try:
             conn = await self._writer_connection()
             creates = [job for job in jobs if job.new is not None]
             appends = [job for job in jobs if job.new is None] if creates else jobs
+            if creates and appends and not {job.response_id for job in creates} & {job.response_id for job in appends}:
+                try:
+                    problems.update(await self._create_and_append(conn, creates, appends))
+                    creates = appends = []  # (all landed, or failed each alone)
+                except (asyncpg.exceptions.IntegrityConstraintViolationError, _Problem):
+                    pass  # (nothing of it landed: each part alone, as below)
             for group, write in ((creates, self._create), (appends, self._append)):
                 if not group:
                     continue
@@ -490,61 +517,97 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 await self._pool.release(conn, timeout=self._timeout)
 
+    def _create_args(self, jobs: list[_Append]) -> list[list[Any]]:
+        """``_CREATE``'s parameters for the create ``jobs``."""
+        created = [job.new for job in jobs if job.new is not None]
+        items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
+        return [[r.id for r, _ in created], [r.owner for r, _ in created], [r.status for r, _ in created],
+                [r.created_at for r, _ in created], [r.data for r, _ in created],
+                [self.replica if r.status in UNFINISHED_STATUSES else None for r, _ in created],
+                [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items]]
+
+    @staticmethod
+    def _created(jobs: list[_Append], rows: Sequence[Any]) -> None:
+        """Each create job's key, from the statement's (id, key) rows."""
+        keys = {row[0]: row[1] for row in rows if row[0] is not None}
+        for job in jobs:
+            job.key = keys.get(job.response_id)
+
     async def _create(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
         """The responses and input items of the create ``jobs``, in one statement, which gives each job its
         response's key. A response id that exists already raises ``_Problem`` (nothing of the statement lands;
         the caller tries job by job)."""
-        created = [job.new for job in jobs if job.new is not None]
-        items = [(r.id, n, item) for r, its in created for n, item in enumerate(its)]
         try:
-            rows = await conn.fetch(
-                "WITH r AS (INSERT INTO responses (id, owner, status, created_at, data, lease_replica, lease_token) "
-                "SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::text[])"
-                " RETURNING id, key), i AS (INSERT INTO input_items (response_id, position, item_id, data) "
-                "SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::bytea[])) SELECT id, key FROM r",
-                [r.id for r, _ in created], [r.owner for r, _ in created], [r.status for r, _ in created],
-                [r.created_at for r, _ in created], [r.data for r, _ in created],
-                [self.replica if r.status in UNFINISHED_STATUSES else None for r, _ in created],
-                [i[0] for i in items], [i[1] for i in items], [i[2].id for i in items], [i[2].data for i in items],
-            )
+            rows = await conn.fetch(_CREATE, *self._create_args(jobs))
         except asyncpg.exceptions.UniqueViolationError:
             raise _Problem(KeyError("a response with this id already exists")) from None
-        keys = dict(rows)
-        for job in jobs:
-            job.key = keys.get(job.response_id)
+        self._created(jobs, rows)
         return {}
 
-    async def _append(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
-        """``_APPEND`` for ``jobs`` (the appends of many responses); the jobs it refused, with their error."""
+    async def _keyed(self, conn: asyncpg.Connection, jobs: list[_Append]) -> tuple[list[_Append], list[_Append], list[str]]:
+        """The append ``jobs`` merged (one per response), those of them whose response's key is known (looked
+        up by id for any this process does not own: an orphan closed, a test's store), and the ids of those
+        whose response has no row."""
         merged = _merged(jobs)
-        if not merged:
-            return {}
         unknown = [job.response_id for job in merged if job.key is None]
-        if unknown:  # (responses this process does not own: an orphan closed, a test's store; a statement more)
+        if unknown:  # (a statement more, off the hot path)
             found = dict(await conn.fetch("SELECT id, key FROM responses WHERE id = ANY($1::text[])", unknown))
             for job in merged:
                 if job.key is None:
                     job.key = found.get(job.response_id)
-        missing = [job.response_id for job in merged if job.key is None]  # (no row: refused as gone, below)
-        known = [job for job in merged if job.key is not None] if missing else merged
+        missing = [job.response_id for job in merged if job.key is None]
+        return merged, [job for job in merged if job.key is not None] if missing else merged, missing
+
+    @staticmethod
+    def _append_args(known: list[_Append]) -> list[list[Any]]:
+        """``_APPEND``'s parameters for the merged append jobs ``known`` (each with its key)."""
+        return [[job.key for job in known], [job.token for job in known],
+                [job.status for job in known], [job.data for job in known],
+                [job.key for job in known for _ in job.rows],
+                [entry.sequence_number for job in known for entry in job.rows],
+                [entry.type for job in known for entry in job.rows],
+                [entry.payload for job in known for entry in job.rows]]
+
+    async def _append(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
+        """``_APPEND`` for ``jobs`` (the appends of many responses); the jobs it refused, with their error."""
+        _, known, missing = await self._keyed(conn, jobs)
         if known:
             try:
-                refused = await conn.fetch(
-                    _APPEND, [job.key for job in known], [job.token for job in known],
-                    [job.status for job in known], [job.data for job in known],
-                    [job.key for job in known for _ in job.rows],
-                    [entry.sequence_number for job in known for entry in job.rows],
-                    [entry.type for job in known for entry in job.rows],
-                    [entry.payload for job in known for entry in job.rows],
-                )
+                refused = await conn.fetch(_APPEND, *self._append_args(known))
             except asyncpg.exceptions.UniqueViolationError as exc:
                 raise _Problem(ValueError(f"a sequence number is already logged: {exc}")) from None
-            if refused:
-                by_key = {job.key: job.response_id for job in known}
-                missing.extend(by_key[row[0]] for row in refused)
+            missing += self._refused(known, refused)
+        return await self._refusals(conn, jobs, missing)
+
+    async def _create_and_append(self, conn: asyncpg.Connection, creates: list[_Append],
+                                 appends: list[_Append]) -> dict[int, BaseException]:
+        """``_CREATE_AND_APPEND``: the creates and the appends of one commit in one statement; the append jobs
+        it refused, with their error. Anything that fails the statement as a whole raises (``_Problem`` for a
+        taken id or sequence number): nothing of it landed, and the caller writes each part alone."""
+        _, known, missing = await self._keyed(conn, appends)
+        if not known:
+            return {**await self._create(conn, creates), **await self._refusals(conn, appends, missing)}
+        try:
+            rows = await conn.fetch(_CREATE_AND_APPEND, *self._create_args(creates), *self._append_args(known))
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise _Problem(ValueError(f"an id or a sequence number is already taken: {exc}")) from None
+        self._created(creates, rows)
+        missing += self._refused(known, [row for row in rows if row[0] is None])
+        return await self._refusals(conn, appends, missing)
+
+    @staticmethod
+    def _refused(known: list[_Append], rows: Sequence[Any]) -> list[str]:
+        """The ids of the responses whose keys an append statement returned (they did not pass)."""
+        if not rows:
+            return []
+        by_key = {job.key: job.response_id for job in known}
+        return [by_key[row[-1]] for row in rows]
+
+    async def _refusals(self, conn: asyncpg.Connection, jobs: list[_Append], missing: list[str]) -> dict[int, BaseException]:
+        """The error of each of ``jobs`` whose response is among ``missing`` (refused): gone, or taken over by
+        another replica (a new lease token)."""
         if not missing:
             return {}
-        # Gone, or taken over by another replica (a new lease token): which one, for the caller's error.
         current = dict(await conn.fetch("SELECT id, lease_token FROM responses WHERE id = ANY($1::text[])", missing))
         errors: dict[str, BaseException] = {
             rid: Fenced(f"response {rid} is owned by another replica now") if rid in current
