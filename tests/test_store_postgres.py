@@ -181,6 +181,45 @@ async def test_creates_and_appends_sharing_a_commit_land_or_fail_each_alone(stor
     assert await store.events("old") == [e(0, b"a"), e(1, b"b")]
 
 
+async def test_one_commit_carries_every_shape_of_append_each_as_asked(store: PostgresStore, postgres_url: str) -> None:
+    # The statement's arrays come as literals and the events' data as one string of bytes: each response's
+    # events, status and resource land as its own append said, whatever its neighbours in the commit carry.
+    other = PostgresStore(postgres_url, replica="second")
+    await other.open()
+    try:
+        await other.create(record("unowned"), [])  # (appended here without a token: NULL among the tokens)
+        for rid in ("events", "status", "data", "both", "empty"):
+            await store.create(record(rid), [])
+        big = bytes(range(256)) * 300  # (every byte value, NUL and invalid UTF-8 among them; 76 KB)
+        results = await store.append_many([
+            Append("events", [Entry(0, "response.created", b""), Entry(1, "response.output_text.delta", big),
+                              Entry(2, 'weird type \u00e9, {"quoted"}', b"\x00")]),
+            Append("status", [], "completed"),
+            Append("data", [Entry(0, "response.in_progress", b"d")], None, b'{"data": 1}'),
+            Append("unowned", [Entry(0, "response.output_text.delta", b"u0"),
+                               Entry(1, "response.output_text.delta", b"u1")]),
+            Append("both", [Entry(5, "response.completed", b"done")], "completed", b""),
+            Append("empty", []),
+        ])
+        assert results == [None] * 6
+        assert await store.events("events") == [Entry(0, "response.created", b""),
+                                                Entry(1, "response.output_text.delta", big),
+                                                Entry(2, 'weird type \u00e9, {"quoted"}', b"\x00")]
+        assert await store.events("data") == [Entry(0, "response.in_progress", b"d")]
+        assert await store.events("unowned") == [Entry(0, "response.output_text.delta", b"u0"),
+                                                 Entry(1, "response.output_text.delta", b"u1")]
+        assert await store.events("both") == [Entry(5, "response.completed", b"done")]
+        assert await store.events("status") == [] and await store.events("empty") == []
+        expected = {"events": ("in_progress", b'{"id": "events"}'), "status": ("completed", b'{"id": "status"}'),
+                    "data": ("in_progress", b'{"data": 1}'), "both": ("completed", b""),
+                    "empty": ("in_progress", b'{"id": "empty"}'), "unowned": ("in_progress", b'{"id": "unowned"}')}
+        for rid, (status, data) in expected.items():
+            stored = await store.get(rid)
+            assert stored is not None and (stored.status, stored.data) == (status, data), rid
+    finally:
+        await other.close()
+
+
 async def xmin(store: PostgresStore, sql: str) -> str:
     """The transaction that wrote the row ``sql`` selects (``xmin``)."""
     async with store._connection() as conn:

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -110,32 +111,39 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-# The appends of one group commit in one statement (its own transaction). $1-$4: one row per response (its
-# number ``key``, its lease token or NULL, its new status and resource or NULL); $5-$8: the events (their
-# response's key; seq, type, data). A response passes when its row exists and (given a token) still has that
-# token: one whose status or resource changes by the UPDATE; one that only takes events by a check under a
-# share lock, which writes no new version of the row. Either way the row is locked until the commit: a
-# takeover's FOR UPDATE (or a delete) either waits for this commit, or committed first and the lock's re-check
-# sees its token (or that the row is gone). Only the events of the responses that passed are inserted; the
-# statement returns the keys of those that did not pass.
+# The appends of one group commit in one statement (its own transaction). One row per response: $1 its number
+# ``key``, $2 its lease token (NULL: not fenced), $3 its change (0: events only; else the position of its new
+# status and resource in $4 and $5, either NULL to keep the old one). The events: $6 their response's key, $7 seq,
+# $8 type (its position in $9, the commit's distinct types), $11 and $12 where its data starts in $10 (all the
+# events' data, one after another) and how long it is. The arrays of numbers come as array literals
+# (``{1,2,NULL}``), the data as one bytea: asyncpg encodes an array element by element with two or three
+# Python-level checks each, which cost about 0.3 µs an element, eight elements an event at one event per
+# response per commit; a literal is one string (bench/README.md, "Scale lane, session 22").
+# A response passes when its row exists and (given a token) still has that token: one whose status or
+# resource changes by the UPDATE; one that only takes events by a check under a share lock, which writes no new
+# version of the row. Either way the row is locked until the commit: a takeover's FOR UPDATE (or a delete)
+# either waits for this commit, or committed first and the lock's re-check sees its token (or that the row is
+# gone). Only the events of the responses that passed are inserted; the statement returns the keys of those
+# that did not pass.
 _APPEND_STEPS = """
 u AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) AS u(key, token, status, data)
+    SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::int[]) AS u(key, token, change)
 ), changed AS (
-    UPDATE responses AS r SET status = coalesce(u.status, r.status), data = coalesce(u.data, r.data)
-    FROM u WHERE r.key = u.key AND (u.status IS NOT NULL OR u.data IS NOT NULL)
-    AND (u.token IS NULL OR r.lease_token = u.token)
+    UPDATE responses AS r
+    SET status = coalesce(($4::text[])[u.change], r.status), data = coalesce(($5::bytea[])[u.change], r.data)
+    FROM u WHERE r.key = u.key AND u.change > 0 AND (u.token IS NULL OR r.lease_token = u.token)
     RETURNING r.key
 ), checked AS MATERIALIZED (
     SELECT r.key FROM responses AS r JOIN u ON r.key = u.key AND (u.token IS NULL OR r.lease_token = u.token)
-    WHERE u.status IS NULL AND u.data IS NULL
+    WHERE u.change = 0
     FOR SHARE OF r
 ), passed AS MATERIALIZED (
     SELECT key FROM changed UNION ALL SELECT key FROM checked
 ), inserted AS (
     INSERT INTO events (response, seq, type, data)
-    SELECT e.key, e.seq, e.type, e.data
-    FROM unnest($5::bigint[], $6::int[], $7::text[], $8::bytea[]) AS e(key, seq, type, data)
+    SELECT e.key, e.seq, ($9::text[])[e.kind], substr($10::bytea, e.start, e.length)
+    FROM unnest($6::text::bigint[], $7::text::int[], $8::text::int[], $11::text::int[], $12::text::int[])
+        AS e(key, seq, kind, start, length)
     JOIN passed AS p ON p.key = e.key
 )"""
 _APPEND = f"WITH {_APPEND_STEPS} SELECT key FROM u WHERE key NOT IN (SELECT key FROM passed)"
@@ -152,7 +160,7 @@ created AS (
 )"""
 _CREATE = f"WITH {_CREATE_STEPS} SELECT id, key FROM created"
 # Both in one statement, one round trip and one transaction (one WAL flush) for a commit that has creates and
-# appends: the appends' parameters after the creates' ($11-$18). An append's response is never one created in
+# appends: the appends' parameters after the creates' ($11-$22). An append's response is never one created in
 # the same statement (its create returned before the run that appends began; ``_commit`` checks), which
 # matters because the statement's parts share one snapshot: the appends could not see those rows. Rows: the
 # created responses (id, key), then the keys of the appends that did not pass (id NULL).
@@ -559,14 +567,28 @@ class PostgresStore(Store):
         return merged, [job for job in merged if job.key is not None] if missing else merged, missing
 
     @staticmethod
-    def _append_args(known: list[_Append]) -> list[list[Any]]:
+    def _append_args(known: list[_Append]) -> list[Any]:
         """``_APPEND``'s parameters for the merged append jobs ``known`` (each with its key)."""
-        return [[job.key for job in known], [job.token for job in known],
-                [job.status for job in known], [job.data for job in known],
-                [job.key for job in known for _ in job.rows],
-                [entry.sequence_number for job in known for entry in job.rows],
-                [entry.type for job in known for entry in job.rows],
-                [entry.payload for job in known for entry in job.rows]]
+        statuses: list[str | None] = []
+        datas: list[bytes | None] = []
+        changes: list[int] = []
+        for job in known:
+            if job.status is None and job.data is None:
+                changes.append(0)
+            else:
+                statuses.append(job.status)
+                datas.append(job.data)
+                changes.append(len(statuses))
+        entries = [entry for job in known for entry in job.rows]
+        types = {kind: n for n, kind in enumerate(dict.fromkeys([entry.type for entry in entries]), 1)}
+        payloads = [entry.payload for entry in entries]
+        lengths = list(map(len, payloads))
+        tokens = str([job.token for job in known]).replace("None", "NULL")  # (the only one that may hold None)
+        return [_literal([job.key for job in known]), "{" + tokens[1:-1] + "}", _literal(changes), statuses, datas,
+                _literal([job.key for job in known for _ in job.rows]),
+                _literal([entry.sequence_number for entry in entries]),
+                _literal([types[entry.type] for entry in entries]), list(types), b"".join(payloads),
+                _literal(list(accumulate(lengths[:-1], initial=1))), _literal(lengths)]
 
     async def _append(self, conn: asyncpg.Connection, jobs: list[_Append]) -> dict[int, BaseException]:
         """``_APPEND`` for ``jobs`` (the appends of many responses); the jobs it refused, with their error."""
@@ -826,6 +848,13 @@ class PostgresStore(Store):
             return value
 
         return await self._run("lease_holder", holder)
+
+
+def _literal(numbers: list[int] | list[int | None]) -> str:
+    """PostgreSQL's array literal of ``numbers`` (``{1, 2, 3}``; ints only, for a ``$n::text::int[]`` parameter):
+    the list's own repr, made in C, is about half the cost of joining each number's ``str``."""
+    text = repr(numbers)
+    return "{" + text[1:-1] + "}"
 
 
 def _merged(jobs: list[_Append]) -> list[_Append]:
