@@ -156,14 +156,21 @@ def _decode(rows: Any) -> tuple[list[Entry], bool]:
     return entries, bool(rows) and b"e" in rows[-1][1]
 
 
-@dataclass(eq=False, slots=True)
-class _Batch:
-    """One ``append`` waiting for the writer: resolved once its call is answered (or failed)."""
+# One ``append`` waiting for the writer: (its stream's key, its entries, whether they end the log, the future
+# resolved once its call is answered or failed). A tuple: one is made per response per group commit.
+_Batch = tuple[bytes, Sequence[Entry], bool, asyncio.Future[None]]
 
-    key: str
-    entries: Sequence[Entry]
-    ended: bool
-    written: asyncio.Future[None]
+
+def _packed(arg: bytes) -> bytes:
+    """One argument in the Redis protocol."""
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+# The arguments an append call repeats, already in the Redis protocol: an entry's stream id by its sequence
+# number (the first ones; about a third of an entry's packing otherwise), a batch's entry count, its flags.
+_PACKED_IDS = [_packed(b"%d-0" % (n + 1)) for n in range(2048)]
+_PACKED_COUNTS = [_packed(b"%d" % n) for n in range(64)]
+_PACKED_FLAGS = {flags: _packed(flags) for flags in (b"-", b"t", b"e", b"-m", b"tm", b"em")}
 
 
 @dataclass(eq=False)
@@ -202,6 +209,7 @@ class RedisLiveLog(LiveLog):
     def __init__(self, url: str) -> None:
         self._url, options = _split_url(url)
         self.prefix = options.get("prefix", "headwater")
+        self._key_prefix = f"{self.prefix}:events:".encode()
         self.ttl_ms = int(float(options.get("ttl", 600)) * 1000)
         self.final_ttl_ms = int(float(options.get("final_ttl", 60)) * 1000)
         self.maxlen = int(options.get("maxlen", 100_000))
@@ -214,7 +222,7 @@ class RedisLiveLog(LiveLog):
         # The streams whose TTL this process's appends have set since ``_ttl_since``: their next appends set no
         # TTL (one PEXPIRE per stream every ttl/4 seconds, not one per append). Cleared every ttl/4 seconds and
         # whenever Redis may have restarted (an error, a new connection, the script unknown).
-        self._ttl_keys: set[str] = set()
+        self._ttl_keys: set[bytes] = set()
         self._ttl_since = 0.0
         self._ttl_every = self.ttl_ms / 4000
         self._tails: dict[str, _Tail] = {}
@@ -239,6 +247,9 @@ class RedisLiveLog(LiveLog):
 
     def _key(self, response_id: str) -> str:
         return f"{self.prefix}:events:{response_id}"
+
+    def _key_bytes(self, response_id: str) -> bytes:
+        return self._key_prefix + response_id.encode()
 
     @property
     def _channel(self) -> str:
@@ -299,7 +310,7 @@ class RedisLiveLog(LiveLog):
         if self._local is not None:
             self._local.append_now(response_id, entries, ended=ended)
         written = asyncio.get_running_loop().create_future()
-        self._queue.append(_Batch(self._key(response_id), entries, ended, written))
+        self._queue.append((self._key_bytes(response_id), entries, ended, written))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write(), name="headwater-redis-writer")
         await written
@@ -319,16 +330,17 @@ class RedisLiveLog(LiveLog):
         outcomes: list[BaseException | None] = []
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()
+        queue, local, prefix = self._queue, self._local, self._key_prefix
         for response_id, entries, ended in batches:
-            if self._local is not None:
+            if local is not None:
                 try:
-                    self._local.append_now(response_id, entries, ended=ended)
+                    local.append_now(response_id, entries, ended=ended)
                 except Exception as exc:  # (as ``append`` raises it, before its batch is queued)
                     outcomes.append(exc)
                     continue
             outcomes.append(None)
-            self._queue.append(_Batch(self._key(response_id), entries, ended, written))
-        if not self._queue or self._queue[-1].written is not written:  # (nothing of these queued)
+            queue.append((prefix + response_id.encode(), entries, ended, written))
+        if not self._queue or self._queue[-1][3] is not written:  # (nothing of these queued)
             written.set_result(None)
             return outcomes, written
         if self._writer is None:
@@ -352,31 +364,32 @@ class RedisLiveLog(LiveLog):
                     self._ttl_keys.clear()
                     self._ttl_since = now
                 ttl_keys, maxlen = self._ttl_keys, self.maxlen
-                for batch in batches:
-                    size = b"%d" % len(batch.entries)
-                    if batch.ended:
+                ids, known_ids, counts, packed_flags = _PACKED_IDS, len(_PACKED_IDS), _PACKED_COUNTS, _PACKED_FLAGS
+                add = parts.extend
+                for key, entries, ended, _ in batches:
+                    count = len(entries)
+                    if ended:
                         flags = b"e"
-                        ttl_keys.discard(batch.key)
-                    elif batch.key not in ttl_keys:
+                        ttl_keys.discard(key)
+                    elif key not in ttl_keys:
                         flags = b"t"
-                        ttl_keys.add(batch.key)
+                        ttl_keys.add(key)
                     else:
                         flags = b"-"
-                    if batch.entries and batch.entries[-1].sequence_number >= maxlen:
+                    if entries and entries[-1].sequence_number >= maxlen:
                         flags += b"m"
-                    parts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(flags), flags, len(size), size))
-                    argv.count += 2 + 3 * len(batch.entries)
-                    for entry in batch.entries:
+                    add((packed_flags[flags], counts[count] if count < 64 else _packed(b"%d" % count)))
+                    argv.count += 2 + 3 * count
+                    for entry in entries:
                         kind = types.get(entry.type)
                         if kind is None:
-                            encoded = entry.type.encode()
-                            kind = b"$%d\r\n%b\r\n" % (len(encoded), encoded)
+                            kind = _packed(entry.type.encode())
                             if len(types) < 1024:  # (the protocol's types; a relayed upstream may have more)
                                 types[entry.type] = kind
-                        stream_id = b"%d-0" % (entry.sequence_number + 1)
+                        seq = entry.sequence_number
                         payload = entry.payload
-                        parts.append(b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (len(stream_id), stream_id, kind,
-                                                                            len(payload), payload))
+                        add((ids[seq] if seq < known_ids else _packed(b"%d-0" % (seq + 1)), kind,
+                             b"$%d\r\n" % len(payload), payload, b"\r\n"))
                 start = time.perf_counter()
                 self.commands += 1
                 self.writes += 1
@@ -390,16 +403,16 @@ class RedisLiveLog(LiveLog):
                     self._failed(f"append of {len(batches)} batch(es)", exc)
                 finally:
                     self._timed("append", start)
-                    for batch in batches:
-                        if not batch.written.done():
-                            batch.written.set_result(None)
+                    for *_, written in batches:
+                        if not written.done():
+                            written.set_result(None)
                 if self._expiries:  # (after the appends queued with them: a DEL never precedes its stream's last XADD)
                     await self._send_expiries()
         finally:  # (normally nothing is left; when cancelled by close, what was queued is not waited for)
             self._writer = None
-            for batch in self._queue:
-                if not batch.written.done():
-                    batch.written.set_result(None)
+            for *_, written in self._queue:
+                if not written.done():
+                    written.set_result(None)
             for *_, sent in self._expiries:
                 if not sent.done():
                     sent.set_result(None)
@@ -411,9 +424,9 @@ class RedisLiveLog(LiveLog):
         by an expiry call next (which never lengthens a TTL: it gives one to a stream without)."""
         self._ttl_keys.clear()
         loop = asyncio.get_running_loop()
-        for key in dict.fromkeys(batch.key for batch in batches if not batch.ended):
+        for key in dict.fromkeys(key for key, _, ended, _ in batches if not ended):
             sent: asyncio.Future[None] = loop.create_future()
-            self._expiries.append((key.encode(), self.ttl_ms, sent))
+            self._expiries.append((key, self.ttl_ms, sent))
 
     async def _send_expiries(self) -> None:
         expiries, self._expiries = self._expiries, []
@@ -430,7 +443,7 @@ class RedisLiveLog(LiveLog):
                     sent.set_result(None)
 
     async def _call_append(self, batches: list[_Batch], argv: _Packed) -> bool:
-        return await self._call(_APPEND, self._append_sha, [batch.key.encode() for batch in batches], argv)
+        return await self._call(_APPEND, self._append_sha, [key for key, *_ in batches], argv)
 
     async def _call(self, script: str, sha: bytes, keys: list[bytes], args: list[bytes] | _Packed) -> bool:
         """``EVALSHA`` of ``script``, packed here in one pass (redis-py's generic path costs microseconds per
@@ -471,8 +484,8 @@ class RedisLiveLog(LiveLog):
         """The queued batches up to about ``_CALL_ENTRIES`` entries (at least one batch)."""
         queue = self._queue
         count = 0
-        for index, batch in enumerate(queue):
-            count += len(batch.entries) + 1
+        for index, (_, entries, _, _) in enumerate(queue):
+            count += len(entries) + 1
             if count > _CALL_ENTRIES and index > 0:
                 taken, self._queue = queue[:index], queue[index:]
                 return taken
@@ -486,7 +499,7 @@ class RedisLiveLog(LiveLog):
             await self._local.expire(response_id, after)
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[None] = loop.create_future()
-        self._expiries.append((self._key(response_id).encode(), max(0, int(after * 1000)), sent))
+        self._expiries.append((self._key_bytes(response_id), max(0, int(after * 1000)), sent))
         if self._writer is None:  # (the writer sends it, with every other expiry queued meanwhile)
             self._writer = loop.create_task(self._write(), name="headwater-redis-writer")
         await sent
