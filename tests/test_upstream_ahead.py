@@ -21,6 +21,7 @@ from headwater.protocol.conformance import check
 from headwater.protocol.stream import aiter_events
 from headwater.server.app import create_app
 from headwater.server.backends import _upstream
+from headwater.server.backends._http import Posted
 from headwater.server.backends.base import ChatMessage, GenerationRequest
 from headwater.server.backends.chat import ChatBackend
 from headwater.server.backends.responses import ResponsesBackend
@@ -80,35 +81,43 @@ async def test_the_upstream_is_asked_before_the_response_is_stored(serve: Callab
     assert len(upstream.requests) == 1
 
 
-class _CountingResponses(ResponsesBackend):
-    """A Responses backend that counts the requests it was asked to send ahead."""
+class _RecordingResponses(ResponsesBackend):
+    """A Responses backend that notes, for each request sent ahead, whether a task makes its connection and whether
+    its request was written within ``send_ahead`` itself."""
 
-    sent_ahead = 0
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.ahead: list[tuple[bool, bool]] = []  # (a task connects, written in the call)
 
-    def send_ahead(self, request: GenerationRequest) -> None:
-        self.sent_ahead += 1
-        super().send_ahead(request)
+    def send_ahead(self, request: GenerationRequest, *, connect: bool = True) -> None:
+        super().send_ahead(request, connect=connect)
+        sent = self._ahead[id(request)][1]
+        self.ahead.append((isinstance(sent, asyncio.Task), isinstance(sent, Posted) and sent.written))
 
 
 @pytest.mark.parametrize(("store", "stored"), [(MemoryStore, True), (_StoreWaitingForTheUpstream, False)],
                          ids=["in-process store", "not stored"])
-async def test_with_nothing_to_overlap_the_run_asks_the_upstream_itself(serve: Callable[..., Any], store: Any,
-                                                                        stored: bool) -> None:
-    """The in-process store never waits, and a response that is not stored has no store write: nothing is sent
-    ahead (the run's own request is one task fewer), and the stream is whole."""
-    async with ReplayUpstream([sse_reply(RESPONSES)]) as upstream:
-        backend = _CountingResponses(upstream.url)
+async def test_with_nothing_to_overlap_no_connection_is_made_ahead(serve: Callable[..., Any], store: Any,
+                                                                   stored: bool) -> None:
+    """The in-process store never waits, and a response that is not stored has no store write: no task makes a
+    connection ahead (the run makes it: one task and one turn of the loop fewer). Once a connection is kept, the
+    next request is written on it within the create, before the run starts; both streams are whole."""
+    async with ReplayUpstream([sse_reply(RESPONSES), sse_reply(RESPONSES)]) as upstream:
+        backend = _RecordingResponses(upstream.url)
         made = store() if store is MemoryStore else store(threading.Event())
         server = serve(create_app(ServerConfig(store="memory"), backend=backend, store=made))
-        async with httpx.AsyncClient(timeout=30) as client, client.stream(
-            "POST", server.url + "/v1/responses", json={"model": "m", "input": "hi", "stream": True,
-                                                        "store": stored}
-        ) as answer:
-            assert answer.status_code == 200
-            events = [event async for event in aiter_events(answer.aiter_bytes())]
+        streams = []
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(2):
+                async with client.stream("POST", server.url + "/v1/responses",
+                                         json={"model": "m", "input": "hi", "stream": True, "store": stored}) as answer:
+                    assert answer.status_code == 200
+                    streams.append([event async for event in aiter_events(answer.aiter_bytes())])
         await backend.aclose()
-    assert backend.sent_ahead == 0 and len(upstream.requests) == 1
-    assert check(events) == [] and events[-1].type == "response.completed"
+    assert backend.ahead == [(False, False), (False, True)]
+    assert len(upstream.requests) == 2 and upstream.connections == 1 and backend._ahead == {}
+    for events in streams:
+        assert check(events) == [] and events[-1].type == "response.completed"
 
 
 async def test_a_create_that_fails_closes_what_was_sent_ahead(serve: Callable[..., Any]) -> None:
@@ -152,6 +161,60 @@ async def test_only_the_request_sent_ahead_reads_its_answer() -> None:
         assert [e async for e in backend.events(ahead)]
         await backend.aclose()
     assert len(upstream.requests) == 2 and backend._ahead == {}
+
+
+async def _kept(backend: ResponsesBackend) -> None:
+    """One whole stream read, so that its connection is kept (idle) for the next request."""
+    assert [e async for e in backend.events(_ask())]
+
+
+async def test_on_a_kept_connection_the_request_is_written_in_the_call() -> None:
+    """``send_ahead`` writes the request on an idle kept connection at once: no task, and the upstream has it
+    before anything awaits the answer; the run's read of the request then takes that answer."""
+    async with ReplayUpstream([sse_reply(RESPONSES), sse_reply(RESPONSES)]) as upstream:
+        backend = ResponsesBackend(upstream.url)
+        await _kept(backend)
+        request = _ask()
+        tasks = asyncio.all_tasks()
+        backend.send_ahead(request, connect=False)
+        assert asyncio.all_tasks() == tasks
+        await _until(lambda: len(upstream.requests) == 2)
+        events = [e async for e in backend.events(request)]
+        await backend.aclose()
+    assert events[-1].type == "response.completed" and upstream.connections == 1 and backend._ahead == {}
+
+
+async def test_without_a_kept_connection_a_task_connects_only_when_asked_to() -> None:
+    async with ReplayUpstream([sse_reply(RESPONSES), sse_reply(RESPONSES)]) as upstream:
+        backend = ResponsesBackend(upstream.url)
+        first, second = _ask(), _ask()
+        tasks = asyncio.all_tasks()
+        backend.send_ahead(first, connect=False)
+        assert asyncio.all_tasks() == tasks  # the run connects when it reads
+        backend.send_ahead(second, connect=True)
+        assert len(asyncio.all_tasks() - tasks) == 1
+        assert [e async for e in backend.events(second)][-1].type == "response.completed"
+        assert len(upstream.requests) == 1  # (the first not yet: nothing has read it)
+        assert [e async for e in backend.events(first)][-1].type == "response.completed"
+        await backend.aclose()
+    assert len(upstream.requests) == 2 and backend._ahead == {}
+
+
+@pytest.mark.parametrize("forget", [True, False], ids=["forgotten", "never read"])
+async def test_a_request_written_ahead_and_not_read_closes_its_connection(monkeypatch: pytest.MonkeyPatch,
+                                                                          forget: bool) -> None:
+    monkeypatch.setattr(_upstream, "AHEAD_SECONDS", 0.05)
+    async with ReplayUpstream([sse_reply(RESPONSES), sse_reply(RESPONSES[:200], then=[Pause(30)])]) as upstream:
+        backend = ResponsesBackend(upstream.url)
+        await _kept(backend)
+        request = _ask()
+        backend.send_ahead(request, connect=False)
+        await _until(lambda: len(upstream.requests) == 2)
+        if forget:
+            backend.forget_ahead(request)
+        await _until(lambda: upstream.disconnects == 1)
+        await backend.aclose()
+    assert backend._ahead == {}
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -163,24 +163,23 @@ class Service:
         messages = [ChatMessage(role="system", content=body.instructions)] if body.instructions else []
         messages.extend(await offload.call(len(conversation) > offload.OFF_LOOP_ITEMS, to_chat_messages,
                                            conversation))
-        template = request.response_template(
-            response_id=new_id("resp_"),
-            model=model,
-            created_at=int(time.time()),
-            # The response reports the sampling the backend really uses when the request leaves it unset.
-            **sampling_defaults(self.backend),
-        )
         generation = request.generation_request(model, messages)
         with self.runs.admit(owner) as ticket:  # a place to run, or in the queue; 429 beyond it
-            # An upstream backend is asked now, when the run can start at once and storing the response may wait:
-            # its time to the first event overlaps that (the run reads this answer). With nothing to overlap (not
-            # stored, or an in-process store) the run asks it itself: one task and one turn of the loop fewer.
-            overlap = body.store and not getattr(self.store, "inline", False)
-            ahead: Any = (self.backend if overlap and ticket.granted and hasattr(self.backend, "send_ahead")
-                          else None)
+            # An upstream backend is asked now, when the run can start at once: its time to the first event
+            # overlaps the rest of the create (storing the response, starting the run, its first events), and the
+            # run reads this answer. On a kept connection the request is written in this call; a new connection
+            # is made ahead (a task) only when storing the response may wait, else by the run.
+            ahead: Any = self.backend if ticket.granted and hasattr(self.backend, "send_ahead") else None
             if ahead is not None:
-                ahead.send_ahead(generation)
+                ahead.send_ahead(generation, connect=body.store and not getattr(self.store, "inline", False))
             try:
+                template = request.response_template(
+                    response_id=new_id("resp_"),
+                    model=model,
+                    created_at=int(time.time()),
+                    # The response reports the sampling the backend really uses when the request leaves it unset.
+                    **sampling_defaults(self.backend),
+                )
                 if body.store:
                     rows = await offload.call(len(request.items) > offload.OFF_LOOP_ITEMS, _stored_rows, request)
                     await self.store.create(

@@ -27,13 +27,13 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import httptools
 
-__all__ = ["Answer", "ConnectTimeout", "HTTPClient", "ProtocolError"]
+__all__ = ["Answer", "ConnectTimeout", "HTTPClient", "Posted", "ProtocolError"]
 
 # Buffered and unread answer bytes above which the connection stops reading (until the reader catches up).
 _HIGH_WATER = 1 << 20
@@ -80,6 +80,20 @@ class HTTPClient:
         read_timeout: float,
     ) -> Answer:
         """POST ``body`` to ``url``: the answer once its status line and headers have come (the body unread)."""
+        return await self.post_now(url, headers, body, connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+    def post_now(
+        self,
+        url: str | SplitResult,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> Posted:
+        """``post``, its request written now, in this call, when a kept connection is idle: the answer is awaited
+        later (``Posted``), and the upstream works on it meanwhile. Without an idle connection the connection is
+        made (and the request written) when the ``Posted`` is first awaited (``Posted.written`` tells which)."""
         if self.closed:
             raise RuntimeError("the HTTP client is closed")
         parts = urlsplit(url) if isinstance(url, str) else url
@@ -96,18 +110,12 @@ class HTTPClient:
         head.extend(f"{name}: {value}\r\n" for name, value in headers)
         head.append(f"content-length: {len(body)}\r\n\r\n")
         request = "".join(head).encode("latin-1") + body
+        posted = Posted(self, key, request, connect_timeout, read_timeout)
         connection = self._idle_connection(key)
         if connection is not None:
-            try:
-                return await connection.send(request, read_timeout)
-            except ConnectionError:
-                if not connection.closed_unanswered:
-                    raise
-            # The upstream closed the kept connection just as it was reused (its keep-alive time-out ran out
-            # while the request was on its way): it closed it idle, before any byte of an answer. Once more, on
-            # a fresh connection; a fresh connection's failure is the caller's.
-        connection = await self._connect(key, connect_timeout)
-        return await connection.send(request, read_timeout)
+            connection.write(request, read_timeout)
+            posted.connection = connection
+        return posted
 
     def _idle_connection(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
@@ -254,12 +262,21 @@ class _Connection(asyncio.Protocol):
     # --- the request --------------------------------------------------------------------------------------
 
     async def send(self, request: bytes, read_timeout: float) -> Answer:
+        self.write(request, read_timeout)
+        return await self.answer()
+
+    def write(self, request: bytes, read_timeout: float) -> None:
+        """Write ``request`` (the read time-out counts from now); ``answer()`` then waits for its head."""
         assert self.transport is not None
         self.read_timeout = read_timeout
         self.answered = False
         self.last = self._loop.time()
         self.timer = self._loop.call_at(self.last + read_timeout, self._check)
         self.transport.write(request)
+
+    async def answer(self) -> Answer:
+        """The answer to the request ``write`` wrote, once its head has come (the connection is closed if it
+        fails or the wait is cancelled)."""
         try:
             while not self.headed:
                 if self.error is not None:
@@ -338,6 +355,55 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.lost = True
+
+
+class Posted:
+    """A POST under way (``HTTPClient.post_now``): await it (once) for the ``Answer``; ``close()`` if nobody will.
+    ``written``: its request is on a kept connection already. A kept connection that the upstream closed as the
+    request went (before any byte of an answer: its keep-alive time-out ran out meanwhile) is replaced by a fresh
+    one, once, as ``post`` does."""
+
+    __slots__ = ("_client", "_connect_timeout", "_key", "_read_timeout", "_request", "closed", "connection")
+
+    def __init__(self, client: HTTPClient, key: _Key, request: bytes, connect_timeout: float,
+                 read_timeout: float) -> None:
+        self._client = client
+        self._key = key
+        self._request = request
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self.connection: _Connection | None = None
+        self.closed = False
+
+    @property
+    def written(self) -> bool:
+        return self.connection is not None
+
+    def __await__(self) -> Generator[Any, None, Answer]:
+        return self._answer().__await__()
+
+    async def _answer(self) -> Answer:
+        if self.closed:
+            raise ConnectionResetError("the request was given up before its answer was read")
+        connection = self.connection
+        if connection is not None:
+            try:
+                return await connection.answer()
+            except ConnectionError:
+                if not connection.closed_unanswered:
+                    raise
+            # The upstream closed the kept connection just as it was reused (its keep-alive time-out ran out
+            # while the request was on its way): it closed it idle, before any byte of an answer. Once more, on
+            # a fresh connection; a fresh connection's failure is the caller's.
+        connection = self.connection = await self._client._connect(self._key, self._connect_timeout)
+        return await connection.send(self._request, self._read_timeout)
+
+    def close(self) -> None:
+        """Nobody will read the answer: the connection it was written on is closed (the upstream sees the
+        disconnect and stops)."""
+        self.closed = True
+        if self.connection is not None:
+            self.connection.close()
 
 
 class Answer:

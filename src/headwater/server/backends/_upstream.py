@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ._http import Answer, ConnectTimeout, HTTPClient
+from ._http import Answer, ConnectTimeout, HTTPClient, Posted
 from .base import BackendError, GenerationRequest
 
 __all__ = [
@@ -214,12 +214,15 @@ class Upstream:
         body: Mapping[str, Any] | None,
         *,
         url: str | None = None,
-        sent: Awaitable[Answer] | None = None,
+        sent: Posted | Awaitable[Answer] | None = None,
     ) -> AsyncIterator[UpstreamStream]:
         """POST ``body`` (to the endpoint, or to ``url``) and hold the answer open: an ``UpstreamStream`` when
         the status is 2xx; a ``BackendError`` otherwise (or when the upstream cannot be reached or does not
-        answer in time). ``sent``: the answer of a ``post`` made earlier, instead of posting ``body``."""
-        if sent is not None:
+        answer in time). ``sent``: a POST made earlier (``post_now``, or the answer of a ``post``), instead of
+        posting ``body``."""
+        if isinstance(sent, Posted):
+            response = await self.answer(sent)
+        elif sent is not None:
             response = await sent
         else:
             assert body is not None
@@ -247,14 +250,24 @@ class Upstream:
     async def post(self, body: Mapping[str, Any], *, url: str | None = None) -> Answer:
         """POST ``body`` (to the endpoint, or to ``url``): the answer once its status and headers have come
         (its body unread); a ``BackendError`` when the upstream cannot be reached or does not answer in time."""
+        return await self.answer(self.post_now(body, url=url))
+
+    def post_now(self, body: Mapping[str, Any], *, url: str | None = None) -> Posted:
+        """The POST of ``body``, its request written now when a kept connection is idle (``HTTPClient.post_now``);
+        ``answer`` it later."""
+        return self._client().post_now(
+            url or self._parts,
+            self._header_items,
+            msgspec.json.encode(body),
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        )
+
+    async def answer(self, posted: Posted) -> Answer:
+        """The answer to ``posted`` once its status and headers have come; transport trouble as ``BackendError``
+        (the upstream cannot be reached, or does not answer in time)."""
         try:
-            return await self._client().post(
-                url or self._parts,
-                self._header_items,
-                msgspec.json.encode(body),
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-            )
+            return await posted
         except ConnectTimeout:
             raise BackendError(
                 f"could not connect to upstream {self.url} within {self.connect_timeout:g} s (connect timeout)",
@@ -500,8 +513,9 @@ class UpstreamBackend:
         self._models = list(dict.fromkeys([*([model] if model else []), *models])) or [DEFAULT_MODEL]
         self.extra_body = dict(extra_body or {})
         # Requests sent ahead (``send_ahead``), by the id of the GenerationRequest they were sent for: that
-        # request (held, so that its id stays its own), the POST, the timer that closes it if nobody reads it.
-        self._ahead: dict[int, tuple[GenerationRequest, asyncio.Task[Answer], asyncio.TimerHandle]]
+        # request (held, so that its id stays its own), the POST (or the task making its connection), the timer
+        # that closes it if nobody reads it.
+        self._ahead: dict[int, tuple[GenerationRequest, Posted | asyncio.Task[Answer], asyncio.TimerHandle]]
         self._ahead = {}
 
     def models(self) -> list[str]:
@@ -519,16 +533,26 @@ class UpstreamBackend:
             return None
         return model
 
-    def send_ahead(self, request: GenerationRequest) -> None:
+    def send_ahead(self, request: GenerationRequest, *, connect: bool = True) -> None:
         """POST ``request`` upstream now, before the response is stored and its run has started: the run's read
-        of this same request (``generate``/``events``) takes that answer, so the upstream's time to its first
-        event overlaps the rest of the create path. An answer nobody takes within ``AHEAD_SECONDS`` (the run
-        was stopped before it generated) is closed; ``forget_ahead`` closes it at once."""
+        of this same request (``batches``/``generate``/``events``) takes that answer, so the upstream's time to
+        its first event overlaps the rest of the create path. On a kept connection that is idle the request is
+        written here, in this call (no task, no turn of the loop); without one, ``connect``: a task makes the
+        connection and writes it meanwhile (worth it when storing the response may wait); else the run makes
+        it when it reads the answer, as if nothing had been sent ahead. An answer nobody takes within
+        ``AHEAD_SECONDS`` (the run was stopped before it generated) is closed; ``forget_ahead`` closes it at
+        once."""
         loop = asyncio.get_running_loop()
         self.forget_ahead(request)
-        task = loop.create_task(self.upstream.post(self.request_body(request)))
+        try:
+            posted = self.upstream.post_now(self.request_body(request))
+        except Exception:  # (a closed client, say): the run's own POST meets it, where it is reported
+            return
+        ahead: Posted | asyncio.Task[Answer] = posted
+        if connect and not posted.written:
+            ahead = loop.create_task(self.upstream.answer(posted))
         timer = loop.call_later(AHEAD_SECONDS, self._drop_ahead, id(request))
-        self._ahead[id(request)] = (request, task, timer)
+        self._ahead[id(request)] = (request, ahead, timer)
 
     def forget_ahead(self, request: GenerationRequest) -> None:
         """Nobody will read what ``send_ahead(request)`` sent (the create failed): close it."""
@@ -536,8 +560,8 @@ class UpstreamBackend:
         if entry is not None and entry[0] is request:
             self._drop_ahead(id(request))
 
-    def _sent_ahead(self, request: GenerationRequest) -> asyncio.Task[Answer] | None:
-        """The answer ``send_ahead`` got for ``request``, taken (None: it was not sent ahead)."""
+    def _sent_ahead(self, request: GenerationRequest) -> Posted | asyncio.Task[Answer] | None:
+        """What ``send_ahead`` sent for ``request``, taken (None: it was not sent ahead)."""
         entry = self._ahead.get(id(request))
         if entry is None or entry[0] is not request:
             return None
@@ -549,10 +573,13 @@ class UpstreamBackend:
         entry = self._ahead.pop(key, None)
         if entry is None:
             return
-        _, task, timer = entry
+        _, ahead, timer = entry
         timer.cancel()
-        task.add_done_callback(_close_unread)
-        task.cancel()  # (nothing, if the answer has come: the callback closes it)
+        if isinstance(ahead, Posted):
+            ahead.close()
+            return
+        ahead.add_done_callback(_close_unread)
+        ahead.cancel()  # (nothing, if the answer has come: the callback closes it)
 
     async def aclose(self) -> None:
         for key in list(self._ahead):
