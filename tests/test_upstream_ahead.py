@@ -26,6 +26,8 @@ from headwater.server.backends.base import ChatMessage, GenerationRequest
 from headwater.server.backends.chat import ChatBackend
 from headwater.server.backends.responses import ResponsesBackend
 from headwater.server.config import ServerConfig
+from headwater.server.entries import Entry
+from headwater.server.live.memory import MemoryLiveLog
 from headwater.server.store import StoredItem, StoredResponse
 from headwater.server.store.memory import MemoryStore
 from test_upstream_replay import Pause, Recorded, ReplayUpstream, Reply, fixture, sse_reply
@@ -222,3 +224,47 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "the condition did not come true"
         await asyncio.sleep(0.01)
+
+
+class _LiveLogWaitingToOpen(MemoryLiveLog):
+    """Opens each response's live log only once ``opened`` is set: the run is held before it generates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    async def append(self, response_id: str, entries: Sequence[Entry], *, ended: bool = False) -> None:
+        await self.opened.wait()
+        await super().append(response_id, entries, ended=ended)
+
+
+async def test_a_run_cancelled_before_it_generates_closes_what_was_sent_ahead(serve: Callable[..., Any]) -> None:
+    """The create wrote the request ahead on a kept connection; the run is cancelled before its first step, so
+    nothing reads that answer: it is closed when the run ends, not ``AHEAD_SECONDS`` later."""
+    live = _LiveLogWaitingToOpen()
+    live.opened.set()
+    async with ReplayUpstream([sse_reply(RESPONSES), sse_reply(RESPONSES[:200], then=[Pause(30)])]) as upstream:
+        backend = _RecordingResponses(upstream.url)
+        app = create_app(ServerConfig(store="memory"), backend=backend, live=live)
+        server = serve(app)
+        async with httpx.AsyncClient(timeout=30) as client:
+            first = await client.post(server.url + "/v1/responses", json={"model": "m", "input": "hi"})
+            assert first.status_code == 200 and first.json()["status"] == "completed"  # (a kept connection)
+            live.opened.clear()
+            created = await client.post(server.url + "/v1/responses",
+                                        json={"model": "m", "input": "hi", "background": True})
+            assert created.status_code == 200
+            await _until(lambda: len(upstream.requests) == 2)
+            run = app.state.headwater.runs.get(created.json()["id"])
+            assert run is not None and run.steps == 0
+            # (the cancel answers once the run has ended, so it is sent first and the run let go once it has
+            # been asked to stop: it then ends without generating)
+            cancel = asyncio.ensure_future(client.post(server.url + f"/v1/responses/{created.json()['id']}/cancel"))
+            await _until(lambda: run._stop is not None)
+            live.opened.set()
+            cancelled = await cancel
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+            assert run.steps == 0
+            await _until(lambda: upstream.disconnects == 1, timeout=5)
+        await backend.aclose()
+    assert backend.ahead[-1] == (False, True) and backend._ahead == {}

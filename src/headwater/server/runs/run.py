@@ -319,6 +319,11 @@ class Run:
                 with contextlib.suppress(Exception):  # a failed store: the events are published all the same
                     await self._emit(events)
         finally:
+            # A request the create sent ahead (``send_ahead``) that this run never read (it was stopped, or its
+            # start failed, before it generated) is closed now, so that the upstream stops generating it.
+            forget = getattr(self._backend, "forget_ahead", None)
+            if forget is not None:
+                forget(self._request)
             if self._ticket is not None:
                 self._ticket.release()  # the next queued run may start
             self._enter(State.FINISHED)

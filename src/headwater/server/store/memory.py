@@ -57,8 +57,8 @@ class MemoryStore(Store):
         """Whether this store's writes complete without waiting, so that callers may make them inline: its
         ``create``, ``append`` and ``append_many`` are this class's own (a subclass that makes one of them wait
         or fail, as tests' gated and failing stores do, is used like any other store). The event log then
-        commits through ``append_many_now``, and an upstream is not asked ahead of ``create`` (nothing to
-        overlap)."""
+        commits through ``append_many_now``, and no upstream connection is made ahead of ``create`` (there
+        is no store wait for it to overlap; a request is still written ahead on a kept idle connection)."""
         cls = type(self)
         return (cls.create is MemoryStore.create and cls.append is MemoryStore.append
                 and cls.append_many is MemoryStore.append_many)
