@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import socket
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -195,15 +196,22 @@ class _DirectBody:
     the response has begun chunked (not a HEAD, not a content-length), has not ended, the connection is there
     and its writing is not paused (``send`` would wait for it to drain). The response's end, with its
     terminating chunk and the cycle's bookkeeping (``response_complete``, the next pipelined request, the
-    keep-alive timer), is still ``send``'s."""
+    keep-alive timer), is still ``send``'s.
+
+    It holds the cycle by a weak reference: the cycle's scope holds this body, so a strong one would make each
+    request's cycle, scope and body a reference cycle, left for the cyclic collector (~13 objects a request)
+    instead of freed by reference counting when the request ends. While the response is written the cycle is
+    alive (the protocol and the app's task hold it); a body that outlives it writes nothing."""
 
     __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
 
     def write(self, chunks: list[bytes]) -> bool:
-        cycle = self._cycle
+        cycle = self._cycle()
+        if cycle is None:
+            return False
         transport = cycle.transport
         if (not cycle.chunked_encoding or cycle.response_complete or cycle.disconnected or cycle.flow.write_paused
                 or transport.is_closing()):
@@ -369,7 +377,15 @@ def reserve(host: str, port: int) -> socket.socket:
 def server_config(
     app: Any, *, header_timeout: float, idle_timeout: float, http: str = "auto", **options: Any
 ) -> uvicorn.Config:
-    """A ``uvicorn.Config`` for ``app`` served by uvicorn's ``http`` protocol with these limits."""
+    """A ``uvicorn.Config`` for ``app`` served by uvicorn's ``http`` protocol with these limits. Above ``info``
+    (``log_level`` warning, error, ...) uvicorn's access log is off unless ``access_log`` says otherwise: its
+    lines are info and would be dropped, but uvicorn builds their arguments (the client, the path with its query
+    string quoted) for every response while the access logger has a handler."""
     protocol = protocol_class(http, header_timeout=header_timeout, idle_timeout=idle_timeout)
+    level = options.get("log_level")
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    if isinstance(level, int) and level > logging.INFO:
+        options.setdefault("access_log", False)
     return uvicorn.Config(app, http=protocol,
                           timeout_keep_alive=max(1, round(idle_timeout)), lifespan="on", **options)
