@@ -289,7 +289,9 @@ def protocol_class(http: str = "auto", *, header_timeout: float, idle_timeout: f
 # collects the young generations every few hundred allocations and keeps re-scanning those objects as they age:
 # about a quarter of the CPU per event at 1,000 concurrent streams (bench/README.md, bench_pipeline
 # --concurrent). Almost everything here is freed by reference counting; cycles wait a little longer.
-GC_THRESHOLDS = (5_000, 20, 10)  # (shorter young pauses, same GC CPU: bench/README.md, scale, session 23)
+# (5,000 was tried in session 23: young pauses a quarter as long, but in a 30 s run at 1,000 paced streams 8x the
+# young collections, middle ones of 58-92 ms and a worse gap p99: bench/README.md, "Scale lane, session 23".)
+GC_THRESHOLDS = (20_000, 20, 10)
 
 
 def tune_gc() -> None:
