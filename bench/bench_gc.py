@@ -188,6 +188,15 @@ def install(directory: str) -> None:
     gc.callbacks.append(trace.callback)
     os.register_at_fork(after_in_child=trace.after_fork)
     atexit.register(trace.at_exit)
+    # A ``--workers`` server's worker ends with ``os._exit`` (no atexit): without this, the collections of its
+    # last half second (buffered until the next flush) were lost, and a trace seemed to end early.
+    exit_now = os._exit
+
+    def traced_exit(code: int) -> None:
+        trace.at_exit()
+        exit_now(code)
+
+    os._exit = traced_exit  # type: ignore[assignment]
     freeze, set_threshold = gc.freeze, gc.set_threshold
 
     tick = os.environ.get("HW_GC_TICK")  # (an experiment: "young_s,middle_every,full_s", collections by time)

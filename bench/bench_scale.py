@@ -528,6 +528,9 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         "gap_p50_ms": round(_pct(gaps, 0.5) * 1000, 1),
         "gap_p99_ms": round(_pct(gaps, 0.99) * 1000, 1),
         **_gap_phases(gaps, ats, start, steps * delay),
+        # (the first create's time on the machine's monotonic clock, which bench_gc.py's traces use too: where
+        # each collection falls in gap_timeline)
+        "start_monotonic": round(start, 3),
         "events": total_events,
         "events_per_s": round(total_events / (end - start)),
         "rss_mb_per_process": memory,
