@@ -294,7 +294,24 @@ def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:
         wire = event_to_builtins(event)
         wire.update(to_builtins(changes))
         new.__dict__["_wire"] = wire
+        if "_wires" in event.__dict__ or _all_changed(new, changes):
+            new.__dict__["_wires"] = True  # its resources remember their wires already: see below
     return new
+
+
+def _all_changed(new: KnownEvent, changes: dict[str, Any]) -> bool:
+    """Whether every resource ``new`` carries is one of ``changes``.
+
+    ``replace_event`` marks the copy done for ``keep_wires`` (``_wires``) when each resource in it remembers
+    its wire already, so that the walk that would compare them with the copy's wire again (the Accumulator's,
+    on every relayed event that carries resources; on the terminal one, the whole final response) is skipped:
+    a resource in ``changes`` has for its wire ``to_builtins`` of that very object, and ``keep_wire`` of an
+    object against its own ``to_builtins`` changes nothing it encodes to (each object would remember what it
+    gives back already); one kept from ``event`` (the same object: the copy is shallow) remembers what
+    ``event``'s wire says if ``event`` is done (``keep_wires`` ran on it), and that is what the copy's wire
+    says of it. A resource kept from an event not done is still to be read from the wire: not marked."""
+    nested = _nested_of(type(new))
+    return bool(nested) and all(name in changes or getattr(new, name) is None for name in nested)
 
 
 # --- camelCase (TypeScript SDK dumps) -----------------------------------------------------------------------
