@@ -15,13 +15,21 @@ unless its value was changed (a default like ``title: ""`` is never invented).
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union, get_args
 
 import msgspec
-from msgspec import NODEFAULT, UNSET, Struct, UnsetType, field
+from msgspec import UNSET, Struct, UnsetType, field
 
-from .wires import WIRE, WireSource, keep_wire_lazily, resolved
+from .wires import (
+    WIRE,
+    WireSource,
+    defaults_of,
+    has_wire,
+    keep_wire_lazily,
+    nested_fields,
+    resolved,
+    wire_builtins,
+)
 
 __all__ = [
     "UNSET",
@@ -573,91 +581,16 @@ def replace(obj: _S, /, **changes: Any) -> _S:
     return new
 
 
-def has_wire(obj: Any) -> bool:
-    """Whether ``obj`` (a resource, an event, a list or dict of them) holds any object that remembers its wire."""
-    if isinstance(obj, list):
-        return any(has_wire(value) for value in obj)
-    if isinstance(obj, dict):
-        return any(has_wire(value) for value in obj.values())
-    if not isinstance(obj, Struct):
-        return False
-    if _wire_of(obj) is not None:
-        return True
-    for name in _nested_fields(type(obj)):
-        value = getattr(obj, name)
-        if isinstance(value, (Struct, list)) and has_wire(value):
-            return True
-    return False
-
-
-@cache
-def _nested_fields(cls: type) -> tuple[str, ...]:
-    """The fields of a Struct class that may hold resources (not plain strings or numbers)."""
-    plain = (str, int, float, bool, type(None), UnsetType)
-    hints = msgspec.structs.fields(cls)
-    return tuple(f.name for f in hints if not all(t in plain for t in (get_args(f.type) or (f.type,))))
-
-
-@cache
-def _defaults(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in msgspec.structs.fields(cls):
-        if f.default is not NODEFAULT:
-            out[f.name] = f.default
-        elif f.default_factory is not NODEFAULT:
-            out[f.name] = f.default_factory()
-    return out
+_nested_fields = nested_fields  # the fields of a Struct class that may hold resources (not plain strings or numbers)
+_defaults = defaults_of
 
 
 def to_builtins(obj: Any) -> Any:
     """Any resource (or list of them) as plain JSON-ready Python objects, unknown nested objects included, and
-    objects from a provider as it sent them (see the module's notes)."""
-    out = _wire_builtins(obj)
+    objects from a provider as it sent them (see the module's notes). The walk is ``wires.wire_builtins``
+    (compiled): msgspec converts, in C, whatever holds nothing that remembers a wire."""
+    out = wire_builtins(obj, _enc_hook)
     return msgspec.to_builtins(obj, enc_hook=_enc_hook) if out is None else out
-
-
-def _wire_builtins(obj: Any) -> Any:
-    """``obj`` as builtins where it, or anything in it, remembers its wire; None where nothing does (msgspec's
-    conversion, in C, is then the answer). One walk, of the fields that may hold resources only."""
-    if isinstance(obj, list):
-        outs = [_wire_builtins(value) if isinstance(value, (Struct, list, dict)) else None for value in obj]
-        if not any(out is not None for out in outs):
-            return None
-        return [_builtins(value) if out is None else out for value, out in zip(obj, outs, strict=True)]
-    if isinstance(obj, dict):
-        found = {key: out for key, value in obj.items() if (out := _wire_builtins(value)) is not None}
-        if not found:
-            return None
-        return {key: found[key] if key in found else _builtins(value) for key, value in obj.items()}
-    if not isinstance(obj, Struct):
-        return None
-    cls = type(obj)
-    wire = _wire_of(obj)
-    patches: dict[str, Any] | None = None
-    for name in _nested_fields(cls):
-        value = getattr(obj, name)
-        if value and isinstance(value, (Struct, list, dict)):
-            out = _wire_builtins(value)
-            if out is not None:
-                if patches is None:
-                    patches = {}
-                patches[name] = out
-    if wire is None and patches is None:
-        return None
-    # msgspec converts the whole object in C (the tag first, then every field that is set, in order); the
-    # fields holding a resource that remembers its wire take their converted values from the walk.
-    result: dict[str, Any] = msgspec.to_builtins(obj, enc_hook=_enc_hook)
-    if patches is not None:
-        result.update(patches)  # (keys already there: their places are kept)
-    if wire is None:
-        return result
-    for name, default in _defaults(cls).items():
-        if name not in wire and name in result and getattr(obj, name) == default:
-            del result[name]  # the provider left it out: not invented
-    fields = cls.__struct_fields__
-    merged = {key: result.get(key, value) for key, value in wire.items() if key in result or key not in fields}
-    merged.update((key, value) for key, value in result.items() if key not in merged)
-    return merged
 
 
 def _builtins(value: Any) -> Any:

@@ -19,9 +19,21 @@ from collections.abc import Callable
 from typing import Any, Final, get_args
 
 import msgspec
-from msgspec import UNSET, Struct
+from msgspec import NODEFAULT, UNSET, Struct, UnsetType
 
-__all__ = ["WIRE", "LazyWire", "WireSource", "differs_as_decoded", "keep_lazy_wires", "keep_wire_lazily", "resolved"]
+__all__ = [
+    "WIRE",
+    "LazyWire",
+    "WireSource",
+    "defaults_of",
+    "differs_as_decoded",
+    "has_wire",
+    "keep_lazy_wires",
+    "keep_wire_lazily",
+    "nested_fields",
+    "resolved",
+    "wire_builtins",
+]
 
 WIRE: Final = "_wire"
 """The ``__dict__`` key under which a resource remembers its wire (a dict, or a ``LazyWire``)."""
@@ -214,3 +226,135 @@ def keep_lazy_wires(event: Any) -> list[str]:
         else:
             keep_wire_lazily(value, source, (name,))
     return []
+
+
+# --- the wires read back: resources.to_builtins's walk ----------------------------------------------------------
+
+_to_builtins: Final = msgspec.to_builtins
+_PLAIN: Final = (str, int, float, bool, type(None), UnsetType)
+# Struct class -> the fields that may hold resources (not plain strings or numbers); -> its fields' defaults.
+_NESTED_FIELDS: dict[type, tuple[str, ...]] = {}
+_DEFAULTS: dict[type, dict[str, Any]] = {}
+
+
+def nested_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a Struct class that may hold resources (not plain strings or numbers)."""
+    names = _NESTED_FIELDS.get(cls)
+    if names is None:
+        hints = msgspec.structs.fields(cls)
+        names = _NESTED_FIELDS[cls] = tuple(
+            f.name for f in hints if not all(t in _PLAIN for t in (get_args(f.type) or (f.type,)))
+        )
+    return names
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """A Struct class's fields that have a default, with it (a factory's made once)."""
+    out = _DEFAULTS.get(cls)
+    if out is None:
+        out = {}
+        for f in msgspec.structs.fields(cls):
+            if f.default is not NODEFAULT:
+                out[f.name] = f.default
+            elif f.default_factory is not NODEFAULT:
+                out[f.name] = f.default_factory()
+        _DEFAULTS[cls] = out
+    return out
+
+
+def _wire_of(obj: Any) -> Any:
+    attrs = getattr(obj, "__dict__", None)
+    if not attrs:
+        return None
+    wire = attrs.get(WIRE)
+    return wire.resolve() if isinstance(wire, LazyWire) else wire
+
+
+def has_wire(obj: Any) -> bool:
+    """``resources.has_wire``: whether ``obj`` (a resource, an event, a list or dict of them) holds any object
+    that remembers its wire."""
+    if isinstance(obj, list):
+        return any(has_wire(value) for value in obj)
+    if isinstance(obj, dict):
+        return any(has_wire(value) for value in obj.values())
+    if not isinstance(obj, Struct):
+        return False
+    if _wire_of(obj) is not None:
+        return True
+    for name in nested_fields(type(obj)):
+        value = getattr(obj, name)
+        if isinstance(value, (Struct, list)) and has_wire(value):
+            return True
+    return False
+
+
+def wire_builtins(obj: Any, enc_hook: Callable[[Any], Any]) -> Any:
+    """``resources.to_builtins``'s walk: ``obj`` as builtins where it, or anything in it, remembers its wire;
+    None where nothing does (msgspec's conversion, in C, with ``enc_hook``, is then the answer). One walk, of
+    the fields that may hold resources only. Here, not in ``resources``, so that it is compiled (setup.py): it
+    converts every relayed event that carries resources, the terminal one's whole response among them."""
+    if isinstance(obj, list):
+        outs: list[Any] | None = None
+        for index, value in enumerate(obj):
+            if isinstance(value, (Struct, list, dict)):
+                out = wire_builtins(value, enc_hook)
+                if out is not None:
+                    if outs is None:
+                        outs = [None] * len(obj)
+                    outs[index] = out
+        if outs is None:
+            return None
+        return [
+            _to_builtins(value, enc_hook=enc_hook) if out is None else out
+            for value, out in zip(obj, outs, strict=True)
+        ]
+    if isinstance(obj, dict):
+        found: dict[Any, Any] | None = None
+        for key, value in obj.items():
+            if isinstance(value, (Struct, list, dict)):
+                out = wire_builtins(value, enc_hook)
+                if out is not None:
+                    if found is None:
+                        found = {}
+                    found[key] = out
+        if found is None:
+            return None
+        return {
+            key: found[key] if key in found else _to_builtins(value, enc_hook=enc_hook) for key, value in obj.items()
+        }
+    if not isinstance(obj, Struct):
+        return None
+    cls = type(obj)
+    wire = _wire_of(obj)
+    patches: dict[str, Any] | None = None
+    for name in nested_fields(cls):
+        value = getattr(obj, name)
+        if value and isinstance(value, (Struct, list, dict)):
+            out = wire_builtins(value, enc_hook)
+            if out is not None:
+                if patches is None:
+                    patches = {}
+                patches[name] = out
+    if wire is None and patches is None:
+        return None
+    # msgspec converts the whole object in C (the tag first, then every field that is set, in order); the
+    # fields holding a resource that remembers its wire take their converted values from the walk.
+    result: dict[str, Any] = _to_builtins(obj, enc_hook=enc_hook)
+    if patches is not None:
+        result.update(patches)  # (keys already there: their places are kept)
+    if wire is None:
+        return result
+    for name, default in defaults_of(cls).items():
+        if name not in wire and name in result and getattr(obj, name) == default:
+            del result[name]  # the provider left it out: not invented
+    fields = cls.__struct_fields__
+    merged: dict[str, Any] = {}
+    for key, value in wire.items():
+        if key in result:
+            merged[key] = result[key]
+        elif key not in fields:
+            merged[key] = value
+    for key, value in result.items():
+        if key not in merged:
+            merged[key] = value
+    return merged
