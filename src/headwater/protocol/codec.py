@@ -10,6 +10,7 @@ msgspec follow is a ``DecodeError`` too, never a ``RecursionError``.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from functools import cache
 from typing import Any
 
@@ -29,7 +30,7 @@ from .resources import (
     keep_wire,
     to_builtins,
 )
-from .wires import keep_lazy_wires
+from .wires import WireSource, keep_lazy_wires
 
 __all__ = [
     "decode_event",
@@ -41,6 +42,7 @@ __all__ = [
     "fast_decoder",
     "keep_wires",
     "replace_event",
+    "replace_response_event",
     "to_camel",
     "to_snake",
 ]
@@ -289,12 +291,34 @@ def event_to_builtins(event: Event) -> dict[str, Any]:
 def replace_event(event: KnownEvent, **changes: Any) -> KnownEvent:
     """A copy of ``event`` with ``changes`` applied (e.g. a new ``sequence_number``). Everything else it
     encodes to stays as the provider sent it, fields Headwater does not model included (field-for-field)."""
+    return _replace_event(event, changes, None)
+
+
+def replace_response_event(event: KnownEvent, known: AbstractSet[str], **changes: Any) -> KnownEvent:
+    """``replace_event`` of an event that carries a response, ``changes["response"]`` its new one: the fields
+    of the event's own response that are not in ``known`` (a provider's own: ``copilot_usage``,
+    ``tool_usage``...) stay in the copy's response. (The relay's terminal event: its payload, the whole upstream
+    response, is decoded once.)"""
+    return _replace_event(event, changes, known)
+
+
+def _replace_event(event: KnownEvent, changes: dict[str, Any], known: AbstractSet[str] | None) -> KnownEvent:
     new = _struct_replace(event, **changes)
-    if "_raw" in event.__dict__ or "_wire" in event.__dict__:
-        wire = event_to_builtins(event)
+    attrs = event.__dict__
+    if "_raw" in attrs or "_wire" in attrs:
+        source = attrs.get("_source")
+        # What the event's resources remember lazily is decoded from the same payload, once (a shallow copy:
+        # only its top level changes here).
+        wire = dict(source.value()) if isinstance(source, WireSource) else event_to_builtins(event)
+        theirs = wire.get("response") if known is not None else None
         wire.update(to_builtins(changes))
+        if isinstance(theirs, dict):
+            extras = {key: value for key, value in theirs.items() if key not in known}  # type: ignore[operator]
+            mine = wire.get("response")
+            if extras and isinstance(mine, dict):
+                wire["response"] = {**mine, **extras}
         new.__dict__["_wire"] = wire
-        if "_wires" in event.__dict__ or _all_changed(new, changes):
+        if "_wires" in attrs or _all_changed(new, changes):
             new.__dict__["_wires"] = True  # its resources remember their wires already: see below
     return new
 

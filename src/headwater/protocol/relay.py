@@ -19,9 +19,9 @@ from msgspec import UNSET
 
 from .codec import (
     decode_event_obj,
-    event_to_builtins,
     keep_wires,
     replace_event,
+    replace_response_event,
 )
 from .conformance import EVENT_TABLE, ITEM_TEXT_PATH, PART_TEXT
 from .events import (
@@ -811,9 +811,10 @@ class ResponseRelay(ResponseWriter):
             changes["sequence_number"] = self._seq
         changes = {k: v for k, v in changes.items() if k == "response" or getattr(event, k, UNSET) != v}
         if changes:
-            relayed = replace_event(event, **changes)
-            if "response" in changes:
-                _keep_response_extras(relayed, event)
+            if "response" in changes:  # the upstream response's fields Headwater does not model stay
+                relayed = replace_response_event(event, _RESPONSE_FIELDS, **changes)
+            else:
+                relayed = replace_event(event, **changes)
         else:
             relayed = event
         out.extend(self._push(relayed))
@@ -865,20 +866,6 @@ def _annotations(part: Any) -> int:
 def _part_text(part: Any) -> Any:
     kind = PART_TEXT.get(_item_type(part))
     return getattr(part, kind[1], None) if kind is not None else None
-
-
-def _keep_response_extras(relayed: Event, upstream: Event) -> None:
-    """The upstream response's fields Headwater does not model (``copilot_usage``, ``tool_usage``...) stay in
-    the relayed terminal event's response."""
-    wire = relayed.__dict__.get("_wire")
-    if not isinstance(wire, dict):
-        return
-    theirs = event_to_builtins(upstream).get("response")
-    if not isinstance(theirs, dict):
-        return
-    extras = {k: v for k, v in theirs.items() if k not in _RESPONSE_FIELDS}
-    if extras and isinstance(wire.get("response"), dict):
-        wire["response"] = {**wire["response"], **extras}
 
 
 def _at(obj: Any, path: Sequence[str]) -> Any:

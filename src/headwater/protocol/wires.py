@@ -217,6 +217,7 @@ def keep_lazy_wires(event: Any) -> list[str]:
     # The payload bytes cannot change: what the resources remember is decoded from them when first read.
     payload: bytes = raw
     source = WireSource(lambda: _json_decoder.decode(payload))
+    attrs["_source"] = source  # codec.replace_event reads the event's wire from it: one decoding of the payload
     for name in names:
         value = getattr(event, name)
         if name == "response":
