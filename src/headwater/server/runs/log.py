@@ -140,6 +140,11 @@ class EventLog:
         self._publishing: asyncio.Task[None] | None = None  # the last commit's appends to a live log elsewhere
         self._sending: list[asyncio.Future[None]] = []  # the last commit's appends being sent (append_many_nowait)
         self.commits = 0  # store calls made (tests, figures)
+        # The least time from one commit's start to the next one's (``commit_interval`` of the store, seconds; 0:
+        # none): the batches written meanwhile wait for it, and share it. A batch written when the last commit
+        # is older than that is committed at once, so only a busy server's events wait (PostgreSQL: see there).
+        self._interval: float = getattr(store, "commit_interval", 0.0)
+        self._last_start = float("-inf")
 
     def open(self, response_id: str, live: LiveLog) -> RunLog:
         return RunLog(response_id, live, self)
@@ -187,6 +192,12 @@ class EventLog:
         """Commit and publish whatever is queued, until nothing is (a new task starts with the next write)."""
         try:
             while self._queue:
+                if self._interval:  # (a store whose commits are spaced: wait out the rest of the interval)
+                    loop = asyncio.get_running_loop()
+                    wait = self._last_start + self._interval - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._last_start = loop.time()
                 queued, self._queue = self._queue, []
                 await self._commit(queued)
         finally:
