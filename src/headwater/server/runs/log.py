@@ -143,7 +143,7 @@ class EventLog:
         # The least time from one commit's start to the next one's (``commit_interval`` of the store, seconds; 0:
         # none): the batches written meanwhile wait for it, and share it. A batch written when the last commit
         # is older than that is committed at once, so only a busy server's events wait (PostgreSQL: see there).
-        self._interval: float = getattr(store, "commit_interval", 0.0)
+        self._interval = store.commit_interval
         self._last_start = float("-inf")
 
     def open(self, response_id: str, live: LiveLog) -> RunLog:

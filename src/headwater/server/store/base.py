@@ -117,6 +117,11 @@ class Store(abc.ABC):
     """A response store. Every method is a coroutine that returns once its effect is durable (writes) or
     consistent with every write acknowledged before it (reads)."""
 
+    # The least time, seconds, from one group commit's start to the next one's in the process's event log
+    # (``runs.log.EventLog``): the batches written meanwhile wait and share the next commit; an idle server's
+    # batch is committed at once. 0: each commit follows the last as soon as it returns (PostgreSQL sets one).
+    commit_interval: float = 0.0
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where the data lives, for the start-up banner."""
