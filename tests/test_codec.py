@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from headwater.protocol import codec
+from headwater.protocol import codec, wires
 from headwater.protocol import events as ev
 from headwater.protocol import resources as rs
 from headwater.protocol.codec import (
@@ -494,7 +494,7 @@ def _builtins_field_by_field(obj: object) -> object:
     tag = cls.__struct_config__.tag
     if tag is not None:
         out[cls.__struct_config__.tag_field or "type"] = tag
-    defaults = rs._defaults(cls) if wire is not None else {}
+    defaults = wires.defaults_of(cls) if wire is not None else {}
     for name in cls.__struct_fields__:
         value = getattr(obj, name)
         if value is msgspec.UNSET:

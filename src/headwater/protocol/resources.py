@@ -23,10 +23,8 @@ from msgspec import UNSET, Struct, UnsetType, field
 from .wires import (
     WIRE,
     WireSource,
-    defaults_of,
     has_wire,
     keep_wire_lazily,
-    nested_fields,
     resolved,
     wire_builtins,
 )
@@ -579,10 +577,6 @@ def replace(obj: _S, /, **changes: Any) -> _S:
     if wire and _WIRE in wire:
         new.__dict__[_WIRE] = wire[_WIRE]
     return new
-
-
-_nested_fields = nested_fields  # the fields of a Struct class that may hold resources (not plain strings or numbers)
-_defaults = defaults_of
 
 
 def to_builtins(obj: Any) -> Any:
