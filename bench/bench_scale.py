@@ -32,8 +32,23 @@ a 5 ms timer: a delay every gap it measures may include).
 Set-ups: `sqlite` (one process, SQLite, in-process live log: the embedded default), `pg-redis` (`--workers 2`:
 two worker processes on one port, each a replica, sharing PostgreSQL and Redis), `kill` (the same, and one
 replica is killed with SIGKILL halfway: every stream whose connection died is resumed on the other replica with
-starting_after; a stream is lost if it never gets its terminal event). Needs the PostgreSQL of tests/services.py
-and redis-server on PATH for the last two.
+starting_after; a stream is lost if it never gets its terminal event). The last two need redis-server on PATH
+and a PostgreSQL:
+
+- `--postgres private` (the default): one of the bench's own, made with initdb and started with pg_ctl (on PATH;
+  as the `postgres` user when the bench runs as root) on `--postgres-port` (9250), removed after. It has the
+  settings of the shared one (Debian's defaults: fsync and synchronous_commit on, shared_buffers 128MB,
+  max_wal_size 1GB) but min_wal_size 1GB, its WAL warmed at start (16 segments written, then a checkpoint
+  recycles them), and a checkpoint before each run (the last run's segments recycled): a WAL segment switch then
+  renames a recycled file, as on a server that has been writing for a while. On a fresh or little-used server
+  each switch writes a new file of 16 MB of zeros and syncs it, and every commit of both workers waits for it
+  (13-16 ms, every ~1.6 s at 25k events/s): the steady window's bursts of gaps over 50 ms. Its CPU is the runs'
+  alone (`postgres_cpu_us_per_event`, `cpu_cores_steady.postgres`).
+- `--postgres shared`: `$HEADWATER_TEST_POSTGRES` (tests/services.py's, 127.0.0.1:5432), as used before
+  session 26: other users' writes share its WAL, checkpoints and CPU (all its processes count).
+
+Either way each run prints `postgres_wal` (the server's pg_stat_wal and pg_stat_bgwriter over the run: WAL bytes
+per event, segments filled, WAL writes and syncs, checkpoints and their buffers, buffers written by backends).
 
 Why --delay 0.02 (50 events/s per stream): the goals are >= 19.2k events/s aggregate and an inter-event gap
 p99 <= 50 ms with 1,000 streams. At the old default of 0.05 the nominal gap is 50 ms, so a p99 <= 50 ms is
@@ -54,9 +69,11 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -72,6 +89,7 @@ POSTGRES = os.environ.get("HEADWATER_TEST_POSTGRES", "postgresql://postgres@127.
 REDIS = os.environ.get("HEADWATER_TEST_REDIS", "redis://127.0.0.1:6379/0")  # (--redis shared; default: private)
 _RUNS = 0  # set-ups run so far
 REDIS_PID: int | None = None  # the bench's own redis-server (its CPU in cpu_cores_steady)
+POSTGRES_DATA: Path | None = None  # the bench's own PostgreSQL's data directory (--postgres private), else None
 
 
 # --- the load generator (runs in its own process) -------------------------------------------------------------
@@ -312,9 +330,29 @@ def _machine() -> tuple[dict[int, tuple[str, float]], float, float, float, float
     return processes, (sum(cpu[:8]) - idle) / tick, sum(cpu[:8]) / tick, (cpu[5] + cpu[6]) / tick, cpu[7] / tick
 
 
+def _postgres_pids() -> set[int] | None:
+    """The processes of the bench's own PostgreSQL (its postmaster and that one's children), or None with the
+    shared one (then every process named ``postgres`` counts: other users of that server too)."""
+    if POSTGRES_DATA is None:
+        return None
+    try:
+        postmaster = int((POSTGRES_DATA / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return set()
+    pids = {postmaster}
+    with contextlib.suppress(OSError):
+        pids.update(int(c) for c in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split())
+    return pids
+
+
+def _is_postgres(pid: int, name: str, ours: set[int] | None) -> bool:
+    return name == "postgres" and (ours is None or pid in ours)
+
+
 def _postgres_cpu_s() -> float:
-    """CPU seconds so far of every process named ``postgres`` (the server, its backends and helpers)."""
-    return sum(cpu for name, cpu in _machine()[0].values() if name == "postgres")
+    """CPU seconds so far of the PostgreSQL the servers use (the server, its backends and helpers)."""
+    ours = _postgres_pids()
+    return sum(cpu for pid, (name, cpu) in _machine()[0].items() if _is_postgres(pid, name, ours))
 
 
 def _cpu_split(before: tuple[dict[int, tuple[str, float]], float, float, float, float],
@@ -326,13 +364,14 @@ def _cpu_split(before: tuple[dict[int, tuple[str, float]], float, float, float, 
     wall = (after[2] - before[2]) / (os.cpu_count() or 1)
     split = {"servers": 0.0, "load": 0.0, "postgres": 0.0, "redis": 0.0, "other": 0.0}
     others: dict[str, float] = {}
+    ours = _postgres_pids()
     for pid, (name, cpu) in after[0].items():
         spent = cpu - before[0].get(pid, (name, 0.0))[1]
         if pid in servers:
             split["servers"] += spent
         elif pid == load_pid:
             split["load"] += spent
-        elif name == "postgres":
+        elif _is_postgres(pid, name, ours):
             split["postgres"] += spent
         elif pid == redis_pid:
             split["redis"] += spent
@@ -365,13 +404,13 @@ def _workers(pid: int, expected: int = 1) -> list[int]:
     return children or [pid]
 
 
-def _spy(directory: Path, pids: list[int], seconds: float, name: str) -> list[subprocess.Popen[bytes]]:
+def _spy(directory: Path, pids: list[int], seconds: float, name: str, rate: int = 250) -> list[subprocess.Popen[bytes]]:
     """``py-spy record`` of each server process for ``seconds`` (``--profile``: collapsed stacks, one file per
     process, ``DIR/NAME-PID.txt``; the sampling itself takes some of the cores, so the run's figures are not
     comparable with unprofiled ones)."""
     spy = Path(sys.executable).with_name("py-spy")
     directory.mkdir(parents=True, exist_ok=True)
-    return [subprocess.Popen([str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "250",
+    return [subprocess.Popen([str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", str(rate),
                               "--duration", str(max(1, int(seconds))), "--format", "raw", "--nonblocking",
                               "--output", str(directory / f"{name}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
@@ -433,7 +472,9 @@ def _load1() -> float:
 
 
 def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
-        env: dict[str, str] | None = None, profile: Path | None = None, tag: str = "tree") -> dict[str, Any]:
+        env: dict[str, str] | None = None, profile: Path | None = None, tag: str = "tree",
+        profile_window: tuple[float, float] = (0.3, 0.8), profile_rate: int = 250,
+        dump: Path | None = None) -> dict[str, Any]:
     global _RUNS
     _RUNS += 1
     workdir = workdir / f"run-{_RUNS}"  # (each run its own logs and SQLite file: --repeats, --baseline)
@@ -461,6 +502,9 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     for server in servers:
         server.start(60)
     pids = [pid for s in servers if s.process for pid in _workers(s.process.pid, workers)]
+    if setup != "sqlite" and POSTGRES_DATA is not None:
+        _pg(POSTGRES, "CHECKPOINT")  # (the bench's own server: the last run's WAL segments recycled, as at start)
+    wal_before = _wal_counts(POSTGRES) if setup != "sqlite" else {}
     cpu_before = {pid: _cpu_s(pid) for pid in pids}
     cpu_after: dict[int, float] = {}
     postgres_before = _postgres_cpu_s() if setup != "sqlite" else 0.0
@@ -470,13 +514,17 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pending = pool.apply_async(load, (targets, streams))
         split: dict[str, Any] = {}
+        spies: list[subprocess.Popen[bytes]] = []
+        timer = None
+        if profile:  # (py-spy over the profile window, started on a timer of its own)
+            low, high = profile_window
+            timer = threading.Timer(steps * delay * low, lambda: spies.extend(
+                _spy(profile, pids, steps * delay * (high - low), f"{setup}-{tag}-{_RUNS}", profile_rate)))
+            timer.start()
         if setup != "kill":  # the steady state: from 30 % to 80 % of a stream's nominal length
             time.sleep(steps * delay * 0.3)
             before = _machine()
-            spies = _spy(profile, pids, steps * delay * 0.5, f"{setup}-{tag}-{_RUNS}") if profile else []
             time.sleep(steps * delay * 0.5)
-            for spy in spies:
-                spy.wait(60)
             load_pid = next(iter(p.pid for p in getattr(pool, "_pool", [])), None)
             split = _cpu_split(before, _machine(), pids, load_pid, REDIS_PID)
         if setup == "kill":
@@ -486,7 +534,12 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
                 cpu_after[pid] = _cpu_s(pid)
             servers[0].kill()
         results, load_cpu = pending.get(timeout=900)
+        if timer is not None:
+            timer.join()
+            for spy in spies:
+                spy.wait(60)
     postgres_cpu = _postgres_cpu_s() - postgres_before if setup != "sqlite" else 0.0
+    wal_after = _wal_counts(POSTGRES) if setup != "sqlite" else {}
     load_after = _load1()
     for pid in pids:
         cpu_after.setdefault(pid, _cpu_s(pid))
@@ -512,6 +565,10 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     gaps = [g for r in results for g in r.get("gaps", [])]
     ats = [a for r in results for a in r.get("at", [])]
     lags = results[0].pop("load_lag", []) if results else []
+    if dump is not None:  # (--dump-gaps: every stream's gaps and when each ended, for a closer look)
+        with open(f"{dump}-{tag}-{_RUNS}.json", "w") as f:
+            json.dump({"start": start, "streams": [{k: r.get(k) for k in ("start", "first", "gaps", "at", "end")}
+                                                   for r in results]}, f)
     per_event = 1e6 / total_events if total_events else float("nan")  # (seconds -> microseconds per event)
     figures: dict[str, Any] = {
         "setup": setup,
@@ -550,7 +607,95 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         figures["redis_xadd_per_event"] = round(delta.get("xadd", 0.0) / total_events, 3)
         figures["redis_cpu_us_per_event"] = round(delta["cpu"] * per_event, 1)
         figures["postgres_cpu_us_per_event"] = round(postgres_cpu * per_event, 1)
+    if wal_after:  # (the whole server's: with the shared one, other users' writes count too)
+        wal = {k: wal_after[k] - wal_before.get(k, 0.0) for k in wal_after}
+        figures["postgres"] = "private" if POSTGRES_DATA is not None else "shared"
+        figures["postgres_wal"] = {
+            "bytes_per_event": round(wal["wal_bytes"] / total_events, 1) if total_events else None,
+            "segments": round(wal["wal_bytes"] / 16 / 2**20, 1),  # (16 MB each: a segment switch each)
+            "buffers_full": int(wal["wal_buffers_full"]), "writes": int(wal["wal_write"]),
+            "syncs": int(wal["wal_sync"]), "checkpoints": int(wal["checkpoints"]),
+            "checkpoint_ms": int(wal["checkpoint_ms"]), "buffers_checkpoint": int(wal["buffers_checkpoint"]),
+            "buffers_backend": int(wal["buffers_backend"]), "buffers_clean": int(wal["buffers_clean"])}
     return figures
+
+
+# --- PostgreSQL: the bench's own (--postgres private) or the shared one -----------------------------------------
+
+# The bench's own PostgreSQL has the shared one's settings (Debian's defaults: fsync and synchronous_commit on,
+# shared_buffers 128MB, max_wal_size 1GB, checkpoint_timeout 5min) but for min_wal_size, which keeps 1GB of used
+# WAL segments for reuse: a segment switch then renames a recycled file, as on a server that has been writing for
+# a while, instead of writing a new file of 16 MB of zeros and syncing it (a stall of 13-16 ms of every commit of
+# every worker at once, about every 1.6 s at 25k events/s, on a fresh or little-used server like the shared one).
+PRIVATE_POSTGRES_SETTINGS = {
+    "listen_addresses": "127.0.0.1", "fsync": "on", "synchronous_commit": "on", "full_page_writes": "on",
+    "shared_buffers": "128MB", "max_wal_size": "1GB", "min_wal_size": "1GB", "checkpoint_timeout": "5min",
+    "max_connections": "100", "log_min_messages": "warning",
+}
+WARM_SEGMENTS = 16  # WAL segments written (then recycled by a checkpoint) before the first run
+
+
+def _pg(url: str, *statements: str) -> list[Any]:
+    """Each statement's first row, on a connection of its own (asyncpg, as the store's)."""
+    import asyncpg
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [await conn.fetchrow(sql) for sql in statements]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _wal_counts(url: str) -> dict[str, float]:
+    """The server's WAL and checkpoint counters (pg_stat_wal, pg_stat_bgwriter: PostgreSQL 14-16)."""
+    wal, bgwriter = _pg(url, "SELECT wal_bytes, wal_buffers_full, wal_write, wal_sync FROM pg_stat_wal",
+                        "SELECT checkpoints_timed + checkpoints_req AS checkpoints, buffers_checkpoint, "
+                        "buffers_clean, buffers_backend, checkpoint_write_time + checkpoint_sync_time AS "
+                        "checkpoint_ms FROM pg_stat_bgwriter")
+    return {**{k: float(v) for k, v in dict(wal).items()}, **{k: float(v) for k, v in dict(bgwriter).items()}}
+
+
+@contextlib.contextmanager
+def private_postgres(port: int) -> Iterator[str]:
+    """A PostgreSQL of the bench's own (initdb and pg_ctl; as the ``postgres`` user when run as root) on
+    ``port``, its WAL warmed (``WARM_SEGMENTS`` segments written, then a checkpoint recycles them), so that its
+    WAL, its checkpoints and its CPU are the runs' alone (the shared one serves other people's tests too).
+    Removed after."""
+    global POSTGRES_DATA
+    root = Path(tempfile.mkdtemp(prefix="hw-bench-pg-"))
+    data = root / "data"
+    user: list[str] = []
+    if os.geteuid() == 0:  # (PostgreSQL refuses to run as root)
+        os.chown(root, *_uid_gid("postgres"))
+        user = ["runuser", "-u", "postgres", "--"]
+    options = " ".join(f"-c {k}={v}" for k, v in {**PRIVATE_POSTGRES_SETTINGS, "port": str(port),
+                                                   "unix_socket_directories": str(root)}.items())
+    try:
+        subprocess.run([*user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*user, "pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o", options, "start"],
+                       check=True, stdout=subprocess.DEVNULL)
+        POSTGRES_DATA = data
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        _pg(url, "CREATE TABLE warm (n int)",
+            *[sql for n in range(WARM_SEGMENTS) for sql in (f"INSERT INTO warm VALUES ({n})", "SELECT pg_switch_wal()")],
+            "DROP TABLE warm", "CHECKPOINT")
+        yield url
+    finally:
+        POSTGRES_DATA = None
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*user, "pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _uid_gid(name: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
 
 
 @contextlib.contextmanager
@@ -602,6 +747,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["sqlite", "pg-redis", "kill"], action="append")
     parser.add_argument("--redis", choices=["private", "shared"], default="private",
                         help="a redis-server of the bench's own (default), or $HEADWATER_TEST_REDIS")
+    parser.add_argument("--postgres", choices=["private", "shared"], default="private",
+                        help="a PostgreSQL of the bench's own, its WAL warmed (default; initdb and pg_ctl on PATH, "
+                             "run as the postgres user when root), or $HEADWATER_TEST_POSTGRES")
+    parser.add_argument("--postgres-port", type=int, default=9250, help="the port of the bench's own PostgreSQL")
     parser.add_argument("--baseline", metavar="SRC",
                         help="another source tree's src/ (for instance from `git archive`): each set-up runs with "
                              "this tree's servers and with that one's (PYTHONPATH=SRC), alternating")
@@ -610,13 +759,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run every set-up (and code) this many times")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="py-spy record each server process over the steady window into DIR (collapsed stacks)")
+    parser.add_argument("--profile-window", metavar="A:B", default="0.3:0.8",
+                        help="where --profile records, in fractions of a stream's nominal length from the first "
+                             "create (default 0.3:0.8, the steady window; 1.0:1.1 is the end)")
+    parser.add_argument("--profile-rate", type=int, default=250, help="--profile's samples per second")
+    parser.add_argument("--dump-gaps", metavar="PREFIX", type=Path,
+                        help="write every stream's gaps (and when each ended) to PREFIX-CODE-RUN.json")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: --streams {args.streams} --steps "
-          f"{args.steps} --delay {args.delay}; load average before: {os.getloadavg()}", flush=True)
-    global REDIS
+          f"{args.steps} --delay {args.delay} --postgres {args.postgres}; load average before: {os.getloadavg()}",
+          flush=True)
+    window = cast(tuple[float, float], tuple(float(v) for v in args.profile_window.split(":", 1)))
+    global REDIS, POSTGRES
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.redis == "private":
             REDIS = stack.enter_context(private_redis(Path(tmp)))
+        if args.postgres == "private" and set(args.only or ["sqlite", "pg-redis", "kill"]) - {"sqlite"}:
+            POSTGRES = stack.enter_context(private_postgres(args.postgres_port))
         for repeat in range(args.repeats):
             for setup in args.only or ["sqlite", "pg-redis", "kill"]:
                 codes: list[tuple[str, str | None]] = [("tree", str(Path(args.tree).resolve()) if args.tree else None)]
@@ -626,7 +785,8 @@ def main() -> None:
                         codes.reverse()
                 for code, src in codes:
                     figures = run(setup, args.streams, args.steps, args.delay, Path(tmp),
-                                  env={"PYTHONPATH": src} if src else None, profile=args.profile, tag=code)
+                                  env={"PYTHONPATH": src} if src else None, profile=args.profile, tag=code,
+                                  profile_window=window, profile_rate=args.profile_rate, dump=args.dump_gaps)
                     if args.baseline:
                         figures = {"code": code, **figures}
                     print(json.dumps(figures), flush=True)
