@@ -191,3 +191,59 @@ async def test_an_event_log_made_before_the_store_is_opened_commits_in_the_write
         assert [e.sequence_number for e in live._logs["a"].entries] == [0] and log._task is None
     finally:
         await store.close()
+
+
+def wal_commits(path: Path) -> int:
+    """The commits in the WAL file since it last restarted: its frames that end a transaction (a frame header's
+    second field, the database's size in pages after the commit, is 0 for every other frame)."""
+    data = Path(f"{path}-wal").read_bytes()
+    if len(data) < 32:
+        return 0
+    page_size = int.from_bytes(data[8:12], "big")
+    salt = data[16:24]
+    commits = 0
+    for offset in range(32, len(data) - 24 - page_size + 1, 24 + page_size):
+        header = data[offset:offset + 24]
+        if header[8:16] != salt:  # (a frame left from before the WAL restarted)
+            break
+        commits += int.from_bytes(header[4:8], "big") != 0
+    return commits
+
+
+def response(rid: str) -> StoredResponse:
+    return StoredResponse(rid, None, "in_progress", 0, b"{}")
+
+
+async def test_creates_of_one_turn_after_its_first_commit_share_one_commit(store: SQLiteStore) -> None:
+    """A wave of new streams: the first create of a turn of the loop commits at once, those after it in the
+    same turn together early in the next; each is there once its call returns. One refused (a repeated id)
+    fails alone."""
+    await created(store, "old")
+    before = wal_commits(store.path)
+    ids = [f"r{i}" for i in range(10)]
+    outcomes = await asyncio.gather(*(store.create(response(rid), []) for rid in [*ids, "old"]),
+                                    return_exceptions=True)
+    assert outcomes[:10] == [None] * 10 and isinstance(outcomes[10], sqlite3.IntegrityError)
+    assert wal_commits(store.path) - before == 2
+    for rid in ids:
+        assert (await store.get(rid)) is not None
+
+
+async def test_a_create_after_a_commit_of_its_turn_joins_the_event_logs_next_commit(store: SQLiteStore) -> None:
+    await created(store, "a")
+    live = MemoryLiveLog()
+    log = EventLog(store)
+    run = log.open("a", live)
+    before = wal_commits(store.path)
+    run.write([entry(0)])  # the turn's first commit, at once
+    run.write([entry(1)])  # queued for the event log's next commit
+    creating = store.create(response("b"), [])
+    creating.send(None)  # waits for a commit
+    await run.flushed()
+    assert wal_commits(store.path) - before == 2  # the event log's second commit took the create too
+    with pytest.raises(StopIteration):
+        creating.send(None)  # done
+    assert (await store.get("b")) is not None
+    assert [e.sequence_number for e in await store.events("a")] == [0, 1]
+    # and its first append finds its key without a look-up failing
+    assert store.append_many_now([Append("b", [entry(0)], None, None)]) == [None]

@@ -8,6 +8,8 @@ One writer connection, used by one writer thread and, for the event log's append
   commit, wake the loop) took ~300 µs and up to a few ms at p99 (bench/README.md, "Stores lane, session 19").
   With ``FULL`` (an fsync per commit, ms) everything goes through the thread, as do deletes, creates of more
   than INLINE_ITEMS input items and appends of more than INLINE_EVENTS events.
+- The creates that come after a commit on the loop in the same turn of the loop (a wave of new streams) wait for
+  one commit together, early in the next turn, or the event log's next one if it comes first (``_commit_creates``).
 - The writer thread commits whatever has queued up in one transaction (group commit): a write's coroutine returns
   only after its COMMIT (with ``FULL``, after its fsync), and under load many share one commit.
 - The WAL is checkpointed beside the commits, not inside one of them (which might be the loop's), once it has
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -177,35 +180,26 @@ class _Worker:
         self._jobs.put((fn, future))
         return future
 
-    def commit_now(self, fn: Callable[[sqlite3.Connection], T]) -> _Outcome | None:
-        """``fn`` in a transaction of its own on the calling thread: its (result, error), or None without doing
-        anything when the connection is busy (the thread is in a job, or another process holds the write lock),
-        so that the caller never waits for a lock; it queues the job for the thread then."""
+    def commit_now(self, fns: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome] | None:
+        """``fns`` in one transaction on the calling thread (each undone alone should it fail, as in a batch of
+        the thread's): their (result, error)s, or None without doing anything when the connection is busy (the
+        thread is in a job, or another process holds the write lock), so that the caller never waits for a
+        lock; it queues the jobs for the thread then."""
         conn = self._conn
         if conn is None or self._wanted or not self._lock.acquire(blocking=False):
             return None
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if _busy(exc):
-                    return None
-                raise
-            try:
-                outcome: _Outcome = (fn(conn), None)
-                conn.execute("COMMIT")
-            except Exception as exc:
-                log.error("SQLite commit failed", exc_info=exc)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                outcome = (None, exc)
-        except Exception as exc:  # (BEGIN or ROLLBACK failed: the disk, the file)
-            log.error("SQLite commit failed", exc_info=exc)
-            outcome = (None, exc)
+            outcomes = self._commit(conn, fns, _begin_now)
+        except _Busy:
+            return None
         finally:
             self._lock.release()
         self._committed()
-        return outcome
+        return outcomes
+
+    def queue(self, job: _Job) -> None:
+        """A job for the thread whose future already exists (one ``commit_now`` could not take)."""
+        self._jobs.put(job)
 
     def _committed(self) -> None:
         """Every CHECK_EVERY commits, a look at the WAL's size; past CHECKPOINT_BYTES, a checkpoint
@@ -315,33 +309,37 @@ class _Worker:
         checkpoint = [job for job in jobs if job[0] is _checkpoint]
         jobs = [job for job in jobs if job[0] is not _checkpoint]
         with self._held():
-            outcomes = self._commit(conn, jobs)
+            outcomes = self._commit(conn, [fn for fn, _ in jobs], _begin)
         _settle(jobs, outcomes)
         self._committed()
         if checkpoint:
             self._run_batch(conn, checkpoint[:1])
 
-    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Outcome]:
+    def _commit(self, conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]],
+                begin: Callable[[sqlite3.Connection], None]) -> list[_Outcome]:
+        """``fns`` in one transaction opened with ``begin``; should one fail, all again, each in a SAVEPOINT."""
         try:
-            _begin(conn)
+            begin(conn)
             try:
-                outcomes: list[_Outcome] = [(fn(conn), None) for fn, _ in jobs]
+                outcomes: list[_Outcome] = [(fn(conn), None) for fn in fns]
             except Exception:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                return self._commit_one_by_one(conn, jobs)
+                return self._commit_one_by_one(conn, fns, begin)
             conn.execute("COMMIT")
+        except _Busy:
+            raise
         except Exception as exc:
-            return self._failed(conn, exc, len(jobs))
+            return self._failed(conn, exc, len(fns))
         return outcomes
 
-    def _commit_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]
-                           ) -> list[tuple[Any, BaseException | None]]:
+    def _commit_one_by_one(self, conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]],
+                           begin: Callable[[sqlite3.Connection], None]) -> list[_Outcome]:
         """The jobs again in one transaction, each in a SAVEPOINT of its own: a failing one undoes only itself."""
         outcomes: list[_Outcome] = []
         try:
-            _begin(conn)
-            for fn, _ in jobs:
+            begin(conn)
+            for fn in fns:
                 conn.execute("SAVEPOINT job")
                 try:
                     outcomes.append((fn(conn), None))
@@ -351,8 +349,10 @@ class _Worker:
                     conn.execute("RELEASE job")
                     outcomes.append((None, exc))
             conn.execute("COMMIT")
+        except _Busy:
+            raise
         except Exception as exc:
-            return self._failed(conn, exc, len(jobs))
+            return self._failed(conn, exc, len(fns))
         return outcomes
 
     @staticmethod
@@ -377,6 +377,20 @@ def _begin(conn: sqlite3.Connection) -> None:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+class _Busy(Exception):
+    """``_begin_now`` found the write lock taken: nothing was done."""
+
+
+def _begin_now(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE without waiting (the loop's thread): ``_Busy`` when another process holds the write lock."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise _Busy from None
+        raise
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -423,6 +437,14 @@ class _Keys:
                 self._keys.clear()
             key = self._keys[response_id] = row[0]
         return key
+
+    def note(self, response_id: str, key: int | None) -> None:
+        """The key a create has just given (should its transaction be rolled back, the entry stays: harmless, as
+        no append follows a create that failed, and the id is random)."""
+        if key is not None:
+            if len(self._keys) >= self.LIMIT:
+                self._keys.clear()
+            self._keys[response_id] = key
 
     def forget(self, response_id: str) -> None:
         self._keys.pop(response_id, None)
@@ -473,6 +495,8 @@ class SQLiteStore(Store):
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._keys = _Keys()
+        self._turn_committed = False  # a commit was made on the loop's thread in this turn of the loop
+        self._creates: list[_Job] = []  # creates waiting for the next commit on the loop's thread
         # synchronous() is NORMAL: known here, before open, because the event log asks ``commits_now`` when it is
         # made, which the app does before it opens the store (open refuses a wrong value).
         self._normal = os.environ.get("HEADWATER_SQLITE_SYNCHRONOUS", "NORMAL").strip().upper() == "NORMAL"
@@ -530,22 +554,63 @@ class SQLiteStore(Store):
 
     async def create(self, response: StoredResponse, items: Sequence[StoredItem]) -> None:
         rows = [(response.id, i, item.id, item.data) for i, item in enumerate(items)]
+        keys = self._keys
 
         def create(conn: sqlite3.Connection) -> None:
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO responses (id, owner, status, created_at, data) VALUES (?, ?, ?, ?, ?)",
                 (response.id, response.owner, response.status, response.created_at, response.data),
             )
-            conn.executemany("INSERT INTO input_items (response_id, position, item_id, data) VALUES (?, ?, ?, ?)", rows)
+            keys.note(response.id, cursor.lastrowid)  # (its first append needs no look-up)
+            if rows:
+                conn.executemany("INSERT INTO input_items (response_id, position, item_id, data) VALUES (?, ?, ?, ?)",
+                                 rows)
 
         # A small create commits on the loop's thread too, when the connection is free: through the writer thread,
         # a saturated process's creates each waited for the GIL at every statement (5 ms switches), one after
-        # another, and new streams' first events for seconds at 512 streams.
-        outcome = self._commit_now(create) if len(rows) <= INLINE_ITEMS else None
-        if outcome is None:
-            await self._write(create)
-        elif outcome[1] is not None:
-            raise outcome[1]
+        # another, and new streams' first events for seconds at 512 streams. The first commit of a turn of the
+        # loop goes at once; the creates that come after it in the same turn (a wave of new streams) share one
+        # commit early in the next turn (``_commit_creates``), or the event log's, should it come first.
+        if len(rows) <= INLINE_ITEMS and self.commits_now:
+            if self._turn_committed or self._creates:
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._creates.append((create, future))
+                if len(self._creates) == 1:
+                    asyncio.get_running_loop().call_soon(self._commit_creates)
+                await future
+                return
+            outcome = self._commit_now([create])
+            if outcome is not None:
+                if outcome[0][1] is not None:
+                    raise outcome[0][1]
+                return
+        await self._write(create)
+
+    def _commit_creates(self, *also: Callable[[sqlite3.Connection], Any]) -> list[_Outcome] | None:
+        """The creates waiting for a commit, committed on this thread together with the jobs ``also`` (the event
+        log's append), or queued for the writer thread when it cannot be now; the outcomes of ``also``, or None
+        (not committed: the caller's to queue)."""
+        creates, self._creates = self._creates, []
+        if not creates and not also:  # (the event log's commit took them)
+            return []
+        if self._writer is None:  # (closed meanwhile)
+            for _, future in creates:
+                if not future.done():
+                    future.set_exception(RuntimeError("the SQLite store is not open"))
+            return None
+        outcomes = self._commit_now([*(fn for fn, _ in creates), *also])
+        if outcomes is None:
+            for job in creates:
+                self._writer.queue(job)
+            return None
+        for (_, future), (_, error) in zip(creates, outcomes[:len(creates)], strict=True):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+        return outcomes[len(creates):]
 
     async def append(
         self,
@@ -576,25 +641,36 @@ class SQLiteStore(Store):
         ``append_many`` (tests' failing stores)."""
         return self._normal and type(self).append_many is SQLiteStore.append_many
 
-    def _commit_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T | None, BaseException | None] | None:
-        """``fn`` committed on this thread (``_Worker.commit_now``), or None: not now (busy, or ``FULL``)."""
+    def _commit_now(self, fns: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome] | None:
+        """``fns`` committed together on this thread (``_Worker.commit_now``), or None: not now (busy, or
+        ``FULL``). A commit made notes the turn of the loop (``_turn_committed``)."""
         if self._writer is None:
             raise RuntimeError("the SQLite store is not open")
-        return self._writer.commit_now(fn) if self.commits_now else None
+        if not self.commits_now:
+            return None
+        outcomes = self._writer.commit_now(fns)
+        if outcomes is not None and not self._turn_committed:
+            self._turn_committed = True
+            asyncio.get_running_loop().call_soon(self._new_turn)
+        return outcomes
+
+    def _new_turn(self) -> None:
+        self._turn_committed = False
 
     def append_many_now(self, batches: Sequence[Append]) -> list[BaseException | None] | None:
         """``append_many`` committed on the calling thread (the event loop's: no hand-over to the writer thread
-        and back), or None, having done nothing, when the writer connection is busy (the thread is in a job or
-        a checkpoint, another process holds the write lock) or the batches hold more than INLINE_EVENTS events:
-        then ``append_many`` queues it for the thread."""
+        and back), with the creates waiting for a commit, or None, having done nothing, when the writer
+        connection is busy (the thread is in a job or a checkpoint, another process holds the write lock) or the
+        batches hold more than INLINE_EVENTS events: then ``append_many`` queues it for the thread."""
         if not batches:
             return []
         if sum(len(batch.entries) for batch in batches) > INLINE_EVENTS:
             return None
-        outcome = self._commit_now(lambda conn: _append_batches(conn, self._keys, batches))
-        if outcome is None:
+        job = functools.partial(_append_batches, keys=self._keys, batches=batches)
+        outcomes = self._commit_creates(job) if self._creates else self._commit_now([job])
+        if outcomes is None:
             return None
-        result, error = outcome
+        result, error = outcomes[0]
         return [error] * len(batches) if error is not None else result
 
     async def get(self, response_id: str) -> StoredResponse | None:
