@@ -54,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DELTAS = 64
 INTERVAL = 0.020
+# (--deltas, --interval: a short stream's fixed costs, the create and the end, weigh more: ``cpu us/st``)
 STALL_S = 1.0
 LITELLM_VENV = HERE / ".venv-litellm-proxy"
 LITELLM_REQUIREMENTS = HERE / "requirements-litellm-proxy.txt"
@@ -78,10 +79,29 @@ PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/te
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+# --base-port: the ports of this run's processes are taken from there up (the first free ones), not from the
+# kernel's ephemeral range (a lane of a shared machine keeps to its own range).
+BASE_PORT: int | None = None
+
+
 def free_port() -> int:
+    global BASE_PORT
+    while BASE_PORT is not None:
+        port, BASE_PORT = BASE_PORT, BASE_PORT + 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _shape() -> list[str]:
+    """The stream's shape (--deltas, --interval), for the mock's and the load generator's processes."""
+    return ["--deltas", str(DELTAS), "--interval", repr(INTERVAL)]
 
 
 def mark(ns: int) -> str:
@@ -490,6 +510,8 @@ def _pooled(turns: list[dict[str, Any]]) -> dict[str, Any]:
         "later_p99": _pct(later, 0.99),
         "cpu_s": sum(cpu) if cpu else None,
         "cpu_us_per_event": sum(cpu) / events * 1e6 if cpu and events else None,
+        "cpu_us_per_stream": (sum(cpu) / sum(t["streams_done"] for t in turns) * 1e6
+                              if cpu and any(t["streams_done"] for t in turns) else None),
         "mock_cpu_s": sum(t["mock_cpu_s"] for t in turns) if all(t.get("mock_cpu_s") is not None
                                                                   for t in turns) else None,
         "load_avg": max(t["load_avg"] for t in turns),
@@ -662,7 +684,7 @@ def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
     load = subprocess.run(
         [sys.executable, __file__, "--role", "load", "--ports", ",".join(map(str, target.ports)),
          "--kind", target.kind, "--streams", str(streams), "--seconds", str(seconds), "--out", str(out),
-         "--stagger", STAGGER],
+         "--stagger", STAGGER, *_shape()],
         check=False, env={**os.environ, "BENCH_LITELLM_KEY": MASTER_KEY},
     )
     cpu = (sum(_cpu_seconds(pid) for pid in pids) - cpu0) if target.procs else None
@@ -673,6 +695,8 @@ def measure(target: Target, streams: int, seconds: float) -> dict[str, Any]:
     out.unlink()
     result["cpu_s"] = cpu
     result["cpu_us_per_event"] = cpu / result["events"] * 1e6 if cpu is not None and result["events"] else None
+    result["cpu_us_per_stream"] = (cpu / result["streams_done"] * 1e6 if cpu is not None and result["streams_done"]
+                                   else None)
     result["mock_cpu_s"] = mock_cpu
     result["load_avg"] = os.getloadavg()[0]
     return result
@@ -794,15 +818,17 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> None:
         direct = by_target.get("direct")
         print(f"\n{streams} stream(s), closed loop; {DELTAS} deltas {INTERVAL * 1000:.0f} ms apart per stream")
         print(f"{'target':<26} {'first p50/p99 ms':>17} {'later p50/p99 ms':>17} {'events/s':>9} {'vs direct':>9} "
-              f"{'stalled':>9} {'streams':>8} {'err':>4} {'cpu us/ev':>9} {'mock us/ev':>10} {'load':>5}")
+              f"{'stalled':>9} {'streams':>8} {'err':>4} {'cpu us/ev':>9} {'cpu us/st':>9} {'mock us/ev':>10} "
+              f"{'load':>5}")
         for name, r in by_target.items():
             ratio = f"{r['events_per_s'] / direct['events_per_s']:.2f}x" if direct else "-"
             cpu = "-" if r.get("cpu_us_per_event") is None else f"{r['cpu_us_per_event']:.0f}"
+            per_stream = "-" if r.get("cpu_us_per_stream") is None else f"{r['cpu_us_per_stream']:.0f}"
             mock = "-" if r.get("mock_cpu_s") is None or not r["events"] else f"{r['mock_cpu_s'] / r['events'] * 1e6:.0f}"
             print(f"{name:<26} {_ms(r['first_p50']):>8}/{_ms(r['first_p99']):<8} "
                   f"{_ms(r['later_p50']):>8}/{_ms(r['later_p99']):<8} {r['events_per_s']:>9,.0f} {ratio:>9} "
-                  f"{r['stalled']:>4}/{r['streams_done']:<4} {r['streams_ok']:>8} {r['errors']:>4} {cpu:>9} {mock:>10} "
-                  f"{r['load_avg']:>5.2f}")
+                  f"{r['stalled']:>4}/{r['streams_done']:<4} {r['streams_ok']:>8} {r['errors']:>4} {cpu:>9} "
+                  f"{per_stream:>9} {mock:>10} {r['load_avg']:>5.2f}")
             if r["error_sample"]:
                 print(f"{'':<26} errors, e.g.: {r['error_sample'][0]}")
         if direct:
@@ -816,6 +842,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> None:
 
 
 def main() -> None:
+    global DELTAS, INTERVAL, BASE_PORT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--role", choices=["main", "mock", "proxy", "load", "clients"], default="main",
                         help=argparse.SUPPRESS)
@@ -840,10 +867,19 @@ def main() -> None:
                         help="spread each closed loop's stream starts over one delta interval (20 ms; the default: "
                              "creates in waves, deltas together) or over one stream's length (1.28 s: a steady "
                              "state)")
+    parser.add_argument("--deltas", type=int, default=DELTAS,
+                        help="text deltas per mock stream (default %(default)s); few (1) with --interval 0 make a "
+                             "stream mostly its create and its end: read 'cpu us/st', the target's CPU per stream")
+    parser.add_argument("--interval", type=float, default=INTERVAL,
+                        help="seconds between two deltas of a mock stream (default %(default)s)")
+    parser.add_argument("--base-port", type=int, default=None,
+                        help="take the ports of the mock and the targets from this one up (the first free ones; "
+                             "default: any free port)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--baseline", help="a headwater source tree (its src/ directory) that targets named "
                                            "NAME@base run from, e.g. `git worktree add /tmp/base <commit>`")
     args = parser.parse_args()
+    DELTAS, INTERVAL, BASE_PORT = args.deltas, args.interval, args.base_port
     if args.role == "mock":
         run_mock(args.port)
         return
@@ -864,7 +900,7 @@ def main() -> None:
     global STAGGER
     STAGGER = args.stagger
     mock_port = free_port()
-    mock = subprocess.Popen([sys.executable, __file__, "--role", "mock", "--port", str(mock_port)])
+    mock = subprocess.Popen([sys.executable, __file__, "--role", "mock", "--port", str(mock_port), *_shape()])
     global MOCK_PID
     MOCK_PID = mock.pid
     everything: dict[str, Any] = {"load_avg_start": os.getloadavg()[0], "python": sys.version.split()[0]}
