@@ -201,12 +201,33 @@ class _DirectBody:
     It holds the cycle by a weak reference: the cycle's scope holds this body, so a strong one would make each
     request's cycle, scope and body a reference cycle, left for the cyclic collector (~13 objects a request)
     instead of freed by reference counting when the request ends. While the response is written the cycle is
-    alive (the protocol and the app's task hold it); a body that outlives it writes nothing."""
+    alive (the protocol and the app's task hold it); a body that outlives it writes nothing.
 
-    __slots__ = ("_cycle",)
+    ``on_disconnect(callback)`` calls ``callback()`` from the protocol's ``connection_lost``: how a streamed
+    response learns that its client left without a task of its own reading ``receive`` for ``http.disconnect``
+    (one task fewer per stream: its creation, its first step, its cancel and the await of it at the end)."""
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    __slots__ = ("_cycle", "_watched", "gone")
+
+    def __init__(self, cycle: RequestResponseCycle, watched: set[_DirectBody]) -> None:
         self._cycle = weakref.ref(cycle)
+        self._watched = watched  # the connection's bodies with a ``gone`` callback (``connection_lost`` calls them)
+        self.gone: Callable[[], None] | None = None
+
+    def on_disconnect(self, callback: Callable[[], None] | None) -> bool:
+        """Call ``callback()`` (it must not raise) once the client's connection is lost; None: no more. False,
+        with nothing registered, when it cannot say (the cycle is gone, or the client has left already: the
+        caller then reads ``receive``, which says ``http.disconnect`` at once)."""
+        if callback is None:
+            self.gone = None
+            self._watched.discard(self)
+            return True
+        cycle = self._cycle()
+        if cycle is None or cycle.disconnected or cycle.transport.is_closing():
+            return False
+        self.gone = callback
+        self._watched.add(self)
+        return True
 
     def write(self, chunks: list[bytes]) -> bool:
         cycle = self._cycle()
@@ -232,6 +253,7 @@ class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._in_head = self._in_body = False
+        self._watched: set[_DirectBody] = set()
         super().connection_made(transport)
         self.deadlines = _Deadlines(self, self.header_timeout, self.idle_timeout)
 
@@ -250,7 +272,7 @@ class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle is not before:  # (none for a WebSocket upgrade)
             self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
             extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
-            extensions[direct.EXTENSION] = _DirectBody(self.cycle)
+            extensions[direct.EXTENSION] = _DirectBody(self.cycle, self._watched)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -263,6 +285,12 @@ class HeadwaterHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadlines.lost()
         super().connection_lost(exc)
+        watched = list(self._watched)
+        self._watched.clear()
+        for body in watched:
+            gone, body.gone = body.gone, None
+            if gone is not None:
+                gone()
 
 
 def _peer(client: tuple[str, int] | None) -> str:

@@ -110,33 +110,45 @@ class EventStreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The body is written by this task itself (a task of its own would cost every stream one more hop of the
-        # event loop before its first write); a watcher task reads ``receive`` and, when the client leaves,
-        # cancels this task's writing.
+        # event loop before its first write). When the client leaves, this task's writing is cancelled: told by
+        # the connection's body writer (``on_disconnect``, called when the connection is lost), or, where the
+        # server offers none, by a watcher task that reads ``receive`` until ``http.disconnect``.
         task = asyncio.current_task()
         assert task is not None
         writing = True
         left = False
 
-        def client_left(watcher: asyncio.Task[None]) -> None:
+        def client_left() -> None:
             nonlocal left
-            if writing and not watcher.cancelled() and watcher.exception() is None:
+            if writing:
                 left = True
                 task.cancel()
 
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        watcher.add_done_callback(client_left)
+        def watcher_done(watcher: asyncio.Task[None]) -> None:
+            if not watcher.cancelled() and watcher.exception() is None:
+                client_left()
+
+        watch = getattr(scope.get("extensions", {}).get(direct.EXTENSION), "on_disconnect", None)
+        watching = watch is not None and bool(watch(client_left))
+        watcher = None
+        if not watching:
+            watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+            watcher.add_done_callback(watcher_done)
         finished = False
         try:
             await self._write(scope, send)
             finished = True
         except asyncio.CancelledError:
             if not left or task.uncancel() > 0:
-                raise  # (not the watcher's: the server is stopping)
+                raise  # (not the client's leaving: the server is stopping)
         finally:
             writing = False
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if watch is not None and watching:
+                watch(None)
+            elif watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             aclose = getattr(self.body, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
