@@ -10,6 +10,9 @@ served for a while holds (their index entries lie among the running ones'). Each
 fresh schema of the PostgreSQL of tests/services.py. Reported per event: wall time of a round, CPU of the
 client process (user + system) and of the PostgreSQL backends serving it (``/proc``, found by their client
 ports), and WAL bytes (``pg_current_wal_lsn``: the whole server's, so other users' writes count too).
+Before the rounds, the start round (``start_*``): every response's first batch as a run writes it
+(response.created and response.in_progress, with the status and the resource its create stored), its wall
+time, and PostgreSQL's CPU and the WAL bytes per response.
 
     python bench/bench_pg_append.py --baseline /tmp/base/src
     python bench/bench_pg_append.py --baseline /tmp/base/src --streams 500 --rounds 50 --trials 3
@@ -86,21 +89,41 @@ async def _side(streams: int, rounds: int, batch: int, schema: str, history: tup
     await store.open()
     try:
         await _history(store, *history)
-        ids = [f"resp_{secrets.token_hex(16)}" for _ in range(streams)]
-        await asyncio.gather(*(store.create(StoredResponse(rid, None, "in_progress", 1, b'{"id": "%s"}' % rid.encode()
-                                                           + b" " * 1000), []) for rid in ids))
+        def initial(rid: str) -> bytes:
+            return b'{"id": "%s"}' % rid.encode() + b" " * 1000
+
         payload = b'{"type":"response.output_text.delta","delta":"w1 ","sequence_number":0}' + b" " * 150
-        # warm-up round (statements prepared, pool connections made)
-        await store.append_many([Append(rid, [Entry(0, "response.created", payload)]) for rid in ids])
+        # warm-up (statements prepared, pool connections made), on responses of its own
+        warm = [f"resp_{secrets.token_hex(16)}" for _ in range(10)]
+        for rid in warm:
+            await store.create(StoredResponse(rid, None, "in_progress", 1, initial(rid)), [])
+        await store.append_many([Append(rid, [Entry(0, "response.created", payload)], "in_progress", initial(rid))
+                                 for rid in warm])
+        await store.append_many([Append(rid, [Entry(1, "response.output_text.delta", payload)]) for rid in warm])
+        ids = [f"resp_{secrets.token_hex(16)}" for _ in range(streams)]
+        await asyncio.gather(*(store.create(StoredResponse(rid, None, "in_progress", 1, initial(rid)), [])
+                               for rid in ids))
         port = int(POSTGRES.rsplit(":", 1)[1].split("/")[0]) if POSTGRES.count(":") >= 2 else 5432
         ports = _my_ports_to(port)
         pids = [row[0] for row in await admin.fetch(
             "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])", list(ports))]
+        # The start round: every response's first batch, as a run writes it (response.created and
+        # response.in_progress, with the status and the resource its create stored).
+        wal0 = await admin.fetchval("SELECT pg_current_wal_lsn()")
+        pg0 = sum(_cpu_s(pid) for pid in pids)
+        start = time.perf_counter()
+        await store.append_many([Append(rid, [Entry(0, "response.created", payload),
+                                              Entry(1, "response.in_progress", payload)], "in_progress", initial(rid))
+                                 for rid in ids])
+        first = {"start_round_ms": round((time.perf_counter() - start) * 1000, 2),
+                 "start_pg_us_per_response": round((sum(_cpu_s(pid) for pid in pids) - pg0) / streams * 1e6, 1),
+                 "start_wal_bytes_per_response": round(float(await admin.fetchval(
+                     "SELECT pg_current_wal_lsn() - $1::pg_lsn", wal0)) / streams, 1)}
         wal0 = await admin.fetchval("SELECT pg_current_wal_lsn()")
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         pg0 = sum(_cpu_s(pid) for pid in pids)
         start = time.perf_counter()
-        seq = 1
+        seq = 2
         for n in range(rounds):
             last = n == rounds - 1
             appends = [Append(rid, [Entry(seq + k, "response.output_text.delta", payload) for k in range(batch)],
@@ -118,7 +141,7 @@ async def _side(streams: int, rounds: int, batch: int, schema: str, history: tup
         client = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         return {"round_ms": round(wall / rounds * 1000, 2), "client_us_per_event": round(client / events * 1e6, 2),
                 "pg_us_per_event": round((pg1 - pg0) / events * 1e6, 2), "pg_backends": len(pids),
-                "wal_bytes_per_event": round(float(wal) / events, 1)}
+                "wal_bytes_per_event": round(float(wal) / events, 1), **first}
     finally:
         await store.drop_schema()
         await store.close()
