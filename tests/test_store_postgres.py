@@ -289,6 +289,35 @@ async def test_one_bad_append_in_a_group_commit_fails_only_itself(store: Postgre
     assert bad is not None and bad.status == "in_progress" and await store.events("bad") == [e(0, b"a")]
 
 
+async def test_a_first_change_to_what_the_create_stored_writes_no_new_version_of_the_row(
+        store: PostgresStore, postgres_url: str) -> None:
+    # A run's first batch (response.created, response.in_progress) carries the status and the resource its create
+    # stored: that append writes its events, fenced as any, and leaves the row as it is (no UPDATE: same xmin);
+    # a change to anything else is written, and so is the same change again later.
+    for rid in ("same", "other", "fenced"):
+        await store.create(record(rid), [])
+    row = "SELECT xmin::text FROM responses WHERE id = '%s'"
+    before = {rid: await xmin(store, row % rid) for rid in ("same", "other")}
+    assert await store.append_many([Append("same", [e(0, b"c"), e(1, b"p")], "in_progress", b'{"id": "same"}'),
+                                    Append("other", [e(0, b"c")], "in_progress", b'{"id": "other", "x": 1}')]
+                                   ) == [None, None]
+    assert await xmin(store, row % "same") == before["same"]
+    assert await xmin(store, row % "other") != before["other"]
+    assert await store.events("same") == [e(0, b"c"), e(1, b"p")]
+    same, other = await store.get("same"), await store.get("other")
+    assert same is not None and (same.status, same.data) == ("in_progress", b'{"id": "same"}')
+    assert other is not None and other.data == b'{"id": "other", "x": 1}'
+    await store.append("same", [e(2, b"q")], status="in_progress", data=b'{"id": "same"}')  # (now a change again)
+    assert await xmin(store, row % "same") != before["same"]
+    await store.append("same", [e(3, b"end")], status="completed", data=b'{"done": 1}')
+    done = await store.get("same")
+    assert done is not None and (done.status, done.data) == ("completed", b'{"done": 1}')
+    store._tokens["fenced"] = 7  # (taken over meanwhile: the unchanged row's check still fences the append)
+    with pytest.raises(Fenced):
+        await store.append("fenced", [e(0, b"old owner")], status="in_progress", data=b'{"id": "fenced"}')
+    assert await store.events("fenced") == []
+
+
 async def test_a_replica_whose_lease_expired_is_taken_over_and_fenced(store: PostgresStore, postgres_url: str) -> None:
     await store.create(record("r1"), [])
     await store.create(record("done", "completed"), [])

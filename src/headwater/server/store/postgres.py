@@ -278,6 +278,11 @@ class PostgresStore(Store):
         # name their responses by it (an append of any other response finds its key by id first). Kept and
         # removed with the token; a key is never reused, so a stale one only finds no row.
         self._keys: dict[str, int] = {}
+        # The status and resource each of those responses that this process created was stored with, until an
+        # append changes them: a run's first batch (response.created, response.in_progress) carries the very
+        # status and bytes its create stored, and an UPDATE writing them again costs a new version of the row
+        # (its WAL, its index entries) for nothing; such a change is left out (the append is fenced alike).
+        self._stored_as: dict[str, tuple[str, bytes]] = {}
         self._registered = False  # this replica's row was written once (a later insert: it was removed)
         self.latency: Callable[[str, float], None] | None = None  # metrics hook: (operation, seconds)
         self.errors = 0  # times PostgreSQL could not be reached (for /metrics)
@@ -391,6 +396,7 @@ class PostgresStore(Store):
         await self._queued(job)
         if response.status in UNFINISHED_STATUSES:
             self._tokens[response.id] = 1
+            self._stored_as[response.id] = (response.status, response.data)
             if job.key is not None:
                 self._keys[response.id] = job.key
 
@@ -436,6 +442,7 @@ class PostgresStore(Store):
         """The response is finished (or gone): its appends are no longer fenced, nor named by a kept key."""
         self._tokens.pop(response_id, None)
         self._keys.pop(response_id, None)
+        self._stored_as.pop(response_id, None)
 
     def _future(self) -> asyncio.Future[None]:
         if self._writer is None or self._closing:
@@ -566,6 +573,12 @@ class PostgresStore(Store):
         up by id for any this process does not own: an orphan closed, a test's store), and the ids of those
         whose response has no row."""
         merged = _merged(jobs)
+        stored_as = self._stored_as
+        for job in merged:
+            if job.status is not None or job.data is not None:
+                was = stored_as.pop(job.response_id, None)
+                if was is not None and job.status == was[0] and job.data == was[1]:
+                    job.status = job.data = None  # (what the create stored: no change of the row)
         unknown = [job.response_id for job in merged if job.key is None]
         if unknown:  # (a statement more, off the hot path)
             found = dict(await conn.fetch("SELECT id, key FROM responses WHERE id = ANY($1::text[])", unknown))
