@@ -265,17 +265,23 @@ async def _lag(lags: list[float], period: float = 0.005) -> None:
         lags.append(time.perf_counter() - due)
 
 
-async def _drive(targets: list[tuple[str, int]], streams: int) -> list[dict[str, Any]]:
+async def _drive(targets: list[tuple[str, int]], streams: int, stagger: float = 0.0) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = [{} for _ in range(streams)]
     lags: list[float] = []
     monitor = asyncio.get_running_loop().create_task(_lag(lags))
-    await asyncio.gather(*(_one(targets, n, results[n]) for n in range(streams)))
+
+    async def one(n: int) -> None:
+        if stagger:  # (--stagger: stream n opens n / streams x stagger seconds after the first)
+            await asyncio.sleep(n * stagger / streams)
+        await _one(targets, n, results[n])
+
+    await asyncio.gather(*(one(n) for n in range(streams)))
     monitor.cancel()
     results[0]["load_lag"] = lags
     return results
 
 
-def load(targets: list[tuple[str, int]], streams: int) -> tuple[list[dict[str, Any]], float]:
+def load(targets: list[tuple[str, int]], streams: int, stagger: float = 0.0) -> tuple[list[dict[str, Any]], float]:
     """The streams' results and the CPU seconds (user + system) this process spent on them."""
     try:
         import uvloop
@@ -284,7 +290,7 @@ def load(targets: list[tuple[str, int]], streams: int) -> tuple[list[dict[str, A
     except ImportError:
         pass
     before = resource.getrusage(resource.RUSAGE_SELF)
-    results = asyncio.run(_drive(targets, streams))
+    results = asyncio.run(_drive(targets, streams, stagger))
     after = resource.getrusage(resource.RUSAGE_SELF)
     return results, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -474,7 +480,7 @@ def _load1() -> float:
 def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         env: dict[str, str] | None = None, profile: Path | None = None, tag: str = "tree",
         profile_window: tuple[float, float] = (0.3, 0.8), profile_rate: int = 250,
-        dump: Path | None = None) -> dict[str, Any]:
+        dump: Path | None = None, stagger: float = 0.0) -> dict[str, Any]:
     global _RUNS
     _RUNS += 1
     workdir = workdir / f"run-{_RUNS}"  # (each run its own logs and SQLite file: --repeats, --baseline)
@@ -512,7 +518,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     load_before = _load1()
     targets = [("127.0.0.1", s.port) for s in servers]
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pending = pool.apply_async(load, (targets, streams))
+        pending = pool.apply_async(load, (targets, streams, stagger))
         split: dict[str, Any] = {}
         spies: list[subprocess.Popen[bytes]] = []
         timer = None
@@ -573,6 +579,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     figures: dict[str, Any] = {
         "setup": setup,
         "streams": streams,
+        **({"stagger_s": stagger} if stagger else {}),
         "offered_events_per_s": round(streams / delay) if delay else None,
         "errors": len(results) - len(ok),
         "error_kinds": dict(Counter(str(r.get("error")) for r in results if r.get("error"))),
@@ -763,6 +770,9 @@ def main() -> None:
                         help="where --profile records, in fractions of a stream's nominal length from the first "
                              "create (default 0.3:0.8, the steady window; 1.0:1.1 is the end)")
     parser.add_argument("--profile-rate", type=int, default=250, help="--profile's samples per second")
+    parser.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
+                        help="open the streams evenly over SECONDS instead of all at once (a diagnostic: how much "
+                             "of the tail the ramp's and the end's waves make; the goal's runs open them at once)")
     parser.add_argument("--dump-gaps", metavar="PREFIX", type=Path,
                         help="write every stream's gaps (and when each ended) to PREFIX-CODE-RUN.json")
     args = parser.parse_args()
@@ -786,7 +796,8 @@ def main() -> None:
                 for code, src in codes:
                     figures = run(setup, args.streams, args.steps, args.delay, Path(tmp),
                                   env={"PYTHONPATH": src} if src else None, profile=args.profile, tag=code,
-                                  profile_window=window, profile_rate=args.profile_rate, dump=args.dump_gaps)
+                                  profile_window=window, profile_rate=args.profile_rate, dump=args.dump_gaps,
+                                  stagger=args.stagger)
                     if args.baseline:
                         figures = {"code": code, **figures}
                     print(json.dumps(figures), flush=True)
