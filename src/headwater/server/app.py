@@ -16,6 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from headwater.inspect.routes import mount as inspector_mount
 
@@ -25,6 +26,7 @@ from .config import ServerConfig
 from .errors import APIError
 from .http import routes
 from .http.errors import error_response, exception_handlers
+from .http.routes import create_response
 from .live import LiveLog, create_live_log
 from .live.memory import MemoryLiveLog
 from .replicas import Replica, has_leases
@@ -32,7 +34,7 @@ from .runs import Runs, close_orphan, close_orphans
 from .service import Service
 from .store import Store, StoreUnavailable, create_store
 
-__all__ = ["create_app"]
+__all__ = ["HeadwaterApp", "create_app"]
 
 log = logging.getLogger("headwater.server")
 
@@ -97,10 +99,56 @@ def create_app(
 
     handlers = {**exception_handlers, StoreUnavailable: _store_unavailable}
     extra = [metrics.route()] if metrics is not None else []
-    app = Starlette(routes=[*routes, *extra, inspector_mount("/inspect")], exception_handlers=handlers,
-                    lifespan=lifespan)
+    app = HeadwaterApp(routes=[*routes, *extra, inspector_mount("/inspect")], exception_handlers=handlers,
+                       lifespan=lifespan)
     app.state.headwater = state
     return app
+
+
+class HeadwaterApp(Starlette):
+    """Starlette, but a create (``POST /v1/responses``, every stream's first request) goes to its route's handler
+    without the middleware and router layers: each is a coroutine (or a wrapper of ``send``) that every resumption
+    of the request's task passes through again, for a route and error handling that are fixed. The exceptions
+    are answered as those layers would: by the app's handler for the exception's class (``APIError``,
+    ``StoreUnavailable``...) while the response has not started; anything else by the ``Exception`` handler (a
+    logged 500), then raised on for the server."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/responses" and scope["method"] == "POST":
+            scope["app"] = self
+            await self._create(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        request = Request(scope, receive, sending)
+        try:
+            answer = await create_response(request)
+            await answer(scope, receive, sending)
+        except Exception as exc:
+            handlers = self.exception_handlers
+            handler = None
+            if not started:
+                handler = next((handlers[kind] for kind in type(exc).__mro__ if kind is not Exception
+                                and kind in handlers), None)
+            unexpected = handler is None
+            if unexpected:
+                handler = handlers.get(Exception)
+                if handler is None:
+                    raise
+            response = await handler(request, exc)  # type: ignore[misc]
+            if not started:
+                await response(scope, receive, send)
+            if unexpected:
+                raise
 
 
 def _metrics(state: Service, shared: str | None) -> Any:
