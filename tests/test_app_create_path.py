@@ -1,6 +1,7 @@
 """``app.HeadwaterApp``: a create (``POST /v1/responses``) skips Starlette's middleware and router layers, and is
 answered as they would answer it: the app's handler for the exception's class while nothing was sent, a logged
-500 (then raised on for the server) for anything unexpected; every other request goes through Starlette."""
+500 (then raised on for the server) for anything unexpected; every other request goes through Starlette, and so
+does a create once middleware is added."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from typing import Any
 
 import pytest
+from starlette.middleware.cors import CORSMiddleware
 from starlette.testclient import TestClient
 
 from headwater.server.app import create_app
@@ -72,3 +74,13 @@ def test_an_unexpected_error_is_a_logged_bare_500_and_raised_on(caplog: pytest.L
     assert any("unhandled error on POST /v1/responses" in r.getMessage() for r in caplog.records)
     with client(FailingStore(RuntimeError("secret detail"))) as http, pytest.raises(RuntimeError):
         http.post("/v1/responses", json={"input": "hi"})
+
+
+def test_middleware_an_embedding_app_adds_sees_the_creates_too() -> None:
+    backend = ScriptedBackend([TextDelta("hi"), Finish()])
+    app = create_app(ServerConfig(store="memory"), backend=backend, store=MemoryStore())
+    app.add_middleware(CORSMiddleware, allow_origins=["https://chat.example"])
+    with TestClient(app) as http:
+        answer = http.post("/v1/responses", json={"input": "hi"}, headers={"origin": "https://chat.example"})
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == "https://chat.example"

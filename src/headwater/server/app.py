@@ -111,10 +111,12 @@ class HeadwaterApp(Starlette):
     of the request's task passes through again, for a route and error handling that are fixed. The exceptions
     are answered as those layers would: by the app's handler for the exception's class (``APIError``,
     ``StoreUnavailable``...) while the response has not started; anything else by the ``Exception`` handler (a
-    logged 500), then raised on for the server."""
+    logged 500), then raised on for the server. Once middleware is added (``app.add_middleware``, by an
+    application embedding Headwater), every request, a create included, goes through it and Starlette."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/v1/responses" and scope["method"] == "POST":
+        if (scope["type"] == "http" and scope["path"] == "/v1/responses" and scope["method"] == "POST"
+                and not self.user_middleware):
             scope["app"] = self
             await self._create(scope, receive, send)
             return
