@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -247,3 +248,24 @@ async def test_a_create_after_a_commit_of_its_turn_joins_the_event_logs_next_com
     assert [e.sequence_number for e in await store.events("a")] == [0, 1]
     # and its first append finds its key without a look-up failing
     assert store.append_many_now([Append("b", [entry(0)], None, None)]) == [None]
+
+
+async def test_a_create_that_finds_the_writer_thread_in_a_job_is_committed_on_the_loop_after_it(
+        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not queued behind the thread's job (where it would wait for the GIL again in the thread's next batch):
+    it waits for the job's end, then commits on the loop's thread. With another process's lock in the way, it
+    still goes to the thread (the test above)."""
+    gate = threading.Event()
+    holding = store._write(lambda conn: gate.wait(10))  # the thread in a job, holding the connection
+    await asyncio.sleep(0.05)
+    queued: list[object] = []  # jobs handed to the thread from now on
+    put = store._writer._jobs.put  # type: ignore[union-attr]
+    monkeypatch.setattr(store._writer, "_jobs", type("Jobs", (), {
+        "put": lambda self, job: (queued.append(job), put(job)),
+        "get": store._writer._jobs.get, "get_nowait": store._writer._jobs.get_nowait})())  # type: ignore[union-attr]
+    creating = asyncio.ensure_future(store.create(response("a"), []))
+    await asyncio.sleep(0.05)
+    assert not creating.done()
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(holding, creating), 10)
+    assert queued == [] and (await store.get("a")) is not None

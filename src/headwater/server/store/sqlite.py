@@ -9,7 +9,8 @@ One writer connection, used by one writer thread and, for the event log's append
   With ``FULL`` (an fsync per commit, ms) everything goes through the thread, as do deletes, creates of more
   than INLINE_ITEMS input items and appends of more than INLINE_EVENTS events.
 - The creates that come after a commit on the loop in the same turn of the loop (a wave of new streams) wait for
-  one commit together, early in the next turn, or the event log's next one if it comes first (``_commit_creates``).
+  one commit together, early in the next turn, or the event log's next one if it comes first (``_commit_creates``);
+  one that finds the writer thread in a job waits for its end and commits on the loop then.
 - The writer thread commits whatever has queued up in one transaction (group commit): a write's coroutine returns
   only after its COMMIT (with ``FULL``, after its fsync), and under load many share one commit.
 - The WAL is checkpointed beside the commits, not inside one of them (which might be the loop's), once it has
@@ -169,6 +170,10 @@ class _Worker:
         self._wanted = False
         self._commits = 0  # since the last look at the WAL's size
         self._checkpointing = False  # a checkpoint is under way (``_checkpoint_beside``)
+        # The thread is in a batch of jobs (from taking it to its end); ``when_free``'s callbacks, called then.
+        self._in_batch = False
+        self._free: list[tuple[asyncio.AbstractEventLoop, Callable[[], Any]]] = []
+        self._free_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -196,6 +201,24 @@ class _Worker:
             self._lock.release()
         self._committed()
         return outcomes
+
+    def when_free(self, callback: Callable[[], Any]) -> bool:
+        """``callback`` called on this loop once the thread's batch of jobs is over; False (no call) when the
+        thread is in none (what holds the connection is another process's lock, or nothing any more)."""
+        loop = asyncio.get_running_loop()
+        with self._free_lock:
+            if not self._in_batch:
+                return False
+            self._free.append((loop, callback))
+            return True
+
+    def _batch_over(self) -> None:
+        with self._free_lock:
+            self._in_batch = False
+            free, self._free = self._free, []
+        for loop, callback in free:
+            with contextlib.suppress(RuntimeError):  # (a closed loop)
+                loop.call_soon_threadsafe(callback)
 
     def queue(self, job: _Job) -> None:
         """A job for the thread whose future already exists (one ``commit_now`` could not take)."""
@@ -267,7 +290,12 @@ class _Worker:
                             stop = True
                             break
                         jobs.append(more)
-                    self._run_batch(conn, jobs)
+                    with self._free_lock:
+                        self._in_batch = True
+                    try:
+                        self._run_batch(conn, jobs)
+                    finally:
+                        self._batch_over()
                     if stop:
                         return
                 else:
@@ -573,23 +601,29 @@ class SQLiteStore(Store):
         # commit early in the next turn (``_commit_creates``), or the event log's, should it come first.
         if len(rows) <= INLINE_ITEMS and self.commits_now:
             if self._turn_committed or self._creates:
-                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._creates.append((create, future))
-                if len(self._creates) == 1:
-                    asyncio.get_running_loop().call_soon(self._commit_creates)
-                await future
+                await self._wait_commit(create)
                 return
             outcome = self._commit_now([create])
-            if outcome is not None:
-                if outcome[0][1] is not None:
-                    raise outcome[0][1]
-                return
+            if outcome is None:  # (busy: as the creates that wait for a commit)
+                await self._wait_commit(create)
+            elif outcome[0][1] is not None:
+                raise outcome[0][1]
+            return
         await self._write(create)
+
+    async def _wait_commit(self, create: Callable[[sqlite3.Connection], Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._creates.append((create, future))
+        if len(self._creates) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_creates)
+        await future
 
     def _commit_creates(self, *also: Callable[[sqlite3.Connection], Any]) -> list[_Outcome] | None:
         """The creates waiting for a commit, committed on this thread together with the jobs ``also`` (the event
-        log's append), or queued for the writer thread when it cannot be now; the outcomes of ``also``, or None
-        (not committed: the caller's to queue)."""
+        log's append); the outcomes of ``also``, or None (not committed: the caller's to queue). When the writer
+        thread is in a batch of jobs, the creates wait for its end and are committed on this thread then (queued
+        behind it, each waited for the GIL again in the thread's next batch); when another process holds the
+        write lock, they are queued for the thread, which waits for it."""
         creates, self._creates = self._creates, []
         if not creates and not also:  # (the event log's commit took them)
             return []
@@ -600,8 +634,11 @@ class SQLiteStore(Store):
             return None
         outcomes = self._commit_now([*(fn for fn, _ in creates), *also])
         if outcomes is None:
-            for job in creates:
-                self._writer.queue(job)
+            if creates and self._writer.when_free(self._commit_creates):
+                self._creates = creates + self._creates
+            else:
+                for job in creates:
+                    self._writer.queue(job)
             return None
         for (_, future), (_, error) in zip(creates, outcomes[:len(creates)], strict=True):
             if future.done():
