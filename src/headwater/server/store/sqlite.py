@@ -429,20 +429,21 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     """The marker of a checkpoint job (``_Worker._run_batch`` runs it outside any transaction)."""
 
 
+def _resolve(jobs: Sequence[_Job], outcomes: Sequence[_Outcome]) -> None:
+    """Give each job's future its outcome (on the loop's thread), unless it is done already (cancelled)."""
+    for (_, future), (result, error) in zip(jobs, outcomes, strict=True):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 def _settle(jobs: list[_Job], outcomes: list[_Outcome]) -> None:
     """Give each job's future its outcome, in one call into the loop (one wake-up per commit, not per job)."""
-
-    def settle() -> None:
-        for (_, future), (result, error) in zip(jobs, outcomes, strict=True):
-            if future.cancelled():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        jobs[0][1].get_loop().call_soon_threadsafe(settle)
+        jobs[0][1].get_loop().call_soon_threadsafe(_resolve, jobs, outcomes)
 
 
 class _Keys:
@@ -640,13 +641,7 @@ class SQLiteStore(Store):
                 for job in creates:
                     self._writer.queue(job)
             return None
-        for (_, future), (_, error) in zip(creates, outcomes[:len(creates)], strict=True):
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(None)
+        _resolve(creates, outcomes[:len(creates)])
         return outcomes[len(creates):]
 
     async def append(
