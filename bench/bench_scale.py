@@ -6,7 +6,8 @@ child process; one asyncio.Protocol per connection on uvloop, HTTP/1.0 so the bo
 opens STREAMS streams at once, spread round-robin over the replicas, and records per stream the time to the
 first event and the gaps between reads that brought events. Reported: errors, terminal events, time to first
 event p50/p99, inter-event gap p50/p99, aggregate events/s (and the offered rate, STREAMS / DELAY), peak
-memory (RSS) and CPU per event (user + system, /proc) of each server process and of the load generator, the
+memory (RSS), CPU per event (user + system, /proc) and context switches a second (`server_switches_per_s`:
+[voluntary, involuntary]) of each server process, the load generator's CPU per event, the
 1-minute load average before and after, and for Redis (a redis-server of the bench's own unless --redis
 shared): commands run per event (those inside scripts too), script calls per event, Redis CPU per event, and
 PostgreSQL's CPU per event (`postgres_cpu_us_per_event`: every `postgres` process of the machine from the
@@ -309,6 +310,21 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _switches(pid: int) -> tuple[int, int]:
+    """A process's context switches so far (/proc/PID/status): voluntary (it waited: epoll, a lock) and
+    involuntary (another task was given its CPU while it had work: a task it woke preempting it, or its slice
+    ran out). The main thread's (where a server's event loop runs); (0, 0) for a process that is gone."""
+    counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in counts:
+                counts[name] = int(value)
+    except OSError:
+        pass
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (/proc/PID/stat utime + stime)."""
     try:
@@ -512,6 +528,8 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         _pg(POSTGRES, "CHECKPOINT")  # (the bench's own server: the last run's WAL segments recycled, as at start)
     wal_before = _wal_counts(POSTGRES) if setup != "sqlite" else {}
     cpu_before = {pid: _cpu_s(pid) for pid in pids}
+    switches_before = {pid: _switches(pid) for pid in pids}
+    switches_since = time.monotonic()
     cpu_after: dict[int, float] = {}
     postgres_before = _postgres_cpu_s() if setup != "sqlite" else 0.0
     redis_before = _redis_counts(REDIS) if setup != "sqlite" else {}
@@ -549,6 +567,8 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     load_after = _load1()
     for pid in pids:
         cpu_after.setdefault(pid, _cpu_s(pid))
+    switches_s = time.monotonic() - switches_since
+    switches = {pid: _switches(pid) for pid in pids}
     redis_after = _redis_counts(REDIS) if setup != "sqlite" else {}
     memory = [round(mb, 1) for mb in map(_rss_mb, pids) if mb]  # (of the processes still alive)
     for server in servers:
@@ -599,6 +619,11 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
         "events_per_s": round(total_events / (end - start)),
         "rss_mb_per_process": memory,
         "server_cpu_us_per_event": [round((cpu_after[pid] - cpu_before[pid]) * per_event, 1) for pid in pids],
+        # (each server process's context switches a second over the run, [voluntary, involuntary]: how often its
+        # loop waited, and how often it was taken off its CPU while it had work -- on this 2-core machine shared
+        # with PostgreSQL, Redis and the load generator, a worker's loop is stopped that way ~1,000+ times a second)
+        "server_switches_per_s": [[round((switches[pid][k] - switches_before[pid][k]) / switches_s) for k in (0, 1)]
+                                  for pid in pids if switches[pid] != (0, 0)],
         "load_cpu_us_per_event": round(load_cpu * per_event, 1),
         "load_loop_lag_ms": {"p50": round(_pct(lags, 0.5) * 1000, 1), "p99": round(_pct(lags, 0.99) * 1000, 1),
                              "max": round(max(lags, default=float("nan")) * 1000, 1)},
