@@ -24,7 +24,11 @@ tagged `"code": "tree"` or `"baseline"` (`--tree SRC` runs another tree in this 
 trees A/B); `--repeats N` runs it all N times: a code A/B in one run, under one load. `cpu_cores_steady` is where the machine's CPU went from 30 % to 80 % of a stream's nominal length (in
 cores: 1.0 = one core for the whole time; /proc): the servers, the load generator, PostgreSQL, the bench's
 Redis, other processes (`other_top` names the biggest), interrupts (`irq`: loopback TCP mostly), `steal`, and
-the machine's `busy` and `idle` -- whether the machine was saturated, and by whom. Where the gap tail lies
+the machine's `busy` and `idle` -- whether the machine was saturated, and by whom; `cpu_cores_ramp` the same
+for 10 % of a stream's nominal length from when the servers start working (10 ms of their CPU: the wave of
+creates, without the load generator's start-up), with each server's context switches a second in it (`server_switches_per_s`, [voluntary,
+involuntary]: a loop that never waits and is taken off its CPU thousands of times a second had work and no
+core). Where the gap tail lies
 (diagnostics beside the whole run's `gap_p99_ms`, which stays the figure): `gap_p99_steady_ms` (gaps that ended
 in that same 30-80 % window), `gaps_over_50ms` (in the ramp before it, in it, after it), `gap_timeline` (0.5 s
 slices: start, gaps, p99 ms, gaps over 50 ms) and `load_loop_lag_ms` (how late the load generator's own loop ran
@@ -538,6 +542,7 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pending = pool.apply_async(load, (targets, streams, stagger))
         split: dict[str, Any] = {}
+        ramp: dict[str, Any] = {}
         spies: list[subprocess.Popen[bytes]] = []
         timer = None
         if profile:  # (py-spy over the profile window, started on a timer of its own)
@@ -545,11 +550,22 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
             timer = threading.Timer(steps * delay * low, lambda: spies.extend(
                 _spy(profile, pids, steps * delay * (high - low), f"{setup}-{tag}-{_RUNS}", profile_rate)))
             timer.start()
-        if setup != "kill":  # the steady state: from 30 % to 80 % of a stream's nominal length
-            time.sleep(steps * delay * 0.3)
+        if setup != "kill":  # the ramp: to 10 % of a stream's nominal length; the steady state: 30 % to 80 %
+            load_pid = next(iter(p.pid for p in getattr(pool, "_pool", [])), None)
+            # (the ramp's window opens when the servers start working: the load generator's start-up is not in it)
+            idle_cpu, waited = sum(map(_cpu_s, pids)), time.monotonic()
+            while sum(map(_cpu_s, pids)) - idle_cpu < 0.01 and time.monotonic() - waited < 10:
+                time.sleep(0.002)
+            ramp_from, ramp_switches, ramp_since = _machine(), {pid: _switches(pid) for pid in pids}, time.monotonic()
+            time.sleep(steps * delay * 0.1)
+            ramp = _cpu_split(ramp_from, _machine(), pids, load_pid, REDIS_PID)
+            ramp_s = time.monotonic() - ramp_since
+            ramp["server_switches_per_s"] = [
+                [round((now[k] - ramp_switches[pid][k]) / ramp_s) for k in (0, 1)]
+                for pid, now in ((pid, _switches(pid)) for pid in pids)]
+            time.sleep(max(0.0, steps * delay * 0.3 - (time.monotonic() - waited)))
             before = _machine()
             time.sleep(steps * delay * 0.5)
-            load_pid = next(iter(p.pid for p in getattr(pool, "_pool", [])), None)
             split = _cpu_split(before, _machine(), pids, load_pid, REDIS_PID)
         if setup == "kill":
             time.sleep(steps * delay / 2)
@@ -629,6 +645,8 @@ def run(setup: str, streams: int, steps: int, delay: float, workdir: Path,
                              "max": round(max(lags, default=float("nan")) * 1000, 1)},
         "load_avg_1min": [load_before, load_after],
     }
+    if ramp:
+        figures["cpu_cores_ramp"] = ramp
     if split:
         figures["cpu_cores_steady"] = split
     if redis_after:
