@@ -107,6 +107,11 @@ class _Carrier(msgspec.Struct):
 _carrier = msgspec.json.Decoder(_Carrier)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Run:
     """One response being generated. Read its entries through ``follow`` (from its live log); ``response`` is
     the snapshot so far; ``backend_error`` is the ``BackendError`` that failed the run, if one did, and
@@ -162,7 +167,11 @@ class Run:
         self._log: RunLog = (event_log.open(self.id, self.live) if store is not None and event_log is not None
                              else RunLog(self.id, self.live, None))
         self._on_finish = on_finish
-        self._first_step = asyncio.Event()
+        # The backend's first step came (or the run was queued, or finished): ``wait_first_step`` returns. A flag
+        # and, while the create waits, a future with a timer of its own: no ``asyncio.Event`` and no
+        # ``asyncio.timeout`` per create (their objects, the task look-ups, the timer's reschedule).
+        self._first_step = False
+        self._first_waiters: list[asyncio.Future[None]] = []
         self._stop: _Stop | None = None
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()  # the live log exists: followers may read it
@@ -239,9 +248,23 @@ class Run:
     async def wait_first_step(self, timeout: float) -> None:
         """Until the backend produced its first step, the run finished or was queued (admission control), or
         ``timeout`` seconds."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._first_step.wait()
+        if self._first_step:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._first_waiters.append(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._first_waiters.remove(waiter)
+
+    def _stepped(self) -> None:
+        """The first step came (or the run was queued, or it finished): ``wait_first_step`` returns."""
+        self._first_step = True
+        for waiter in self._first_waiters:
+            _wake(waiter)
 
     async def follow(self, starting_after: int = -1, keepalive: float = 15.0) -> AsyncIterator[list[Entry]]:
         """The entries after ``starting_after``, then the new ones as they are published (in batches: all that
@@ -291,7 +314,7 @@ class Run:
                     # Queued: created + queued now (a stream gets its headers and these at once), in_progress
                     # once a slot is free.
                     await self._emit(self.writer.start(wait=True), status="queued")
-                    self._first_step.set()
+                    self._stepped()
                     await self._wait_turn(ticket)
                     if self._stop is None:
                         await self._emit(self.writer.begin(), status="in_progress")
@@ -328,7 +351,7 @@ class Run:
                 self._ticket.release()  # the next queued run may start
             self._enter(State.FINISHED)
             self._opened.set()  # (a follower of a run that could not even open its log finds none, and ends)
-            self._first_step.set()
+            self._stepped()
             if not self._log.ended:
                 self._awaiting_follower = False  # no terminal entry to wait for: followers go to the store
             if self._log.silenced is not None:  # this process's followers go on from the store, at once
@@ -399,7 +422,8 @@ class Run:
                     self._enter(State.WRITING)
                 batch = got if batches is not None else (got,)
                 self.steps += len(batch)
-                self._first_step.set()
+                if not self._first_step:
+                    self._stepped()
                 events = feed(batch[0]) if len(batch) == 1 else [event for step in batch for event in feed(step)]
                 if events:
                     await self._emit(events)
@@ -424,8 +448,8 @@ class Run:
         self.state = _WRITING
         try:
             self.steps += len(batch)
-            if self.steps == len(batch):
-                self._first_step.set()
+            if not self._first_step:
+                self._stepped()
             feed = self._feed
             assert feed is not None
             events = feed(batch[0]) if len(batch) == 1 else [event for step in batch for event in feed(step)]
