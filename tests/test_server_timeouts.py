@@ -124,6 +124,31 @@ def test_a_body_that_never_ends_past_the_size_limit_gets_413_and_the_connection_
     assert status == 413 and error["code"] == "request_too_large"
 
 
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def test_a_whole_chunked_body_past_the_size_limit_sent_with_its_head_gets_413(live: LiveServer) -> None:
+    # (All of it has come when the route reads it: read at once, without the deadline, and measured all the same.)
+    sock = connect(live)
+    sock.sendall(chunked_head() + chunk(b" " * 10_001) + b"0\r\n\r\n")
+    status, error = error_of(read_all(sock))
+    assert status == 413 and error["code"] == "request_too_large"
+
+
+def test_bodies_sent_whole_with_their_heads_are_read_request_after_request(live: LiveServer) -> None:
+    # Two creates in one write on one connection, each body whole with its head (the second pipelined): each is
+    # read as sent, the second after the first's response, and the connection stays usable.
+    first, second = (json.dumps({"input": "hi", "metadata": {"n": n}}).encode() for n in ("first", "second"))
+    one = (b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+           b"content-length: %d\r\n\r\n%b" % (len(first), first))
+    sock = connect(live)
+    sock.sendall(one + chunked_head() + chunk(second[:5]) + chunk(second[5:]) + b"0\r\n\r\n")
+    answer = read_all(sock)  # (the idle limit closes the connection after both)
+    assert answer.count(b"HTTP/1.1 200") == 2
+    assert answer.index(b'"metadata":{"n":"first"}') < answer.index(b'"metadata":{"n":"second"}')
+
+
 def test_a_body_shorter_than_its_content_length_gets_408(live: LiveServer) -> None:
     sock = connect(live)
     sock.sendall(b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"

@@ -47,6 +47,13 @@ class DirectBody(Protocol):
         response has not begun, has ended or is not chunked): the caller then writes them with ``send``."""
 
 
+    def request_body(self) -> bytes | None:
+        """The request's whole body, taken, when all of it has arrived and none of it was read (``receive`` then
+        reads its empty end); None otherwise (it is still coming, or the client left): read it with
+        ``receive``. A create's body has mostly come with its head, and reading it here costs no ASGI messages,
+        no generator and no deadline."""
+
+
 class Sink(Protocol):
     """Where a waiting follower's new entries go, in the publisher's call."""
 

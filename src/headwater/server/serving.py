@@ -229,6 +229,14 @@ class _DirectBody:
         self._watched.add(self)
         return True
 
+    def request_body(self) -> bytes | None:
+        cycle = self._cycle()
+        if cycle is None or cycle.more_body or cycle.disconnected or cycle.response_complete:
+            return None
+        body = bytes(cycle.body)
+        cycle.body = bytearray()  # (taken, as ``receive`` takes it: a later ``receive`` reads an empty end)
+        return body
+
     def write(self, chunks: list[bytes]) -> bool:
         cycle = self._cycle()
         if cycle is None:

@@ -9,6 +9,7 @@ import logging
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
+from .. import direct
 from ..config import key_digest
 from ..errors import APIError
 from ..service import Service
@@ -52,6 +53,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large
+    body = getattr(request.scope.get("extensions", {}).get(direct.EXTENSION), "request_body", None)
+    whole = body() if body is not None else None
+    if whole is not None:  # all of it came with the head: no deadline to arm
+        if len(whole) > limit:
+            raise too_large
+        return whole
     timeout = service_of(request).config.body_timeout_seconds
     chunks: list[bytes] = []
     size = 0
