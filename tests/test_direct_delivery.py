@@ -9,10 +9,12 @@ keep-alive comments, and a client that leaves still cancels its run.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -310,3 +312,61 @@ def test_a_client_that_leaves_a_directly_written_stream_cancels_its_run(counted:
         assert client.get(f"/v1/responses/{response_id}").json()["status"] == "cancelled"
     assert backend.closed_early
     assert counted.entries > 0
+
+
+class Wiretap:
+    """ASGI middleware keeping the bodies of the requests it passes on and of the responses it sends back, as
+    it sees them through ``receive`` and ``send`` (what a recorder, a compressor or an embedding app sees).
+    ``made``: every one made, last last (Starlette makes those added with ``add_middleware``)."""
+
+    made: list[Wiretap] = []
+
+    def __init__(self, app: Any) -> None:
+        Wiretap.made.append(self)
+        self.app = app
+        self.requests: list[bytes] = []
+        self.responses: list[bytes] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request, response = bytearray(), bytearray()
+
+        async def receiving() -> Any:
+            message = await receive()
+            request.extend(message.get("body", b""))
+            return message
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                response.extend(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receiving, sending)
+        self.requests.append(bytes(request))
+        self.responses.append(bytes(response))
+
+
+@pytest.mark.parametrize("where", ["around the app", "added to the app"])
+def test_middleware_between_app_and_connection_sees_every_body_byte(
+    counted: type[CountedFrames], where: str,
+) -> None:
+    backend = ScriptedBackend([TextDelta(f"w{i} ") for i in range(40)], delay=0.002)
+    app = create_app(ServerConfig(store="memory"), backend=backend, store=MemoryStore())
+    served: Any = Wiretap(app) if where == "around the app" else app
+    if where == "added to the app":
+        app.add_middleware(Wiretap)
+    with LiveServer(served) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        body = json.dumps({"input": "hi", "stream": True}).encode()
+        with client.stream("POST", "/v1/responses", content=body,
+                           headers={"content-type": "application/json"}) as response:
+            raw = b"".join(response.iter_bytes())
+        events = list(iter_events([raw]))
+        assert events[-1].type == "response.completed"
+        replay = client.get(f"/v1/responses/{events[0].response.id}", params={"stream": "true"})  # type: ignore[union-attr]
+        assert replay.content == raw
+    tap = Wiretap.made[-1]
+    assert tap.requests[0] == body  # the create's body came through its ``receive``
+    assert tap.responses == [raw, raw]  # every event through its ``send``
+    assert counted.entries == 0  # none written to the connection past it

@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from headwater.inspect.routes import mount as inspector_mount
 
+from . import direct
 from .admission import admission_limits
 from .backends.base import Backend
 from .config import ServerConfig
@@ -112,14 +113,23 @@ class HeadwaterApp(Starlette):
     are answered as those layers would: by the app's handler for the exception's class (``APIError``,
     ``StoreUnavailable``...) while the response has not started; anything else by the ``Exception`` handler (a
     logged 500), then raised on for the server. Once middleware is added (``app.add_middleware``, by an
-    application embedding Headwater), every request, a create included, goes through it and Starlette."""
+    application embedding Headwater), every request, a create included, goes through it and Starlette.
+
+    The server's ``direct.DirectBody`` (the connection's body, read and written without ``receive`` and ``send``)
+    is kept in the scope only while nothing stands between this app and the connection: an ASGI app wrapping this
+    one (its ``receive`` or ``send`` not the connection's own) or middleware added here would not see what it
+    reads or writes."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["path"] == "/v1/responses" and scope["method"] == "POST"
-                and not self.user_middleware):
-            scope["app"] = self
-            await self._create(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            extensions = scope.get("extensions")
+            connection = extensions.get(direct.EXTENSION) if extensions else None
+            if connection is not None and (self.user_middleware or not connection.serves(receive, send)):
+                scope = _without_direct_body(scope)  # (middleware sees every byte it wraps ``send`` for)
+            if scope["path"] == "/v1/responses" and scope["method"] == "POST" and not self.user_middleware:
+                scope["app"] = self
+                await self._create(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,6 +161,14 @@ class HeadwaterApp(Starlette):
                 await response(scope, receive, send)
             if unexpected:
                 raise
+
+
+def _without_direct_body(scope: Scope) -> Scope:
+    """``scope`` without the server's ``direct.DirectBody``: the request's body is read with ``receive`` and the
+    response written with ``send``, through the middleware that wraps them (an ASGI app around this one, or one
+    added with ``add_middleware``), which would not see what the body wrote to the connection itself."""
+    extensions = {key: value for key, value in scope["extensions"].items() if key != direct.EXTENSION}
+    return {**scope, "extensions": extensions}
 
 
 def _metrics(state: Service, shared: str | None) -> Any:

@@ -11,7 +11,8 @@ the SSE transport frames them and writes them to the connection (``http/sse``), 
 server offers in the ASGI scope (``serving.py``: ``scope["extensions"][EXTENSION]``). The follower's task
 wakes only for what it must do itself: the log ended (it ends the response), a keep-alive is due, the sink
 refused a batch (the connection is paused, that is backpressure, or gone), the log is gone. Where the server
-offers no ``DirectBody`` (h11, an ASGI test transport, WebSocket), nothing changes: the task writes every event.
+offers no ``DirectBody`` (h11, an ASGI test transport, WebSocket), or middleware stands between the app and
+the connection (``app.HeadwaterApp`` then drops it), nothing changes: the task writes every event.
 
 The layers in between pass no sink along: it is the writing task's, set with ``lending`` around its iteration
 of the chain (a context variable: the generators of that chain run in that task's context), and the live log
@@ -52,6 +53,13 @@ class DirectBody(Protocol):
         reads its empty end); None otherwise (it is still coming, or the client left): read it with
         ``receive``. A create's body has mostly come with its head, and reading it here costs no ASGI messages,
         no generator and no deadline."""
+
+    def serves(self, receive: object, send: object) -> bool:
+        """Whether ``receive`` and ``send`` are the connection's own, so that nothing stands between the app and
+        it. An ASGI middleware wrapping them (a recorder, a compressor, an application embedding Headwater)
+        passes the scope on with this body in it: writing to the connection, or taking the request's body,
+        past that middleware would hide from it what it wraps ``send`` and ``receive`` to see; the app then
+        drops the body from the scope (``app.HeadwaterApp``)."""
 
 
 class Sink(Protocol):

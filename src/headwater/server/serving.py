@@ -229,6 +229,10 @@ class _DirectBody:
         self._watched.add(self)
         return True
 
+    def serves(self, receive: object, send: object) -> bool:
+        cycle = self._cycle()
+        return cycle is not None and receive == cycle.receive and send == cycle.send
+
     def request_body(self) -> bytes | None:
         cycle = self._cycle()
         if cycle is None or cycle.more_body or cycle.disconnected or cycle.response_complete:
