@@ -64,3 +64,12 @@ async def test_the_table_refuses_a_move_it_does_not_list() -> None:
     run._enter(State.ENDING)
     with pytest.raises(RuntimeError, match="no move from ending to waiting"):
         run._enter(State.WAITING)
+
+
+async def test_a_finished_runs_in_process_live_log_is_forgotten_as_its_last_follower_leaves() -> None:
+    """In that follower's own call (``MemoryLiveLog.expire_now``), not in a task made for it."""
+    run = run_of([TextDelta("a"), Finish("stop")])
+    run.start()
+    types = [entry.type async for batch in run.follow() for entry in batch]
+    assert types[-1] == "response.completed" and run.finished
+    assert not run.live.has(run.id)  # (nothing awaited since the follower left)

@@ -216,6 +216,11 @@ class MemoryLiveLog(LiveLog):
         return LiveRead(log.entries[index:], log.ended)
 
     async def expire(self, response_id: str, after: float = 0.0) -> None:
+        self.expire_now(response_id, after)
+
+    def expire_now(self, response_id: str, after: float = 0.0) -> None:
+        """``expire`` without a coroutine: a run forgets its log as its last follower leaves, in that call, with
+        no task per stream to run it."""
         log = self._logs.get(response_id)
         if log is None:
             return

@@ -299,8 +299,16 @@ class Run:
         creator's stream is still to come). Later readers of a stored run read the store."""
         if not self.finished or self.followers:
             return
-        after = LIVE_LINGER_SECONDS if self._awaiting_follower and self._log.ended else 0.0
-        self._expiry = asyncio.get_running_loop().create_task(self.live.expire(self.id, after))
+        self._expire(LIVE_LINGER_SECONDS if self._awaiting_follower and self._log.ended else 0.0)
+
+    def _expire(self, after: float) -> None:
+        """Have the live log forget this run ``after`` seconds from now: the in-process log in this call, any
+        other (a round trip to Redis) in a task."""
+        live = self.live
+        if isinstance(live, MemoryLiveLog):
+            live.expire_now(self.id, after)
+        else:
+            self._expiry = asyncio.get_running_loop().create_task(live.expire(self.id, after))
 
     # --- the task -----------------------------------------------------------------------------------------
 
@@ -355,7 +363,7 @@ class Run:
             if not self._log.ended:
                 self._awaiting_follower = False  # no terminal entry to wait for: followers go to the store
             if self._log.silenced is not None:  # this process's followers go on from the store, at once
-                self._expiry = asyncio.get_running_loop().create_task(self.live.expire(self.id, 0.0))
+                self._expire(0.0)
             self._release()
             if self._on_finish is not None:
                 self._on_finish(self)
