@@ -269,3 +269,21 @@ async def test_a_create_that_finds_the_writer_thread_in_a_job_is_committed_on_th
     gate.set()
     await asyncio.wait_for(asyncio.gather(holding, creating), 10)
     assert queued == [] and (await store.get("a")) is not None
+
+
+async def test_the_writer_thread_inserts_a_commits_events_in_a_few_statements(store: SQLiteStore) -> None:
+    """``executemany`` gives up the GIL twice a row and takes it back from the loop's thread each time; the writer
+    thread's commit of 150 events takes four multi-row INSERTs (128 + 16 + 4 + 2 rows), every event in order."""
+    await created(store, "a", "b")
+    statements: list[str] = []
+    assert store._writer is not None and store._writer._conn is not None
+    store._writer._conn.set_trace_callback(statements.append)  # (called on the writer thread)
+    outcomes = await store.append_many([Append("a", [entry(i) for i in range(100)], None, None),
+                                        Append("b", [entry(i) for i in range(50)], "completed", b'{"v": 2}')])
+    store._writer._conn.set_trace_callback(None)
+    assert outcomes == [None, None]
+    assert len([s for s in statements if s.startswith("INSERT INTO events")]) == 4
+    assert await store.events("a") == [entry(i) for i in range(100)]
+    assert await store.events("b") == [entry(i) for i in range(50)]
+    b = await store.get("b")
+    assert b is not None and (b.status, b.data) == ("completed", b'{"v": 2}')
