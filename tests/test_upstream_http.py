@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from headwater.server.backends._http import HTTPClient, ProtocolError
+from headwater.server.backends._http import Endpoint, HTTPClient, ProtocolError
 from headwater.server.backends._upstream import Upstream
 from headwater.server.backends.base import BackendError, ChatMessage, GenerationRequest, TextDelta
 from headwater.server.backends.chat import ChatBackend
@@ -250,6 +250,37 @@ def test_header_values_cannot_break_the_request() -> None:
         Upstream("http://h", "responses", headers={"x-tag": "a\r\nx-evil: 1"})
     with pytest.raises(ValueError, match="line breaks"):
         Upstream("http://h", "responses", api_key="sk-1\nx")
+
+
+def test_an_upstream_without_a_host_is_refused_when_it_is_made() -> None:
+    # (its requests' head is made with it, once: not at the first create, which would fail instead)
+    with pytest.raises(ValueError, match="not an http"):
+        Upstream("http://:8080", "responses")
+
+
+async def test_a_request_to_an_endpoint_is_the_same_bytes_as_a_post_to_its_url() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head(f"content-length: {len(CHAT)}") + CHAT)
+
+    headers = [("content-type", "application/json"), ("authorization", "Bearer sk-1")]
+    async with RawUpstream(answer) as upstream:
+        client = HTTPClient()
+        url = upstream.url + "/v1/responses?x=1"
+        endpoint = Endpoint(url, headers)
+        for send in (lambda: client.post_now(url, headers, b'{"a":1}', connect_timeout=5, read_timeout=5),
+                     lambda: client.send_now(endpoint, b'{"a":1}', connect_timeout=5, read_timeout=5),
+                     lambda: client.send_now(endpoint, b'{"b":22}', connect_timeout=5, read_timeout=5)):
+            answered = await send()
+            while await answered.read_chunk():
+                pass
+            answered.release()
+        client.close()
+    port = upstream.url.rsplit(":", 1)[1]
+    first = (f"POST /v1/responses?x=1 HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+             "authorization: Bearer sk-1\r\ncontent-length: 7\r\n\r\n").encode()
+    assert upstream.requests == [first + b'{"a":1}', first + b'{"a":1}',
+                                 first.replace(b"length: 7", b"length: 8") + b'{"b":22}']
+    assert upstream.connections == 1  # (kept and reused alike)
 
 
 async def test_the_request_is_one_http11_post_with_host_and_length() -> None:

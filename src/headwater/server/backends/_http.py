@@ -33,7 +33,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import httptools
 
-__all__ = ["Answer", "ConnectTimeout", "HTTPClient", "Posted", "ProtocolError"]
+__all__ = ["Answer", "ConnectTimeout", "Endpoint", "HTTPClient", "Posted", "ProtocolError"]
 
 # Buffered and unread answer bytes above which the connection stops reading (until the reader catches up).
 _HIGH_WATER = 1 << 20
@@ -57,6 +57,29 @@ def _tls_context() -> ssl.SSLContext:
 
 
 _Key = tuple[str, str, int]
+
+
+class Endpoint:
+    """Where requests go and the head they all share: the request line, ``host`` and ``headers``, encoded once
+    (an upstream backend makes one for its endpoint). Each request is then that head, its ``content-length`` and
+    its body: no URL parsed and no header formatted again per request, on the path of every create."""
+
+    __slots__ = ("head", "key")
+
+    def __init__(self, url: str | SplitResult, headers: Iterable[tuple[str, str]]) -> None:
+        parts = urlsplit(url) if isinstance(url, str) else url
+        scheme, host = parts.scheme, parts.hostname
+        if scheme not in _DEFAULT_PORTS or not host:
+            raise ValueError(f"{parts.geturl()!r} is not an http:// or https:// URL")
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        self.key: _Key = (scheme, host, port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        authority = host if ":" not in host else f"[{host}]"
+        if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
+            authority += f":{port}"
+        head = [f"POST {target} HTTP/1.1\r\nhost: {authority}\r\n"]
+        head.extend(f"{name}: {value}\r\n" for name, value in headers)
+        self.head = "".join(head).encode("latin-1")  # (the content-length follows, per request)
 
 
 class HTTPClient:
@@ -94,24 +117,15 @@ class HTTPClient:
         """``post``, its request written now, in this call, when a kept connection is idle: the answer is awaited
         later (``Posted``), and the upstream works on it meanwhile. Without an idle connection the connection is
         made (and the request written) when the ``Posted`` is first awaited (``Posted.written`` tells which)."""
+        return self.send_now(Endpoint(url, headers), body, connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+    def send_now(self, endpoint: Endpoint, body: bytes, *, connect_timeout: float, read_timeout: float) -> Posted:
+        """``post_now`` to an ``Endpoint``: its head as it was made, then the body's length and the body."""
         if self.closed:
             raise RuntimeError("the HTTP client is closed")
-        parts = urlsplit(url) if isinstance(url, str) else url
-        scheme, host = parts.scheme, parts.hostname
-        if scheme not in _DEFAULT_PORTS or not host:
-            raise ValueError(f"{parts.geturl()!r} is not an http:// or https:// URL")
-        port = parts.port or _DEFAULT_PORTS[scheme]
-        key = (scheme, host, port)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        authority = host if ":" not in host else f"[{host}]"
-        if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
-            authority += f":{port}"
-        head = [f"POST {target} HTTP/1.1\r\nhost: {authority}\r\n"]
-        head.extend(f"{name}: {value}\r\n" for name, value in headers)
-        head.append(f"content-length: {len(body)}\r\n\r\n")
-        request = "".join(head).encode("latin-1") + body
-        posted = Posted(self, key, request, connect_timeout, read_timeout)
-        connection = self._idle_connection(key)
+        request = b"%bcontent-length: %d\r\n\r\n%b" % (endpoint.head, len(body), body)
+        posted = Posted(self, endpoint.key, request, connect_timeout, read_timeout)
+        connection = self._idle_connection(endpoint.key)
         if connection is not None:
             connection.write(request, read_timeout)
             posted.connection = connection

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ._http import Answer, ConnectTimeout, HTTPClient, Posted
+from ._http import Answer, ConnectTimeout, Endpoint, HTTPClient, Posted
 from .base import BackendError, GenerationRequest
 
 __all__ = [
@@ -174,6 +174,7 @@ class Upstream:
             if not name or any(c in name for c in ":\r\n ") or "\r" in value or "\n" in value:
                 raise ValueError(f"header {name!r}: a name without ':' or spaces, and no line breaks, please")
         self._header_items = list(self.headers.items())
+        self._endpoint = Endpoint(self._parts, self._header_items)  # (every request's head, made once)
         self._owns_client = client is None
         self.client = client
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the own client
@@ -255,9 +256,8 @@ class Upstream:
     def post_now(self, body: Mapping[str, Any], *, url: str | None = None) -> Posted:
         """The POST of ``body``, its request written now when a kept connection is idle (``HTTPClient.post_now``);
         ``answer`` it later."""
-        return self._client().post_now(
-            url or self._parts,
-            self._header_items,
+        return self._client().send_now(
+            self._endpoint if url is None else Endpoint(url, self._header_items),
             msgspec.json.encode(body),
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
