@@ -287,3 +287,27 @@ async def test_the_writer_thread_inserts_a_commits_events_in_a_few_statements(st
     assert await store.events("b") == [entry(i) for i in range(50)]
     b = await store.get("b")
     assert b is not None and (b.status, b.data) == ("completed", b'{"v": 2}')
+
+
+async def test_the_writer_thread_changes_a_commits_resources_in_one_statement(store: SQLiteStore) -> None:
+    """The resources that change in one commit of the thread's (runs ending together): one UPDATE for them all,
+    each status and resource as its batch says (either may be left as it was)."""
+    if not sqlite_store._UPDATE_FROM:
+        pytest.skip("this SQLite has no UPDATE ... FROM (3.33)")
+    await created(store, "a", "b", "c", "d")
+    statements: list[str] = []
+    assert store._writer is not None and store._writer._conn is not None
+    store._writer._conn.set_trace_callback(statements.append)  # (called on the writer thread)
+    outcomes = await store.append_many([Append("a", [entry(0)], "completed", b'{"a": 1}'),
+                                        Append("b", [entry(0)], "failed", None),
+                                        Append("c", [entry(0)], None, b'{"c": 1}'),
+                                        Append("d", [entry(0)], None, None)])
+    store._writer._conn.set_trace_callback(None)
+    assert outcomes == [None] * 4
+    assert len([s for s in statements if s.startswith("UPDATE responses")]) == 1
+    found = {rid: await store.get(rid) for rid in "abcd"}
+    assert {rid: (r.status, r.data) for rid, r in found.items() if r is not None} == {
+        "a": ("completed", b'{"a": 1}'), "b": ("failed", b"{}"), "c": ("in_progress", b'{"c": 1}'),
+        "d": ("in_progress", b"{}")}
+    assert [e.sequence_number for e in await store.events("a")] == [0]  # and a later append finds "a" again
+    assert await store.append_many([Append("a", [entry(1)], None, None)]) == [None]
