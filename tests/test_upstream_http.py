@@ -207,6 +207,37 @@ async def test_a_connection_the_upstream_closed_while_idle_is_not_reused() -> No
     assert served == 2 and upstream.connections == 2
 
 
+@pytest.mark.parametrize(
+    ("keep_alive", "idle", "connections"),
+    [
+        pytest.param(None, 20.0, 1, id="idle 20 s: kept (15 s was the limit once)"),
+        pytest.param(None, 61.0, 2, id="idle over a minute: a fresh connection"),
+        pytest.param("timeout=5", 3.0, 1, id="the upstream keeps it 5 s, idle 3 s: kept"),
+        pytest.param("timeout=5, max=100", 4.5, 2, id="the upstream keeps it 5 s, idle 4.5 s: a fresh connection"),
+        pytest.param("max=100", 20.0, 1, id="no time-out said: kept as long as ever"),
+    ],
+)
+async def test_an_idle_connection_is_kept_a_minute_or_less_than_the_upstream_keeps_it(
+    keep_alive: str | None, idle: float, connections: int
+) -> None:
+    extra = [f"keep-alive: {keep_alive}"] if keep_alive else []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head(f"content-length: {len(CHAT)}", *extra) + CHAT)
+
+    async with RawUpstream(answer) as upstream:
+        backend = ChatBackend(upstream.url)
+        await chat_steps(backend)
+        client = backend.upstream.client
+        assert client is not None
+        for idle_ones in client._idle.values():
+            for connection in idle_ones:
+                connection.idle_since -= idle  # (as if it had waited that long)
+        assert await chat_steps(backend)
+        await backend.aclose()
+    assert upstream.connections == connections
+
+
 @pytest.mark.parametrize("partial", [b"", b"HTTP/1.1 200 OK\r\n"], ids=["no answer", "an answer begun"])
 async def test_a_closed_connection_is_not_retried_when_fresh_or_answered(partial: bytes) -> None:
     """Only a kept connection closed before any answer byte is retried: a fresh one closed unanswered (the upstream

@@ -12,9 +12,12 @@ What it does: ``http`` and ``https`` (the default TLS context: certificates veri
 ``content-length`` body; answers with a ``content-length``, a chunked or a close-delimited body, ``gzip`` and
 ``deflate`` decoded. Connections are pooled per (scheme, host, port) with no caps: every open stream holds its
 own, and one whose answer was read to its end (and that the upstream keeps alive) is kept ``keepalive`` seconds
-for the next request. A request on a kept connection that the upstream closes before any byte of an answer
-(its keep-alive time-out ran out as the request went: a server closes an idle connection without reading what
-is on its way) is sent once more, on a fresh connection; nothing else is retried. What it does not:
+for the next request (60 by default, as Go's client keeps them 90: a create after a quiet minute reuses its
+connection instead of paying a connect, and for https a TLS handshake, before its first event), or a second less
+than the upstream's own ``keep-alive: timeout=N`` when it says one. A request on a kept connection that the
+upstream closes before any byte of an answer (its keep-alive time-out ran out as the request went: a server
+closes an idle connection without reading what is on its way) is sent once more, on a fresh connection; nothing
+else is retried. What it does not:
 redirects, proxies, HTTP/2, ``Expect: 100-continue``, request bodies other than bytes. Errors are the standard ones: ``ConnectTimeout`` (a ``TimeoutError``) when connecting takes
 too long, ``TimeoutError`` when the upstream sends nothing for ``read_timeout`` seconds, ``ConnectionError``
 when the connection drops before the answer's end, ``OSError`` when the upstream cannot be reached,
@@ -87,7 +90,7 @@ class HTTPClient:
     ``close()`` closes the idle connections (those in use close when their answers do). ``tls``: the context
     for ``https`` upstreams (a private CA's, say); by default the system's, certificates and names verified."""
 
-    def __init__(self, *, keepalive: float = 15.0, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, keepalive: float = 60.0, tls: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
         self.tls = tls
         self.closed = False
@@ -138,7 +141,7 @@ class HTTPClient:
         now = asyncio.get_running_loop().time()
         while idle:
             connection = idle.pop()
-            if connection.reusable(now - self.keepalive):
+            if connection.reusable(now):
                 return connection
             connection.close()
         return None
@@ -180,6 +183,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = 0.0
+        self.keep_for = client.keepalive  # how long it may stay idle in the pool (``release``)
         self.answered = False  # a byte of an answer has come on this connection since its last request went
         self._loop = asyncio.get_running_loop()
         self._reset()
@@ -348,18 +352,20 @@ class _Connection(asyncio.Protocol):
         byte of an answer to the last request came."""
         return self.lost and not self.answered and not isinstance(self.error, ProtocolError)
 
-    def reusable(self, idle_after: float) -> bool:
+    def reusable(self, now: float) -> bool:
         return not self.lost and self.transport is not None and not self.transport.is_closing() and (
-            self.idle_since >= idle_after
+            now - self.idle_since <= self.keep_for
         )
 
     def release(self) -> None:
         """The answer is done with: the connection back to the pool if its body was read to the end and the
         upstream keeps it alive; closed otherwise."""
         if self.complete and not self.chunks and not self.lost and self.keep_alive:
+            keep_for = _kept_for(self.header_list, self.client.keepalive)
             self._stop_timer()
             self._reset()
             self.idle_since = self._loop.time()
+            self.keep_for = keep_for
             self.client._keep(self)
         else:
             self.close()
@@ -369,6 +375,22 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.lost = True
+
+
+def _kept_for(headers: list[tuple[bytes, bytes]], most: float) -> float:
+    """How long a connection may wait in the pool after an answer with ``headers``: ``most`` seconds, or a second
+    less than the upstream said it keeps an idle one (``keep-alive: timeout=N``), so that a request is not on its
+    way as the upstream closes the connection (read off the answer as it is released, not on its way in)."""
+    for name, value in headers:
+        if name.lower() == b"keep-alive":
+            for param in value.split(b","):
+                key, _, number = param.partition(b"=")
+                if key.strip().lower() == b"timeout":
+                    try:
+                        return min(most, float(number.strip()) - 1.0)
+                    except ValueError:
+                        pass
+    return most
 
 
 class Posted:
