@@ -5,16 +5,14 @@ does a create once middleware is added."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-import httpx
 import pytest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.testclient import TestClient
 
-from headwater.server.app import CreateTurns, create_app
+from headwater.server.app import create_app
 from headwater.server.backends.base import Finish, TextDelta
 from headwater.server.backends.scripted import ScriptedBackend
 from headwater.server.config import ServerConfig
@@ -86,57 +84,3 @@ def test_middleware_an_embedding_app_adds_sees_the_creates_too() -> None:
         answer = http.post("/v1/responses", json={"input": "hi"}, headers={"origin": "https://chat.example"})
     assert answer.status_code == 200
     assert answer.headers["access-control-allow-origin"] == "https://chat.example"
-
-
-# --- one create begins per turn of the event loop (app.CreateTurns) ---------------------------------------------
-
-
-class TurnCounter:
-    """Counts the event loop's turns: a callback that schedules itself again (it runs once every turn)."""
-
-    def __init__(self) -> None:
-        self.turn = 0
-        self._handle = asyncio.get_running_loop().call_soon(self._tick)
-
-    def _tick(self) -> None:
-        self.turn += 1
-        self._handle = asyncio.get_running_loop().call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-
-
-async def test_creates_that_come_in_one_turn_begin_one_a_turn() -> None:
-    turns, counter, began = CreateTurns(), TurnCounter(), {}
-
-    async def create(name: str) -> None:
-        turn = turns.take()
-        if turn is not None:
-            await turn
-        began[name] = counter.turn
-
-    await asyncio.gather(*(create(name) for name in "abcd"))  # (their first steps run in one turn)
-    counter.stop()
-    assert began["a"] < began["b"] < began["c"] < began["d"]  # each in a turn of its own, in the order they came
-    assert turns.take() is None  # and the turn is free again once nobody waits
-
-
-async def test_a_create_that_finds_the_turn_free_begins_at_once_and_a_cancelled_waiter_is_passed_over() -> None:
-    turns = CreateTurns()
-    assert turns.take() is None
-    first, second = turns.take(), turns.take()
-    assert first is not None and second is not None
-    first.cancel()  # (its create's task was cancelled while it waited)
-    await second
-    assert first.cancelled()
-
-
-async def test_concurrent_creates_through_the_app_all_stream_to_their_end() -> None:
-    backend = ScriptedBackend([TextDelta("hi"), Finish()])
-    app = create_app(ServerConfig(store="memory"), backend=backend, store=MemoryStore())
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as http:
-        answers = await asyncio.gather(*(http.post("/v1/responses", json={"input": "hi", "stream": True})
-                                         for _ in range(8)))
-    assert all(a.status_code == 200 and b"response.completed" in a.content for a in answers)

@@ -7,7 +7,6 @@ shutdown live runs are stopped (their streams end with ``response.failed``) befo
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +35,7 @@ from .runs import Runs, close_orphan, close_orphans
 from .service import Service
 from .store import Store, StoreUnavailable, create_store
 
-__all__ = ["CreateTurns", "HeadwaterApp", "create_app"]
+__all__ = ["HeadwaterApp", "create_app"]
 
 log = logging.getLogger("headwater.server")
 
@@ -121,12 +120,6 @@ class HeadwaterApp(Starlette):
     one (its ``receive`` or ``send`` not the connection's own) or middleware added here would not see what it
     reads or writes."""
 
-    _turns: CreateTurns
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._turns = CreateTurns()
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             extensions = scope.get("extensions")
@@ -140,9 +133,6 @@ class HeadwaterApp(Starlette):
         await super().__call__(scope, receive, send)
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
-        turn = self._turns.take()  # (one create begins per turn of the loop: ``CreateTurns``)
-        if turn is not None:
-            await turn
         started = False
 
         async def sending(message: Message) -> None:
@@ -171,45 +161,6 @@ class HeadwaterApp(Starlette):
                 await response(scope, receive, send)
             if unexpected:
                 raise
-
-
-class CreateTurns:
-    """At most one create (``HeadwaterApp``'s path) begins per turn of the event loop: the others of that turn
-    begin one a turn after it, each after the loop has read its sockets again. A turn runs every callback that
-    was ready when it began, then polls; creates that arrive together (a closed loop's wave of stream ends and
-    new requests) would otherwise run back to back, a few hundred µs of CPU each, while the running streams' next deltas,
-    already on their sockets, wait for the poll behind all of them. A create that finds the turn free starts at
-    once; the turn is free again at the next turn (a callback the first create leaves)."""
-
-    __slots__ = ("_loop", "_waiters")
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose turn is taken (None: it is free)
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take(self) -> asyncio.Future[None] | None:
-        """None when this turn was free (it is now taken: begin); else a future that is done at the turn the
-        caller may begin in."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # free (or taken on a loop that has stopped since: a test's, say)
-            self._loop = loop
-            self._waiters.clear()
-            loop.call_soon(self._next)
-            return None
-        waiter = loop.create_future()
-        self._waiters.append(waiter)
-        return waiter
-
-    def _next(self) -> None:
-        """A new turn: the next waiting create begins in it (its task is woken), or the turn is free."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():  # (a create cancelled while it waited is passed over)
-                waiter.set_result(None)
-                waiter.get_loop().call_soon(self._next)
-                return
-        self._loop = None
 
 
 def _without_direct_body(scope: Scope) -> Scope:
